@@ -1,0 +1,33 @@
+# make demo : set up .venv (first run only) and run the main job on the embedded default
+# make test : set up .venv (first run only) and run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CACHE ?= $(HOME)/.cache/trelm_fairseq
+
+.PHONY: demo test setup clean-venv
+
+setup: $(STAMP)
+
+# torch first (the CPU wheel on disk), then the pinned pure-Python deps, then
+# fairseq-fixed compiled against that torch (no build isolation, no cache: a
+# cached wheel built against another torch breaks at import).
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-cache-dir --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	. $(VENV)/bin/activate && ./scripts/run_tests.sh
+
+demo: $(STAMP)
+	. $(VENV)/bin/activate && ./scripts/demo.sh
+
+clean-venv:
+	rm -rf $(VENV)

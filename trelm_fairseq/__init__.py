@@ -1,0 +1,15 @@
+"""TreLM as a fairseq plugin: ``fairseq-train --user-dir trelm_fairseq ...``.
+
+Importing this package registers the plugin's models, tasks and criterions
+with fairseq (each once) and nothing else.
+"""
+import os
+
+# torch >= 2.6 defaults torch.load to weights_only=True, which rejects fairseq
+# checkpoints (they pickle argparse Namespaces / omegaconf objects).  Respect an
+# explicit user setting.
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+from . import models, modules, data, tasks, criterions  # noqa: E402,F401  (registration)
+
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""Reading and writing fairseq checkpoints of the ``trelm`` model outside fairseq-train.
+
+Checkpoints written here are ordinary fairseq checkpoints: ``fairseq-train
+--restore-file X --reset-optimizer --reset-dataloader --reset-meters`` starts
+from them, and ``fairseq.checkpoint_utils.load_model_ensemble`` reads them.
+Extra TreLM metadata (origin, stage, vocabulary fingerprint) lives under the
+top-level key ``"trelm"``, which fairseq ignores.
+"""
+import argparse
+import hashlib
+import os
+import tempfile
+from typing import Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_CONFIG_REGISTRY
+
+from .errors import TreLMError
+from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel
+
+MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
+
+
+def model_config(arch: str = "trelm", **overrides) -> argparse.Namespace:
+    """Complete model config of a registered trelm architecture, with overrides."""
+    if arch not in ARCH_CONFIG_REGISTRY or not arch.startswith("trelm"):
+        known = sorted(a for a in ARCH_CONFIG_REGISTRY if a.startswith("trelm"))
+        raise TreLMError(f"unknown architecture '{arch}': expected one of {known}")
+    cfg = argparse.Namespace(**overrides)
+    ARCH_CONFIG_REGISTRY[arch](cfg)
+    cfg.arch = arch
+    cfg._name = "trelm"
+    return cfg
+
+
+def build_model(cfg, dictionary: Dictionary) -> TreLMModel:
+    """A TreLMModel without a fairseq task (the encoder only needs the dictionary)."""
+    return TreLMModel(cfg, TreLMEncoder(cfg, dictionary))
+
+
+def dictionary_fingerprint(dictionary: Dictionary) -> str:
+    """Stable hash of the symbol list (order matters: it fixes embedding rows)."""
+    return hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).hexdigest()[:16]
+
+
+def _cfg_dict(model_cfg) -> Dict:
+    src = vars(model_cfg) if isinstance(model_cfg, argparse.Namespace) else dict(model_cfg)
+    out = {k: src[k] for k in MODEL_FIELDS if k in src}
+    out["_name"] = "trelm"
+    if "arch" in src:
+        out["arch"] = src["arch"]
+    return out
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    path: str,
+    model: TreLMModel,
+    model_cfg,
+    task_cfg: Optional[Dict] = None,
+    meta: Optional[Dict] = None,
+) -> None:
+    """Save ``model`` as a fresh (update 0) fairseq checkpoint at ``path``."""
+    cfg = {
+        "model": _cfg_dict(model_cfg),
+        "task": task_cfg or {"_name": "masked_lm", "data": ""},
+        "common": {},
+        "checkpoint": {},
+    }
+    meta = dict(meta or {})
+    meta.setdefault("dictionary_fingerprint", dictionary_fingerprint(model.encoder.dictionary))
+    state = {
+        "args": None,
+        "cfg": OmegaConf.create(cfg),
+        "model": model.state_dict(),
+        "optimizer_history": [
+            {"criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {}, "num_updates": 0}
+        ],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}},
+        "last_optimizer_state": None,
+        "trelm": meta,
+    }
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: str) -> Dict:
+    """Load a fairseq checkpoint to CPU, with errors that name the file."""
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated / corrupted / not a torch file
+        raise TreLMError(f"{path}: not a readable checkpoint (truncated or corrupted?): {e}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise TreLMError(f"{path}: expected a fairseq checkpoint (a dict with a 'model' state dict)")
+    return state
+
+
+def checkpoint_model_config(state: Dict, path: str = "<checkpoint>") -> argparse.Namespace:
+    """The trelm model config stored in a checkpoint (fairseq 'cfg' or legacy 'args')."""
+    if state.get("cfg") is not None and state["cfg"].get("model") is not None:
+        raw = OmegaConf.to_container(state["cfg"]["model"]) if OmegaConf.is_config(state["cfg"]) else dict(
+            state["cfg"]["model"]
+        )
+    elif state.get("args") is not None:
+        raw = vars(state["args"])
+    else:
+        raise TreLMError(f"{path}: checkpoint carries no model config ('cfg.model' or 'args')")
+    name = raw.get("_name") or raw.get("arch")
+    if name is None or not str(name).startswith("trelm"):
+        raise TreLMError(f"{path}: model is '{name}', expected a trelm model")
+    return model_config(raw.get("arch") if str(raw.get("arch", "")).startswith("trelm") else "trelm",
+                        **{k: v for k, v in raw.items() if k in MODEL_FIELDS})
+
+
+def load_model(path: str, dictionary: Dictionary, strict: bool = True):
+    """Build a TreLMModel from a checkpoint and a dictionary; returns (model, state)."""
+    state = load_checkpoint(path)
+    cfg = checkpoint_model_config(state, path)
+    emb = state["model"].get("encoder.embed_tokens.weight")
+    if emb is None:
+        raise TreLMError(f"{path}: no encoder.embed_tokens.weight: not a trelm checkpoint")
+    if emb.size(0) != len(dictionary):
+        raise TreLMError(
+            f"{path}: vocabulary of {emb.size(0)} rows does not match the dictionary's {len(dictionary)} "
+            "symbols (did you pass the dict.txt this checkpoint was made with? the masked-LM tasks add <mask>)"
+        )
+    model = build_model(cfg, dictionary)
+    model.load_state_dict(state["model"], strict=strict)
+    return model, state

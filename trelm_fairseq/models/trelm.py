@@ -1,0 +1,420 @@
+"""The ``trelm`` model: a RoBERTa-compatible encoder with a language embedding
+and an optional TRILayer after layer k.
+
+It answers the same calls as fairseq's ``RobertaModel`` (``masked_tokens``,
+``features_only``, ``classification_head_name``), so fairseq's ``masked_lm``
+and ``sentence_prediction`` tasks run on it unchanged.  The extra inputs
+(``lang_ids``, ``gather_index``, ``tgt_tokens``, ``tgt_lang_ids``) are used by
+the TreLM transfer task.
+
+Layout of the encoder (parameter groups, used for stage-wise freezing):
+
+    embeddings  embed_tokens, embed_positions, embed_langs, layernorm_embedding
+    lower       layers[:k]
+    tri_layer   TRILayer, initialised as a copy of layer k (``insert_tri_layer``)
+    upper       layers[k:]
+    lm_head     RoBERTa-style LM head, output weight tied to embed_tokens
+"""
+import copy
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.roberta.model import RobertaClassificationHead, RobertaLMHead
+from fairseq.models.transformer import TransformerConfig
+from fairseq.modules import LayerNorm, PositionalEmbedding
+from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+from fairseq.utils import safe_getattr
+
+from ..modules.tri_layer import TRILayer
+
+logger = logging.getLogger(__name__)
+
+PARAMETER_GROUPS = ("embeddings", "lower", "tri_layer", "upper", "lm_head")
+
+
+@dataclass
+class TreLMConfig(FairseqDataclass):
+    encoder_layers: int = field(default=12, metadata={"help": "number of transformer layers (without the TRILayer)"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "hidden size"})
+    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "feed-forward inner size"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    activation_fn: ChoiceEnum(utils.get_available_activation_fns()) = field(
+        default="gelu", metadata={"help": "activation in the feed-forward blocks and the LM head"}
+    )
+    dropout: float = field(default=0.1, metadata={"help": "dropout"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    pooler_dropout: float = field(default=0.0, metadata={"help": "dropout in classification heads"})
+    pooler_activation_fn: ChoiceEnum(utils.get_available_activation_fns()) = field(
+        default="tanh", metadata={"help": "activation in classification heads"}
+    )
+    max_positions: int = field(default=512, metadata={"help": "number of learned positions"})
+    layernorm_eps: float = field(
+        default=1e-5, metadata={"help": "LayerNorm epsilon (BERT checkpoints use 1e-12)"}
+    )
+    n_langs: int = field(default=2, metadata={"help": "rows of the language embedding"})
+    default_lang_id: int = field(
+        default=0,
+        metadata={"help": "language id used when a batch carries none (e.g. fairseq's sentence_prediction)"},
+    )
+    tri_layer: bool = field(default=False, metadata={"help": "insert a TRILayer after layer --tri-layer-position"})
+    tri_layer_position: int = field(
+        default=-1, metadata={"help": "number of layers below the TRILayer; -1 means encoder_layers // 2"}
+    )
+
+
+def resolve_tri_layer_position(num_layers: int, position: int) -> int:
+    k = num_layers // 2 if position < 0 else position
+    if not 0 < k < num_layers:
+        raise ValueError(
+            f"tri_layer_position={position}: expected 1..{num_layers - 1} (layers below the TRILayer) or -1"
+        )
+    return k
+
+
+def _layer_config(cfg) -> TransformerConfig:
+    tcfg = TransformerConfig()
+    tcfg.encoder.embed_dim = cfg.encoder_embed_dim
+    tcfg.encoder.ffn_embed_dim = cfg.encoder_ffn_embed_dim
+    tcfg.encoder.attention_heads = cfg.encoder_attention_heads
+    tcfg.encoder.normalize_before = False  # BERT / RoBERTa are post-LN
+    tcfg.dropout = cfg.dropout
+    tcfg.attention_dropout = cfg.attention_dropout
+    tcfg.activation_dropout = cfg.activation_dropout
+    tcfg.activation_fn = cfg.activation_fn
+    return tcfg
+
+
+def set_layernorm_eps(module: nn.Module, eps: float) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.eps = eps
+
+
+def init_bert_params(module: nn.Module) -> None:
+    """BERT-style initialisation: N(0, 0.02) weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        module.weight.data.normal_(0.0, 0.02)
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.data.normal_(0.0, 0.02)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+
+class TreLMEncoder(FairseqEncoder):
+    def __init__(self, cfg, dictionary):
+        super().__init__(dictionary)
+        self.cfg = cfg
+        dim = cfg.encoder_embed_dim
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = nn.Embedding(len(dictionary), dim, self.padding_idx)
+        self.embed_positions = PositionalEmbedding(cfg.max_positions, dim, self.padding_idx, learned=True)
+        self.embed_langs = nn.Embedding(cfg.n_langs, dim)
+        self.layernorm_embedding = LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList([self.build_layer() for _ in range(cfg.encoder_layers)])
+        self.tri_layer_position = resolve_tri_layer_position(cfg.encoder_layers, cfg.tri_layer_position)
+        self.tri_layer: Optional[TRILayer] = TRILayer(self.build_layer(), dim) if cfg.tri_layer else None
+        self.lm_head = RobertaLMHead(
+            embed_dim=dim,
+            output_dim=len(dictionary),
+            activation_fn=cfg.activation_fn,
+            weight=self.embed_tokens.weight,
+        )
+        self.apply(init_bert_params)
+        set_layernorm_eps(self, cfg.layernorm_eps)
+
+    def build_layer(self) -> nn.Module:
+        layer = TransformerEncoderLayerBase(_layer_config(self.cfg))
+        set_layernorm_eps(layer, self.cfg.layernorm_eps)
+        return layer
+
+    # ----- structure -----------------------------------------------------
+    def insert_tri_layer(self, position: Optional[int] = None) -> TRILayer:
+        """Add a TRILayer after the first k = ``position`` layers, initialised as
+        a copy of layer k (1-based; ``layers[k - 1]``), the last lower layer."""
+        if position is not None:
+            self.tri_layer_position = resolve_tri_layer_position(len(self.layers), position)
+            self.cfg.tri_layer_position = position
+        self.cfg.tri_layer = True
+        k = self.tri_layer_position
+        self.tri_layer = TRILayer(copy.deepcopy(self.layers[k - 1]), self.cfg.encoder_embed_dim)
+        return self.tri_layer
+
+    def parameter_groups(self) -> "OrderedDict[str, List[str]]":
+        """Parameter names (relative to this encoder) per freezing group."""
+        k = self.tri_layer_position
+        groups: "OrderedDict[str, List[str]]" = OrderedDict((g, []) for g in PARAMETER_GROUPS)
+        for name, _ in self.named_parameters():
+            top = name.split(".")[0]
+            if top in ("embed_tokens", "embed_positions", "embed_langs", "layernorm_embedding"):
+                groups["embeddings"].append(name)
+            elif top == "layers":
+                groups["lower" if int(name.split(".")[1]) < k else "upper"].append(name)
+            elif top == "tri_layer":
+                groups["tri_layer"].append(name)
+            elif top == "lm_head":
+                groups["lm_head"].append(name)
+            else:  # pragma: no cover - a new parameter must be assigned a group explicitly
+                raise RuntimeError(f"parameter {name} belongs to no freezing group")
+        return groups
+
+    # ----- forward -------------------------------------------------------
+    def _lang_ids(self, lang_ids, tokens: Tensor) -> Tensor:
+        if lang_ids is None:
+            lang_ids = self.cfg.default_lang_id
+        if not torch.is_tensor(lang_ids):
+            lang_ids = torch.full((tokens.size(0),), int(lang_ids), dtype=torch.long, device=tokens.device)
+        return lang_ids
+
+    def input_embedding(self, tokens: Tensor, lang_ids=None, with_tokens: bool = True) -> Tensor:
+        """(B, T, C) sum of token (optional), position and language embeddings."""
+        x = self.embed_positions(tokens) + self.embed_langs(self._lang_ids(lang_ids, tokens)).unsqueeze(1)
+        if with_tokens:
+            x = x + self.embed_tokens(tokens)
+        return x
+
+    def extract_features(
+        self,
+        src_tokens: Tensor,
+        return_all_hiddens: bool = False,
+        lang_ids=None,
+        gather_index: Optional[Tensor] = None,
+        tgt_tokens: Optional[Tensor] = None,
+        tgt_lang_ids=None,
+    ):
+        padding_mask = src_tokens.eq(self.padding_idx)
+        x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids))
+        x = self.dropout(x)
+        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).transpose(0, 1)  # T x B x C
+        mask = padding_mask if padding_mask.any() else None
+
+        inner_states = [x] if return_all_hiddens else []
+        k = self.tri_layer_position
+        for layer in self.layers[:k]:
+            x = layer(x, encoder_padding_mask=mask)
+            if return_all_hiddens:
+                inner_states.append(x)
+        lower_out, lower_padding_mask = x, padding_mask
+
+        if gather_index is not None:
+            if self.tri_layer is None:
+                raise ValueError("a gather index (parallel input) needs a model with a TRILayer (--tri-layer)")
+            if tgt_tokens is None:
+                raise ValueError("a gather index needs tgt_tokens (target order, length and padding)")
+            padding_mask = tgt_tokens.eq(self.padding_idx)
+            x, _ = self.tri_layer(
+                x,
+                mask,
+                gather_index=gather_index,
+                tgt_padding_mask=padding_mask,
+                tgt_input_embedding=self.input_embedding(tgt_tokens, tgt_lang_ids, with_tokens=False),
+            )
+            mask = padding_mask if padding_mask.any() else None
+        elif self.tri_layer is not None:
+            x, _ = self.tri_layer(x, mask)
+        if self.tri_layer is not None and return_all_hiddens:
+            inner_states.append(x)
+
+        for layer in self.layers[k:]:
+            x = layer(x, encoder_padding_mask=mask)
+            if return_all_hiddens:
+                inner_states.append(x)
+
+        extra = {
+            "inner_states": inner_states,
+            "lower_out": lower_out,  # T_src x B x C, before the TRILayer
+            "lower_padding_mask": lower_padding_mask,
+            "padding_mask": padding_mask,  # of the output (target mask for parallel input)
+        }
+        return x.transpose(0, 1), extra
+
+    def forward(
+        self,
+        src_tokens,
+        features_only=False,
+        return_all_hiddens=False,
+        masked_tokens=None,
+        lang_ids=None,
+        gather_index=None,
+        tgt_tokens=None,
+        tgt_lang_ids=None,
+        **unused,
+    ):
+        x, extra = self.extract_features(
+            src_tokens,
+            return_all_hiddens=return_all_hiddens,
+            lang_ids=lang_ids,
+            gather_index=gather_index,
+            tgt_tokens=tgt_tokens,
+            tgt_lang_ids=tgt_lang_ids,
+        )
+        if not features_only:
+            x = self.lm_head(x, masked_tokens=masked_tokens)
+        return x, extra
+
+    def max_positions(self):
+        return self.cfg.max_positions
+
+
+@register_model("trelm", dataclass=TreLMConfig)
+class TreLMModel(FairseqEncoderModel):
+    """TreLM encoder with RoBERTa's model interface (LM head + classification heads)."""
+
+    def __init__(self, cfg, encoder: TreLMEncoder):
+        super().__init__(encoder)
+        self.cfg = cfg
+        self.args = cfg  # RobertaModel-style code (and load_checkpoint_heads) reads model.args
+        self.classification_heads = nn.ModuleDict()
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        base_architecture(cfg)  # fill anything a hydra config or old checkpoint left out
+        return cls(cfg, TreLMEncoder(cfg, task.source_dictionary))
+
+    def forward(
+        self,
+        src_tokens,
+        features_only=False,
+        return_all_hiddens=False,
+        classification_head_name=None,
+        **kwargs,
+    ):
+        if classification_head_name is not None:
+            features_only = True
+        x, extra = self.encoder(src_tokens, features_only, return_all_hiddens, **kwargs)
+        if classification_head_name is not None:
+            x = self.classification_heads[classification_head_name](x)
+        return x, extra
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        logits = net_output[0].float()
+        return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)
+
+    def max_positions(self):
+        return self.cfg.max_positions
+
+    def parameter_groups(self) -> "OrderedDict[str, List[str]]":
+        """Full parameter names per freezing group (classification heads: 'heads')."""
+        groups = OrderedDict(
+            (g, ["encoder." + n for n in names]) for g, names in self.encoder.parameter_groups().items()
+        )
+        groups["heads"] = ["classification_heads." + n for n, _ in self.classification_heads.named_parameters()]
+        return groups
+
+    def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
+        if name in self.classification_heads:
+            prev = self.classification_heads[name]
+            if num_classes != prev.out_proj.out_features or inner_dim != prev.dense.out_features:
+                logger.warning(
+                    're-registering head "%s" with num_classes %s (prev: %s) and inner_dim %s (prev: %s)',
+                    name, num_classes, prev.out_proj.out_features, inner_dim, prev.dense.out_features,
+                )
+        head = RobertaClassificationHead(
+            input_dim=self.cfg.encoder_embed_dim,
+            inner_dim=inner_dim or self.cfg.encoder_embed_dim,
+            num_classes=num_classes,
+            activation_fn=self.cfg.pooler_activation_fn,
+            pooler_dropout=self.cfg.pooler_dropout,
+        )
+        head.apply(init_bert_params)
+        self.classification_heads[name] = head
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Reconcile classification heads between checkpoint and model (as RoBERTa does)."""
+        prefix = name + "." if name != "" else ""
+        super().upgrade_state_dict_named(state_dict, name)
+        current = set(self.classification_heads.keys())
+        head_prefix = prefix + "classification_heads."
+        for k in [k for k in state_dict if k.startswith(head_prefix)]:
+            head = k[len(head_prefix):].split(".")[0]
+            num_classes = state_dict[head_prefix + head + ".out_proj.weight"].size(0)
+            inner_dim = state_dict[head_prefix + head + ".dense.weight"].size(0)
+            if getattr(self.args, "load_checkpoint_heads", False):
+                if head not in current:
+                    self.register_classification_head(head, num_classes, inner_dim)
+                    current.add(head)
+            elif head not in current or (
+                num_classes != self.classification_heads[head].out_proj.out_features
+                or inner_dim != self.classification_heads[head].dense.out_features
+            ):
+                logger.warning("dropping classification head weight %s from the checkpoint", k)
+                del state_dict[k]
+        for k, v in self.classification_heads.state_dict().items():
+            state_dict.setdefault(head_prefix + k, v)
+
+
+def base_architecture(args):
+    """Fill every model field that is not set (used by all named architectures)."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 12)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 768)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 4 * args.encoder_embed_dim)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 12)
+    args.activation_fn = safe_getattr(args, "activation_fn", "gelu")
+    args.dropout = safe_getattr(args, "dropout", 0.1)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
+    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.0)
+    args.pooler_dropout = safe_getattr(args, "pooler_dropout", 0.0)
+    args.pooler_activation_fn = safe_getattr(args, "pooler_activation_fn", "tanh")
+    args.max_positions = safe_getattr(args, "max_positions", 512)
+    args.layernorm_eps = safe_getattr(args, "layernorm_eps", 1e-5)
+    args.n_langs = safe_getattr(args, "n_langs", 2)
+    args.default_lang_id = safe_getattr(args, "default_lang_id", 0)
+    args.tri_layer = safe_getattr(args, "tri_layer", False)
+    args.tri_layer_position = safe_getattr(args, "tri_layer_position", -1)
+
+
+
+
+@register_model_architecture("trelm", "trelm_tiny")
+def trelm_tiny(args):
+    """For tests: 4 layers, d=32."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 4)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 32)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 64)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 2)
+    args.max_positions = safe_getattr(args, "max_positions", 128)
+    base_architecture(args)
+
+
+@register_model_architecture("trelm", "trelm_minilm")
+def trelm_minilm(args):
+    """all-MiniLM-L6-v2 shape: 6 layers, d=384, 12 heads, FFN 1536, BERT LayerNorm eps."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 6)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 384)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 1536)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 12)
+    args.layernorm_eps = safe_getattr(args, "layernorm_eps", 1e-12)
+    base_architecture(args)
+
+
+@register_model_architecture("trelm", "trelm_base")
+def trelm_base(args):
+    """bert-base / roberta-base shape: 12 layers, d=768."""
+    base_architecture(args)
+
+
+@register_model_architecture("trelm", "trelm_large")
+def trelm_large(args):
+    """bert-large / roberta-large shape: 24 layers, d=1024, 16 heads."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 24)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 1024)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 4096)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 16)
+    base_architecture(args)
