@@ -16,6 +16,14 @@ setup(
     entry_points={
         "console_scripts": [
             "trelm-import=trelm_fairseq.cli.import_model:cli_main",
+            "trelm-combine=trelm_fairseq.cli.combine:cli_main",
+            "trelm-stages=trelm_fairseq.cli.stages:cli_main",
+            "trelm-parse-eval=trelm_fairseq.cli.parse_eval:cli_main",
+            "trelm-fetch-corpus=trelm_fairseq.preprocess.corpora:cli_main",
+            "trelm-vocab=trelm_fairseq.preprocess.vocab:cli_main",
+            "trelm-align=trelm_fairseq.preprocess.align:cli_main",
+            "trelm-map-embeddings=trelm_fairseq.preprocess.embedding_mapping:cli_main",
+            "trelm-prepare=trelm_fairseq.preprocess.prepare:cli_main",
         ],
     },
 )
