@@ -125,11 +125,12 @@ def checkpoint_model_config(state: Dict, path: str = "<checkpoint>") -> argparse
         raw = vars(state["args"])
     else:
         raise TreLMError(f"{path}: checkpoint carries no model config ('cfg.model' or 'args')")
-    name = raw.get("_name") or raw.get("arch")
-    if name is None or not str(name).startswith("trelm"):
-        raise TreLMError(f"{path}: model is '{name}', expected a trelm model")
-    return model_config(raw.get("arch") if str(raw.get("arch", "")).startswith("trelm") else "trelm",
-                        **{k: v for k, v in raw.items() if k in MODEL_FIELDS})
+    # argparse runs store arch + filled fields; hydra runs store _name=<arch> and may leave None
+    arch = raw.get("arch") or raw.get("_name")
+    if arch is None or not str(arch).startswith("trelm"):
+        raise TreLMError(f"{path}: model is '{arch}', expected a trelm model")
+    fields = {k: v for k, v in raw.items() if k in MODEL_FIELDS and v is not None}
+    return model_config(str(arch), **fields)
 
 
 def load_model(path: str, dictionary: Dictionary, strict: bool = True):

@@ -48,10 +48,18 @@ PARAMETER_GROUPS = ("embeddings", "lower", "tri_layer", "upper", "lm_head")
 
 @dataclass
 class TreLMConfig(FairseqDataclass):
-    encoder_layers: int = field(default=12, metadata={"help": "number of transformer layers (without the TRILayer)"})
-    encoder_embed_dim: int = field(default=768, metadata={"help": "hidden size"})
-    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "feed-forward inner size"})
-    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    # Size fields default to None so that the --arch function (or, under
+    # fairseq-hydra-train, model._name=<arch>) fills them; see base_architecture.
+    encoder_layers: Optional[int] = field(
+        default=None, metadata={"help": "number of transformer layers (without the TRILayer); default: from --arch"}
+    )
+    encoder_embed_dim: Optional[int] = field(default=None, metadata={"help": "hidden size; default: from --arch"})
+    encoder_ffn_embed_dim: Optional[int] = field(
+        default=None, metadata={"help": "feed-forward inner size; default: from --arch"}
+    )
+    encoder_attention_heads: Optional[int] = field(
+        default=None, metadata={"help": "attention heads; default: from --arch"}
+    )
     activation_fn: ChoiceEnum(utils.get_available_activation_fns()) = field(
         default="gelu", metadata={"help": "activation in the feed-forward blocks and the LM head"}
     )
@@ -62,9 +70,11 @@ class TreLMConfig(FairseqDataclass):
     pooler_activation_fn: ChoiceEnum(utils.get_available_activation_fns()) = field(
         default="tanh", metadata={"help": "activation in classification heads"}
     )
-    max_positions: int = field(default=512, metadata={"help": "number of learned positions"})
-    layernorm_eps: float = field(
-        default=1e-5, metadata={"help": "LayerNorm epsilon (BERT checkpoints use 1e-12)"}
+    max_positions: Optional[int] = field(
+        default=None, metadata={"help": "number of learned positions; default: from --arch (512)"}
+    )
+    layernorm_eps: Optional[float] = field(
+        default=None, metadata={"help": "LayerNorm epsilon (BERT checkpoints use 1e-12); default: from --arch"}
     )
     n_langs: int = field(default=2, metadata={"help": "rows of the language embedding"})
     default_lang_id: int = field(

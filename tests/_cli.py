@@ -1,0 +1,73 @@
+"""Running the fairseq / trelm command-line tools from tests, in this Python env."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "trelm_fairseq")
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONWARNINGS"] = "ignore"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_cli(tool: str, args: Sequence[str], cwd=None, check: bool = True, timeout: int = 300):
+    """Run BIN/tool with args; returns CompletedProcess (stdout+stderr merged in .stdout)."""
+    proc = subprocess.run(
+        [str(BIN / tool), *map(str, args)],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def write_random_text(path: Path, n_lines: int, seed: int, words: List[str] = None) -> None:
+    """Lines drawn from a small word list, with a learnable bigram pattern (a b, c d, ...)."""
+    rng = random.Random(seed)
+    words = words or [chr(ord("a") + i) for i in range(12)]
+    lines = []
+    for _ in range(n_lines):
+        toks = []
+        for _ in range(rng.randint(2, 8)):
+            i = rng.randrange(0, len(words) - 1, 2)
+            toks += [words[i], words[i + 1]]
+        lines.append(" ".join(toks))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_mono_data_bin(tmp: Path, n_train: int = 200, n_valid: int = 24, seed: int = 0) -> Path:
+    """A fairseq-preprocess'ed monolingual data-bin (for masked_lm) under tmp/bin."""
+    write_random_text(tmp / "train.txt", n_train, seed)
+    write_random_text(tmp / "valid.txt", n_valid, seed + 1)
+    run_cli(
+        "fairseq-preprocess",
+        ["--only-source", "--trainpref", tmp / "train.txt", "--validpref", tmp / "valid.txt",
+         "--destdir", tmp / "bin", "--workers", "1"],
+    )
+    return tmp / "bin"
+
+
+def parse_logged(stdout: str, key: str, subset: str = "valid") -> List[float]:
+    """Values of `key` from fairseq's simple-format log lines of a subset ('valid' or 'train_inner')."""
+    vals = []
+    for line in stdout.splitlines():
+        if f"| {subset} |" not in line and f"| {subset} " not in line:
+            continue
+        for part in line.replace(",", " |").split("|"):
+            part = part.strip()
+            if part.startswith(key + " ") or part.startswith(key + "="):
+                vals.append(float(part.replace("=", " ").split()[1]))
+    return vals
