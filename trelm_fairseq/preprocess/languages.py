@@ -1,0 +1,113 @@
+"""Supported target languages and the per-language facts the preprocess tools need.
+
+A language code is the lower-case suffix of Debian's `libreoffice-help-<code>` package
+(`tr`, `de`, `zh-cn`, `pt-br`, ...).  Every code listed here was checked with
+`apt-cache policy libreoffice-help-<code>` on Debian bookworm (LibreOffice 7.4); the
+`manpages-*` packages were checked with `apt-cache search '^manpages-'`.
+
+    >>> get_language("tr").manpages_package
+    'manpages-tr'
+    >>> lower("İSTANBUL IRMAK", "tr")
+    'istanbul ırmak'
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from trelm_fairseq.errors import TreLMError
+
+SOURCE_LANG = "en"
+SOURCE_HELP_PACKAGE = "libreoffice-help-en-us"
+SOURCE_HELP_DIR = "en-US"
+
+
+@dataclass(frozen=True)
+class Language:
+    code: str                      # our code, e.g. "zh-cn"
+    name: str
+    help_dir: str                  # directory under /usr/share/libreoffice/help/, e.g. "zh-CN"
+    manpages_package: Optional[str] = None   # Debian package with translated man pages
+    manpages_dir: Optional[str] = None       # its directory under /usr/share/man/
+    spaces_between_words: bool = True        # False: word counts / word alignment need
+                                             # character-level splitting (zh, ja, ...)
+
+    @property
+    def help_package(self) -> str:
+        return f"libreoffice-help-{self.code}"
+
+
+def _lang(code, name, man=None, spaces=True):
+    # Debian's help directory is "xx" or "xx-YY"; man page directories use "xx" or "xx_YY".
+    lang, _, region = code.partition("-")
+    help_dir = f"{lang}-{region.upper()}" if region else lang
+    man_pkg = man_dir = None
+    if man is not None:
+        man_pkg = f"manpages-{man}"
+        man_dir = f"{lang}_{region.upper()}" if region else lang
+    return Language(code, name, help_dir, man_pkg, man_dir, spaces)
+
+
+# code -> Language.  manpages column: the manpages-<x> package name suffix, None if Debian
+# has no translated man pages for the language (manpages-pt is an empty dummy package).
+LANGUAGES = {
+    lang.code: lang
+    for lang in [
+        _lang("ca", "Catalan"),
+        _lang("cs", "Czech", man="cs"),
+        _lang("da", "Danish", man="da"),
+        _lang("de", "German", man="de"),
+        _lang("el", "Greek", man="el"),
+        _lang("es", "Spanish", man="es"),
+        _lang("et", "Estonian"),
+        _lang("eu", "Basque"),
+        _lang("fi", "Finnish", man="fi"),
+        _lang("fr", "French", man="fr"),
+        _lang("gl", "Galician"),
+        _lang("hi", "Hindi"),
+        _lang("hu", "Hungarian", man="hu"),
+        _lang("id", "Indonesian", man="id"),
+        _lang("it", "Italian", man="it"),
+        _lang("ja", "Japanese", man="ja", spaces=False),
+        _lang("km", "Khmer", spaces=False),
+        _lang("ko", "Korean"),
+        _lang("nl", "Dutch", man="nl"),
+        _lang("pl", "Polish", man="pl"),
+        _lang("pt", "Portuguese"),
+        _lang("pt-br", "Brazilian Portuguese", man="pt-br"),
+        _lang("ru", "Russian", man="ru"),
+        _lang("sk", "Slovak"),
+        _lang("sl", "Slovenian"),
+        _lang("sv", "Swedish", man="sv"),
+        _lang("tr", "Turkish", man="tr"),
+        _lang("vi", "Vietnamese", man="vi"),
+        _lang("zh-cn", "Chinese (Simplified)", man="zh", spaces=False),
+        _lang("zh-tw", "Chinese (Traditional)", man="zh", spaces=False),
+    ]
+}
+
+
+def get_language(code: str) -> Language:
+    """Look up a target language by code (case-insensitive; `zh_CN` works too)."""
+    key = code.strip().lower().replace("_", "-")
+    if key not in LANGUAGES:
+        raise TreLMError(
+            f"unknown language code {code!r}: expected one of {', '.join(sorted(LANGUAGES))} "
+            f"(the suffix of Debian's libreoffice-help-<code> package)"
+        )
+    return LANGUAGES[key]
+
+
+# Languages whose dotted/dotless i need their own case mapping.
+_DOTTED_I_LANGS = {"tr", "az"}
+_TR_LOWER = str.maketrans({"I": "ı", "İ": "i"})
+
+
+def lower(text: str, lang: str) -> str:
+    """Lower-case `text` by the rules of `lang`.
+
+    Turkish/Azerbaijani: I -> ı and İ -> i.  Plain `str.lower()` would turn İ into
+    "i" + U+0307 (combining dot) and I into i, which breaks an uncased model's vocabulary.
+    Greek final sigma is already handled by `str.lower()`."""
+    base = lang.strip().lower().replace("_", "-").split("-")[0]
+    if base in _DOTTED_I_LANGS:
+        text = text.translate(_TR_LOWER)
+    return text.lower()

@@ -1,0 +1,223 @@
+"""Reading and writing the plain-text files every preprocess tool consumes.
+
+Input contract (one sentence or paragraph per line, UTF-8):
+- bytes that are not UTF-8 -> TreLMError naming the file, the 1-based line number and the
+  byte offset in the file; a UTF-8 byte-order mark at the start is ignored, CRLF is accepted;
+- parallel files must have the same number of lines -> otherwise TreLMError naming both
+  files and both counts;
+- empty or whitespace-only lines are skipped and counted (for a parallel file, the pair is
+  skipped when either side is empty); with `strict=True` they are an error instead;
+- over-long lines (more than `max_chars` characters or `max_words` whitespace-separated
+  words, either limit optional) are skipped and counted, or an error with `strict=True`;
+- kept lines are whitespace-normalised: stripped, inner runs of whitespace (tabs included)
+  become one space, so every line is safe to put in a TSV column.
+
+Writers go through `atomic_write`: the data lands in a temporary file next to the
+destination and is renamed over it only when complete, so a crash or an exception never
+leaves a half-written file behind.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+from trelm_fairseq.errors import TreLMError
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def normalize_space(text: str) -> str:
+    """Strip and collapse every run of (Unicode) whitespace to one space."""
+    return " ".join(text.split())
+
+
+def has_letter(text: str) -> bool:
+    return any(ch.isalpha() for ch in text)
+
+
+@dataclass
+class ReadStats:
+    """What a reader kept and skipped; `lines` counts lines (or pairs) read."""
+    lines: int = 0
+    kept: int = 0
+    empty: int = 0
+    too_long: int = 0
+
+    def add(self, other: "ReadStats") -> "ReadStats":
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+        return self
+
+    def summary(self) -> str:
+        return (f"{self.kept} kept of {self.lines} (skipped: {self.empty} empty, "
+                f"{self.too_long} over-long)")
+
+
+def iter_raw_lines(path: str) -> Iterator[Tuple[int, str]]:
+    """Yield (line number, decoded line without its newline), checking the encoding."""
+    offset = 0
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise TreLMError(f"{path}: cannot open: {e.strerror}") from e
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            start = 0
+            if lineno == 1 and raw.startswith(_BOM):
+                start = len(_BOM)
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = raw[start + e.start: start + e.start + 1]
+                raise TreLMError(
+                    f"{path}:{lineno}: not UTF-8: byte 0x{bad.hex()} at byte offset "
+                    f"{offset + start + e.start} of the file (expected UTF-8 text; "
+                    f"convert it, e.g. with iconv -f <encoding> -t utf-8)"
+                ) from None
+            offset += len(raw)
+            yield lineno, line.rstrip("\r\n")
+
+
+class _Checker:
+    """Applies the empty / over-long policy to one line."""
+
+    def __init__(self, strict, max_chars, max_words):
+        self.strict, self.max_chars, self.max_words = strict, max_chars, max_words
+
+    def problem(self, line: str) -> Optional[str]:
+        if not line:
+            return "empty"
+        if self.max_chars is not None and len(line) > self.max_chars:
+            return "too_long"
+        if self.max_words is not None and len(line.split(" ")) > self.max_words:
+            return "too_long"
+        return None
+
+    def fail(self, path, lineno, problem, line):
+        if problem == "empty":
+            what = "empty or whitespace-only line"
+        else:
+            what = (f"over-long line ({len(line)} chars, {len(line.split(' '))} words; "
+                    f"limits: max_chars={self.max_chars}, max_words={self.max_words})")
+        raise TreLMError(f"{path}:{lineno}: {what} (strict mode: expected one non-empty "
+                         f"sentence per line)")
+
+
+def read_lines(path: str, *, strict: bool = False, max_chars: Optional[int] = None,
+               max_words: Optional[int] = None,
+               stats: Optional[ReadStats] = None) -> List[str]:
+    """Read a monolingual text file: normalised, non-empty, not over-long lines."""
+    check = _Checker(strict, max_chars, max_words)
+    stats = stats if stats is not None else ReadStats()
+    out = []
+    for lineno, raw in iter_raw_lines(path):
+        stats.lines += 1
+        line = normalize_space(raw)
+        problem = check.problem(line)
+        if problem is None:
+            out.append(line)
+            stats.kept += 1
+            continue
+        if strict:
+            check.fail(path, lineno, problem, line)
+        setattr(stats, problem, getattr(stats, problem) + 1)
+    return out
+
+
+def read_parallel(src_path: str, tgt_path: str, *, strict: bool = False,
+                  max_chars: Optional[int] = None, max_words: Optional[int] = None,
+                  stats: Optional[ReadStats] = None) -> List[Tuple[str, str]]:
+    """Read two line-aligned files into (source, target) pairs.
+
+    A pair is skipped (and counted once) when either side is empty or over-long."""
+    check = _Checker(strict, max_chars, max_words)
+    stats = stats if stats is not None else ReadStats()
+    pairs = []
+    src_it, tgt_it = iter_raw_lines(src_path), iter_raw_lines(tgt_path)
+    n = 0
+    while True:
+        s, t = next(src_it, None), next(tgt_it, None)
+        if s is None or t is None:
+            if s is None and t is None:
+                break
+            # One file ended early: count the rest of the other for the message.
+            longer_it, longer = (src_it, s) if t is None else (tgt_it, t)
+            rest = 1 + sum(1 for _ in longer_it)
+            n_src, n_tgt = (n + rest, n) if t is None else (n, n + rest)
+            raise TreLMError(
+                f"parallel files have different line counts: {src_path} has {n_src} lines, "
+                f"{tgt_path} has {n_tgt} lines (expected one translation per line)")
+        n += 1
+        stats.lines += 1
+        (lineno, s_raw), (_, t_raw) = s, t
+        s_line, t_line = normalize_space(s_raw), normalize_space(t_raw)
+        problems = [(p, path, line) for p, path, line in (
+            (check.problem(s_line), src_path, s_line), (check.problem(t_line), tgt_path, t_line))
+            if p is not None]
+        if not problems:
+            pairs.append((s_line, t_line))
+            stats.kept += 1
+            continue
+        problem, path, line = problems[0]
+        if strict:
+            check.fail(path, lineno, problem, line)
+        setattr(stats, problem, getattr(stats, problem) + 1)
+    return pairs
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w"):
+    """Open a temporary file next to `path`; rename it to `path` only on success."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_lines(path: str, lines: Iterable[str]) -> int:
+    """Atomically write one line per item; returns the number of lines."""
+    n = 0
+    with atomic_write(path) as f:
+        for line in lines:
+            if "\n" in line or "\r" in line:
+                raise TreLMError(f"{path}: refusing to write line {n + 1} containing a "
+                                 f"newline (expected one sentence per line)")
+            f.write(line + "\n")
+            n += 1
+    return n
+
+
+def write_tsv(path: str, rows: Iterable[Tuple[str, ...]]) -> int:
+    """Atomically write tab-separated rows (fields must not contain tabs or newlines)."""
+    n = 0
+    with atomic_write(path) as f:
+        for row in rows:
+            if any(ch in field for field in row for ch in "\t\n\r"):
+                raise TreLMError(f"{path}: row {n + 1} has a field containing a tab or "
+                                 f"newline (expected normalised text)")
+            f.write("\t".join(row) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
