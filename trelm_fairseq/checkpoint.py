@@ -19,7 +19,7 @@ from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
 from .errors import TreLMError
-from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel
+from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
 MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
 
@@ -31,6 +31,7 @@ def model_config(arch: str = "trelm", **overrides) -> argparse.Namespace:
         raise TreLMError(f"unknown architecture '{arch}': expected one of {known}")
     cfg = argparse.Namespace(**overrides)
     ARCH_CONFIG_REGISTRY[arch](cfg)
+    base_architecture(cfg)  # plain 'trelm' is registered with a no-op arch function: fill the defaults
     cfg.arch = arch
     cfg._name = "trelm"
     return cfg
@@ -60,6 +61,9 @@ def atomic_torch_save(obj, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -97,6 +101,9 @@ def save_checkpoint(
         ],
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}},
         "last_optimizer_state": None,
+        # fairseq's trainer reads state["criterion"] whenever the criterion has
+        # parameters (trelm_loss's discriminator); empty = start it fresh.
+        "criterion": {},
         "trelm": meta,
     }
     atomic_torch_save(state, path)
