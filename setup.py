@@ -19,6 +19,8 @@ setup(
             "trelm-combine=trelm_fairseq.cli.combine:cli_main",
             "trelm-stages=trelm_fairseq.cli.stages:cli_main",
             "trelm-parse-eval=trelm_fairseq.cli.parse_eval:cli_main",
+            "trelm-parse-prepare=trelm_fairseq.parsing.prepare:cli_main",
+            "trelm-demo=trelm_fairseq.main_job:cli_main",
             "trelm-fetch-corpus=trelm_fairseq.preprocess.corpora:cli_main",
             "trelm-vocab=trelm_fairseq.preprocess.vocab:cli_main",
             "trelm-align=trelm_fairseq.preprocess.align:cli_main",

@@ -1,0 +1,176 @@
+"""The ``trelm_parsing`` task: dependency parsing with the ``trelm_parser`` model.
+
+Data: a directory written by ``python -m trelm_fairseq.parsing.prepare`` (see
+that module for the files).  Every sentence is ``<s> subwords </s>``; the
+model scores heads for the CoNLL-U words (first-subword index per word) with
+ROOT = ``<s>``.  Validation decodes (Eisner by default) and reports UAS / LAS
+with punctuation excluded (the criterion logs them).
+
+Evaluation splits are batched with ``required_batch_size_multiple = 1`` whatever
+the command line says, so no sentence is ever left out of a valid/test pass.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+from omegaconf import II, MISSING
+
+from fairseq import utils
+from fairseq.data import (
+    Dictionary,
+    IdDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    NumSamplesDataset,
+    OffsetTokensDataset,
+    PrependTokenDataset,
+    RawLabelDataset,
+    RightPadDataset,
+    SortDataset,
+    data_utils,
+)
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+
+from ..errors import TreLMError
+from ..parsing.decode import DECODERS
+
+logger = logging.getLogger(__name__)
+
+WORD_FIELDS = ("first_subword", "wordpos", "heads", "labels", "punct")
+PAD_WORD_INDEX = -1  # token_index padding (the model masks words with a negative index)
+PAD_HEAD = -1  # heads / labels padding (the criterion ignores them)
+
+
+@dataclass
+class TreLMParsingConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "data directory (python -m trelm_fairseq.parsing.prepare)"})
+    max_positions: int = field(default=512, metadata={"help": "longest sentence in subwords, <s> and </s> included"})
+    lang_id: int = field(default=1, metadata={"help": "language id of the treebank's language (S = 0, T = 1)"})
+    eval_decoder: ChoiceEnum(list(DECODERS)) = field(
+        default="eisner", metadata={"help": "decoding for validation UAS/LAS: eisner (projective tree) or greedy"}
+    )
+    multi_root: bool = field(
+        default=False, metadata={"help": "let Eisner decoding attach several words to ROOT (default: exactly one)"}
+    )
+    seed: int = II("common.seed")
+
+
+def load_labels(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: label list not found (run python -m trelm_fairseq.parsing.prepare)")
+    labels = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise TreLMError(f"{path}:{lineno}: expected 'label count', found {line.rstrip()!r}")
+            labels.append(parts[0])
+    if not labels:
+        raise TreLMError(f"{path}: no labels")
+    return labels
+
+
+@register_task("trelm_parsing", dataclass=TreLMParsingConfig)
+class TreLMParsingTask(FairseqTask):
+    cfg: TreLMParsingConfig
+
+    def __init__(self, cfg: TreLMParsingConfig, dictionary: Dictionary, labels: List[str]):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.labels = labels
+
+    @classmethod
+    def load_dictionary(cls, filename):
+        if not os.path.isfile(filename):
+            raise TreLMError(f"{filename}: dictionary not found (run python -m trelm_fairseq.parsing.prepare)")
+        dictionary = Dictionary.load(filename)
+        dictionary.add_symbol("<mask>")  # as masked_lm / sentence_prediction: matches trelm checkpoints
+        return dictionary
+
+    @classmethod
+    def setup_task(cls, cfg: TreLMParsingConfig, **kwargs):
+        data = utils.split_paths(cfg.data)[0]
+        dictionary = cls.load_dictionary(os.path.join(data, "dict.txt"))
+        labels = load_labels(os.path.join(data, "labels.txt"))
+        logger.info("dictionary: %d types, %d relation labels", len(dictionary), len(labels))
+        return cls(cfg, dictionary, labels)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return self.cfg.max_positions
+
+    def _load(self, split: str, name: str):
+        prefix = os.path.join(utils.split_paths(self.cfg.data)[0], f"{split}.{name}")
+        ds = data_utils.load_indexed_dataset(prefix, self.dictionary if name == "tokens" else None, "mmap")
+        if ds is None:
+            raise TreLMError(
+                f"{prefix}.bin/.idx not found: run python -m trelm_fairseq.parsing.prepare (split '{split}')"
+            )
+        return ds
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        tokens = self._load(split, "tokens")
+        words = {name: self._load(split, name) for name in WORD_FIELDS}
+        for name, ds in words.items():
+            if len(ds) != len(tokens):
+                raise TreLMError(f"{split}.{name} has {len(ds)} sentences, {split}.tokens {len(tokens)}: "
+                                 "the data directory is inconsistent (prepare it again)")
+            if name != "first_subword" and not np.array_equal(ds.sizes, words["first_subword"].sizes):
+                raise TreLMError(f"{split}.{name}: word counts differ from {split}.first_subword (prepare again)")
+        n = len(tokens)
+        src = PrependTokenDataset(tokens, self.dictionary.bos())
+        dataset = NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": RightPadDataset(src, pad_idx=self.dictionary.pad()),
+                    # positions shift by one for the prepended <s>
+                    "token_index": RightPadDataset(OffsetTokensDataset(words["first_subword"], 1), PAD_WORD_INDEX),
+                    "word_positions": RightPadDataset(words["wordpos"], pad_idx=0),
+                    "lang_ids": RawLabelDataset([self.cfg.lang_id] * n),
+                },
+                "heads": RightPadDataset(words["heads"], pad_idx=PAD_HEAD),
+                "labels": RightPadDataset(words["labels"], pad_idx=PAD_HEAD),
+                "punct": RightPadDataset(words["punct"], pad_idx=1),
+                "nsentences": NumSamplesDataset(),
+                "ntokens": NumelDataset(words["heads"], reduce=True),
+            },
+            sizes=[src.sizes],
+        )
+        with data_utils.numpy_seed(self.cfg.seed, epoch):
+            shuffle = np.random.permutation(n)
+        dataset = SortDataset(dataset, sort_order=[shuffle, src.sizes])
+        logger.info("loaded %d sentences (%d words) from %s", n, int(words["heads"].sizes.sum()), split)
+        self.datasets[split] = dataset
+        return dataset
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        if dataset is not self.datasets.get("train"):
+            # evaluation: fairseq drops a last partial batch when the multiple is > 1
+            if "required_batch_size_multiple" in kwargs:
+                kwargs["required_batch_size_multiple"] = 1
+            elif len(args) >= 5:
+                args = args[:4] + (1,) + args[5:]
+        return super().get_batch_iterator(dataset, *args, **kwargs)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if not hasattr(model, "label_scores"):
+            raise TreLMError(f"--task trelm_parsing needs a parser model (--arch trelm_parser_*), not {type(model).__name__}")
+        return model
