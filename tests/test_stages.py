@@ -1,0 +1,248 @@
+"""trelm-stages: command construction, skipping, resuming (fake trainer) and a real end-to-end run."""
+import json
+import os
+
+import pytest
+import torch
+
+import trelm_fairseq  # noqa: F401  (registers)
+from fairseq import checkpoint_utils
+from trelm_fairseq.checkpoint import build_model, load_checkpoint, model_config, save_checkpoint
+from trelm_fairseq.errors import TreLMError
+from trelm_fairseq.stages import StageFailed, StagePlan, parse_fairseq_log, run_all
+
+from _cli import run_cli
+from _stages_helpers import read_calls, trainer_command
+from fairseq.data import Dictionary
+
+
+def model_dictionary():
+    d = Dictionary()
+    for i in range(20):
+        d.add_symbol(f"w{i}")
+    d.add_symbol("<mask>")
+    return d
+
+
+def _arg(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data dir with only what the fake trainer needs: init/model.pt (trelm_tiny + TRILayer)."""
+    cfg = model_config("trelm_tiny", tri_layer=True)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "data" / "init" / "model.pt"), build_model(cfg, model_dictionary()), cfg)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_SLEEP"):
+        monkeypatch.delenv(k, raising=False)
+    return calls
+
+
+def fake_plan(data, out, **kw):
+    kw.setdefault("updates", {"1": 4, "2": 4, "4": 4})
+    return StagePlan(str(data), str(out), langs="en,tr", trainer=trainer_command(), **kw)
+
+
+def quiet_run(plan, **kw):
+    lines = []
+    run_all(plan, log=lines.append, **kw)
+    return "\n".join(lines)
+
+
+def test_commands_budgets_and_flags(data_dir, tmp_path):
+    plan = StagePlan(str(data_dir), str(tmp_path / "out"), langs="en,tr", scale=0.01, lr=1e-4,
+                     extra_args=["--cpu"], stage_args={"2a": ["--adv-weight", "0.1"]})
+    assert [plan.budget(k) for k in ("1", "2a", "2b", "3", "4")] == [200, 200, 200, 0, 800]
+    assert plan.warmup_updates("1") == 5 and plan.warmup_updates("4") == 5
+    s1 = plan.stages["1"].command()
+    assert s1[1:3] == ["-m", "fairseq_cli.train"] and s1[3] == str(data_dir)
+    for flag, value in (("--task", "trelm_transfer"), ("--stage", "commonality"), ("--arch", "trelm_tiny"),
+                        ("--criterion", "trelm_loss"), ("--langs", "en,tr"), ("--max-update", "200"),
+                        ("--total-num-update", "200"), ("--warmup-updates", "5"), ("--lr", "0.0001"),
+                        ("--adam-eps", "1e-06"), ("--weight-decay", "0.01"), ("--clip-norm", "5.0"),
+                        ("--tokens-per-sample", "128"), ("--required-batch-size-multiple", "1"),
+                        ("--restore-file", str(data_dir / "init" / "model.pt")),
+                        ("--save-dir", str(tmp_path / "out" / "1-commonality"))):
+        assert _arg(s1, flag) == value, flag
+    assert {"--tri-layer", "--reset-optimizer", "--reset-dataloader", "--reset-meters"} <= set(s1)
+    assert s1[-1] == "--cpu" and "--adv-weight" not in s1
+
+    s2a = plan.stages["2a"].command()
+    assert _arg(s2a, "--stage") == "transfer_upper" and s2a[-3:] == ["--cpu", "--adv-weight", "0.1"]
+    assert _arg(s2a, "--restore-file") == str(tmp_path / "out" / "1-commonality" / "checkpoint_last.pt")
+    assert _arg(plan.stages["2b"].command(), "--stage") == "transfer_lower"
+    s3 = plan.stages["3"].command()
+    assert s3[1:3] == ["-m", "trelm_fairseq.cli.combine"]
+    assert _arg(s3, "--upper").endswith("2a-transfer_upper/checkpoint_last.pt")
+    assert _arg(s3, "--lower").endswith("2b-transfer_lower/checkpoint_last.pt")
+    assert _arg(s3, "--parent").endswith("1-commonality/checkpoint_last.pt")
+    assert _arg(plan.stages["4"].command(), "--restore-file") == str(tmp_path / "out" / "3-combine" / "checkpoint.pt")
+
+    # an unfinished stage with its own checkpoint_last.pt resumes: no restore file, no resets
+    os.makedirs(plan.stages["2a"].dir)
+    open(os.path.join(plan.stages["2a"].dir, "checkpoint_last.pt"), "wb").close()
+    assert plan.stages["2a"].state() == "resume"
+    resumed = plan.stages["2a"].command()
+    assert not {"--restore-file", "--reset-optimizer", "--reset-dataloader", "--reset-meters"} & set(resumed)
+
+    # explicit budgets: warmup at most a tenth; paper budgets keep the paper warmup
+    assert StagePlan(str(data_dir), str(tmp_path), updates={"1": 300, "2": 300, "4": 300}).warmup_updates("1") == 30
+    paper = StagePlan(str(data_dir), str(tmp_path))
+    assert (paper.budget("1"), paper.budget("4"), paper.warmup_updates("4"), paper.lr) == (20000, 80000, 500, 3e-5)
+    best = StagePlan(str(data_dir), str(tmp_path), restore_from="best")
+    assert _arg(best.stages["2a"].command(), "--restore-file").endswith("1-commonality/checkpoint_best.pt")
+
+
+def test_model_args_follow_the_init_checkpoint(tmp_path):
+    cfg = model_config("trelm_tiny", tri_layer=True, encoder_ffn_embed_dim=48, max_positions=64)
+    save_checkpoint(str(tmp_path / "init.pt"), build_model(cfg, model_dictionary()), cfg)
+    plan = StagePlan(str(tmp_path), str(tmp_path / "out"), init=str(tmp_path / "init.pt"))
+    cmd = plan.stages["1"].command()
+    assert _arg(cmd, "--arch") == "trelm_tiny" and _arg(cmd, "--encoder-ffn-embed-dim") == "48"
+    assert _arg(cmd, "--max-positions") == "64" and _arg(cmd, "--tokens-per-sample") == "64"
+    assert "--encoder-layers" not in cmd  # same as the arch default
+
+
+def test_selection_and_option_errors(data_dir, tmp_path):
+    plan = StagePlan(str(data_dir), str(tmp_path / "out"))
+    assert plan.select("1,2") == ["1", "2a", "2b"]
+    assert plan.select("language_specific,combine") == ["3", "4"]
+    with pytest.raises(TreLMError, match="unknown stage '5'"):
+        plan.select("1,5")
+    with pytest.raises(TreLMError, match="stage 3 needs stage 2a .*neither finished nor selected"):
+        run_all(plan, stages="3,4", log=lambda m: None)
+    with pytest.raises(TreLMError, match="--langs 'en'"):
+        StagePlan(str(data_dir), str(tmp_path), langs="en")
+    with pytest.raises(TreLMError, match="init checkpoint not found"):
+        StagePlan(str(tmp_path), str(tmp_path / "o")).stages["1"].command()
+
+
+def test_parse_fairseq_log_json_and_simple():
+    lines = [
+        '2026 | INFO | train_inner | {"epoch": 1, "update": 1, "loss": "9"}',
+        '2026 | INFO | valid | {"epoch": 1, "valid_loss": "7.5", "valid_cdlm_loss": "7", "valid_num_updates": "4"}',
+        '2026 | INFO | train | {"epoch": 1, "train_loss": "8.25", "train_num_updates": "4"}',
+        "2026 | INFO | valid | epoch 002 | valid on 'valid' subset | loss 6.5 | ppl 90 | num_updates 8",
+    ]
+    stats = parse_fairseq_log(lines)
+    assert stats["train"]["loss"] == 8.25 and stats["train"]["num_updates"] == 4
+    assert stats["valid"]["loss"] == 6.5 and stats["valid"]["num_updates"] == 8
+
+
+def test_fake_run_interrupt_resume_skip(data_dir, tmp_path, fake, monkeypatch):
+    out = tmp_path / "out"
+    plan = fake_plan(data_dir, out)
+    # 2a dies after 2 of its 4 updates
+    monkeypatch.setenv("FAKE_FAIL_STAGE", "transfer_upper")
+    monkeypatch.setenv("FAKE_FAIL_AT", "2")
+    with pytest.raises(StageFailed, match=r"stage 2a \(transfer_upper\) failed.*resume"):
+        quiet_run(plan)
+    assert plan.stages["1"].done() and not plan.stages["2a"].done() and plan.stages["2a"].state() == "resume"
+    marker1 = (out / "1-commonality" / "stage_done.json").read_text()
+    summary = json.loads((out / "stages.json").read_text())  # written even when a stage fails
+    assert [r["status"] for r in summary["stages"]] == ["done", "resume", "start", "start", "start"]
+
+    # rerun (2a and 2b in parallel): stage 1 skipped, 2a resumes at update 2, 2b starts from stage 1
+    monkeypatch.delenv("FAKE_FAIL_STAGE")
+    monkeypatch.setenv("FAKE_SLEEP", "1.5")
+    text = quiet_run(fake_plan(data_dir, out), parallel=True)
+    calls = read_calls(fake)
+    assert [c["stage"] for c in calls[:2]] == ["commonality", "transfer_upper"]
+    rest = {c["stage"]: c for c in calls[2:]}
+    assert sorted(rest) == ["language_specific", "transfer_lower", "transfer_upper"] and len(calls) == 5
+    up, low = rest["transfer_upper"], rest["transfer_lower"]
+    assert (up["restore"], up["reset"], up["start_updates"], up["end_updates"]) == ("checkpoint_last.pt", False, 2, 4)
+    assert low["reset"] and low["restore"] == str(out / "1-commonality" / "checkpoint_last.pt")
+    assert low["t0"] < up["t1"] and up["t0"] < low["t1"]  # ran at the same time
+    s4 = rest["language_specific"]
+    assert s4["reset"] and s4["restore"] == str(out / "3-combine" / "checkpoint.pt")
+    assert (out / "1-commonality" / "stage_done.json").read_text() == marker1
+    assert "stage 1 (commonality): finished, skipping" in text
+
+    # summary: table printed and stages.json written
+    rows = json.loads((out / "stages.json").read_text())["stages"]
+    assert [r["status"] for r in rows] == ["done"] * 5
+    assert [r["updates"] for r in rows] == [4, 4, 4, None, 4]
+    assert rows[0]["train_loss"] == 9.0 and rows[0]["valid_loss"] == 9.5
+    assert "language_specific  done" in text
+    marker2a = json.loads((out / "2a-transfer_upper" / "stage_done.json").read_text())
+    assert marker2a["resumed"] and marker2a["updates"] == 4
+    combined = load_checkpoint(str(out / "3-combine" / "checkpoint.pt"))
+    assert combined["trelm"]["combine"]["parent"]["path"] == str(out / "1-commonality" / "checkpoint_last.pt")
+
+    # a third run does nothing
+    text = quiet_run(fake_plan(data_dir, out))
+    assert len(read_calls(fake)) == 5 and text.count("finished, skipping") == 5
+
+    # trained to the budget but the marker never written (killed after the last save): no retraining
+    os.unlink(out / "4-language_specific" / "stage_done.json")
+    text = quiet_run(fake_plan(data_dir, out), stages="4")
+    assert len(read_calls(fake)) == 5 and "already has 4 updates" in text
+    assert plan.stages["4"].done()
+
+
+def test_cli_dry_run_and_errors(data_dir, tmp_path, capsys):
+    from trelm_fairseq.cli.stages import cli_main
+
+    proc = run_cli("trelm-stages", [data_dir, tmp_path / "out", "--langs", "en,tr", "--scale", "0.01",
+                                    "--stages", "1,2a", "--dry-run", "--", "--num-workers", "0"])
+    lines = proc.stdout.splitlines()
+    assert "# stage 1 (commonality): would start" in lines and "# stage 2a (transfer_upper): would start" in lines
+    cmd = next(line for line in lines if "--stage transfer_upper" in line)
+    assert "--max-update 200" in cmd and cmd.endswith("--num-workers 0")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as e:
+        cli_main([str(data_dir), str(tmp_path / "out"), "--langs", "en,tr", "--stages", "4"])
+    assert e.value.code == 2 and "stage 4 needs stage 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_main([str(data_dir), str(tmp_path / "out"), "--stages", "1"])  # no --langs, no prepare.json
+    assert e.value.code == 2 and "--langs not given" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--help"])
+    assert e.value.code == 0 and "--updates-stage4" in capsys.readouterr().out
+
+
+def test_real_fairseq_train_end_to_end(tmp_path):
+    """All stages with the real task, 2 updates each; interrupted after 2a; then nothing left to do."""
+    from _transfer_helpers import make_tiny_data_dir
+
+    data = make_tiny_data_dir(str(tmp_path / "data"), n_train=40, n_valid=8, n_test=4)["data"]
+    out = tmp_path / "out"
+
+    def plan():
+        return StagePlan(data, str(out), langs="en,tr", updates={"1": 2, "2": 2, "4": 2}, lr=1e-3,
+                         max_tokens=1024, extra_args=["--num-workers", "0"])
+
+    quiet_run(plan(), stages="1,2a")  # "interrupted" after stage 2a
+    m1 = (out / "1-commonality" / "stage_done.json").read_text()
+    m2a = (out / "2a-transfer_upper" / "stage_done.json").read_text()
+    assert not (out / "2b-transfer_lower").exists()
+    text = quiet_run(plan())
+    assert (out / "1-commonality" / "stage_done.json").read_text() == m1
+    assert (out / "2a-transfer_upper" / "stage_done.json").read_text() == m2a
+    assert text.count("finished, skipping") == 2
+
+    rows = json.loads((out / "stages.json").read_text())["stages"]
+    assert [r["status"] for r in rows] == ["done"] * 5
+    for r in rows:
+        if r["stage"] != "3":
+            assert r["updates"] == 2 and r["train_loss"] > 0 and r["valid_loss"] > 0, r
+    for key, stage in (("1-commonality", "commonality"), ("2a-transfer_upper", "transfer_upper"),
+                       ("2b-transfer_lower", "transfer_lower"), ("4-language_specific", "language_specific")):
+        assert load_checkpoint(str(out / key / "checkpoint_last.pt"))["cfg"]["task"]["stage"] == stage
+    prov = load_checkpoint(str(out / "3-combine" / "checkpoint.pt"))["trelm"]["combine"]
+    assert prov["frozen_groups_checked"]["transfer_upper"] == ["embeddings", "lower"]
+    # fairseq rebuilds model and task from the combined checkpoint alone
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(out / "3-combine" / "checkpoint.pt")])
+    assert task.stage == "language_specific" and models[0].encoder.tri_layer is not None
+
+    text = quiet_run(plan())
+    assert text.count("finished, skipping") == 5

@@ -1,0 +1,47 @@
+"""trelm-combine: TreLM stage 3, merge the transfer-upper (2a) and transfer-lower (2b) checkpoints.
+
+    trelm-combine --upper out/2a/checkpoint_last.pt --lower out/2b/checkpoint_last.pt \\
+        --parent out/1/checkpoint_last.pt -o out/3/checkpoint.pt
+"""
+import argparse
+import json
+import sys
+
+from ..errors import cli_errors
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-combine",
+        description="TreLM stage 3: lower half (layers[:k]) from the transfer_lower (2b) checkpoint, upper half "
+        "(layers[k:]) from the transfer_upper (2a) checkpoint; embeddings, TRILayer and LM head averaged. "
+        "Writes a fairseq checkpoint for stage 4 (fairseq-train --restore-file OUT --reset-optimizer "
+        "--reset-dataloader --reset-meters) or for fine-tuning (sentence_prediction).",
+    )
+    p.add_argument("--upper", required=True, metavar="CKPT", help="checkpoint of stage transfer_upper (2a)")
+    p.add_argument("--lower", required=True, metavar="CKPT", help="checkpoint of stage transfer_lower (2b)")
+    p.add_argument(
+        "--parent",
+        metavar="CKPT",
+        help="the stage-1 (commonality) checkpoint both started from: checks that each one's frozen "
+        "parameter groups equal it bit for bit (recommended)",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="CKPT", help="where to write the combined checkpoint")
+    p.add_argument("--json", action="store_true", help="print the provenance record as JSON at the end")
+    return p
+
+
+@cli_errors
+def cli_main(argv=None):
+    args = get_parser().parse_args(argv)
+    from ..combine import combine  # heavy imports (fairseq) only after --help
+
+    record = combine(args.upper, args.lower, args.output, parent_path=args.parent,
+                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main()

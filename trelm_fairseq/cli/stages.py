@@ -1,0 +1,140 @@
+"""trelm-stages: run the TreLM schedule (stages 1 -> 2a, 2b -> 3 combine -> 4) with fairseq-train.
+
+    trelm-stages DATA OUT --langs en,tr --scale 0.01 --lr 1e-4 [--dry-run] [-- extra fairseq-train args]
+
+Resumable: re-running skips finished stages and resumes an unfinished one from its
+checkpoint_last.pt.
+"""
+import argparse
+import json
+import shlex
+import sys
+
+from ..errors import TreLMError, cli_errors
+
+EPILOG = """\
+stages: 1 commonality, 2a transfer_upper, 2b transfer_lower, 3 combine, 4 language_specific.
+Budgets: paper defaults 20000 (1), 20000 (2a, 2b), 80000 (4) updates, times --scale.
+Warmup: --warmup times --scale, at most a tenth of a stage's budget.
+Arguments after `--` go to every fairseq-train call unchanged (e.g. -- --cpu --num-workers 0).
+Outputs: OUT/<key>-<name>/ per stage (checkpoints, train.log, stage_done.json) and OUT/stages.json.
+"""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-stages",
+        description="Run the TreLM training schedule with fairseq-train, resumably.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", help="data directory written by trelm-prepare (docs/data-layout.md)")
+    p.add_argument("out", help="output directory (one sub-directory per stage)")
+    p.add_argument("--langs", help="source,target languages, e.g. en,tr (default: from DATA/prepare.json)")
+    p.add_argument("--arch", help="trelm architecture (default: the one recorded in the init checkpoint)")
+    p.add_argument("--init", help="stage-1 start checkpoint (default: DATA/init/model.pt)")
+    p.add_argument("--stages", default="all", help="comma-separated subset by key or name, e.g. 1,2a or 3,4 (2 = 2a and 2b; default: all); "
+                   "the stages they start from must be finished or selected")
+    p.add_argument("--updates", type=int, help="updates for every training stage (overrides the paper budgets)")
+    p.add_argument("--updates-stage1", type=int, help="updates for stage 1 (default 20000)")
+    p.add_argument("--updates-stage2", type=int, help="updates for each of stages 2a and 2b (default 20000)")
+    p.add_argument("--updates-stage4", type=int, help="updates for stage 4 (default 80000)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every budget (and the warmup) by this")
+    p.add_argument("--lr", type=float, default=3e-5,
+                   help="peak learning rate (paper: 3e-5; tiny CPU demos need more, e.g. 1e-4..1e-3)")
+    p.add_argument("--warmup", type=int, default=500, help="warmup updates at the paper budget (default 500)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--adam-eps", type=float, default=1e-6)
+    p.add_argument("--clip-norm", type=float, default=5.0)
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (per GPU)")
+    p.add_argument("--tokens-per-sample", type=int,
+                   help="longest sentence in tokens (default: the model's max positions, at most 512)")
+    p.add_argument("--update-freq", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--save-interval-updates", type=int,
+                   help="save (and validate) every N updates for mid-stage resume (default: max(100, budget/10))")
+    p.add_argument("--restore-from", choices=("last", "best"), default="last",
+                   help="which checkpoint of a finished stage the next stage starts from")
+    p.add_argument("--stage-args", action="append", default=[], metavar="KEY=ARGS",
+                   help="extra fairseq-train args for one stage, e.g. --stage-args '2a=--adv-weight 0.1' "
+                   "(repeatable)")
+    p.add_argument("--parallel", action="store_true", help="run stages 2a and 2b at the same time (two fairseq-train processes: "
+                   "enough devices / cores for both)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
+    p.add_argument("--quiet", action="store_true", help="do not echo fairseq output (it still goes to train.log)")
+    return p
+
+
+def _langs_from_prepare(data: str) -> str:
+    import os
+
+    path = os.path.join(data, "prepare.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = {}
+    langs = info.get("langs") or info.get("languages")
+    if isinstance(langs, (list, tuple)) and len(langs) == 2:
+        return ",".join(map(str, langs))
+    if isinstance(langs, str) and langs.count(",") == 1:
+        return langs
+    raise TreLMError(f"--langs not given and {path} records no 'langs': pass --langs S,T (e.g. en,tr)")
+
+
+def _stage_args(items):
+    out = {}
+    for item in items:
+        key, sep, rest = item.partition("=")
+        if not sep:
+            raise TreLMError(f"--stage-args {item!r}: expected KEY=ARGS, e.g. '4=--mask-prob 0.2'")
+        out.setdefault(key.strip(), []).extend(shlex.split(rest))
+    return out
+
+
+@cli_errors
+def cli_main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = get_parser().parse_args(argv)
+    from ..stages import PAPER_UPDATES, StagePlan, run_all
+
+    updates = dict(PAPER_UPDATES)
+    if args.updates is not None:
+        updates = {k: args.updates for k in updates}
+    for k in ("1", "2", "4"):
+        v = getattr(args, f"updates_stage{k}")
+        if v is not None:
+            updates[k] = v
+    plan = StagePlan(
+        data=args.data,
+        out=args.out,
+        langs=args.langs or _langs_from_prepare(args.data),
+        arch=args.arch,
+        init=args.init,
+        updates=updates,
+        scale=args.scale,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        adam_eps=args.adam_eps,
+        clip_norm=args.clip_norm,
+        max_tokens=args.max_tokens,
+        tokens_per_sample=args.tokens_per_sample,
+        update_freq=args.update_freq,
+        seed=args.seed,
+        save_interval_updates=args.save_interval_updates,
+        restore_from=args.restore_from,
+        extra_args=extra,
+        stage_args=_stage_args(args.stage_args),
+    )
+    run_all(plan, stages=args.stages, parallel=args.parallel, dry_run=args.dry_run,
+            log=lambda m: print(m, flush=True), echo=not args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main()

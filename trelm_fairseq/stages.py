@@ -1,0 +1,630 @@
+"""The TreLM stage graph and a resumable runner around fairseq-train.
+
+    1  commonality        init/model.pt        -> 1-commonality/checkpoint_last.pt
+    2a transfer_upper     stage 1              -> 2a-transfer_upper/checkpoint_last.pt
+    2b transfer_lower     stage 1              -> 2b-transfer_lower/checkpoint_last.pt
+    3  combine            2a + 2b (parent: 1)  -> 3-combine/checkpoint.pt
+    4  language_specific  stage 3              -> 4-language_specific/checkpoint_last.pt
+
+Each training stage is one ``fairseq-train`` run in its own save dir.  Its first start
+restores the previous stage's checkpoint with ``--reset-optimizer --reset-dataloader
+--reset-meters`` (so ``--max-update`` counts this stage's updates); a later start of an
+unfinished stage resumes from its own ``checkpoint_last.pt`` without resets.  A stage is
+finished when its marker (``stage_done.json``, written atomically after the command exits
+0) exists; finished stages are skipped.
+
+Importable: ``StagePlan(...).stages`` holds ``Stage`` objects whose ``command()`` is the
+argv list to run now; ``run_stage(plan, key)`` / ``run_all(plan)`` run them (the demo job
+and the SLURM sweep use these).
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .errors import TreLMError
+
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+MARKER = "stage_done.json"
+TRAIN_LOG = "train.log"
+SUMMARY = "stages.json"
+COMBINED = "checkpoint.pt"
+
+# Paper budgets (updates) per stage group, and the budget the paper's warmup refers to.
+PAPER_UPDATES = {"1": 20000, "2": 20000, "4": 80000}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    key: str  # "1", "2a", "2b", "3", "4"
+    name: str  # the task's --stage value ("combine" for stage 3)
+    parents: tuple  # stage keys it starts from
+    budget: Optional[str]  # key into the update budgets (None: not a training stage)
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.key}-{self.name}"
+
+
+SPECS = (
+    StageSpec("1", "commonality", (), "1"),
+    StageSpec("2a", "transfer_upper", ("1",), "2"),
+    StageSpec("2b", "transfer_lower", ("1",), "2"),
+    StageSpec("3", "combine", ("2a", "2b", "1"), None),
+    StageSpec("4", "language_specific", ("3",), "4"),
+)
+SPEC_BY_KEY = OrderedDict((s.key, s) for s in SPECS)
+KEY_BY_NAME = {s.name: s.key for s in SPECS}
+
+# Model fields that fix the shapes: passed to fairseq-train when they differ from the arch.
+_MODEL_FLAGS = (
+    "encoder_layers",
+    "encoder_embed_dim",
+    "encoder_ffn_embed_dim",
+    "encoder_attention_heads",
+    "activation_fn",
+    "max_positions",
+    "layernorm_eps",
+    "n_langs",
+    "tri_layer_position",
+)
+
+
+def atomic_write_json(obj, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_updates(path: str) -> int:
+    """num_updates of a fairseq checkpoint (memory-mapped: cheap even for big models)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # an old (non-zip) file cannot be mmapped
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise TreLMError(f"{path}: not a readable checkpoint: {e}") from None
+    hist = state.get("optimizer_history") or [{}]
+    return int(hist[-1].get("num_updates", 0) or 0)
+
+
+def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Last end-of-epoch 'train' and last 'valid' stats of a fairseq log (json or simple format)."""
+    out: Dict[str, Dict[str, float]] = {}
+    for line in lines:
+        for tag in ("train", "valid"):
+            marker = f"| {tag} | "
+            if marker not in line:
+                continue
+            body = line.split(marker, 1)[1].strip()
+            stats = {}
+            if body.startswith("{"):
+                try:
+                    raw = json.loads(body)
+                except ValueError:
+                    continue
+                for k, v in raw.items():
+                    k = k[len(tag) + 1:] if k.startswith(tag + "_") else k
+                    stats[k] = v
+            else:  # simple: "epoch 001 | valid on 'valid' subset | loss 9.1 | ..."
+                for part in body.split(" | "):
+                    bits = part.strip().rsplit(" ", 1)
+                    if len(bits) == 2:
+                        stats[bits[0]] = bits[1]
+            parsed = {}
+            for k, v in stats.items():
+                try:
+                    parsed[k] = float(v)
+                except (TypeError, ValueError):
+                    pass
+            if "loss" in parsed:
+                out[tag] = parsed
+    return out
+
+
+@dataclass
+class StagePlan:
+    """Everything needed to build the commands of all stages."""
+
+    data: str
+    out: str
+    langs: str = "en,tr"
+    arch: Optional[str] = None  # None: the arch (and shape) recorded in the init checkpoint
+    init: Optional[str] = None  # stage-1 start; default <data>/init/model.pt
+    updates: Dict[str, int] = field(default_factory=lambda: dict(PAPER_UPDATES))  # keys "1", "2", "4"
+    scale: float = 1.0
+    lr: float = 3e-5
+    warmup: int = 500
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    adam_betas: str = "(0.9, 0.999)"
+    clip_norm: float = 5.0
+    max_tokens: int = 4096
+    tokens_per_sample: Optional[int] = None  # None: the model's max_positions (at most 512)
+    update_freq: int = 1
+    seed: int = 1
+    save_interval_updates: Optional[int] = None  # None: max(100, budget // 10)
+    restore_from: str = "last"  # which checkpoint of a finished stage the next one starts from
+    extra_args: List[str] = field(default_factory=list)  # to every fairseq-train call
+    stage_args: Dict[str, List[str]] = field(default_factory=dict)  # per stage key
+    trainer: Optional[List[str]] = None  # default: this python's fairseq_cli.train
+
+    def __post_init__(self):
+        self.data = os.path.abspath(self.data)
+        self.out = os.path.abspath(self.out)
+        self.init = os.path.abspath(self.init or os.path.join(self.data, "init", "model.pt"))
+        if self.restore_from not in ("last", "best"):
+            raise TreLMError(f"restore_from={self.restore_from!r}: expected 'last' or 'best'")
+        if self.scale <= 0:
+            raise TreLMError(f"--scale {self.scale}: expected a positive factor")
+        for k in PAPER_UPDATES:
+            self.updates.setdefault(k, PAPER_UPDATES[k])
+            if int(self.updates[k]) < 1:
+                raise TreLMError(f"updates for stage {k}: {self.updates[k]}, expected at least 1")
+        langs = [x.strip() for x in self.langs.split(",") if x.strip()]
+        if len(langs) != 2:
+            raise TreLMError(f"--langs {self.langs!r}: expected two languages 'S,T' (e.g. en,tr)")
+        for key in self.stage_args:
+            if key not in SPEC_BY_KEY:
+                raise TreLMError(f"stage_args for unknown stage '{key}': expected one of {list(SPEC_BY_KEY)}")
+        self.stages = OrderedDict((s.key, Stage(self, s)) for s in SPECS)
+        self._model_cfg = None
+
+    # ----- budgets -------------------------------------------------------
+    def budget(self, key: str) -> int:
+        spec = SPEC_BY_KEY[key]
+        if spec.budget is None:
+            return 0
+        return max(1, int(round(self.updates[spec.budget] * self.scale)))
+
+    def warmup_updates(self, key: str) -> int:
+        """Paper warmup scaled like the budgets, and at most a tenth of the stage's budget."""
+        return min(int(round(self.warmup * self.scale)), self.budget(key) // 10)
+
+    def save_interval(self, key: str) -> int:
+        if self.save_interval_updates is not None:
+            return self.save_interval_updates
+        return max(100, self.budget(key) // 10)
+
+    # ----- stage selection -----------------------------------------------
+    def select(self, spec: Optional[str] = None) -> List[str]:
+        """Stage keys from '1,2a,3' / names / 'all' (in graph order)."""
+        if spec is None or spec.strip() in ("", "all"):
+            return list(SPEC_BY_KEY)
+        keys = set()
+        for item in spec.split(","):
+            item = item.strip()
+            if item in ("2", "transfer"):
+                keys.update(("2a", "2b"))
+            elif item in SPEC_BY_KEY:
+                keys.add(item)
+            elif item in KEY_BY_NAME:
+                keys.add(KEY_BY_NAME[item])
+            elif item:
+                raise TreLMError(
+                    f"--stages: unknown stage '{item}': expected keys {list(SPEC_BY_KEY)} or names "
+                    f"{list(KEY_BY_NAME)} (comma-separated)"
+                )
+        return [k for k in SPEC_BY_KEY if k in keys]
+
+    # ----- commands --------------------------------------------------------
+    def trainer_command(self) -> List[str]:
+        return list(self.trainer) if self.trainer else [sys.executable, "-m", "fairseq_cli.train"]
+
+    def model_cfg(self):
+        """The model config: from the init checkpoint when it exists, else from --arch."""
+        if self._model_cfg is None:
+            from .checkpoint import checkpoint_model_config, load_checkpoint, model_config
+
+            if os.path.isfile(self.init):
+                self._model_cfg = checkpoint_model_config(load_checkpoint(self.init), self.init)
+            elif self.arch:
+                self._model_cfg = model_config(self.arch)
+            else:
+                raise TreLMError(f"{self.init}: init checkpoint not found (run trelm-prepare, or pass --init / --arch)")
+        return self._model_cfg
+
+    def model_args(self) -> List[str]:
+        """--arch (+ shape overrides when they differ from the arch) and --tri-layer."""
+        if self.arch:
+            return ["--arch", self.arch, "--tri-layer"]
+        return arch_args(self.model_cfg())
+
+    def sample_tokens(self) -> int:
+        """--tokens-per-sample: as set, else the model's positions (at most 512)."""
+        return self.tokens_per_sample or min(512, int(self.model_cfg().max_positions))
+
+    def to_dict(self) -> Dict:
+        d = {k: v for k, v in asdict(self).items() if k != "trainer"}
+        d["budgets"] = {k: self.budget(k) for k in SPEC_BY_KEY}
+        d["warmup_updates"] = {k: self.warmup_updates(k) for k in SPEC_BY_KEY if SPEC_BY_KEY[k].budget}
+        return d
+
+
+def arch_args(cfg) -> List[str]:
+    """``--arch A --tri-layer`` plus a flag for every shape field of ``cfg`` that differs from A's."""
+    from .checkpoint import model_config
+
+    arch = getattr(cfg, "arch", None) or "trelm"
+    ref = model_config(arch)
+    args = ["--arch", arch, "--tri-layer"]
+    for name in _MODEL_FLAGS:
+        value = getattr(cfg, name, None)
+        if value is not None and str(value) != str(getattr(ref, name, None)):
+            args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+_model_args = arch_args  # old name (trelm_fairseq.main_job imports it)
+
+
+class Stage:
+    """One node of the stage graph, bound to a plan (paths, state, command)."""
+
+    def __init__(self, plan: StagePlan, spec: StageSpec):
+        self.plan = plan
+        self.spec = spec
+        self.key, self.name = spec.key, spec.name
+        self.dir = os.path.join(plan.out, spec.dirname)
+        self.marker_path = os.path.join(self.dir, MARKER)
+        self.log_path = os.path.join(self.dir, TRAIN_LOG)
+
+    def __repr__(self):
+        return f"Stage({self.key} {self.name})"
+
+    @property
+    def is_training(self) -> bool:
+        return self.spec.budget is not None
+
+    @property
+    def updates(self) -> int:
+        return self.plan.budget(self.key)
+
+    @property
+    def parents(self) -> List["Stage"]:
+        return [self.plan.stages[k] for k in self.spec.parents]
+
+    # ----- state -------------------------------------------------------
+    def marker(self) -> Optional[Dict]:
+        if not os.path.isfile(self.marker_path):
+            return None
+        try:
+            with open(self.marker_path, encoding="utf-8") as f:
+                return json.load(f)
+        except ValueError as e:
+            raise TreLMError(f"{self.marker_path}: unreadable stage marker ({e}); delete it to redo the stage")
+
+    def done(self) -> bool:
+        return os.path.isfile(self.marker_path)
+
+    @property
+    def last_checkpoint(self) -> str:
+        return os.path.join(self.dir, COMBINED if not self.is_training else "checkpoint_last.pt")
+
+    def state(self) -> str:
+        """'done', 'resume' (own checkpoint_last.pt exists) or 'start'."""
+        if self.done():
+            return "done"
+        if self.is_training and os.path.isfile(self.last_checkpoint):
+            return "resume"
+        return "start"
+
+    def output_checkpoint(self) -> str:
+        """The checkpoint the next stage starts from (recorded in the marker once finished)."""
+        m = self.marker()
+        if m is not None and m.get("checkpoint"):
+            return m["checkpoint"]
+        if self.is_training and self.plan.restore_from == "best":
+            return os.path.join(self.dir, "checkpoint_best.pt")
+        return self.last_checkpoint
+
+    def start_checkpoint(self) -> str:
+        """What a first start restores: the init checkpoint or the parent's output."""
+        if self.key == "1":
+            return self.plan.init
+        return self.parents[0].output_checkpoint()
+
+    # ----- command -------------------------------------------------------
+    def command(self, state: Optional[str] = None) -> List[str]:
+        """The argv to run now (``state``: override 'start' / 'resume' for display)."""
+        state = state or self.state()
+        if not self.is_training:
+            up, low, parent = (p.output_checkpoint() for p in self.parents)
+            return [sys.executable, "-m", "trelm_fairseq.cli.combine", "--upper", up, "--lower", low,
+                    "--parent", parent, "-o", self.last_checkpoint]
+        plan, n = self.plan, self.updates
+        cmd = self.plan.trainer_command() + [
+            plan.data, "--user-dir", USER_DIR, "--task", "trelm_transfer", "--langs", plan.langs,
+            "--stage", self.name, *plan.model_args(), "--criterion", "trelm_loss",
+            "--optimizer", "adam", "--adam-betas", plan.adam_betas, "--adam-eps", str(plan.adam_eps),
+            "--weight-decay", str(plan.weight_decay), "--clip-norm", str(plan.clip_norm),
+            "--lr", str(plan.lr), "--lr-scheduler", "polynomial_decay",
+            "--warmup-updates", str(plan.warmup_updates(self.key)), "--total-num-update", str(n),
+            "--max-update", str(n), "--max-tokens", str(plan.max_tokens), "--update-freq", str(plan.update_freq),
+            "--tokens-per-sample", str(plan.sample_tokens()),
+            # small valid sets: fairseq would drop the last partial batch otherwise
+            "--required-batch-size-multiple", "1",
+            "--save-dir", self.dir, "--no-epoch-checkpoints",
+            "--save-interval-updates", str(plan.save_interval(self.key)), "--keep-interval-updates", "1",
+            "--log-format", "json", "--log-interval", str(max(1, min(100, n // 20))), "--seed", str(plan.seed),
+        ]
+        if state == "start":
+            cmd += ["--restore-file", self.start_checkpoint(), "--reset-optimizer", "--reset-dataloader",
+                    "--reset-meters"]
+        return cmd + list(plan.extra_args) + list(plan.stage_args.get(self.key, []))
+
+
+# ----- running -------------------------------------------------------------
+def _env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")  # hydra / fairseq deprecation noise
+    env.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    return env
+
+
+class _Printer:
+    """Thread-safe line output (2a and 2b may run at once)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.lock = threading.Lock()
+
+    def __call__(self, msg: str) -> None:
+        with self.lock:
+            self.log(msg)
+
+
+class StageFailed(TreLMError):
+    """A stage's command exited non-zero; its checkpoints stay for a resume."""
+
+
+def _run_command(stage: Stage, cmd: List[str], say: Callable[[str], None], echo: bool) -> int:
+    os.makedirs(stage.dir, exist_ok=True)
+    with open(stage.log_path, "a", encoding="utf-8") as logf:
+        logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+        logf.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, env=_env())
+        try:
+            for line in proc.stdout:
+                logf.write(line)
+                if echo:
+                    say(f"[{stage.key}] {line.rstrip()}")
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        logf.write(f"=== exit {rc}\n")
+    return rc
+
+
+def _check_ready(stage: Stage) -> None:
+    if stage.key == "1":
+        if not os.path.isfile(stage.plan.init):
+            raise TreLMError(f"stage 1 starts from {stage.plan.init}, which does not exist (run trelm-prepare)")
+        return
+    for p in stage.parents:
+        if not p.done():
+            raise TreLMError(
+                f"stage {stage.key} ({stage.name}) needs stage {p.key} ({p.name}) finished first: "
+                f"{p.marker_path} is missing"
+            )
+    start = stage.start_checkpoint()
+    if stage.state() == "start" and not os.path.isfile(start):
+        raise TreLMError(f"stage {stage.key} starts from {start}, which does not exist")
+
+
+def stage_record(stage: Stage) -> Dict:
+    """One row of the summary (from the marker when the stage is finished)."""
+    m = stage.marker()
+    row = {"stage": stage.key, "name": stage.name, "status": stage.state()}
+    if m is not None:
+        for k in ("updates", "train_loss", "valid_loss", "seconds", "checkpoint"):
+            row[k] = m.get(k)
+    else:
+        row.update(updates=None, train_loss=None, valid_loss=None, seconds=None, checkpoint=None)
+    row["planned_updates"] = stage.updates if stage.is_training else None
+    return row
+
+
+def run_stage(plan: StagePlan, key: str, log: Callable[[str], None] = print, echo: bool = True) -> Dict:
+    """Run (or skip, or resume) one stage; returns its marker record."""
+    stage = plan.stages[key]
+    say = log if isinstance(log, _Printer) else _Printer(log)
+    state = stage.state()
+    if state == "done":
+        m = stage.marker()
+        if stage.is_training and m.get("planned_updates") not in (None, stage.updates):
+            say(f"== stage {key} ({stage.name}): finished with {m.get('updates')} updates (planned now: "
+                f"{stage.updates}); delete {stage.marker_path} to continue it to the new budget, "
+                f"or {stage.dir} to redo it")
+        else:
+            say(f"== stage {key} ({stage.name}): finished, skipping")
+        return m
+    _check_ready(stage)
+
+    t0 = time.time()
+    done_updates = checkpoint_updates(stage.last_checkpoint) if state == "resume" else 0
+    if state == "resume" and done_updates >= stage.updates:
+        # trained to the budget but the marker was not written (killed right after the last save)
+        say(f"== stage {key} ({stage.name}): {stage.last_checkpoint} already has {done_updates} updates; "
+            "marking it finished")
+    elif not stage.is_training:
+        up, low, parent = (p.output_checkpoint() for p in stage.parents)
+        say(f"== stage {key} ({stage.name}): lower half from {low}, upper half from {up} (parent {parent})")
+        say(f"   $ {shlex.join(stage.command(state))}")
+        _run_combine(stage, up, low, parent, say, echo)
+    else:
+        where = (f"resuming from {stage.last_checkpoint} ({done_updates} updates)" if state == "resume"
+                 else f"starting from {stage.start_checkpoint()}")
+        say(f"== stage {key} ({stage.name}): {where}")
+        cmd = stage.command(state)
+        say(f"   $ {shlex.join(cmd)}")
+        rc = _run_command(stage, cmd, say, echo)
+        if rc != 0:
+            raise StageFailed(
+                f"stage {key} ({stage.name}) failed: {cmd[0]} exited {rc}; see {stage.log_path}. "
+                "Run again to resume from the stage's checkpoint_last.pt."
+            )
+    seconds = time.time() - t0
+    record = _finish(stage, state, seconds)
+    if stage.is_training:
+        loss = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        say(f"== stage {key} ({stage.name}) done in {seconds:.1f}s: {record['updates']} updates, "
+            f"train loss {loss(record['train_loss'])}, valid loss {loss(record['valid_loss'])}")
+    else:
+        say(f"== stage {key} ({stage.name}) done in {seconds:.1f}s: {record['checkpoint']}")
+    return record
+
+
+def _run_combine(stage: Stage, upper: str, lower: str, parent: str, say, echo: bool) -> None:
+    """Stage 3 in this process (same code as trelm-combine, without another interpreter start)."""
+    from .combine import combine
+
+    os.makedirs(stage.dir, exist_ok=True)
+    with open(stage.log_path, "a", encoding="utf-8") as logf:
+        logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(stage.command('start'))}\n")
+
+        def log(msg):
+            logf.write(msg + "\n")
+            if echo:
+                say(f"[{stage.key}] {msg}")
+
+        try:
+            combine(upper, lower, stage.last_checkpoint, parent_path=parent, log=log)
+        except TreLMError as e:
+            logf.write(f"=== error: {e}\n")
+            raise StageFailed(f"stage {stage.key} ({stage.name}) failed: {e}") from None
+
+
+def _finish(stage: Stage, state: str, seconds: float) -> Dict:
+    """Check the outputs and write the marker (atomically) that makes the stage finished."""
+    last = stage.last_checkpoint
+    if not os.path.isfile(last):
+        raise StageFailed(f"stage {stage.key} ({stage.name}) exited 0 but wrote no {last}")
+    record = {"stage": stage.key, "name": stage.name, "seconds": round(seconds, 2),
+              "resumed": state == "resume", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if stage.is_training:
+        best = os.path.join(stage.dir, "checkpoint_best.pt")
+        use_best = stage.plan.restore_from == "best" and os.path.isfile(best)
+        stats = {}
+        if os.path.isfile(stage.log_path):
+            with open(stage.log_path, encoding="utf-8", errors="replace") as f:
+                stats = parse_fairseq_log(f)
+        record.update(
+            checkpoint=best if use_best else last,
+            last_checkpoint=last,
+            best_checkpoint=best if os.path.isfile(best) else None,
+            updates=checkpoint_updates(last),
+            planned_updates=stage.updates,
+            train_loss=stats.get("train", {}).get("loss"),
+            valid_loss=stats.get("valid", {}).get("loss"),
+            train=stats.get("train"),
+            valid=stats.get("valid"),
+        )
+    else:
+        record.update(checkpoint=last, updates=None, train_loss=None, valid_loss=None,
+                      parents={p.key: p.output_checkpoint() for p in stage.parents})
+    atomic_write_json(record, stage.marker_path)
+    return record
+
+
+def write_summary(plan: StagePlan) -> List[Dict]:
+    rows = [stage_record(s) for s in plan.stages.values()]
+    atomic_write_json({"plan": plan.to_dict(), "stages": rows}, os.path.join(plan.out, SUMMARY))
+    return rows
+
+
+def format_table(rows: List[Dict]) -> str:
+    def fmt(v, spec="{:.3f}"):
+        return "-" if v is None else spec.format(v)
+
+    lines = [f"{'stage':<6}{'name':<19}{'status':<8}{'updates':>8}{'train_loss':>12}{'valid_loss':>12}{'seconds':>10}"]
+    for r in rows:
+        lines.append(
+            f"{r['stage']:<6}{r['name']:<19}{r['status']:<8}{fmt(r['updates'], '{:d}'):>8}"
+            f"{fmt(r['train_loss']):>12}{fmt(r['valid_loss']):>12}{fmt(r['seconds'], '{:.1f}'):>10}"
+        )
+    return "\n".join(lines)
+
+
+def _check_selection(plan: StagePlan, keys: List[str]) -> None:
+    """Every selected stage's parents are finished or selected (before it)."""
+    for key in keys:
+        for p in SPEC_BY_KEY[key].parents:
+            if p not in keys and not plan.stages[p].done():
+                raise TreLMError(
+                    f"--stages: stage {key} needs stage {p} ({SPEC_BY_KEY[p].name}), which is neither "
+                    "finished nor selected"
+                )
+
+
+def run_all(
+    plan: StagePlan,
+    stages: Optional[str] = None,
+    parallel: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+    echo: bool = True,
+) -> List[Dict]:
+    """Run the selected stages in order (2a and 2b at once with ``parallel``); returns the summary rows."""
+    keys = plan.select(stages)
+    say = _Printer(log)
+    if dry_run:
+        for key in keys:
+            stage = plan.stages[key]
+            state = stage.state()
+            if state == "done":
+                say(f"# stage {key} ({stage.name}): finished, would skip")
+                continue
+            say(f"# stage {key} ({stage.name}): would {state}")
+            say(shlex.join(stage.command(state)))
+        return [stage_record(plan.stages[k]) for k in keys]
+
+    _check_selection(plan, keys)
+    os.makedirs(plan.out, exist_ok=True)
+    say(f"trelm-stages: {', '.join(f'{k} ({SPEC_BY_KEY[k].name})' for k in keys)} -> {plan.out}")
+    t0 = time.time()
+    try:
+        i = 0
+        while i < len(keys):
+            key = keys[i]
+            pair = keys[i:i + 2] == ["2a", "2b"]
+            if pair and parallel and not (plan.stages["2a"].done() or plan.stages["2b"].done()):
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    futures = [pool.submit(run_stage, plan, k, say, echo) for k in ("2a", "2b")]
+                    errors = [f.exception() for f in futures]
+                for e in errors:
+                    if e is not None:
+                        raise e
+                i += 2
+            else:
+                run_stage(plan, key, say, echo)
+                i += 1
+            write_summary(plan)
+    finally:
+        rows = write_summary(plan)
+        say(format_table(rows))
+        say(f"total {time.time() - t0:.1f}s; summary in {os.path.join(plan.out, SUMMARY)}")
+    return rows
