@@ -64,6 +64,13 @@ SPECS = (
 SPEC_BY_KEY = OrderedDict((s.key, s) for s in SPECS)
 KEY_BY_NAME = {s.name: s.key for s in SPECS}
 
+# Stage graphs a plan can run: the TreLM schedule, and a single MLM stage on the target
+# language from the init checkpoint (the continued-MLM and from-scratch baselines).
+GRAPHS = {
+    "trelm": SPECS,
+    "mlm": (StageSpec("1", "language_specific", (), "1"),),
+}
+
 # Model fields that fix the shapes: passed to fairseq-train when they differ from the arch.
 _MODEL_FLAGS = (
     "encoder_layers",
@@ -170,6 +177,7 @@ class StagePlan:
     extra_args: List[str] = field(default_factory=list)  # to every fairseq-train call
     stage_args: Dict[str, List[str]] = field(default_factory=dict)  # per stage key
     trainer: Optional[List[str]] = None  # default: this python's fairseq_cli.train
+    graph: str = "trelm"  # a key of GRAPHS
 
     def __post_init__(self):
         self.data = os.path.abspath(self.data)
@@ -186,15 +194,18 @@ class StagePlan:
         langs = [x.strip() for x in self.langs.split(",") if x.strip()]
         if len(langs) != 2:
             raise TreLMError(f"--langs {self.langs!r}: expected two languages 'S,T' (e.g. en,tr)")
+        if self.graph not in GRAPHS:
+            raise TreLMError(f"graph={self.graph!r}: expected one of {sorted(GRAPHS)}")
+        self.specs = OrderedDict((s.key, s) for s in GRAPHS[self.graph])
         for key in self.stage_args:
-            if key not in SPEC_BY_KEY:
-                raise TreLMError(f"stage_args for unknown stage '{key}': expected one of {list(SPEC_BY_KEY)}")
-        self.stages = OrderedDict((s.key, Stage(self, s)) for s in SPECS)
+            if key not in self.specs:
+                raise TreLMError(f"stage_args for unknown stage '{key}': expected one of {list(self.specs)}")
+        self.stages = OrderedDict((s.key, Stage(self, s)) for s in self.specs.values())
         self._model_cfg = None
 
     # ----- budgets -------------------------------------------------------
     def budget(self, key: str) -> int:
-        spec = SPEC_BY_KEY[key]
+        spec = self.specs[key]
         if spec.budget is None:
             return 0
         return max(1, int(round(self.updates[spec.budget] * self.scale)))
@@ -212,22 +223,23 @@ class StagePlan:
     def select(self, spec: Optional[str] = None) -> List[str]:
         """Stage keys from '1,2a,3' / names / 'all' (in graph order)."""
         if spec is None or spec.strip() in ("", "all"):
-            return list(SPEC_BY_KEY)
+            return list(self.specs)
+        names = {s.name: s.key for s in self.specs.values()}
         keys = set()
         for item in spec.split(","):
             item = item.strip()
-            if item in ("2", "transfer"):
+            if item in ("2", "transfer") and self.graph == "trelm":
                 keys.update(("2a", "2b"))
-            elif item in SPEC_BY_KEY:
+            elif item in self.specs:
                 keys.add(item)
-            elif item in KEY_BY_NAME:
-                keys.add(KEY_BY_NAME[item])
+            elif item in names:
+                keys.add(names[item])
             elif item:
                 raise TreLMError(
-                    f"--stages: unknown stage '{item}': expected keys {list(SPEC_BY_KEY)} or names "
-                    f"{list(KEY_BY_NAME)} (comma-separated)"
+                    f"--stages: unknown stage '{item}': expected keys {list(self.specs)} or names "
+                    f"{list(names)} (comma-separated)"
                 )
-        return [k for k in SPEC_BY_KEY if k in keys]
+        return [k for k in self.specs if k in keys]
 
     # ----- commands --------------------------------------------------------
     def trainer_command(self) -> List[str]:
@@ -258,18 +270,19 @@ class StagePlan:
 
     def to_dict(self) -> Dict:
         d = {k: v for k, v in asdict(self).items() if k != "trainer"}
-        d["budgets"] = {k: self.budget(k) for k in SPEC_BY_KEY}
-        d["warmup_updates"] = {k: self.warmup_updates(k) for k in SPEC_BY_KEY if SPEC_BY_KEY[k].budget}
+        d["budgets"] = {k: self.budget(k) for k in self.specs}
+        d["warmup_updates"] = {k: self.warmup_updates(k) for k in self.specs if self.specs[k].budget}
         return d
 
 
 def arch_args(cfg) -> List[str]:
-    """``--arch A --tri-layer`` plus a flag for every shape field of ``cfg`` that differs from A's."""
+    """``--arch A`` (+ ``--tri-layer`` when cfg has one, the default) plus a flag for every
+    shape field of ``cfg`` that differs from A's."""
     from .checkpoint import model_config
 
     arch = getattr(cfg, "arch", None) or "trelm"
     ref = model_config(arch)
-    args = ["--arch", arch, "--tri-layer"]
+    args = ["--arch", arch] + (["--tri-layer"] if getattr(cfg, "tri_layer", True) else [])
     for name in _MODEL_FLAGS:
         value = getattr(cfg, name, None)
         if value is not None and str(value) != str(getattr(ref, name, None)):
@@ -572,10 +585,10 @@ def format_table(rows: List[Dict]) -> str:
 def _check_selection(plan: StagePlan, keys: List[str]) -> None:
     """Every selected stage's parents are finished or selected (before it)."""
     for key in keys:
-        for p in SPEC_BY_KEY[key].parents:
+        for p in plan.specs[key].parents:
             if p not in keys and not plan.stages[p].done():
                 raise TreLMError(
-                    f"--stages: stage {key} needs stage {p} ({SPEC_BY_KEY[p].name}), which is neither "
+                    f"--stages: stage {key} needs stage {p} ({plan.specs[p].name}), which is neither "
                     "finished nor selected"
                 )
 
@@ -604,7 +617,7 @@ def run_all(
 
     _check_selection(plan, keys)
     os.makedirs(plan.out, exist_ok=True)
-    say(f"trelm-stages: {', '.join(f'{k} ({SPEC_BY_KEY[k].name})' for k in keys)} -> {plan.out}")
+    say(f"trelm-stages: {', '.join(f'{k} ({plan.specs[k].name})' for k in keys)} -> {plan.out}")
     t0 = time.time()
     try:
         i = 0

@@ -1,0 +1,8 @@
+from .aligned_parallel_dataset import (  # noqa: F401
+    AlignedParallelDataset,
+    SubsetDataset,
+    TreLMZipDataset,
+    keep_by_length,
+    load_indexed,
+    validate_alignment,
+)

@@ -149,6 +149,9 @@ class TreLMEncoder(FairseqEncoder):
         )
         self.apply(init_bert_params)
         set_layernorm_eps(self, cfg.layernorm_eps)
+        # Set by trelm_fairseq.freezing: run the embeddings and this many lower
+        # layers without autograd (they are frozen and nothing below trains).
+        self.no_grad_prefix: Optional[int] = None
 
     def build_layer(self) -> nn.Module:
         layer = TransformerEncoderLayerBase(_layer_config(self.cfg))
@@ -210,14 +213,19 @@ class TreLMEncoder(FairseqEncoder):
         tgt_lang_ids=None,
     ):
         padding_mask = src_tokens.eq(self.padding_idx)
-        x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids))
-        x = self.dropout(x)
-        x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).transpose(0, 1)  # T x B x C
         mask = padding_mask if padding_mask.any() else None
-
-        inner_states = [x] if return_all_hiddens else []
         k = self.tri_layer_position
-        for layer in self.layers[:k]:
+        n_frozen = min(self.no_grad_prefix, k) if self.no_grad_prefix is not None else 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix is None):
+            x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids))
+            x = self.dropout(x)
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).transpose(0, 1)  # T x B x C
+            inner_states = [x] if return_all_hiddens else []
+            for layer in self.layers[:n_frozen]:
+                x = layer(x, encoder_padding_mask=mask)
+                if return_all_hiddens:
+                    inner_states.append(x)
+        for layer in self.layers[n_frozen:k]:
             x = layer(x, encoder_padding_mask=mask)
             if return_all_hiddens:
                 inner_states.append(x)

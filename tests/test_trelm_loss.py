@@ -1,0 +1,171 @@
+"""trelm_loss: loss composition, logging, gradient reversal, discriminator."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairseq import metrics
+
+from _transfer_helpers import batches, load_init_model, make_task, make_tiny_data_dir
+from trelm_fairseq.criterions.trelm_loss import TreLMLoss
+from trelm_fairseq.freezing import GROUPS, apply_freezing
+from trelm_fairseq.modules import LanguageDiscriminator, grad_reverse
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return make_tiny_data_dir(str(tmp_path_factory.mktemp("loss_data")), n_train=96, seed=3)
+
+
+def _criterion(task, **kw):
+    kw.setdefault("disc_dropout", 0.0)
+    kw.setdefault("disc_input_dim", 32)
+    torch.manual_seed(0)
+    return TreLMLoss(task, **kw)
+
+
+def test_gradient_reversal_layer():
+    x = torch.randn(4, 3, requires_grad=True)
+    (grad_reverse(x, 0.3) * torch.arange(3.0)).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * torch.arange(3.0).expand(4, 3))
+
+
+def test_discriminator_gets_normal_gradient_features_reversed():
+    torch.manual_seed(0)
+    lam = 0.05
+    disc = LanguageDiscriminator(8, 2, hidden_dim=16, dropout=0.0, reversal_scale=lam)
+    plain = copy.deepcopy(disc)
+    plain.reverse.scale = -1.0  # reversing by -1 = ordinary gradient
+    f = torch.randn(6, 8, requires_grad=True)
+    f_ref = f.detach().clone().requires_grad_(True)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    F.cross_entropy(disc(f), y).backward()
+    F.cross_entropy(plain(f_ref), y).backward()
+    assert torch.allclose(f.grad, -lam * f_ref.grad, atol=1e-7)
+    for a, b in zip(disc.parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad)
+
+
+def _param_grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_encoder_gradient_from_adversarial_term_is_minus_lambda(paths):
+    """g(lm + adv) - g(lm) == -lambda * g(discriminator loss) for encoder parameters."""
+    task = make_task(paths["data"], "transfer_upper")
+    model = load_init_model(paths, task)
+    batch = batches(task, bsz=8)[0]
+    lam = 0.25
+    crit = _criterion(task, adv_weight=lam)
+    crit_lm = _criterion(task, adv_weight=0.0)
+    assert crit_lm.discriminator is None
+
+    g_total = _param_grads(model, crit(model, batch)[0])
+    g_lm = _param_grads(model, crit_lm(model, batch)[0])
+    crit.discriminator.reverse.scale = -1.0  # plain gradient of the discriminator loss
+    plain_total, _, log = crit(model, batch)
+    assert log["adv_n"] == 16  # 8 CdLM sources (en) + 8 MLM sentences (tr), mean-pooled
+    # the discriminator loss alone (same deterministic forward: eval mode)
+    g_adv = _param_grads(model, plain_total - crit_lm(model, batch)[0])
+    lower = [n for n in g_adv if n.startswith("encoder.layers.0.") or n.startswith("encoder.embed_tokens")]
+    assert lower and any(g_adv[n].abs().sum() > 0 for n in lower)
+    for n in g_total:
+        expected = g_lm[n] - lam * g_adv.get(n, torch.zeros_like(g_lm[n]))
+        assert torch.allclose(g_total[n], expected, atol=1e-6, rtol=1e-4), n
+    upper = [n for n in g_adv if n.startswith("encoder.layers.3.")]
+    assert all(g_adv[n].abs().max() < 1e-7 for n in upper)  # the adversary only sees the lower half
+
+
+def test_loss_composition_and_logging(paths):
+    task = make_task(paths["data"], "transfer_lower")
+    model = load_init_model(paths, task)
+    batch = batches(task, bsz=8)[0]
+    assert set(batch) == {"cdlm", "mlm_en"}
+    crit = _criterion(task, mlm_weight=0.5, adv_weight=0.01)
+    loss, sample_size, log = crit(model, batch)
+    assert sample_size == 1
+    cdlm = log["cdlm_loss"] / log["cdlm_ntokens"]
+    mlm = log["mlm_loss"] / log["mlm_ntokens"]
+    assert log["loss"] == pytest.approx(cdlm + 0.5 * mlm, rel=1e-5)
+    assert loss.item() == pytest.approx(log["loss"] + log["adv_loss"] / log["adv_n"], rel=1e-5)
+    # CdLM predicts every target token except the prepended <s>
+    target = batch["cdlm"]["target"]
+    assert log["cdlm_ntokens"] == int(target.ne(1).sum()) == batch["cdlm"]["ntokens"]
+    assert log["cdlm_ntokens"] == int(batch["cdlm"]["net_input"]["tgt_tokens"].ne(1).sum()) - 8
+
+    with metrics.aggregate() as agg:
+        TreLMLoss.reduce_metrics([log, log])
+        values = agg.get_smoothed_values()
+    for key in ("loss", "cdlm_loss", "mlm_loss", "adv_loss", "disc_acc", "cdlm_ppl", "mlm_ppl"):
+        assert key in values, key
+    assert values["cdlm_loss"] == pytest.approx(cdlm / math.log(2), abs=1e-3)
+    assert values["cdlm_ppl"] == pytest.approx(2 ** values["cdlm_loss"], rel=1e-2)
+
+
+def test_pure_mlm_stage_without_parallel_data(paths):
+    task = make_task(paths["data"], "language_specific")
+    model = load_init_model(paths, task)
+    batch = batches(task, bsz=8)[0]
+    assert set(batch) == {"mlm_tr"}
+    crit = _criterion(task)
+    loss, _, log = crit(model, batch)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert log["cdlm_ntokens"] == 0 and log["adv_n"] == 0  # one language: no adversarial signal
+    assert log["loss"] == pytest.approx(log["mlm_loss"] / log["mlm_ntokens"], rel=1e-5)
+    # a plain fairseq masked_lm batch (no parts) is accepted as well
+    loss2, _, log2 = crit(model, batch["mlm_tr"])
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-5)
+    # a batch where no token was masked trains nothing but does not fail
+    nothing = dict(batch["mlm_tr"], target=torch.full_like(batch["mlm_tr"]["target"], 1))
+    loss3, _, log3 = crit(model, nothing)
+    loss3.backward()
+    assert loss3.item() == 0.0 and log3["mlm_ntokens"] == 0
+
+
+def test_discriminator_accuracy_rises_with_frozen_encoder(paths):
+    task = make_task(paths["data"], "commonality")
+    model = load_init_model(paths, task)
+    apply_freezing(model, GROUPS)  # everything frozen
+    assert not any(p.requires_grad for p in model.parameters())
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    crit = _criterion(task, adv_weight=0.01)
+    torch.nn.init.zeros_(crit.discriminator.net[-1].weight)  # start at chance: constant prediction
+    torch.nn.init.zeros_(crit.discriminator.net[-1].bias)
+    opt = torch.optim.Adam(crit.parameters(), lr=3e-3)
+    data = batches(task, bsz=16, n=6)
+
+    def accuracy():
+        with torch.no_grad():
+            logs = [crit(model, b)[2] for b in data]
+        return sum(l["disc_correct"] for l in logs) / sum(l["adv_n"] for l in logs)
+
+    acc0 = accuracy()
+    assert 0.3 < acc0 < 0.7
+    for _ in range(8):
+        for b in data:
+            opt.zero_grad()
+            crit(model, b)[0].backward()
+            opt.step()
+    acc1 = accuracy()
+    assert acc1 > 0.9 and acc1 > acc0 + 0.2
+    for n, p in model.state_dict().items():
+        assert torch.equal(p, before[n]), n
+
+
+def test_checkpoint_without_discriminator_state(paths):
+    task = make_task(paths["data"], "commonality")
+    crit = _criterion(task)
+    fresh = {k: v.clone() for k, v in crit.state_dict().items()}
+    crit.load_state_dict({}, strict=True)  # initial / combined checkpoints carry "criterion": {}
+    assert all(torch.equal(v, crit.state_dict()[k]) for k, v in fresh.items())
+    other = _criterion(task)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    crit.load_state_dict(other.state_dict())
+    assert all(torch.equal(v, crit.state_dict()[k]) for k, v in other.state_dict().items())

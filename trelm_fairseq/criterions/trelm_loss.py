@@ -1,0 +1,187 @@
+"""Criterion ``trelm_loss``: CdLM + weighted MLM + adversarial language term.
+
+A batch of the ``trelm_transfer`` task is ``{part: sub-batch}``; a part with a
+gather index is CdLM, the others are MLM (a plain fairseq masked-LM batch is
+accepted too).  Per batch:
+
+    lm_loss = cdlm + mlm_weight * mlm     (each the mean cross-entropy per
+                                            predicted token; without a CdLM
+                                            part lm_loss = mlm)
+    backward on lm_loss + disc_ce
+
+``disc_ce`` is the cross-entropy of a language discriminator on the lower-half
+states (before the TRILayer), mean-pooled per sentence or per token
+(``--adv-pooling``), labelled with each sentence's language id.  A gradient
+reversal layer with scale lambda = ``--adv-weight`` sits in front of it: the
+discriminator gets the ordinary gradient of disc_ce, the encoder gets
+``-lambda * d disc_ce / d features`` (it learns to make the languages
+indistinguishable).  The discriminator lives in this criterion, so fairseq's
+trainer optimises and checkpoints it (``state["criterion"]``).  A batch with a
+single language (e.g. stage language_specific) has no adversarial signal: the
+term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.
+
+Logged: loss (= lm_loss, the validation metric), cdlm_loss / mlm_loss (per
+predicted token) with perplexities, adv_loss (disc_ce), disc_acc -- losses in
+base 2 as in fairseq.  sample_size is 1 per batch: losses are already means.
+"""
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from ..errors import TreLMError
+from ..modules.language_discriminator import LanguageDiscriminator, pool_states
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TreLMLossConfig(FairseqDataclass):
+    mlm_weight: float = field(default=1.0, metadata={"help": "weight of the MLM loss next to CdLM"})
+    adv_weight: float = field(
+        default=0.01,
+        metadata={"help": "lambda: scale of the reversed discriminator gradient reaching the encoder; "
+                          "0 disables the adversarial term and the discriminator"},
+    )
+    adv_pooling: ChoiceEnum(["mean", "token"]) = field(
+        default="mean", metadata={"help": "discriminator input: mean-pooled sentence or every token"}
+    )
+    disc_hidden_dim: int = field(default=0, metadata={"help": "discriminator hidden size (0: model dim)"})
+    disc_dropout: float = field(default=0.1, metadata={"help": "discriminator dropout"})
+    disc_input_dim: int = field(
+        default=0, metadata={"help": "model hidden size (0: taken from the task's model)"}
+    )
+
+
+def _parts(sample):
+    """(name, sub-batch) pairs of a zipped batch or of a plain masked-LM batch."""
+    if "net_input" in sample:
+        return [("mlm", sample)]
+    return [(k, v) for k, v in sample.items() if v is not None and len(v) > 0]
+
+
+@register_criterion("trelm_loss", dataclass=TreLMLossConfig)
+class TreLMLoss(FairseqCriterion):
+    def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
+                 disc_dropout=0.1, disc_input_dim=0):
+        super().__init__(task)
+        self.mlm_weight = mlm_weight
+        self.adv_weight = adv_weight
+        self.adv_pooling = str(adv_pooling)
+        self.discriminator = None
+        if adv_weight > 0:
+            dim = disc_input_dim or getattr(task, "encoder_embed_dim", None)
+            if not dim:
+                raise TreLMError(
+                    "trelm_loss: unknown model hidden size for the discriminator: build the model with the "
+                    "trelm_transfer task first or pass --disc-input-dim"
+                )
+            n_langs = len(getattr(task, "langs", (0, 1)))
+            self.discriminator = LanguageDiscriminator(dim, n_langs, disc_hidden_dim, disc_dropout, adv_weight)
+
+    def load_state_dict(self, state_dict, strict=True):
+        """A checkpoint without discriminator state (an initial or combined
+        checkpoint) leaves the fresh discriminator in place."""
+        if self.discriminator is not None and not any(k.startswith("discriminator.") for k in state_dict):
+            logger.info("checkpoint has no discriminator state: starting a fresh discriminator")
+            return
+        return super().load_state_dict(state_dict, strict=strict)
+
+    def forward(self, model, sample, reduce=True):
+        pad = self.padding_idx
+        log = {"cdlm_loss": 0.0, "cdlm_ntokens": 0, "mlm_loss": 0.0, "mlm_ntokens": 0,
+               "adv_loss": 0.0, "adv_n": 0, "disc_correct": 0, "ntokens": 0, "nsentences": 0}
+        sums = {"cdlm": None, "mlm": None}
+        feats, labels = [], []
+        for _, batch in _parts(sample):
+            net_input = batch["net_input"]
+            kind = "cdlm" if net_input.get("gather_index") is not None else "mlm"
+            target = batch["target"]
+            predicted = target.ne(pad)
+            logits, extra = model(**net_input, masked_tokens=predicted)
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), target[predicted].view(-1), reduction="sum"
+            )
+            sums[kind] = loss if sums[kind] is None else sums[kind] + loss
+            log[f"{kind}_loss"] += loss.item()
+            log[f"{kind}_ntokens"] += int(predicted.sum())
+            log["ntokens"] += batch["ntokens"]
+            log["nsentences"] += batch["nsentences"]
+            if self.discriminator is not None:
+                lang_ids = self._lang_ids(net_input, model)
+                f, y = pool_states(extra["lower_out"].transpose(0, 1), extra["lower_padding_mask"], lang_ids,
+                                   self.adv_pooling)
+                feats.append(f)
+                labels.append(y)
+
+        def mean(kind):
+            n = log[f"{kind}_ntokens"]
+            return sums[kind] / n if sums[kind] is not None and n > 0 else None
+
+        cdlm, mlm = mean("cdlm"), mean("mlm")
+        if cdlm is not None:
+            lm_loss = cdlm + self.mlm_weight * mlm if mlm is not None else cdlm
+        elif mlm is not None:
+            lm_loss = mlm
+        elif any(v is not None for v in sums.values()):
+            # e.g. a tiny MLM batch where no token was drawn for masking: a
+            # zero that keeps the graph (and DDP) intact
+            lm_loss = sum(v for v in sums.values() if v is not None) * 0.0
+        else:
+            raise TreLMError("trelm_loss: empty batch (no CdLM or MLM part)")
+        total = lm_loss
+        if feats:
+            total = total + self._adversarial(torch.cat(feats), torch.cat(labels), log)
+        log["loss"] = lm_loss.item()
+        log["sample_size"] = 1
+        return total, 1, log
+
+    def _lang_ids(self, net_input, model):
+        ids = net_input.get("lang_ids")
+        if ids is None:
+            default = getattr(getattr(model, "cfg", None), "default_lang_id", 0)
+            ids = torch.full((net_input["src_tokens"].size(0),), int(default), dtype=torch.long,
+                             device=net_input["src_tokens"].device)
+        return ids
+
+    def _adversarial(self, feats, labels, log):
+        # the trainer casts the criterion to fp16/bf16 with the model: match its dtype
+        logits = self.discriminator(feats.to(self.discriminator.net[0].weight.dtype)).float()
+        if labels.unique().numel() < 2:
+            # one language only: nothing to tell apart; keep the discriminator
+            # in the graph (DDP) without changing anything
+            return 0.0 * logits.sum()
+        ce = F.cross_entropy(logits, labels)
+        log["adv_loss"] = ce.item() * labels.numel()
+        log["adv_n"] = labels.numel()
+        log["disc_correct"] = int((logits.argmax(-1) == labels).sum())
+        return ce
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = total("sample_size")
+        metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        for kind in ("cdlm", "mlm"):
+            n = total(f"{kind}_ntokens")
+            if n > 0:
+                metrics.log_scalar(f"{kind}_loss", total(f"{kind}_loss") / n / math.log(2), n, round=3)
+                metrics.log_derived(
+                    f"{kind}_ppl", lambda meters, k=kind: utils.get_perplexity(meters[f"{k}_loss"].avg)
+                )
+        n = total("adv_n")
+        if n > 0:
+            metrics.log_scalar("adv_loss", total("adv_loss") / n / math.log(2), n, round=3)
+            metrics.log_scalar("disc_acc", total("disc_correct") / n, n, round=3)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,290 @@
+"""Task ``trelm_transfer``: the TreLM training stages on one data directory
+(docs/data-layout.md).
+
+    fairseq-train <data> --user-dir trelm_fairseq --task trelm_transfer \\
+        --langs en,tr --stage transfer_upper --arch trelm_minilm --tri-layer \\
+        --criterion trelm_loss ...
+
+Per stage (S = first of --langs, T = second), frozen groups and data:
+
+    stage              frozen               parts of every batch
+    commonality        lower, upper         mlm_S + mlm_T   (MLM on mono S and mono T)
+    transfer_upper     embeddings, lower    cdlm S->T + mlm_T
+    transfer_lower     upper, lm_head       cdlm T->S + mlm_S
+    language_specific  (nothing)            mlm_T
+
+``--freeze a,b`` / ``--freeze none`` overrides the frozen groups.  The MLM part
+of a transfer stage is on the language CdLM *predicts* (its target side):
+
+* 2a (upper learns to write T): MLM on T trains the upper half, TRILayer and
+  head on real T contexts besides the gathered English states.
+* 2b (lower learns to read T, frozen upper "writes English"): MLM on S keeps
+  the lower half and the (trainable, tied) embeddings compatible with what the
+  frozen English upper half expects -- an anchor against drifting away from
+  English while the lower half learns T, which is what lets stage 3 combine the
+  2b lower half with the 2a upper half (trained on English lower states).
+  MLM on T instead would push the frozen English upper half to predict T tokens,
+  which is 2a's job.
+* Either way the CdLM input side and the MLM side are different languages, so
+  every batch has both languages' lower-half states for the adversarial term.
+
+Sentences longer than ``--tokens-per-sample`` (counting the prepended ``<s>``)
+are skipped when a split is loaded, with a logged count per part: truncating a
+parallel pair would cut aligned tokens out of the gather index, and one rule
+for all parts keeps MLM and CdLM data consistent.  A split that ends up empty
+is an error.  Parallel data is validated on load (aligned_parallel_dataset).
+
+The task config (``--stage``, ``--freeze``, ``--langs``) is saved in every
+checkpoint (``cfg.task``); ``trelm_fairseq.freezing.checkpoint_stage`` reads it.
+"""
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+from omegaconf import II, MISSING
+
+from fairseq.data import (
+    Dictionary,
+    IdDataset,
+    MaskTokensDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    NumSamplesDataset,
+    PrependTokenDataset,
+    RawLabelDataset,
+    RightPadDataset,
+    SortDataset,
+    data_utils,
+)
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+
+from ..data import AlignedParallelDataset, SubsetDataset, TreLMZipDataset, keep_by_length, load_indexed
+from ..errors import TreLMError
+from ..freezing import STAGES, apply_freezing, frozen_groups, summary
+
+logger = logging.getLogger(__name__)
+
+def _stop_prefetch_threads(timeout: float = 10.0) -> None:
+    """Let fairseq's batch-prefetch threads finish before Python shuts down.
+
+    fairseq fills a queue of batches in a daemon thread (iterators.
+    BackgroundConsumer).  When training stops mid-epoch (--max-update) that
+    thread may be inside a torch call; Python 3.11's shutdown then ends it with
+    a forced unwind through C++ frames and the process aborts ("terminate called
+    without an active exception", exit 134) although training succeeded.  Here
+    (atexit, before daemon threads are killed) each such thread is told to stop
+    after its current batch and its queue is drained until it has returned.
+    """
+    try:
+        from fairseq.data.iterators import BackgroundConsumer
+    except ImportError:  # pragma: no cover
+        return
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if not isinstance(t, BackgroundConsumer):
+            continue
+        t._max_len = 0  # stop after the batch in hand (count >= max_len)
+        while t.is_alive() and time.monotonic() < deadline:
+            try:
+                while True:
+                    t._queue.get_nowait()
+            except Exception:  # queue.Empty
+                pass
+            t.join(0.05)
+
+
+atexit.register(_stop_prefetch_threads)
+
+CDLM_DIRECTION = {"transfer_upper": (0, 1), "transfer_lower": (1, 0)}  # (source, target) language index
+
+
+@dataclass
+class TreLMTransferConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "data directory (docs/data-layout.md)"})
+    langs: str = field(default="en,tr", metadata={"help": "source,target languages: source first; ids 0,1"})
+    stage: ChoiceEnum(STAGES) = field(
+        default="commonality", metadata={"help": "training stage; sets the frozen groups and the data"}
+    )
+    freeze: Optional[str] = field(
+        default=None,
+        metadata={"help": "override the stage's frozen groups: comma list of embeddings,lower,tri_layer,"
+                          "upper,lm_head,heads, or 'none'"},
+    )
+    tokens_per_sample: int = field(
+        default=512, metadata={"help": "longest sentence (incl. <s> and </s>); longer ones are skipped"}
+    )
+    mask_prob: float = field(default=0.15, metadata={"help": "MLM: probability of masking a token"})
+    leave_unmasked_prob: float = field(default=0.1, metadata={"help": "MLM: masked tokens left unchanged"})
+    random_token_prob: float = field(default=0.1, metadata={"help": "MLM: masked tokens replaced at random"})
+    freq_weighted_replacement: bool = field(
+        default=False, metadata={"help": "MLM: sample random replacements by word frequency"}
+    )
+    transfer_mlm: bool = field(
+        default=True, metadata={"help": "add the MLM part to the transfer stages (see the task doc)"}
+    )
+    seed: int = II("common.seed")
+
+
+def parse_langs(spec: str) -> List[str]:
+    langs = [x.strip() for x in str(spec).split(",") if x.strip()]
+    if len(langs) != 2 or langs[0] == langs[1]:
+        raise TreLMError(f"--langs {spec!r}: expected two different languages 'S,T' (source first), e.g. en,tr")
+    return langs
+
+
+@register_task("trelm_transfer", dataclass=TreLMTransferConfig)
+class TreLMTransferTask(FairseqTask):
+    cfg: TreLMTransferConfig
+
+    def __init__(self, cfg: TreLMTransferConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.mask_idx = dictionary.add_symbol("<mask>")  # as fairseq's masked_lm
+        self.langs = parse_langs(cfg.langs)
+        self.stage = str(cfg.stage)
+        self.frozen = frozen_groups(self.stage, cfg.freeze)
+        self.encoder_embed_dim: Optional[int] = None  # set by build_model (the criterion needs it)
+
+    @classmethod
+    def setup_task(cls, cfg: TreLMTransferConfig, **kwargs):
+        path = os.path.join(cfg.data, "dict.txt")
+        if not os.path.isfile(path):
+            raise TreLMError(f"{path}: dictionary not found (is --data a trelm data directory? docs/data-layout.md)")
+        dictionary = Dictionary.load(path)
+        if "<mask>" in dictionary.indices:
+            raise TreLMError(f"{path}: contains <mask>; the shared dictionary must not (the task adds it)")
+        logger.info("dictionary: %d types (+ <mask>)", len(dictionary))
+        return cls(cfg, dictionary)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    @property
+    def has_parallel_data(self) -> bool:
+        return self.stage in CDLM_DIRECTION
+
+    def max_positions(self):
+        return self.cfg.tokens_per_sample
+
+    # ----- data ---------------------------------------------------------
+    def _skip_log(self, split, name, n_total, n_kept):
+        if n_kept < n_total:
+            logger.warning(
+                "%s/%s: skipped %d of %d sentences longer than --tokens-per-sample=%d",
+                split, name, n_total - n_kept, n_total, self.cfg.tokens_per_sample,
+            )
+        if n_kept == 0:
+            raise TreLMError(
+                f"{split}/{name}: every sentence is longer than --tokens-per-sample={self.cfg.tokens_per_sample}"
+            )
+
+    def mlm_dataset(self, split: str, lang: str, epoch: int = 1):
+        prefix = os.path.join(self.cfg.data, "mono", lang, split)
+        ds = load_indexed(prefix, self.dictionary, f"monolingual {lang} text")
+        keep = keep_by_length(self.cfg.tokens_per_sample - 1, ds.sizes)  # -1: <s> is prepended
+        self._skip_log(split, f"mono/{lang}", len(ds), len(keep))
+        if len(keep) < len(ds):
+            ds = SubsetDataset(ds, keep)
+        ds = PrependTokenDataset(ds, self.dictionary.bos())
+        src, tgt = MaskTokensDataset.apply_mask(
+            ds,
+            self.dictionary,
+            pad_idx=self.dictionary.pad(),
+            mask_idx=self.mask_idx,
+            seed=self.cfg.seed,
+            mask_prob=self.cfg.mask_prob,
+            leave_unmasked_prob=self.cfg.leave_unmasked_prob,
+            random_token_prob=self.cfg.random_token_prob,
+            freq_weighted_replacement=self.cfg.freq_weighted_replacement,
+        )
+        pad = self.dictionary.pad()
+        nested = NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": RightPadDataset(src, pad_idx=pad),
+                    "src_lengths": NumelDataset(src, reduce=False),
+                    "lang_ids": RawLabelDataset([self.langs.index(lang)] * len(src)),
+                },
+                "target": RightPadDataset(tgt, pad_idx=pad),
+                "nsentences": NumSamplesDataset(),
+                "ntokens": NumelDataset(src, reduce=True),
+            },
+            sizes=[src.sizes],
+        )
+        with data_utils.numpy_seed(self.cfg.seed + epoch):
+            shuffle = np.random.permutation(len(src))
+        return SortDataset(nested, sort_order=[shuffle, src.sizes])
+
+    def cdlm_dataset(self, split: str, src_lang: str, tgt_lang: str):
+        S, T = self.langs
+        para = os.path.join(self.cfg.data, "para")
+        src_prefix = os.path.join(para, f"{split}.{S}-{T}.{src_lang}")
+        tgt_prefix = os.path.join(para, f"{split}.{S}-{T}.{tgt_lang}")
+        gather_prefix = os.path.join(para, f"{split}.gather.{src_lang}-{tgt_lang}")
+        full = AlignedParallelDataset.load(
+            src_prefix, tgt_prefix, gather_prefix, self.dictionary,
+            self.langs.index(src_lang), self.langs.index(tgt_lang),
+        )
+        keep = keep_by_length(self.cfg.tokens_per_sample - 1, full.src.sizes, full.tgt.sizes)
+        self._skip_log(split, f"para {src_lang}->{tgt_lang}", len(full), len(keep))
+        return AlignedParallelDataset(
+            full.src, full.tgt, full.gather, self.dictionary,
+            full.src_lang_id, full.tgt_lang_id, shuffle=split == "train", keep=keep,
+        )
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        S, T = self.langs
+        parts = OrderedDict()
+        if self.stage == "commonality":
+            parts[f"mlm_{S}"] = self.mlm_dataset(split, S, epoch)
+            parts[f"mlm_{T}"] = self.mlm_dataset(split, T, epoch)
+        elif self.stage in CDLM_DIRECTION:
+            src_lang, tgt_lang = (self.langs[i] for i in CDLM_DIRECTION[self.stage])
+            parts["cdlm"] = self.cdlm_dataset(split, src_lang, tgt_lang)
+            if self.cfg.transfer_mlm:  # MLM on the language CdLM predicts (see the module doc)
+                parts[f"mlm_{tgt_lang}"] = self.mlm_dataset(split, tgt_lang, epoch)
+        else:  # language_specific
+            parts[f"mlm_{T}"] = self.mlm_dataset(split, T, epoch)
+        logger.info("%s (%s): %s", split, self.stage, ", ".join(f"{k}={len(v)}" for k, v in parts.items()))
+        self.datasets[split] = TreLMZipDataset(parts)
+
+    # ----- model --------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if not hasattr(model, "parameter_groups") or not hasattr(model.encoder, "tri_layer_position"):
+            raise TreLMError(f"--arch {getattr(cfg, 'arch', '?')}: trelm_transfer needs a trelm model (--arch trelm_*)")
+        enc = model.encoder
+        if self.has_parallel_data and enc.tri_layer is None:
+            raise TreLMError(f"--stage {self.stage}: CdLM needs a TRILayer: add --tri-layer")
+        if enc.cfg.n_langs < len(self.langs):
+            raise TreLMError(f"--n-langs {enc.cfg.n_langs}: --langs {self.cfg.langs} needs at least {len(self.langs)}")
+        if self.cfg.tokens_per_sample > model.max_positions():
+            raise TreLMError(
+                f"--tokens-per-sample {self.cfg.tokens_per_sample} exceeds the model's "
+                f"max_positions {model.max_positions()}"
+            )
+        # The null slot is only used by CdLM; freezing it elsewhere keeps every
+        # trainable parameter in the graph (DDP's unused-parameter check).
+        extra = [] if self.has_parallel_data or enc.tri_layer is None else ["encoder.tri_layer.null_slot"]
+        apply_freezing(model, self.frozen, extra_frozen=extra)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        logger.info("stage %s: frozen %s; groups %s; trainable %d of %d parameters",
+                    self.stage, list(self.frozen) or "nothing", summary(model), n_train, n_all)
+        if n_train == 0:
+            logger.warning("every model parameter is frozen: only the criterion's discriminator trains")
+        self.encoder_embed_dim = enc.cfg.encoder_embed_dim
+        return model
