@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/trelm_fairseq
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test eval setup clean-venv
 
 setup: $(STAMP)
 
@@ -27,7 +27,11 @@ test: $(STAMP)
 	. $(VENV)/bin/activate && ./scripts/run_tests.sh
 
 demo: $(STAMP)
-	. $(VENV)/bin/activate && ./scripts/demo.sh
+	. $(VENV)/bin/activate && ./scripts/demo.sh $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# the main job with 3 fine-tuning seeds per model (mean and std in the report)
+eval: $(STAMP)
+	. $(VENV)/bin/activate && ./scripts/demo.sh --seeds 3 $(DEMO_ARGS)
