@@ -7,10 +7,13 @@ Extra TreLM metadata (origin, stage, vocabulary fingerprint) lives under the
 top-level key ``"trelm"``, which fairseq ignores.
 """
 import argparse
+import functools
+import glob
 import hashlib
 import os
+import re
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -18,7 +21,7 @@ from omegaconf import OmegaConf
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
-from .errors import TreLMError
+from .errors import TreLMError, write_error
 from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
 MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
@@ -59,20 +62,28 @@ def _cfg_dict(model_cfg) -> Dict:
 def atomic_torch_save(obj, path: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    except OSError as e:  # read-only / missing permissions
+        raise write_error(path, e) from e
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # disk full / quota / I/O error; torch's zip writer re-raises the OSError of a
+        # failed write as a RuntimeError whose context is that OSError
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
+        if isinstance(cause, OSError):
+            raise write_error(path, cause) from e
         raise
 
 
@@ -116,7 +127,7 @@ def load_checkpoint(path: str) -> Dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated / corrupted / not a torch file
-        raise TreLMError(f"{path}: not a readable checkpoint (truncated or corrupted?): {e}") from None
+        raise TreLMError(unreadable_message(path, e)) from None
     if not isinstance(state, dict) or "model" not in state:
         raise TreLMError(f"{path}: expected a fairseq checkpoint (a dict with a 'model' state dict)")
     return state
@@ -155,3 +166,86 @@ def load_model(path: str, dictionary: Dictionary, strict: bool = True):
     model = build_model(cfg, dictionary)
     model.load_state_dict(state["model"], strict=strict)
     return model, state
+
+
+# ----- damaged checkpoints -------------------------------------------------------
+# fairseq-train writes checkpoint_<epoch>_<updates>.pt atomically (temp file + rename)
+# but then *copies* it to checkpoint_best.pt / checkpoint_last.pt (shutil.copyfile): a
+# run killed during that copy leaves a truncated checkpoint_last.pt next to an intact
+# interval checkpoint.
+
+INTERVAL_RE = re.compile(r"^checkpoint_?(\d+)(?:_(\d+))?\.pt$")
+
+
+def checkpoint_num_updates(path: str) -> Optional[int]:
+    """num_updates of a fairseq checkpoint, or None when it cannot be read (memory-mapped
+    where possible, so cheap even for big models)."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # old (non-zip) files cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return None
+    if not isinstance(state, dict) or "model" not in state:
+        return None
+    hist = state.get("optimizer_history") or [{}]
+    return int(hist[-1].get("num_updates", 0) or 0)
+
+
+def intact_checkpoints(folder: str, exclude: Tuple[str, ...] = ()) -> List[Tuple[int, str]]:
+    """Readable checkpoints of a fairseq save dir as (num_updates, path), newest first;
+    interval / epoch checkpoints before checkpoint_best.pt at the same update count."""
+    out = []
+    excluded = {os.path.abspath(p) for p in exclude}
+    for path in glob.glob(os.path.join(folder, "checkpoint*.pt")):
+        name = os.path.basename(path)
+        if os.path.abspath(path) in excluded or name == "checkpoint_last.pt":
+            continue
+        if not (INTERVAL_RE.match(name) or name == "checkpoint_best.pt"):
+            continue
+        updates = checkpoint_num_updates(path)
+        if updates is not None:
+            out.append((updates, name != "checkpoint_best.pt", os.path.getmtime(path), path))
+    out.sort(reverse=True)
+    return [(u, p) for u, _, _, p in out]
+
+
+def unreadable_message(path: str, e: Exception) -> str:
+    """What went wrong with an unreadable checkpoint and what to do about it."""
+    msg = (f"{path}: not a readable checkpoint (truncated or corrupted, e.g. the run was killed while "
+           f"it was being written): {type(e).__name__}: {(str(e).splitlines() or [''])[0].rstrip('.')}")
+    if os.path.basename(path) == "checkpoint_last.pt":
+        intact = intact_checkpoints(os.path.dirname(os.path.abspath(path)), exclude=(path,))
+        if intact:
+            updates, newest = intact[0]
+            msg += (f". The newest intact checkpoint next to it is {newest} ({updates} updates): copy it over "
+                    f"{path} to resume from there (trelm-stages does this itself), or delete {path} to start "
+                    "the run over")
+        else:
+            msg += f". No intact checkpoint next to it: delete {path} to start the run over"
+    else:
+        msg += ": delete it and re-create it (or restore a copy)"
+    return msg
+
+
+def guard_fairseq_checkpoint_loading() -> None:
+    """Make fairseq's checkpoint reader name the file and the remedy when the file is
+    unreadable (instead of torch's internal zip-reader error).  Other errors pass unchanged."""
+    from fairseq import checkpoint_utils
+
+    original = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(original, "trelm", False):
+        return
+
+    @functools.wraps(original)
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        try:
+            return original(path, *args, **kwargs)
+        except Exception as e:
+            if isinstance(e, TreLMError) or not os.path.isfile(path) or checkpoint_num_updates(path) is not None:
+                raise  # not a damaged file: fairseq's own error
+            raise TreLMError(unreadable_message(path, e)) from e
+
+    load_checkpoint_to_cpu.trelm = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

@@ -1,5 +1,6 @@
-"""One exception type for every user-facing error, and the CLI wrapper that prints it."""
+"""One exception type for every user-facing error, and the CLI wrappers that print it."""
 import functools
+import os
 import sys
 
 
@@ -20,3 +21,66 @@ def cli_errors(main):
             sys.exit(2)
 
     return wrapper
+
+
+def write_error(path: str, e: OSError) -> TreLMError:
+    """A failed write (disk full, read-only folder, ...) as a TreLMError naming the file."""
+    reason = e.strerror or str(e)
+    return TreLMError(
+        f"{path}: write failed: {reason} (errno {e.errno}); nothing was written there "
+        "(an existing file is unchanged): free space / fix permissions and run again"
+    )
+
+
+# ----- fairseq's own command-line tools ------------------------------------------
+# fairseq-train and friends are not our entry points, so cli_errors cannot wrap them.
+# When one of them runs with --user-dir trelm_fairseq, a TreLMError (raised by our
+# task / model / checkpoint checks, possibly wrapped by fairseq in a generic
+# Exception) is printed as "error: ..." instead of a traceback; the exit status stays
+# non-zero (1, Python's).  TRELM_TRACEBACK=1 shows the full traceback as well.
+
+
+def running_fairseq_cli(argv0: str = None) -> bool:
+    """True when this process is a fairseq command-line tool (fairseq-train,
+    python -m fairseq_cli.train, ...)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if not argv0:
+        return False
+    norm = argv0.replace("\\", "/")
+    return os.path.basename(norm).startswith("fairseq-") or "/fairseq_cli/" in norm
+
+
+def find_trelm_error(exc):
+    """The first TreLMError in ``exc``'s cause / context chain (or None)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TreLMError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _excepthook(previous):
+    def hook(exc_type, exc, tb):
+        err = find_trelm_error(exc)
+        if err is None or os.environ.get("TRELM_TRACEBACK"):
+            return previous(exc_type, exc, tb)
+        if err is not exc:  # fairseq wrapped it: its message says where (e.g. which checkpoint)
+            print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
+        print("(set TRELM_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        sys.stderr.flush()
+
+    hook.trelm = True
+    return hook
+
+
+def install_fairseq_cli_hooks() -> None:
+    """Clear messages inside fairseq's CLIs: the excepthook above, and checkpoint
+    reading errors that name the file (see checkpoint.guard_fairseq_checkpoint_loading)."""
+    if not getattr(sys.excepthook, "trelm", False):
+        sys.excepthook = _excepthook(sys.excepthook)
+    from .checkpoint import guard_fairseq_checkpoint_loading
+
+    guard_fairseq_checkpoint_loading()

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .checkpoint import build_model, model_config, save_checkpoint
-from .errors import TreLMError
+from .errors import TreLMError, write_error
 from .source_tokenizer import (
     DESCRIPTOR, ROLES, TOKENIZER_FILES, TOKENIZER_SUBDIR, detect_kind, lowercases, model_family, read_json,
     special_tokens,
@@ -631,12 +631,17 @@ def _default_mode(path: str, folder: bool = False) -> None:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    except OSError as e:  # read-only folder
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         _default_mode(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, I/O error
+        raise write_error(path, e) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

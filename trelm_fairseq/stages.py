@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .errors import TreLMError
+from .errors import TreLMError, write_error
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 MARKER = "stage_done.json"
@@ -87,8 +87,11 @@ _MODEL_FLAGS = (
 
 def atomic_write_json(obj, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
@@ -96,25 +99,93 @@ def atomic_write_json(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, quota, I/O error
+            raise write_error(path, e) from e
         raise
 
 
 def checkpoint_updates(path: str) -> int:
     """num_updates of a fairseq checkpoint (memory-mapped: cheap even for big models)."""
+    from .checkpoint import checkpoint_num_updates, load_checkpoint
+
+    updates = checkpoint_num_updates(path)
+    if updates is None:
+        load_checkpoint(path)  # raises the TreLMError that says what is wrong
+        raise TreLMError(f"{path}: not a readable checkpoint")
+    return updates
+
+
+def recover_last_checkpoint(stage: "Stage", say: Callable[[str], None]) -> None:
+    """A stage's checkpoint_last.pt that cannot be read (the run was killed while fairseq
+    copied it there) is replaced by the newest intact checkpoint of the same run (the
+    interval checkpoint fairseq wrote atomically just before); the damaged file is kept as
+    checkpoint_last.pt.damaged.  Without an intact one: a TreLMError saying what to delete."""
+    import shutil
+
+    from .checkpoint import checkpoint_num_updates, intact_checkpoints
+
+    last = stage.last_checkpoint
+    if checkpoint_num_updates(last) is not None:
+        return
+    intact = intact_checkpoints(stage.dir, exclude=(last,))
+    if not intact:
+        raise TreLMError(
+            f"stage {stage.key} ({stage.name}): {last} is not a readable checkpoint (truncated or corrupted) "
+            f"and {stage.dir} holds no intact checkpoint_<epoch>_<updates>.pt to fall back to: delete {last} "
+            "to restart the stage from its start checkpoint"
+        )
+    updates, source = intact[0]
+    damaged = last + ".damaged"
+    os.replace(last, damaged)
+    tmp = os.path.join(stage.dir, f".tmp-{os.getpid()}-checkpoint_last.pt")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, last)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise write_error(last, e) from e
+    say(f"== stage {stage.key} ({stage.name}): {last} was unreadable (kept as {damaged}); resuming from "
+        f"the newest intact checkpoint {source} ({updates} updates) instead")
+
+
+def check_checkpoint_fits(plan: "StagePlan", path: str, what: str) -> None:
+    """The checkpoint a training stage is about to load has the shape and vocabulary of the
+    model its fairseq-train command builds (else fairseq fails deep inside its trainer)."""
     import torch
+
+    from .checkpoint import checkpoint_model_config, load_checkpoint, model_config
+    from .combine import STRUCTURE_FIELDS
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # an old (non-zip) file cannot be mmapped
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise TreLMError(f"{path}: not a readable checkpoint: {e}") from None
-    hist = state.get("optimizer_history") or [{}]
-    return int(hist[-1].get("num_updates", 0) or 0)
+    except Exception:
+        state = load_checkpoint(path)  # not mmappable (old format) or unreadable: its error
+    cfg = checkpoint_model_config(state, path)
+    want = model_config(plan.arch, tri_layer=True) if plan.arch else plan.model_cfg()
+    source = f"--arch {plan.arch}" if plan.arch else f"the init checkpoint {plan.init}"
+    for name in STRUCTURE_FIELDS:
+        a, b = getattr(cfg, name, None), getattr(want, name, None)
+        if str(a) != str(b):
+            raise TreLMError(
+                f"{path} ({what}): model field '{name}' is {a}, but the stages train the model of {source} "
+                f"({name} {b}): expected a checkpoint of the same architecture (a different --arch, or an "
+                "init/model.pt re-made since this checkpoint was written?)"
+            )
+    rows = state["model"].get("encoder.embed_tokens.weight")
+    dict_path = os.path.join(plan.data, "dict.txt")
+    if rows is not None and os.path.isfile(dict_path):
+        from fairseq.data import Dictionary
+
+        n = len(Dictionary.load(dict_path)) + 1  # the task adds <mask>
+        if rows.size(0) != n:
+            raise TreLMError(
+                f"{path} ({what}): vocabulary of {rows.size(0)} rows, but {dict_path} gives {n} symbols "
+                "(with the specials and <mask>): expected a checkpoint made with this data directory's dict.txt"
+            )
 
 
 def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -478,6 +549,13 @@ def run_stage(plan: StagePlan, key: str, log: Callable[[str], None] = print, ech
     _check_ready(stage)
 
     t0 = time.time()
+    if state == "resume":
+        recover_last_checkpoint(stage, say)
+    if stage.is_training:
+        if state == "resume":
+            check_checkpoint_fits(stage.plan, stage.last_checkpoint, f"stage {key}'s own checkpoint to resume")
+        else:
+            check_checkpoint_fits(stage.plan, stage.start_checkpoint(), f"where stage {key} starts")
     done_updates = checkpoint_updates(stage.last_checkpoint) if state == "resume" else 0
     if state == "resume" and done_updates >= stage.updates:
         # trained to the budget but the marker was not written (killed right after the last save)

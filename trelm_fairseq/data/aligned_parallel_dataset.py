@@ -30,12 +30,23 @@ def load_indexed(prefix: str, dictionary=None, what: str = "dataset"):
     for ext in (".bin", ".idx"):
         if not os.path.isfile(prefix + ext):
             raise TreLMError(f"{prefix}{ext}: {what} not found (expected a fairseq indexed dataset {prefix}.bin/.idx)")
+    if os.path.getsize(prefix + ".bin") == 0:  # fairseq cannot even open it ("cannot mmap an empty file")
+        raise TreLMError(f"{prefix}.bin: {what}: empty file (no sentences, or truncated): expected a non-empty split")
     try:
         ds = data_utils.load_indexed_dataset(prefix, dictionary)
     except Exception as e:  # corrupted header, wrong magic, ...
         raise TreLMError(f"{prefix}.idx: not a readable fairseq indexed dataset: {e}") from None
     if ds is None:
         raise TreLMError(f"{prefix}.idx: not a readable fairseq indexed dataset")
+    if isinstance(ds, MMapIndexedDataset) and len(ds) > 0:
+        # a truncated .bin would only fail later, deep inside numpy, when a batch reads it
+        need = int(ds._index._pointers[-1]) + int(ds.sizes[-1]) * ds._index.dtype().itemsize
+        have = os.path.getsize(prefix + ".bin")
+        if have < need:
+            raise TreLMError(
+                f"{prefix}.bin: {have} bytes, but its index {prefix}.idx describes {need}: truncated "
+                "(re-create the dataset)"
+            )
     return ds
 
 

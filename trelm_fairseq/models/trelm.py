@@ -354,6 +354,12 @@ class TreLMModel(FairseqEncoderModel):
         head.apply(init_bert_params)
         self.classification_heads[name] = head
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """As fairseq's, but a checkpoint of another shape / vocabulary is a TreLMError
+        saying what differs (fairseq-train reports only "ensure that the architectures match")."""
+        check_state_fits(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
     def upgrade_state_dict_named(self, state_dict, name):
         """Reconcile classification heads between checkpoint and model (as RoBERTa does)."""
         prefix = name + "." if name != "" else ""
@@ -376,6 +382,40 @@ class TreLMModel(FairseqEncoderModel):
                 del state_dict[k]
         for k, v in self.classification_heads.state_dict().items():
             state_dict.setdefault(head_prefix + k, v)
+
+
+def check_state_fits(model: nn.Module, state_dict, strict: bool = True) -> None:
+    """Raise a TreLMError when ``state_dict`` cannot fit ``model``: a different vocabulary,
+    tensor shapes (another architecture) or, with ``strict``, a TRILayer on one side only.
+    Classification heads are left to ``upgrade_state_dict_named``."""
+    from ..errors import TreLMError
+
+    own = model.state_dict()
+    ours = {k for k in own if not k.startswith("classification_heads.")}
+    theirs = {k for k in state_dict if not k.startswith("classification_heads.")}
+    emb = "encoder.embed_tokens.weight"
+    if emb in state_dict and emb in own and state_dict[emb].size(0) != own[emb].size(0):
+        raise TreLMError(
+            f"the checkpoint's vocabulary has {state_dict[emb].size(0)} rows, the model built here has "
+            f"{own[emb].size(0)} (its dict.txt + <mask>): expected the dict.txt the checkpoint was made with"
+        )
+    tri = "encoder.tri_layer."
+    has_tri_ckpt = any(k.startswith(tri) for k in theirs)
+    has_tri_model = any(k.startswith(tri) for k in ours)
+    if strict and has_tri_ckpt and not has_tri_model:
+        raise TreLMError("the checkpoint has a TRILayer, the model built here has none: add --tri-layer")
+    if strict and has_tri_model and not has_tri_ckpt:
+        raise TreLMError("the model built here has a TRILayer (--tri-layer) but the checkpoint has none: "
+                         "drop --tri-layer, or start from a checkpoint made with one (trelm-prepare's init/model.pt)")
+    bad = [(k, tuple(state_dict[k].shape), tuple(own[k].shape)) for k in sorted(ours & theirs)
+           if tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if bad:
+        k, a, b = bad[0]
+        raise TreLMError(
+            f"{len(bad)} tensor(s) of the checkpoint do not fit the model built here, first {k}: checkpoint "
+            f"{a} vs model {b}: the checkpoint was made with another architecture or shape; pass the --arch "
+            "and shape options it was saved with (its cfg.model; trelm-stages reads them from the init checkpoint)"
+        )
 
 
 def base_architecture(args):

@@ -17,13 +17,14 @@ destination and is renamed over it only when complete, so a crash or an exceptio
 leaves a half-written file behind.
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from trelm_fairseq.errors import TreLMError
+from trelm_fairseq.errors import TreLMError, write_error
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -167,6 +168,11 @@ def read_parallel(src_path: str, tgt_path: str, *, strict: bool = False,
     return pairs
 
 
+# errors of the write itself (an OSError from the caller's code inside the `with`
+# block, e.g. reading an input file, passes unchanged)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -177,17 +183,22 @@ def _umask() -> int:
 def atomic_write(path: str, mode: str = "w"):
     """Open a temporary file next to `path`; rename it to `path` only on success."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as e:  # read-only folder, no permission
+        raise write_error(path, e) from e
     try:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:  # disk full, quota, I/O error
+            raise write_error(path, e) from e
         raise
 
 
