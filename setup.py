@@ -21,6 +21,7 @@ setup(
             "trelm-parse-eval=trelm_fairseq.cli.parse_eval:cli_main",
             "trelm-parse-prepare=trelm_fairseq.parsing.prepare:cli_main",
             "trelm-demo=trelm_fairseq.main_job:cli_main",
+            "trelm-sweep=trelm_fairseq.sweep:cli_main",
             "trelm-fetch-corpus=trelm_fairseq.preprocess.corpora:cli_main",
             "trelm-vocab=trelm_fairseq.preprocess.vocab:cli_main",
             "trelm-align=trelm_fairseq.preprocess.align:cli_main",

@@ -10,7 +10,7 @@ import os
 # explicit user setting.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
-from . import models, modules, data, tasks, criterions  # noqa: E402,F401  (registration)
+from . import models, modules, data, tasks, criterions, optim  # noqa: E402,F401  (registration)
 from .errors import install_fairseq_cli_hooks, running_fairseq_cli  # noqa: E402
 
 if running_fairseq_cli():  # fairseq-train --user-dir trelm_fairseq ...: clear errors (errors.py)
