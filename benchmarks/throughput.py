@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Training throughput (tokens/s) and peak step memory of the trelm_transfer stages against
+fairseq's masked_lm on a same-shape RoBERTa, all in one process, repetitions interleaved.
+
+    python benchmarks/throughput.py [--quick] [--data DIR] [--max-tokens 2048] [--json out.json]
+
+Configurations (trelm_minilm shape: 6 layers, d=384, 12 heads, FFN 1536; 16k vocabulary):
+
+    baseline            fairseq masked_lm, fairseq's roberta arch with the same sizes
+    masked_lm/trelm     fairseq masked_lm on our trelm model (no TRILayer): model overhead
+    1 commonality       MLM S + MLM T, lower/upper frozen
+    2a transfer_upper   CdLM S->T + MLM T, embeddings + lower frozen (no graph below the TRILayer)
+    2a --freeze none    the same batches with everything trainable: the cost of not freezing
+    2b transfer_lower   CdLM T->S + MLM S, upper + LM head frozen
+    4 language_specific MLM T, everything trainable
+
+tokens/s counts fairseq's ntokens (what fairseq logs as wps): input tokens of MLM parts,
+target tokens of CdLM parts.  A trelm batch has one sub-batch per part, each up to --max-tokens.
+Targets (reported, not asserted): CdLM stages >= 0.9x baseline; 2a >= 1.3x the all-trainable
+stage; peak step memory of the frozen stages below the baseline's.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from _common import (  # noqa: E402
+    Bench,
+    interleaved,
+    paired_ratio,
+    timing_kind,
+    log,
+    machine,
+    masked_lm_argv,
+    median,
+    quiet_logs,
+    synthetic_data,
+    table,
+    trelm_argv,
+)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="a prepared trelm data dir (default: synthetic data in a temp dir)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="tokens per (sub-)batch")
+    p.add_argument("--tokens-per-sample", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
+    p.add_argument("--steps", type=int, default=1, help="timed steps per configuration and repetition")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="1024 tokens, 2 reps x 1 step, no masked_lm/trelm")
+    p.add_argument("--only", help="comma list of configuration names to run (plus the baseline)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_tokens, args.reps, args.steps = 1024, 2, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tmp = None
+    data = args.data
+    if data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="trelm-bench-")
+        t0 = time.time()
+        data = synthetic_data(tmp.name, tokens_per_sample=args.tokens_per_sample)
+        log(f"synthetic data in {data} ({time.time() - t0:.1f}s)")
+    mt, tps = args.max_tokens, args.tokens_per_sample
+    configs = [
+        ("baseline masked_lm/roberta", masked_lm_argv(data, mt, tps)),
+        ("masked_lm/trelm", masked_lm_argv(data, mt, tps, arch="trelm_minilm")),
+        ("1 commonality", trelm_argv(data, "commonality", mt, tps)),
+        ("2a transfer_upper", trelm_argv(data, "transfer_upper", mt, tps)),
+        ("2a --freeze none", trelm_argv(data, "transfer_upper", mt, tps, extra=["--freeze", "none"])),
+        ("2b transfer_lower", trelm_argv(data, "transfer_lower", mt, tps)),
+        ("4 language_specific", trelm_argv(data, "language_specific", mt, tps)),
+    ]
+    if args.quick:
+        configs = [c for c in configs if c[0] != "masked_lm/trelm"]
+    if args.only:
+        keep = {x.strip() for x in args.only.split(",")}
+        configs = [c for c in configs if c[0].startswith("baseline") or c[0] in keep or c[0].split()[0] in keep]
+
+    log(f"machine: {machine()}")
+    with quiet_logs():
+        benches = []
+        for name, a in configs:
+            log(f"building {name}")
+            benches.append(Bench(name, a, n_batches=max(2, args.steps)))
+        speeds = interleaved(benches, args.reps, args.steps)
+        rows, results = [], {}
+        kind = timing_kind()
+        base_name = benches[0].name
+        for b in benches:
+            peak, step_tokens = b.peak_step_bytes()  # after warm-up: optimizer state exists already
+            state = b.state_bytes()
+            wall, cpu = median(speeds[b.name]["wall"]), median(speeds[b.name]["cpu"])
+            ratio = paired_ratio(speeds, b.name, base_name, kind)
+            results[b.name] = {"tokens_per_s": wall, "tokens_per_cpu_s": cpu, "reps": speeds[b.name],
+                               "vs_baseline": ratio, "params": b.params, "trainable": b.trainable,
+                               "step_peak_bytes": peak, "step_tokens": step_tokens, **state, "argv": b.argv}
+            rows.append([b.name, f"{wall:.0f}", f"{cpu:.0f}", f"{ratio:.2f}x",
+                         f"{b.trainable / 1e6:.1f}M / {b.params / 1e6:.1f}M",
+                         f"{peak / 2**20:.0f}", f"{step_tokens}", f"{peak / 2**20 / step_tokens * 1000:.0f}",
+                         f"{(state['params'] + state['optimizer_state']) / 2**20:.0f}"])
+    print(f"machine: {machine()}")
+    print(f"command: python benchmarks/throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"max_tokens {mt} per (sub-)batch, tokens_per_sample {tps}, {args.reps} interleaved reps x {args.steps} steps; "
+          f"tokens/s = median over reps; 'vs baseline' = median of per-rep ratios\n")
+    print(table(rows, ["configuration", "tokens/s wall", "tokens/CPU-s", f"vs baseline ({kind})", "trainable / all params",
+                       "step peak MiB", "step tokens", "MiB / 1k tokens", "params+opt MiB"]))
+    ratios = []
+    pairs = [("2a transfer_upper", "2a --freeze none", "2a frozen bottom vs the same batches all-trainable")]
+    pairs += [(k, "4 language_specific", f"{k} vs 4 language_specific (all trainable)")
+              for k in ("2a transfer_upper", "2b transfer_lower", "1 commonality")]
+    for a, b, label in pairs:
+        if a in speeds and b in speeds:
+            ratios.append(f"{label}: {paired_ratio(speeds, a, b, kind):.2f}x (median of paired per-rep ratios, {kind} time)")
+    if ratios:
+        print("\n" + "\n".join(ratios))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "max_tokens": mt, "tokens_per_sample": tps, "results": results}, f, indent=1)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
