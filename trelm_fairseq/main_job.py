@@ -23,14 +23,12 @@ Steps (each resumable: a re-run skips what is finished):
 """
 import argparse
 import json
-import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .errors import TreLMError, cli_errors

@@ -22,7 +22,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .preprocess.text_io import write_json
 from .errors import TreLMError, write_error
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -86,25 +86,8 @@ _MODEL_FLAGS = (
 
 
 def atomic_write_json(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    except OSError as e:
-        raise write_error(path, e) from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # disk full, quota, I/O error
-            raise write_error(path, e) from e
-        raise
+    """Markers and summaries: temp file + fsync + rename (preprocess.text_io), clear write errors."""
+    write_json(path, obj)
 
 
 def checkpoint_updates(path: str) -> int:
