@@ -25,6 +25,13 @@ from .errors import TreLMError, write_error
 from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
 MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
+# The criterion recorded with a task in checkpoints written here.
+DEFAULT_CRITERION = {
+    "trelm_transfer": "trelm_loss",
+    "masked_lm": "masked_lm",
+    "sentence_prediction": "sentence_prediction",
+    "trelm_parsing": "trelm_parsing",
+}
 
 
 def model_config(arch: str = "trelm", **overrides) -> argparse.Namespace:
@@ -95,9 +102,12 @@ def save_checkpoint(
     meta: Optional[Dict] = None,
 ) -> None:
     """Save ``model`` as a fresh (update 0) fairseq checkpoint at ``path``."""
+    task_cfg = task_cfg or {"_name": "masked_lm", "data": ""}
     cfg = {
         "model": _cfg_dict(model_cfg),
-        "task": task_cfg or {"_name": "masked_lm", "data": ""},
+        "task": task_cfg,
+        # fairseq-validate / load_model_ensemble_and_task rebuild the criterion from here
+        "criterion": {"_name": DEFAULT_CRITERION.get(task_cfg.get("_name"), "masked_lm")},
         "common": {},
         "checkpoint": {},
     }

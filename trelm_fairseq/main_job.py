@@ -257,17 +257,39 @@ def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
 
 def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str) -> float:
     """Target-language validation MLM loss (base 2, per masked token) of a checkpoint."""
+    checkpoint = with_criterion_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"))
     out = run([
         os.path.join(BIN, "fairseq-validate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
         "--task", "trelm_transfer", "--valid-subset", "valid", "--max-tokens", "4096",
         "--required-batch-size-multiple", "1", "--num-workers", "0",
-        "--model-overrides", repr({"stage": "language_specific", "data": data, "langs": f"en,{lang}"}),
+        # adv_weight 0: no discriminator (it does not enter the MLM loss, and fairseq-validate
+        # builds the criterion before it could learn the model's hidden size)
+        "--model-overrides", repr({"stage": "language_specific", "data": data, "langs": f"en,{lang}",
+                                   "adv_weight": 0.0}),
     ], log_path, f"target MLM validation of {os.path.relpath(checkpoint)}")
     for key in ("mlm_loss", "loss"):
         vals = [float(v) for v in _logged(out, key)]
         if vals:
             return vals[-1]
     raise TreLMError(f"fairseq-validate printed no loss for {checkpoint}:\n{out[-2000:]}")
+
+
+def with_criterion_cfg(checkpoint: str, tmp_path: str) -> str:
+    """fairseq-validate rebuilds the criterion from the checkpoint's cfg; checkpoints written
+    before trelm_fairseq.checkpoint recorded one get a copy (at tmp_path) that has it."""
+    from omegaconf import OmegaConf
+
+    from .checkpoint import atomic_torch_save, load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    cfg = state.get("cfg")
+    if cfg is None or cfg.get("criterion") is not None:
+        return checkpoint
+    cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
+    cfg["criterion"] = {"_name": "trelm_loss", "adv_weight": 0.0}
+    state["cfg"] = OmegaConf.create(cfg)
+    atomic_torch_save(state, tmp_path)
+    return tmp_path
 
 
 def _logged(stdout: str, key: str) -> List[str]:
