@@ -257,7 +257,7 @@ def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
 
 def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str) -> float:
     """Target-language validation MLM loss (base 2, per masked token) of a checkpoint."""
-    checkpoint = with_criterion_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"))
+    checkpoint = with_transfer_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"))
     out = run([
         os.path.join(BIN, "fairseq-validate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
         "--task", "trelm_transfer", "--valid-subset", "valid", "--max-tokens", "4096",
@@ -274,18 +274,20 @@ def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str) ->
     raise TreLMError(f"fairseq-validate printed no loss for {checkpoint}:\n{out[-2000:]}")
 
 
-def with_criterion_cfg(checkpoint: str, tmp_path: str) -> str:
-    """fairseq-validate rebuilds the criterion from the checkpoint's cfg; checkpoints written
-    before trelm_fairseq.checkpoint recorded one get a copy (at tmp_path) that has it."""
+def with_transfer_cfg(checkpoint: str, tmp_path: str) -> str:
+    """fairseq-validate rebuilds task and criterion from the checkpoint's cfg: a checkpoint
+    written outside fairseq-train (init, combine) gets a copy at tmp_path whose cfg names the
+    trelm_transfer task and trelm_loss criterion."""
     from omegaconf import OmegaConf
 
     from .checkpoint import atomic_torch_save, load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = state.get("cfg")
-    if cfg is None or cfg.get("criterion") is not None:
+    if cfg is None or (cfg.get("criterion") is not None and cfg["task"].get("_name") == "trelm_transfer"):
         return checkpoint
     cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
+    cfg["task"] = {"_name": "trelm_transfer", "data": "", "stage": "language_specific", "seed": 1}
     cfg["criterion"] = {"_name": "trelm_loss", "adv_weight": 0.0}
     state["cfg"] = OmegaConf.create(cfg)
     atomic_torch_save(state, tmp_path)
