@@ -149,7 +149,7 @@ def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str,
 
 
 def finetune_command(setting_dir: str, checkpoint: str, save_dir: str, arch: str, updates: int, lang_id: int,
-                     seed: int = 1, lr: float = 5e-5, max_sentences: int = 16, max_positions: int = 256,
+                     seed: int = 1, lr: float = 5e-5, max_sentences: int = 16, max_positions: int = 512,
                      extra: Sequence[str] = ()) -> List[str]:
     """fairseq-train argv fine-tuning ``checkpoint`` with fairseq's sentence_prediction."""
     return [

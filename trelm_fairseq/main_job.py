@@ -195,10 +195,14 @@ def finetune_classifier(setting_dir: str, checkpoint: str, out: str, budgets: Bu
     acc_path = os.path.join(out, "test_accuracy.json")
     if os.path.isfile(acc_path):
         return read_json(acc_path)["accuracy"]
+    from .checkpoint import checkpoint_model_config, load_checkpoint
+
     shape = model_shape_args(checkpoint)
     arch = shape[1]
+    # sentence_prediction sets the model's positions to its --max-positions: keep the checkpoint's
+    max_positions = int(checkpoint_model_config(load_checkpoint(checkpoint), checkpoint).max_positions)
     cmd = cls.finetune_command(setting_dir, checkpoint, out, arch, budgets.n("cls_updates"), train_lang_id,
-                               seed=seed, lr=budgets.finetune_lr, extra=shape[2:])
+                               seed=seed, lr=budgets.finetune_lr, max_positions=max_positions, extra=shape[2:])
     run(cmd, os.path.join(out, "train.log"), f"classification fine-tune ({os.path.basename(out)})")
     stdout = run(cls.evaluate_command(setting_dir, os.path.join(out, "checkpoint_best.pt"), test_lang_id),
                  os.path.join(out, "eval.log"), "classification test evaluation")
