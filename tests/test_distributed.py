@@ -47,16 +47,6 @@ train.cli_main()
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: OpenMP threads spinning against other
-    processes make each op ~100x slower; one intra-op thread avoids that."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_data_dir(str(tmp_path_factory.mktemp("dist_data") / "data"), n_train=64, n_valid=8, n_test=4)

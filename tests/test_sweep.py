@@ -16,7 +16,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 import trelm_fairseq  # noqa: F401  (registers)
 from trelm_fairseq.errors import TreLMError
@@ -39,16 +38,6 @@ from _transfer_helpers import make_tiny_data_dir
 
 EVAL = ("{python} -c \"import json,sys; json.dump(dict(ok=1, ckpt=sys.argv[1]), open(sys.argv[2], 'w'))\" "
         "{checkpoint} {eval_dir}/results.json")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: OpenMP threads spinning against other
-    processes make each op ~100x slower; one intra-op thread avoids that."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
