@@ -145,16 +145,14 @@ def mean_std(values: List[float]) -> Dict:
 def model_shape_args(checkpoint: str, prefix: str = "trelm") -> List[str]:
     """--arch <prefix>_<size> + shape flags for a downstream fairseq-train on ``checkpoint``."""
     from .checkpoint import checkpoint_model_config, load_checkpoint
-    from .stages import _model_args
+    from .stages import arch_args
 
     cfg = checkpoint_model_config(load_checkpoint(checkpoint), checkpoint)
-    args = _model_args(cfg)  # ["--arch", arch, "--tri-layer", shape flags...]
+    args = arch_args(cfg)  # ["--arch", arch, ("--tri-layer",) shape flags...]
     arch = args[1]
     if prefix != "trelm":
         arch = prefix + arch[len("trelm"):] if arch != "trelm" else prefix
     args[1] = arch
-    if not getattr(cfg, "tri_layer", False):
-        args.remove("--tri-layer")
     return args
 
 
