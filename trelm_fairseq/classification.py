@@ -19,6 +19,7 @@ dictionary (label).
 """
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -96,7 +97,7 @@ def _binarize(text_prefix: str, dest: str, dict_path: str) -> None:
 
 
 def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str, max_train: Optional[int] = None,
-                           log=print) -> Dict:
+                           seed: int = 1, log=print) -> Dict:
     """Write ``out/<setting>/{input0,label}`` for both settings; returns counts."""
     import sentencepiece
 
@@ -111,8 +112,11 @@ def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str,
         for lang in (src, tgt) for split in SPLITS
     }
     if max_train:
+        # the files are grouped by module: a seeded shuffle before truncating keeps every label
         for lang in (src, tgt):
-            rows[(lang, "train")] = rows[(lang, "train")][:max_train]
+            train = list(rows[(lang, "train")])
+            random.Random(seed).shuffle(train)
+            rows[(lang, "train")] = train[:max_train]
     sources = {"target": {s: (tgt, s) for s in SPLITS},
                "zeroshot": {"train": (src, "train"), "valid": (src, "valid"), "test": (tgt, "test")}}
     counts = {}
