@@ -170,8 +170,9 @@ def finetune_command(setting_dir: str, checkpoint: str, save_dir: str, arch: str
         "--batch-size", str(max_sentences), "--required-batch-size-multiple", "1",
         "--save-dir", save_dir, "--no-epoch-checkpoints", "--no-last-checkpoints",
         "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
-        "--validate-interval-updates", str(max(1, updates // 4)), "--save-interval-updates",
-        str(max(1, updates // 4)), "--keep-interval-updates", "1",
+        # validate (and keep the best checkpoint) twice per run: valid sets are ~900 paragraphs
+        "--validate-interval-updates", str(max(1, updates // 2)), "--save-interval-updates",
+        str(max(1, updates // 2)), "--keep-interval-updates", "1",
         "--seed", str(seed), "--log-format", "simple", "--log-interval", "10", "--num-workers", "0",
         *extra,
     ]
