@@ -525,8 +525,11 @@ def write_report(report: Dict, results: str) -> None:
 
 
 def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font-manager DEBUG chatter
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
