@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .checkpoint import build_model, model_config, save_checkpoint
-from .errors import TreLMError, write_error
+from .errors import TreLMError
+from .preprocess.text_io import atomic_write
 from .source_tokenizer import (
     DESCRIPTOR, ROLES, TOKENIZER_FILES, TOKENIZER_SUBDIR, detect_kind, lowercases, model_family, read_json,
     special_tokens,
@@ -631,20 +632,8 @@ def _default_mode(path: str, folder: bool = False) -> None:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    except OSError as e:  # read-only folder
-        raise write_error(path, e) from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, quota, I/O error
-        raise write_error(path, e) from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:  # temp file + rename, clear write errors (text_io)
+        f.write(text)
 
 
 def _write_tokenizer(source: Source, out_dir: str) -> bool:
@@ -707,7 +696,6 @@ def import_model(source_path: Optional[str], out_dir: str, n_langs: int = 2, for
         "source_rows": [-1 if i is None else i for i in vocab.order], "fairseq_args": fs_args,
         "do_lower_case": summary["do_lower_case"],  # read by trelm-vocab (casing of the joint vocabulary)
     })
-    _default_mode(model_pt)
     _atomic_write_text(os.path.join(out_dir, "import.json"), json.dumps(summary, indent=2) + "\n")
     log(f"arch {cfg.arch}, vocabulary {len(dictionary)} rows (4 specials + {len(vocab.symbols)} dict.txt lines + <mask>), "
         f"{params / 1e6:.2f}M parameters, {n_langs} language rows (zero)", stream)
