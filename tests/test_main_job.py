@@ -1,0 +1,109 @@
+"""The main job's bookkeeping: budgets, time-to-quality, validation curves, report, pruning.
+(The job itself runs fairseq end to end; its pieces are tested in test_stages, test_parsing
+and test_classification.)"""
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from trelm_fairseq import main_job
+from trelm_fairseq.main_job import Budgets
+
+
+def test_budgets_scale_every_update_count_and_keep_at_least_one():
+    b = Budgets(stage1=24, stage2=24, stage4=48, scale=2.5)
+    assert (b.n("stage1"), b.n("stage2"), b.n("stage4")) == (60, 60, 120)
+    assert b.pretrain_total == 60 + 2 * 60 + 120
+    assert Budgets(scale=0.001).n("stage1") == 1
+
+
+def test_cli_budget_options_reach_the_budgets():
+    args = main_job.get_parser().parse_args(["--lr", "3e-4", "--finetune-lr", "2e-4", "--stage4", "7"])
+    assert args.lr == 3e-4 and args.finetune_lr == 2e-4 and args.stage4 == 7
+    defaults = main_job.get_parser().parse_args([])
+    assert defaults.lr == Budgets.lr and defaults.finetune_lr == Budgets.finetune_lr and defaults.stage1 is None
+
+
+def test_time_to_quality_first_point_at_or_below_scratch_final():
+    curves = {"scratch": [[12, 12.0], [24, 11.0], [120, 10.0]],
+              "trelm": [[0, 14.0], [24, 10.5], [84, 10.0], [96, 9.5]]}
+    ttq = main_job.time_to_quality(curves, 120)
+    assert ttq == {"reached": True, "scratch_final_loss": 10.0, "trelm_updates": 84, "scratch_updates": 120,
+                   "fraction": 0.7}
+    curves["trelm"] = [[0, 14.0], [96, 10.2]]
+    ttq = main_job.time_to_quality(curves, 120)
+    assert ttq == {"reached": False, "scratch_final_loss": 10.0, "trelm_best_loss": 10.2}
+    assert main_job.time_to_quality({"trelm": [[0, 1.0]]}, 120)["reached"] is False
+
+
+def test_valid_curve_reads_fairseq_json_log_with_offset(tmp_path):
+    stage_dir = tmp_path / "4-language_specific"
+    stage_dir.mkdir()
+    lines = [
+        '2026-01-01 | INFO | train_inner | {"epoch": 1, "loss": "12.0", "num_updates": "5"}',
+        '2026-01-01 | INFO | valid | {"epoch": 1, "valid_loss": "20.5", "valid_mlm_loss": "10.25", '
+        '"valid_num_updates": "12"}',
+        'garbage {"valid_ not json',
+        '2026-01-01 | INFO | valid | {"epoch": 1, "valid_loss": "9.75", "valid_num_updates": "24"}',
+    ]
+    (stage_dir / "train.log").write_text("\n".join(lines) + "\n")
+    plan = SimpleNamespace(stages={"4": SimpleNamespace(dir=str(stage_dir))})
+    # the MLM part is preferred over the total; a log without it falls back to valid_loss
+    assert main_job.valid_curve(plan, "4", 72) == [[84, 10.25], [96, 9.75]]
+    plan.stages["4"].dir = str(tmp_path / "missing")
+    assert main_job.valid_curve(plan, "4", 0) == []
+
+
+def test_prune_checkpoints_keeps_only_the_best(tmp_path):
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt", "checkpoint_1_30.pt", "train.log", "test.json"):
+        (tmp_path / name).write_text("x")
+    main_job.prune_checkpoints(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_best.pt", "test.json", "train.log"]
+
+
+def _report():
+    runs = lambda *v: main_job.mean_std(list(v))  # noqa: E731
+    stage = {"stage": "1", "name": "language_specific", "updates": 120, "valid_loss": 9.9, "seconds": 200.0}
+    return {
+        "lang": "tr", "seeds": [1, 2], "budgets": {"stage1": 24}, "pretrain_budget_updates": 120,
+        "pretraining": {"trelm": {"stages": [dict(stage, stage="4")], "updates": 120, "seconds": 300.0},
+                        "scratch": {"stages": [stage], "updates": 120, "seconds": 200.0}},
+        "downstream": {"trelm": {"uas": runs(50.0, 52.0), "las": runs(30.0, 30.0), "cls_target": runs(60.0, 62.0),
+                                 "cls_zeroshot": runs(40.0, 44.0)},
+                       "scratch": {"uas": runs(20.0, 22.0)}},
+        "curves": {"trelm": [[0, 14.0], [120, 9.5]], "scratch": [[12, 13.0], [120, 9.9]]},
+        "time_to_quality": {"reached": True, "scratch_final_loss": 9.9, "trelm_updates": 96, "scratch_updates": 120,
+                            "fraction": 0.8},
+        "classification_data": {"target": {"test": {"lang": "tr", "n": 10, "labels": {"scalc": 4, "sbasic": 6}}}},
+        "timings_seconds": {"prepare": 10.0, "total": 600.0},
+    }
+
+
+def test_results_table_mean_std_and_missing_entries():
+    table = main_job.results_table(_report()).splitlines()
+    assert len(table) == 2 + len(main_job.MODELS)
+    trelm = next(r for r in table if r.startswith("| TreLM"))
+    assert "| 51.00 ± 1.41 | 30.00 ± 0.00 | 61.00 ± 1.41 | 42.00 ± 2.83 | 120 | 300 |" in trelm
+    mapped = next(r for r in table if r.startswith("| source + mapped"))
+    assert mapped.count("| - ") == 4
+
+
+def test_write_report_writes_json_markdown_and_plot(tmp_path):
+    main_job.write_report(_report(), str(tmp_path))
+    assert json.loads((tmp_path / "results.json").read_text())["time_to_quality"]["fraction"] == 0.8
+    md = (tmp_path / "results.md").read_text()
+    assert "majority class (sbasic) 60.0% of 10 test paragraphs" in md
+    assert "after 96 updates = 0.800 of from-scratch's 120" in md
+    assert "![target validation MLM loss](mlm_loss.png)" in md
+    png = (tmp_path / "mlm_loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert not [n for n in os.listdir(tmp_path) if "tmp" in n]
+
+
+@pytest.mark.parametrize("argv, message", [(["--scale", "0"], "--scale"), (["--seeds", "0"], "--seeds")])
+def test_cli_rejects_bad_budgets(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main_job.cli_main(argv)
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err
