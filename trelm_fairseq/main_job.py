@@ -539,8 +539,9 @@ def write_report(report: Dict, results: str) -> None:
         "",
         "## Pre-training stages",
         "",
-        "Valid loss: the stage's own objective in bits (stages 2a/2b: CdLM + MLM summed; "
-        "stage 1: MLM on both languages; the others: target MLM).",
+        "Valid loss: fairseq's valid loss of the stage's own objective in bits, averaged per batch (the "
+        "curve above weights by masked token, hence small differences). Stages 2a/2b: CdLM + MLM summed; "
+        "stage 1: MLM on both languages; stage 4 and the baselines: target MLM.",
         "",
         "| model | stage | updates | valid loss | seconds |",
         "|---|---|---|---|---|",
@@ -560,9 +561,10 @@ def write_report(report: Dict, results: str) -> None:
 def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
     import logging
 
+    # before the import: importing matplotlib logs DEBUG lines when the root logger is at DEBUG
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font-manager DEBUG chatter
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
