@@ -107,3 +107,23 @@ def test_cli_rejects_bad_budgets(argv, message, capsys):
         main_job.cli_main(argv)
     assert exit_info.value.code != 0
     assert message in capsys.readouterr().err
+
+
+def test_with_transfer_cfg_names_task_languages_and_criterion(tmp_path):
+    """fairseq-validate rebuilds the task from the saved cfg: a non-Turkish pair must reach it
+    (found: --lang de failed with 'mono/tr/valid.bin not found')."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from trelm_fairseq.checkpoint import load_checkpoint
+
+    src = tmp_path / "init.pt"
+    torch.save({"cfg": OmegaConf.create({"model": {"_name": "trelm_minilm"}, "task": {"_name": "masked_lm"}}),
+                "model": {"w": torch.zeros(2)}}, src)
+    out = main_job.with_transfer_cfg(str(src), str(tmp_path / "tmp.pt"), langs="en,de")
+    assert out == str(tmp_path / "tmp.pt")
+    cfg = load_checkpoint(out)["cfg"]
+    assert cfg["task"]["_name"] == "trelm_transfer" and cfg["task"]["langs"] == "en,de"
+    assert cfg["criterion"]["_name"] == "trelm_loss" and cfg["model"]["_name"] == "trelm_minilm"
+    # a checkpoint written by fairseq-train with this task is used as it is
+    assert main_job.with_transfer_cfg(out, str(tmp_path / "again.pt"), langs="en,de") == out

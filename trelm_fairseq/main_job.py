@@ -275,7 +275,8 @@ def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
 
 def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str) -> float:
     """Target-language validation MLM loss (base 2, per masked token) of a checkpoint."""
-    checkpoint = with_transfer_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"))
+    checkpoint = with_transfer_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"),
+                                   langs=f"en,{lang}")
     out = run([
         os.path.join(BIN, "fairseq-validate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
         "--task", "trelm_transfer", "--valid-subset", "valid", "--max-tokens", "4096",
@@ -292,10 +293,11 @@ def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str) ->
     raise TreLMError(f"fairseq-validate printed no loss for {checkpoint}:\n{out[-2000:]}")
 
 
-def with_transfer_cfg(checkpoint: str, tmp_path: str) -> str:
+def with_transfer_cfg(checkpoint: str, tmp_path: str, langs: str) -> str:
     """fairseq-validate rebuilds task and criterion from the checkpoint's cfg: a checkpoint
     written outside fairseq-train (init, combine) gets a copy at tmp_path whose cfg names the
-    trelm_transfer task and trelm_loss criterion."""
+    trelm_transfer task (for the language pair ``langs``, e.g. "en,de") and the trelm_loss
+    criterion. (--model-overrides only reaches keys the saved cfg already has.)"""
     from omegaconf import OmegaConf
 
     from .checkpoint import atomic_torch_save, load_checkpoint
@@ -305,7 +307,7 @@ def with_transfer_cfg(checkpoint: str, tmp_path: str) -> str:
     if cfg is None or (cfg.get("criterion") is not None and cfg["task"].get("_name") == "trelm_transfer"):
         return checkpoint
     cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
-    cfg["task"] = {"_name": "trelm_transfer", "data": "", "stage": "language_specific", "seed": 1}
+    cfg["task"] = {"_name": "trelm_transfer", "data": "", "langs": langs, "stage": "language_specific", "seed": 1}
     cfg["criterion"] = {"_name": "trelm_loss", "adv_weight": 0.0}
     state["cfg"] = OmegaConf.create(cfg)
     atomic_torch_save(state, tmp_path)
