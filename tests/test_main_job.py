@@ -94,6 +94,7 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["time_to_quality"]["fraction"] == 0.8
     md = (tmp_path / "results.md").read_text()
     assert "majority class (sbasic) 60.0% of 10 test paragraphs" in md
+    assert "UAS/LAS: test split" in md and "No parsing" not in md
     assert "after 96 updates = 0.800 of from-scratch's 120" in md
     assert "![target validation MLM loss](mlm_loss.png)" in md
     png = (tmp_path / "mlm_loss.png").read_bytes()
@@ -127,3 +128,12 @@ def test_with_transfer_cfg_names_task_languages_and_criterion(tmp_path):
     assert cfg["criterion"]["_name"] == "trelm_loss" and cfg["model"]["_name"] == "trelm_minilm"
     # a checkpoint written by fairseq-train with this task is used as it is
     assert main_job.with_transfer_cfg(out, str(tmp_path / "again.pt"), langs="en,de") == out
+
+
+def test_report_without_parsing_says_so(tmp_path):
+    report = _report()
+    report["lang"] = "de"
+    report["downstream"] = {"trelm": {"cls_target": main_job.mean_std([40.0])}}
+    main_job.write_report(report, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "No parsing: no treebank is packaged for de." in md and "UAS/LAS: test split" not in md
