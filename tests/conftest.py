@@ -11,3 +11,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """Arms the fake fairseq-train (tests/_stages_helpers.py) used by the stage-runner and sweep
+    tests: it appends each call to the returned jsonl path; no failure or delay is injected."""
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_SLEEP"):
+        monkeypatch.delenv(k, raising=False)
+    return calls

@@ -153,12 +153,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(tiny, tmp_path):
     assert_all_checkpoints_load(cut_dir)
 
 
-def test_stage_runner_sigkill_during_stage_2a_resumes_without_redoing_stage_1(tiny, tmp_path, monkeypatch):
+def test_stage_runner_sigkill_during_stage_2a_resumes_without_redoing_stage_1(tiny, tmp_path, fake):
     out = tmp_path / "out"
     s1, s2a = out / "1-commonality", out / "2a-transfer_upper"
     # stage 1 by the runner with the fake trainer (tests/_stages_helpers.py: a valid stage-1
     # checkpoint, no training): saves a fairseq start here; 2a below is real fairseq-train
-    monkeypatch.setenv("FAKE_CALLS", str(tmp_path / "calls.jsonl"))
     plan = StagePlan(tiny["data"], str(out), langs="en,tr", updates={"1": 2, "2": 12, "4": 2},
                      trainer=fake_trainer_command())
     run_all(plan, stages="1", log=lambda m: None)

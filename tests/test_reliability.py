@@ -276,9 +276,8 @@ def quiet(plan, **kw):
     return "\n".join(lines)
 
 
-def test_stage_runner_checkpoint_faults(tiny, tmp_path, monkeypatch):
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
+def test_stage_runner_checkpoint_faults(tiny, tmp_path, monkeypatch, fake):
+    calls = fake
     out = tmp_path / "out"
     # another architecture than the init checkpoint's: refused before anything runs
     with pytest.raises(TreLMError, match=r"init/model.pt \(where stage 1 starts\): model field 'encoder_layers' is 4, "

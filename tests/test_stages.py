@@ -37,15 +37,6 @@ def data_dir(tmp_path):
     return tmp_path / "data"
 
 
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
-    for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_SLEEP"):
-        monkeypatch.delenv(k, raising=False)
-    return calls
-
-
 def fake_plan(data, out, **kw):
     kw.setdefault("updates", {"1": 4, "2": 4, "4": 4})
     return StagePlan(str(data), str(out), langs="en,tr", trainer=trainer_command(), **kw)

@@ -46,15 +46,6 @@ def tiny(tmp_path_factory):
                               n_test=4)
 
 
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
-    for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_SLEEP"):
-        monkeypatch.delenv(k, raising=False)
-    return calls
-
-
 def write_config(path, cfg):
     path.write_text(json.dumps(cfg), encoding="utf-8")
     return str(path)
