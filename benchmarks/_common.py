@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -132,6 +133,18 @@ def synthetic_data(root: str, vocab: int = 16000, n_mono: int = 3000, n_para: in
 
 
 # ----- configurations ------------------------------------------------------------------------
+def bench_data(path: Optional[str], tokens_per_sample: int):
+    """(data dir, temp dir or None): ``path`` as given, or synthetic data written to a fresh
+    temporary directory, which the caller cleans up."""
+    if path is not None:
+        return path, None
+    tmp = tempfile.TemporaryDirectory(prefix="trelm-bench-")
+    t0 = time.time()
+    data = synthetic_data(tmp.name, tokens_per_sample=tokens_per_sample)
+    log(f"synthetic data in {data} ({time.time() - t0:.1f}s)")
+    return data, tmp
+
+
 def size_flags(sizes: Dict[str, int]) -> List[str]:
     out = []
     for k, v in sizes.items():

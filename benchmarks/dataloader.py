@@ -11,14 +11,13 @@ is not the bottleneck (fairseq prefetches with --num-workers > 0 on top of that)
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _common import Bench, log, machine, masked_lm_argv, quiet_logs, synthetic_data, table, trelm_argv  # noqa: E402
+from _common import Bench, bench_data, log, machine, masked_lm_argv, quiet_logs, table, trelm_argv  # noqa: E402
 
 
 def loader_rate(bench: Bench, n: int, workers: int):
@@ -61,11 +60,7 @@ def main(argv=None):
         args.max_tokens, args.batches, args.steps = 1024, 50, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    tmp = None
-    data = args.data
-    if data is None:
-        tmp = tempfile.TemporaryDirectory(prefix="trelm-bench-")
-        data = synthetic_data(tmp.name, tokens_per_sample=args.tokens_per_sample)
+    data, tmp = bench_data(args.data, args.tokens_per_sample)
     mt, tps = args.max_tokens, args.tokens_per_sample
     configs = [("baseline masked_lm/roberta", masked_lm_argv(data, mt, tps))] + [
         (f"{k} {s}", trelm_argv(data, s, mt, tps))

@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +38,7 @@ from _common import (  # noqa: E402
     masked_lm_argv,
     median,
     quiet_logs,
-    synthetic_data,
+    bench_data,
     table,
     trelm_argv,
 )
@@ -63,13 +61,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    tmp = None
-    data = args.data
-    if data is None:
-        tmp = tempfile.TemporaryDirectory(prefix="trelm-bench-")
-        t0 = time.time()
-        data = synthetic_data(tmp.name, tokens_per_sample=args.tokens_per_sample)
-        log(f"synthetic data in {data} ({time.time() - t0:.1f}s)")
+    data, tmp = bench_data(args.data, args.tokens_per_sample)
     mt, tps = args.max_tokens, args.tokens_per_sample
     configs = [
         ("baseline masked_lm/roberta", masked_lm_argv(data, mt, tps)),
