@@ -4,6 +4,7 @@ them, so the check is not vacuous), fairseq-train losses and weights bit for bit
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,28 @@ def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+RUN_DEPENDENT_KEY = re.compile(r"second|time|date|elapsed|path|dir$", re.I)
+
+
+def run_dependent_facts(obj, root: str, where: str = ""):
+    """Keys and values of a JSON document that describe the run rather than its result:
+    timings, dates, paths (key names) and strings holding the run's folder.  Their values
+    can coincide between two runs on an idle machine, so the byte comparison alone would
+    not catch them; this does, on every machine."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if RUN_DEPENDENT_KEY.search(str(k)):
+                found.append(f"{where}/{k}")
+            found += run_dependent_facts(v, root, f"{where}/{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += run_dependent_facts(v, root, f"{where}[{i}]")
+    elif isinstance(obj, str) and root in obj:
+        found.append(f"{where} = {obj!r}")
+    return found
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """trelm-prepare on user-supplied files (--parallel/--mono), three times: seeds 1, 1, 2."""
@@ -59,6 +82,11 @@ def test_prepare_twice_with_the_same_seed_gives_identical_outputs(prepared):
         assert must in a, must
     differ = [k for k in a if k not in NOT_COMPARED and sha(a[k]) != sha(b[k])]
     assert differ == [], differ
+    # equal bytes could still be luck (rounded timings that happen to match on an idle
+    # machine): the compared JSON outputs must hold no run-dependent facts at all
+    for k in sorted(a):
+        if k not in NOT_COMPARED and k.endswith(".json"):
+            assert run_dependent_facts(json.loads(a[k].read_text(encoding="utf-8")), str(root)) == [], k
     assert summaries["a"]["alignment"]["eflomal"]["deterministic"] is True  # eflomal ran seeded
     # the initial checkpoint: same tensors (mapped embeddings included), bit for bit
     sa = torch.load(root / "a" / "init/model.pt", map_location="cpu", weights_only=False)
@@ -119,3 +147,12 @@ def test_two_identical_training_runs_log_identical_losses(tmp_path):
         assert len(wa[part]) > 0
         for k in wa[part]:
             assert torch.equal(wa[part][k], wb[part][k]), (part, k)
+
+
+def test_the_run_dependent_check_finds_timings_paths_and_the_run_folder():
+    doc = {"seed": 1, "seconds": {"total": 1.0}, "sources": [{"file": {"name": "a.txt"}},
+                                                              {"note": "/tmp/run/x/corpus"}],
+           "stats": {"pairs": 3, "elapsed_s": 2}, "out_dir": "x"}
+    assert run_dependent_facts(doc, "/tmp/run") == [
+        "/seconds", "/sources[1]/note = '/tmp/run/x/corpus'", "/stats/elapsed_s", "/out_dir"]
+    assert run_dependent_facts({"seed": 1, "sources": [{"file": {"name": "a", "sha256": "0f"}}]}, "/tmp/run") == []

@@ -38,7 +38,11 @@ Output layout (--out DIR; S = --src-lang, default en; T = --lang):
     help.S.{train,valid,test}.tsv       the same rows split like the parallel data (a row
     help.T.{train,valid,test}.tsv       whose text is in a valid/test pair goes there,
                                         the rest to train): no test text leaks into train
-    corpus.json                         sources, seed, sizes, counts, timings; written last
+    corpus.json                         sources, seed, sizes, counts; written last. It
+                                        holds nothing run-dependent (no timings, no
+                                        paths: user files are named by base name and
+                                        sha256), so the same inputs and seed give the
+                                        same bytes; timings are logged and returned
 Every file is written to a temporary file and renamed, so none is ever half-written.
 Without parallel data the monolingual text itself is split with the same sizes.
 """
@@ -254,7 +258,8 @@ def read_user_files(args, report: Dict) -> Tuple[List[Pair], List[str], List[str
         pairs += [(s, t, None) for s, t in text_io.read_parallel(src_path, tgt_path,
                                                                  stats=stats, **opts)]
         log(f"read {src_path} / {tgt_path}: {stats.summary()}")
-        report["sources"].append({"kind": "parallel-files", "paths": [src_path, tgt_path],
+        report["sources"].append({"kind": "parallel-files",
+                                  "files": [file_identity(src_path), file_identity(tgt_path)],
                                   **vars(stats)})
     for paths, out, kind in ((args.mono, mono_tgt, "mono-files"),
                              (args.mono_src, mono_src, "mono-src-files")):
@@ -262,7 +267,7 @@ def read_user_files(args, report: Dict) -> Tuple[List[Pair], List[str], List[str
             stats = ReadStats()
             out += text_io.read_lines(path, stats=stats, **opts)
             log(f"read {path}: {stats.summary()}")
-            report["sources"].append({"kind": kind, "path": path, **vars(stats)})
+            report["sources"].append({"kind": kind, "file": file_identity(path), **vars(stats)})
     return pairs, mono_tgt, mono_src
 
 
@@ -367,8 +372,24 @@ def build_corpus(args) -> Dict:
     report["modules"] = has_modules
     report["mono"] = mono_report
     report["seconds"]["total"] = round(time.time() - t_start, 1)
-    text_io.write_json(os.path.join(out, "corpus.json"), report)
+    text_io.write_json(os.path.join(out, "corpus.json"), reproducible_part(report))
     return report
+
+
+# Keys of build_corpus's report that describe the run, not the corpus: returned (the
+# caller logs them; trelm-prepare keeps them in prepare.json) but not written to
+# corpus.json, whose bytes depend only on the inputs and the seed.
+RUN_FACTS = ("seconds",)
+
+
+def reproducible_part(report: Dict) -> Dict:
+    return {k: v for k, v in report.items() if k not in RUN_FACTS}
+
+
+def file_identity(path: str) -> Dict[str, str]:
+    """A user file as corpus.json records it: base name and content hash (where it lay
+    is a fact of the run, what it held is a fact of the corpus)."""
+    return {"name": os.path.basename(path), "sha256": text_io.file_sha256(path)}
 
 
 def layout_files(src: str, code: str) -> List[str]:

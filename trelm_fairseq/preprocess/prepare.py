@@ -35,7 +35,8 @@ from typing import Callable, Dict, List, Optional
 from ..errors import TreLMError, cli_errors
 from . import align as align_mod
 from . import vocab as vocab_mod
-from .vocab import SPLITS, Timer, atomic_write_json, check_language, file_sha256, log
+from .text_io import file_sha256
+from .vocab import SPLITS, Timer, atomic_write_json, check_language, log
 
 MARKER_DIR = ".prepare"
 STEPS = ("corpus", "vocab", "binarize", "align", "import", "embeddings")

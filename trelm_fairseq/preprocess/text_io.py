@@ -18,6 +18,7 @@ leaves a half-written file behind.
 """
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -234,3 +235,12 @@ def write_json(path: str, obj) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
         f.write("\n")
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -29,7 +29,6 @@ directory (``docs/data-layout.md``):
 """
 import argparse
 import collections
-import hashlib
 import json
 import os
 import random
@@ -101,14 +100,6 @@ def read_text_lines(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise TreLMError(f"{path}: file not found")
     return [line for _, line in text_io.iter_raw_lines(path)]
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def lowercase(text: str, lang: str) -> str:
