@@ -1,0 +1,253 @@
+"""Training-free probes of cross-lingual alignment (DESIGN.md, "Measuring the transfer").
+
+On held-out parallel pairs (``para/{split}.S-T.{S,T}`` of a data directory), each side is
+encoded with its own language id and mean-pooled over its non-padding tokens at two
+places: the lower-half output (before the TRILayer, where TreLM's adversarial term and
+2b's reading of T act) and the final layer.
+
+* bitext retrieval P@1: for every S sentence the nearest T sentence by cosine (and by
+  CSLS, k=10, which corrects hubness), and the other way round; chance is 1/n.
+* language-ID probe: logistic regression on the pooled lower-half states, trained on
+  one half of the pairs' sentences and tested on the other half's (disjoint sentences
+  and disjoint pairs): 1.0 = the languages are fully separable, 0.5 = indistinguishable.
+
+Features are plain means of the states; retrieval compares them by cosine, the
+language-ID probe standardises them first.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .errors import TreLMError, cli_errors
+
+CSLS_K = 10
+
+
+@torch.no_grad()
+def pooled_features(model, dataset, bos: int, pad: int, lang_id: int, batch_size: int = 32,
+                    max_len: int = 512) -> Dict[str, torch.Tensor]:
+    """{"lower": (n, d), "top": (n, d)} mean-pooled states of every sentence of ``dataset``
+    (a fairseq indexed dataset of token ids), ``<s>`` prepended as in training and cut to
+    ``max_len`` tokens.  Sentences are batched by length (little padding), rows come
+    back in dataset order."""
+    model.eval()
+    rows = [torch.cat([torch.tensor([bos]), dataset[i].long()])[:max_len] for i in range(len(dataset))]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    lower, top = [None] * len(rows), [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        ids = order[start:start + batch_size]
+        tokens = torch.full((len(ids), len(rows[ids[-1]])), pad, dtype=torch.long)
+        for j, i in enumerate(ids):
+            tokens[j, : len(rows[i])] = rows[i]
+        keep = tokens.ne(pad).unsqueeze(-1).float()
+        x, extra = model.encoder.extract_features(tokens, lang_ids=lang_id)
+        low = (extra["lower_out"].transpose(0, 1) * keep).sum(1) / keep.sum(1)
+        high = (x * keep).sum(1) / keep.sum(1)
+        for j, i in enumerate(ids):
+            lower[i], top[i] = low[j], high[j]
+    return {"lower": torch.stack(lower).float(), "top": torch.stack(top).float()}
+
+
+def retrieval_p1(src: torch.Tensor, tgt: torch.Tensor, k: int = CSLS_K) -> Dict[str, float]:
+    """P@1 of src -> tgt and tgt -> src retrieval (row i of src translates row i of tgt),
+    by cosine nearest neighbour and by CSLS."""
+    a = torch.nn.functional.normalize(src, dim=-1)
+    b = torch.nn.functional.normalize(tgt, dim=-1)
+    sim = a @ b.T
+    k = min(k, sim.size(0), sim.size(1))
+    r_src = sim.topk(k, dim=1).values.mean(1)  # mean similarity of each src row to its k nearest tgt rows
+    r_tgt = sim.topk(k, dim=0).values.mean(0)
+    csls = 2 * sim - r_src[:, None] - r_tgt[None, :]
+    gold = torch.arange(sim.size(0))
+
+    def p1(scores):
+        return float((scores.argmax(1) == gold).float().mean())
+
+    return {"s2t_nn": p1(sim), "t2s_nn": p1(sim.T), "s2t_csls": p1(csls), "t2s_csls": p1(csls.T)}
+
+
+def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) -> float:
+    """Held-out accuracy of a logistic regression telling S features from T features.
+    Pairs are split in two halves; it trains on the S side of one half and the T side of
+    the other, and tests on the remaining sides, so no sentence or translation of a
+    training sentence is tested."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = src.size(0)
+    if n < 4:
+        raise TreLMError(f"language-ID probe: {n} pairs; expected at least 4")
+    order = np.random.RandomState(seed).permutation(n)
+    half_a, half_b = order[: n // 2], order[n // 2:]
+    s, t = src.numpy(), tgt.numpy()
+    x_train = np.concatenate([s[half_a], t[half_b]])
+    y_train = np.r_[np.zeros(len(half_a)), np.ones(len(half_b))]
+    x_test = np.concatenate([s[half_b], t[half_a]])
+    y_test = np.r_[np.zeros(len(half_b)), np.ones(len(half_a))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(x_train, y_train)
+    return float(clf.score(x_test, y_test))
+
+
+@torch.no_grad()
+def target_mlm_bits(model, data: str, langs: List[str], split: str = "valid", tokens_per_sample: int = 512,
+                    seed: int = 1, max_tokens: int = 4096) -> float:
+    """Target-language MLM loss (bits per masked token) of ``model`` on ``data``'s
+    mono/T/{split}: the trelm_transfer task's language_specific data (masking seeded per
+    sentence, so the figure equals fairseq-validate's ``mlm_loss`` for the same task
+    settings) and the trelm_loss criterion, in this process."""
+    import math
+
+    from .criterions.trelm_loss import TreLMLoss
+    from .tasks.trelm_transfer import TreLMTransferConfig, TreLMTransferTask
+
+    cfg = TreLMTransferConfig(data=data, langs=",".join(langs), stage="language_specific",
+                              tokens_per_sample=tokens_per_sample, seed=seed)
+    task = TreLMTransferTask.setup_task(cfg)
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    criterion = TreLMLoss(task, adv_weight=0.0)
+    batches = task.get_batch_iterator(dataset, max_tokens=max_tokens, required_batch_size_multiple=1,
+                                      seed=seed, num_workers=0).next_epoch_itr(shuffle=False)
+    model.eval()
+    loss, n = 0.0, 0
+    for sample in batches:
+        _, _, log = criterion(model, sample)
+        loss += log["mlm_loss"]
+        n += log["mlm_ntokens"]
+    if n == 0:
+        raise TreLMError(f"{data}/mono/{langs[1]}/{split}: no masked token to evaluate")
+    return loss / n / math.log(2)
+
+
+def checkpoint_tokens_per_sample(state: Dict, default: int) -> int:
+    """The --tokens-per-sample a checkpoint was trained with (its task cfg), else ``default``."""
+    task = (state.get("cfg") or {}).get("task") or {}
+    value = task.get("tokens_per_sample") if hasattr(task, "get") else None
+    return int(value) if value else default
+
+
+def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = "test",
+                     max_pairs: Optional[int] = 1000, threads: Optional[int] = None,
+                     target_mlm: bool = True, tokens_per_sample: Optional[int] = None) -> Dict:
+    """Every probe of one checkpoint on ``data``'s held-out pairs (and, with
+    ``target_mlm``, its target MLM loss on the valid split).  ``tokens_per_sample``:
+    sentences are cut to it for the retrieval and language-ID features and longer ones
+    skipped for MLM (default: what the checkpoint was trained with, else at most 512);
+    give one value to compare checkpoints of different origins."""
+    from fairseq.data import Dictionary
+
+    from .checkpoint import load_model
+    from .data import load_indexed
+
+    src_lang, tgt_lang = langs
+    dict_path = os.path.join(data, "dict.txt")
+    if not os.path.isfile(dict_path):
+        raise TreLMError(f"{dict_path}: dictionary not found (is --data a trelm data directory?)")
+    dictionary = Dictionary.load(dict_path)
+    dictionary.add_symbol("<mask>")
+    if threads:
+        torch.set_num_threads(threads)
+    model, state = load_model(checkpoint, dictionary)
+    prefix = os.path.join(data, "para", f"{split}.{src_lang}-{tgt_lang}")
+    sides = [load_indexed(f"{prefix}.{lang}", dictionary, f"{split} {lang} sentences") for lang in langs]
+    if len(sides[0]) != len(sides[1]):
+        raise TreLMError(f"{prefix}.{{{src_lang},{tgt_lang}}}: {len(sides[0])} vs {len(sides[1])} sentences: "
+                         "expected the two sides of one parallel split")
+    n = len(sides[0]) if max_pairs is None else min(len(sides[0]), max_pairs)
+    tps = tokens_per_sample or checkpoint_tokens_per_sample(state, min(512, model.max_positions()))
+    feats = [pooled_features(model, _Head(ds, n), dictionary.bos(), dictionary.pad(), lang_id, max_len=tps)
+             for lang_id, ds in enumerate(sides)]
+    out: Dict = {"checkpoint": checkpoint, "split": split, "pairs": n, "chance_p1": 1.0 / n,
+                 "tokens_per_sample": tps}
+    for where in ("lower", "top"):
+        out[where] = retrieval_p1(feats[0][where], feats[1][where])
+        out[where]["p1_mean_csls"] = (out[where]["s2t_csls"] + out[where]["t2s_csls"]) / 2
+    out["lower"]["langid_acc"] = language_id_accuracy(feats[0]["lower"], feats[1]["lower"])
+    if target_mlm:
+        out["target_mlm_bits"] = target_mlm_bits(model, data, langs, "valid", tps)
+    return out
+
+
+class _Head:
+    """The first n items of a dataset."""
+
+    def __init__(self, ds, n: int):
+        self.ds, self.n = ds, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def format_row(name: str, r: Dict) -> str:
+    lo, top = r["lower"], r["top"]
+    mlm = f"target MLM {r['target_mlm_bits']:.3f} bits  " if "target_mlm_bits" in r else ""
+    return (f"{name:<28} {mlm}P@1 csls lower {lo['p1_mean_csls']:.3f} (s2t {lo['s2t_csls']:.3f}, t2s {lo['t2s_csls']:.3f}; "
+            f"nn {lo['s2t_nn']:.3f}/{lo['t2s_nn']:.3f})  top {top['p1_mean_csls']:.3f}  "
+            f"lang-ID lower {lo['langid_acc']:.3f}  (n={r['pairs']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-probe",
+        description="Training-free cross-lingual probes of trelm checkpoints on held-out parallel pairs: "
+                    "bitext retrieval P@1 (cosine and CSLS, both directions) at the lower-half output and "
+                    "the final layer, and a language-ID probe on the lower-half states.")
+    p.add_argument("checkpoints", nargs="+", help="trelm checkpoints (fairseq .pt)")
+    p.add_argument("--data", required=True, help="data directory written by trelm-prepare")
+    p.add_argument("--langs", default=None, help="source,target (default: from DATA/prepare.json)")
+    p.add_argument("--split", default="test", choices=("valid", "test"), help="held-out split (default test)")
+    p.add_argument("--max-pairs", type=int, default=1000, help="use the first N pairs (default 1000)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--tokens-per-sample", type=int, default=None,
+                   help="cut sentences to this many tokens (default: the checkpoint's training setting, else 512)")
+    p.add_argument("--no-target-mlm", dest="target_mlm", action="store_false",
+                   help="skip the target MLM loss on mono/T/valid")
+    p.add_argument("--json", default=None, help="write the results here (a list, one entry per checkpoint)")
+    return p
+
+
+def data_langs(data: str, spec: Optional[str]) -> List[str]:
+    if spec:
+        langs = [x.strip() for x in spec.split(",") if x.strip()]
+    else:
+        path = os.path.join(data, "prepare.json")
+        if not os.path.isfile(path):
+            raise TreLMError(f"{path}: not found; pass --langs S,T")
+        with open(path, encoding="utf-8") as f:
+            langs = json.load(f).get("langs") or []
+    if len(langs) != 2 or langs[0] == langs[1]:
+        raise TreLMError(f"--langs {spec!r}: expected two different languages 'S,T', e.g. en,tr")
+    return langs
+
+
+@cli_errors
+def cli_main(argv=None) -> int:
+    from .preprocess.text_io import write_json
+
+    args = build_parser().parse_args(argv)
+    if args.max_pairs is not None and args.max_pairs < 4:
+        raise TreLMError(f"--max-pairs {args.max_pairs}: expected at least 4")
+    langs = data_langs(args.data, args.langs)
+    results = []
+    for ckpt in args.checkpoints:
+        r = probe_checkpoint(ckpt, args.data, langs, args.split, args.max_pairs, args.threads, args.target_mlm,
+                             args.tokens_per_sample)
+        print(format_row(os.path.relpath(ckpt), r), flush=True)
+        results.append(r)
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
