@@ -13,8 +13,9 @@ Model (matmuls only; embeddings, LayerNorm, softmax, optimizer are ignored -- a 
   target token;
 * training multiplies a part's forward cost by 3 when its weights train (forward, input
   gradient, weight gradient), by 2 when it is frozen but a trainable part lies below it (the
-  input gradient must flow through), and by 1 when nothing below it trains (frozen bottom run
-  without autograd: stage 2a's embeddings + lower half).
+  input gradient must flow through), and by 1 when nothing below it trains (a frozen bottom
+  run without autograd: only with --freeze embeddings,lower, the previous 2a default; every
+  default stage trains the embeddings).
 
 A stage's batch mixes parts (CdLM + MLM, or MLM S + MLM T); the per-token figure is their
 token-weighted mean (equal shares: each sub-batch is up to --max-tokens), and an update of a
@@ -24,6 +25,8 @@ two-part stage holds two sub-batches of ``batch x seq`` tokens.  Padding is igno
 import argparse
 from dataclasses import dataclass
 
+from trelm_fairseq import freezing
+
 ARCHS = {  # layers, d, ffn
     "tiny": (4, 32, 64),
     "minilm": (6, 384, 1536),
@@ -31,12 +34,9 @@ ARCHS = {  # layers, d, ffn
     "large": (24, 1024, 4096),
 }
 
-# frozen groups per stage (trelm_fairseq.freezing.STAGE_FROZEN), and the parts of a batch
+# frozen groups per stage (the plugin's table), and the parts of a batch
 STAGE_FROZEN = {
-    "commonality": ("lower", "upper"),
-    "transfer_upper": ("embeddings", "lower"),
-    "transfer_lower": ("upper", "lm_head"),
-    "language_specific": (),
+    **freezing.STAGE_FROZEN,
     "baseline": (),  # fairseq masked_lm on the same encoder without the TRILayer
 }
 STAGE_PARTS = {

@@ -42,11 +42,18 @@ def perturb(model, groups, seed):
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def task_cfg(stage):
-    return {"_name": "trelm_transfer", "stage": stage, "data": "", "langs": "en,tr"}
+def task_cfg(stage, freeze=None):
+    return {"_name": "trelm_transfer", "stage": stage, "data": "", "langs": "en,tr", "freeze": freeze}
 
 
-def make_family(tmp, words=WORDS, parent_seed=0, tag=""):
+# what each transfer stage trains: the default (authors') freezing, and the previous one
+TRAINED = {"transfer_upper": ("embeddings", "tri_layer", "upper", "lm_head"),  # 2a: lower frozen
+           "transfer_lower": ("embeddings", "lower", "tri_layer", "lm_head")}  # 2b: upper frozen
+PREVIOUS = {"transfer_upper": (("tri_layer", "upper", "lm_head"), "embeddings,lower"),
+            "transfer_lower": (("embeddings", "lower", "tri_layer"), "upper,lm_head")}
+
+
+def make_family(tmp, words=WORDS, parent_seed=0, tag="", previous_freezing=False):
     """A stage-1 checkpoint and its 2a / 2b children (non-frozen groups changed)."""
     cfg = model_config("trelm_tiny", tri_layer=True)
     torch.manual_seed(parent_seed)
@@ -54,15 +61,13 @@ def make_family(tmp, words=WORDS, parent_seed=0, tag=""):
     paths = {}
     paths["parent"] = tmp / f"parent{tag}.pt"
     save_checkpoint(str(paths["parent"]), parent, cfg, task_cfg("commonality"))
-    for stage, trained, seed in (
-        ("transfer_upper", ("tri_layer", "upper", "lm_head"), 11),  # 2a: embeddings + lower frozen
-        ("transfer_lower", ("embeddings", "lower", "tri_layer"), 22),  # 2b: upper + lm_head frozen
-    ):
+    for stage, seed in (("transfer_upper", 11), ("transfer_lower", 22)):
+        trained, freeze = PREVIOUS[stage] if previous_freezing else (TRAINED[stage], None)
         child = build_model(cfg, model_dictionary(words))
         child.load_state_dict(parent.state_dict())
         perturb(child, trained, seed + parent_seed)
         paths[stage] = tmp / f"{stage}{tag}.pt"
-        save_checkpoint(str(paths[stage]), child, cfg, task_cfg(stage))
+        save_checkpoint(str(paths[stage]), child, cfg, task_cfg(stage, freeze))
     return paths
 
 
@@ -96,10 +101,9 @@ def test_takes_halves_from_the_right_parent_and_averages_the_rest(family):
         "encoder.tri_layer.null_slot", "encoder.tri_layer.layer.fc1.weight",
         "encoder.lm_head.dense.weight", "encoder.lm_head.layer_norm.weight", "encoder.lm_head.bias",
     )
-    for key in averaged:
+    for key in averaged:  # both stages trained these (the authors' freezing): their mean
         assert torch.equal(out[key], (up[key] + low[key]) / 2), key
-    # groups only one parent trained: the mean lies halfway between that parent and stage 1
-    assert not torch.equal(out["encoder.embed_langs.weight"], par["encoder.embed_langs.weight"])
+        assert not torch.equal(out[key], up[key]) and not torch.equal(out[key], low[key]), key
     # tied output weight stays tied
     assert torch.equal(out["encoder.lm_head.weight"], out["encoder.embed_tokens.weight"])
     assert set(out) == set(up)
@@ -113,8 +117,10 @@ def test_records_provenance(family):
     for role, key in (("upper", "transfer_upper"), ("lower", "transfer_lower"), ("parent", "parent")):
         assert prov[role]["path"] == str(family[key].resolve())
         assert prov[role]["sha256"] == hashlib.sha256(family[key].read_bytes()).hexdigest()
-    assert prov["frozen_groups_checked"] == {
-        "transfer_upper": ["embeddings", "lower"], "transfer_lower": ["upper", "lm_head"]}
+    assert prov["frozen_groups_checked"] == {"transfer_upper": ["lower"], "transfer_lower": ["upper"]}
+    assert prov["rule"] == {"lower": "transfer_lower", "upper": "transfer_upper", "embeddings": "mean",
+                            "tri_layer": "mean", "lm_head": "mean"}
+    assert prov["average"] == "trained"
     assert state["optimizer_history"][-1]["num_updates"] == 0
 
 
@@ -152,8 +158,8 @@ def test_rejects_different_architecture(family, tmp_path):
 
 def test_rejects_a_different_parent(family, tmp_path):
     other = make_family(tmp_path, parent_seed=5, tag="p")
-    # both children from another stage-1 run: 2a's frozen embeddings already differ
-    with pytest.raises(TreLMError, match=r"--upper .* does not descend .*group 'embeddings' differs"):
+    # both children from another stage-1 run: 2a's frozen lower half already differs
+    with pytest.raises(TreLMError, match=r"--upper .* does not descend .*group 'lower' differs"):
         _combine(other["transfer_upper"], other["transfer_lower"], tmp_path / "x.pt", family["parent"])
     # only 2b from another run: its frozen upper half differs
     with pytest.raises(TreLMError, match=r"--lower .* does not descend .*group 'upper' differs"):
@@ -161,6 +167,39 @@ def test_rejects_a_different_parent(family, tmp_path):
     # without --parent the mix-up cannot be detected (a warning, not an error)
     _combine(family["transfer_upper"], other["transfer_lower"], tmp_path / "y.pt")
     assert (tmp_path / "y.pt").exists()
+
+
+def test_a_group_only_one_parent_trained_comes_from_that_parent(tmp_path):
+    """Under the previous freezing (2a: embeddings + lower frozen, 2b: upper + LM head
+    frozen, recorded as --freeze in cfg.task) the embeddings come from 2b and the head
+    from 2a unaveraged; --average all halves what they learned, as combine did before."""
+    fam = make_family(tmp_path, previous_freezing=True)
+    up, low, par = sd(fam["transfer_upper"]), sd(fam["transfer_lower"]), sd(fam["parent"])
+    prov = combine(str(fam["transfer_upper"]), str(fam["transfer_lower"]), str(tmp_path / "t.pt"),
+                   parent_path=str(fam["parent"]), log=lambda m: None)
+    assert prov["rule"] == {"lower": "transfer_lower", "upper": "transfer_upper", "embeddings": "transfer_lower",
+                            "tri_layer": "mean", "lm_head": "transfer_upper"}
+    assert prov["frozen_groups_checked"] == {"transfer_upper": ["embeddings", "lower"],
+                                             "transfer_lower": ["upper", "lm_head"]}
+    out = sd(tmp_path / "t.pt")
+    for key in ("encoder.embed_tokens.weight", "encoder.embed_langs.weight", "encoder.layernorm_embedding.bias"):
+        assert torch.equal(out[key], low[key]) and not torch.equal(out[key], par[key]), key
+    for key in ("encoder.lm_head.dense.weight", "encoder.lm_head.bias"):
+        assert torch.equal(out[key], up[key]) and not torch.equal(out[key], par[key]), key
+    key = "encoder.tri_layer.layer.fc1.weight"
+    assert torch.equal(out[key], (up[key] + low[key]) / 2)
+    assert torch.equal(out["encoder.lm_head.weight"], out["encoder.embed_tokens.weight"])
+
+    from trelm_fairseq.cli.combine import cli_main
+
+    cli_main(["--upper", str(fam["transfer_upper"]), "--lower", str(fam["transfer_lower"]), "--parent",
+              str(fam["parent"]), "-o", str(tmp_path / "a.pt"), "--average", "all"])
+    every = sd(tmp_path / "a.pt")
+    for key in ("encoder.embed_tokens.weight", "encoder.lm_head.dense.weight", "encoder.tri_layer.null_slot"):
+        assert torch.equal(every[key], (up[key] + low[key]) / 2), key
+    with pytest.raises(TreLMError, match="--average 'some'"):
+        combine(str(fam["transfer_upper"]), str(fam["transfer_lower"]), str(tmp_path / "x.pt"), average="some",
+                log=lambda m: None)
 
 
 def test_cli_errors_and_help(family, tmp_path, capsys):

@@ -143,7 +143,7 @@ def test_no_mapping_checkpoint_contents(dirs):
     k = enc.tri_layer_position
     assert k == 2 and report["tri_layer_position"] == 2 and model.cfg.tri_layer
     tri = enc.tri_layer.layer.state_dict()
-    for name, v in senc.layers[k - 1].state_dict().items():
+    for name, v in senc.layers[k].state_dict().items():  # a copy of the first upper layer (authors')
         assert torch.equal(tri[name], v), name
     # carried-over config
     assert model.cfg.layernorm_eps == 1e-12 and model.cfg.n_langs == 2
@@ -196,7 +196,13 @@ def test_tri_layer_position_and_source_without_lang_row(tmp_path):
     source, _ = load_model(os.path.join(src, "model.pt"), load_dict(os.path.join(src, "dict.txt")))
     assert torch.equal(model.encoder.embed_langs.weight, torch.zeros(2, 32))
     tri = model.encoder.tri_layer.layer.state_dict()
-    for name, v in source.encoder.layers[2].state_dict().items():
+    for name, v in source.encoder.layers[3].state_dict().items():  # layers[k]: the first upper layer
+        assert torch.equal(tri[name], v)
+    report = run_cli(src, data, "--no-mapping", "--tri-layer-position", "3", "--tri-layer-copy", "lower",
+                     "--out", out)
+    assert report["tri_layer_copy"] == "lower"
+    tri = load_model(out, new)[0].encoder.tri_layer.layer.state_dict()
+    for name, v in source.encoder.layers[2].state_dict().items():  # layers[k - 1]: the last lower layer
         assert torch.equal(tri[name], v)
     with pytest.raises(TreLMError, match="tri-layer-position"):
         run_cli(src, data, "--no-mapping", "--tri-layer-position", "4", "--out", out)

@@ -230,7 +230,8 @@ def test_real_fairseq_train_end_to_end(tmp_path):
                        ("2b-transfer_lower", "transfer_lower"), ("4-language_specific", "language_specific")):
         assert load_checkpoint(str(out / key / "checkpoint_last.pt"))["cfg"]["task"]["stage"] == stage
     prov = load_checkpoint(str(out / "3-combine" / "checkpoint.pt"))["trelm"]["combine"]
-    assert prov["frozen_groups_checked"]["transfer_upper"] == ["embeddings", "lower"]
+    assert prov["frozen_groups_checked"] == {"transfer_upper": ["lower"], "transfer_lower": ["upper"]}
+    assert prov["averaged"] == ["embeddings", "tri_layer", "lm_head"]  # both stages trained them
     # fairseq rebuilds model and task from the combined checkpoint alone
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(out / "3-combine" / "checkpoint.pt")])
     assert task.stage == "language_specific" and models[0].encoder.tri_layer is not None

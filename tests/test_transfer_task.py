@@ -15,7 +15,8 @@ from trelm_fairseq.checkpoint import load_checkpoint, model_config
 from trelm_fairseq.criterions.trelm_loss import TreLMLoss
 from trelm_fairseq.data import AlignedParallelDataset
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.freezing import STAGE_FROZEN, STAGES, apply_freezing, checkpoint_stage, frozen_groups, summary
+from trelm_fairseq.freezing import (PREVIOUS_STAGE_FROZEN, STAGE_FROZEN, STAGES, apply_freezing, checkpoint_stage,
+                                    frozen_groups, summary)
 
 UPDATES = 16
 
@@ -93,11 +94,16 @@ def test_missing_gather_file(paths, tmp_path):
 @pytest.mark.parametrize("stage, parts", [
     ("commonality", {"mlm_en": 0, "mlm_tr": 1}),
     ("transfer_upper", {"cdlm": (0, 1), "mlm_tr": 1}),
-    ("transfer_lower", {"cdlm": (1, 0), "mlm_en": 0}),
+    ("transfer_lower", {"cdlm": (1, 0), "mlm_tr": 1}),  # MLM on T in 2b too (authors')
     ("language_specific", {"mlm_tr": 1}),
+    # --transfer-mlm-lang predicted (the previous default): MLM on what CdLM predicts
+    ("transfer_lower/predicted", {"cdlm": (1, 0), "mlm_en": 0}),
+    ("transfer_upper/predicted", {"cdlm": (0, 1), "mlm_tr": 1}),
+    ("transfer_lower/both", {"cdlm": (1, 0), "mlm_en": 0, "mlm_tr": 1}),
 ])
 def test_stage_data_parts_and_language_ids(paths, stage, parts):
-    task = make_task(paths["data"], stage)
+    stage, _, mlm_lang = stage.partition("/")
+    task = make_task(paths["data"], stage, transfer_mlm_lang=mlm_lang or "target")
     batch = batches(task, "valid", bsz=4)[0]
     assert list(batch) == list(parts)
     for name, lang in parts.items():
@@ -124,7 +130,13 @@ def test_long_sentences_are_skipped_with_a_count(paths, caplog):
 
 
 def test_frozen_groups_per_stage_and_override(paths):
-    assert frozen_groups("transfer_lower") == ("upper", "lm_head")
+    # the authors' freezing: each transfer stage freezes only the half that keeps English
+    assert frozen_groups("transfer_upper") == ("lower",)
+    assert frozen_groups("transfer_lower") == ("upper",)
+    assert frozen_groups("commonality") == ("lower", "upper") and frozen_groups("language_specific") == ()
+    # the previous freezing stays reachable through --freeze
+    assert PREVIOUS_STAGE_FROZEN["transfer_upper"] == frozen_groups("transfer_upper", "embeddings,lower")
+    assert PREVIOUS_STAGE_FROZEN["transfer_lower"] == frozen_groups("transfer_lower", "upper,lm_head")
     assert frozen_groups("commonality", "none") == ()
     assert frozen_groups("language_specific", "lower,upper") == ("lower", "upper")
     with pytest.raises(TreLMError, match="--freeze 'lower,middle'"):
@@ -142,8 +154,10 @@ def test_frozen_groups_per_stage_and_override(paths):
                 want = "mixed"  # the null slot is only used by CdLM
             assert groups[g] == want, (stage, g)
         assert model.encoder.tri_layer.layer.fc1.weight.requires_grad
-        # only 2a has a frozen bottom (embeddings + lower): run without autograd
-        assert model.encoder.no_grad_prefix == (2 if stage == "transfer_upper" else None)
+        # no stage freezes the embeddings now, so none has a frozen bottom to run without autograd
+        assert model.encoder.no_grad_prefix is None
+    task = make_task(paths["data"], "transfer_upper", freeze="embeddings,lower")
+    assert task.build_model(model_config("trelm_tiny", tri_layer=True)).encoder.no_grad_prefix == 2
     task = make_task(paths["data"], "transfer_upper", freeze="none")
     assert summary(task.build_model(model_config("trelm_tiny", tri_layer=True)))["lower"] == "trainable"
     with pytest.raises(TreLMError, match="--tri-layer"):
@@ -151,7 +165,7 @@ def test_frozen_groups_per_stage_and_override(paths):
 
 
 def test_frozen_prefix_without_autograd_gives_the_same_loss_and_gradients(paths):
-    task = make_task(paths["data"], "transfer_upper")
+    task = make_task(paths["data"], "transfer_upper", freeze="embeddings,lower")
     batch = batches(task, bsz=6)[0]
     model = load_init_model(paths, task)
     apply_freezing(model, task.frozen)
@@ -182,8 +196,18 @@ def test_command_line_flags_reach_the_task_config():
         "/nonexistent", "--task", "trelm_transfer", "--langs", "en,tr", "--stage", "transfer_lower",
         "--freeze", "none", "--arch", "trelm_tiny", "--tri-layer", "--criterion", "trelm_loss",
         "--adv-weight", "0.05", "--adv-pooling", "token", "--mlm-weight", "0.5",
+        # the previous recipe's options
+        "--transfer-mlm-lang", "predicted", "--lm-pooling", "sum-of-means", "--tri-layer-embed-on-gather-only",
     ])
     cfg = convert_namespace_to_omegaconf(args)
+    assert cfg.task.transfer_mlm_lang == "predicted" and cfg.criterion.lm_pooling == "sum-of-means"
+    assert cfg.model.tri_layer_embed_on_gather_only is True
+    # the stage runner passes a checkpoint's model flags on, the boolean one as a bare flag
+    from trelm_fairseq.stages import arch_args
+
+    assert arch_args(model_config("trelm_tiny", tri_layer=True, tri_layer_embed_on_gather_only=True)) == [
+        "--arch", "trelm_tiny", "--tri-layer", "--tri-layer-embed-on-gather-only"]
+    assert arch_args(model_config("trelm_tiny", tri_layer=True)) == ["--arch", "trelm_tiny", "--tri-layer"]
     assert cfg.task.stage == "transfer_lower" and cfg.task.freeze == "none" and cfg.task.langs == "en,tr"
     assert cfg.criterion.adv_weight == 0.05 and cfg.criterion.adv_pooling == "token"
     assert cfg.model.tri_layer is True
@@ -238,13 +262,15 @@ def test_stage_trains_only_its_groups(paths, stage_runs, stage):
     if stage in ("transfer_upper", "transfer_lower"):
         cdlm = [float(r["cdlm_loss"]) for r in run["log"]]
         assert cdlm[-1] < cdlm[0], cdlm
-    if stage != "language_specific":
+    if stage in ("commonality", "transfer_upper"):
         assert "disc_acc" in run["log"][-1]
+    else:  # 2b (T input, T MLM) and stage 4 hold one language only: no adversarial signal
+        assert "disc_acc" not in run["log"][-1]
 
     start, end = load_checkpoint(paths["init"]), load_checkpoint(run["checkpoint"])
     assert checkpoint_stage(end) == stage
     assert end["optimizer_history"][-1]["num_updates"] == UPDATES
-    if stage != "language_specific":
+    if stage != "language_specific":  # (2b keeps the discriminator it was given: no signal to train it)
         assert any(k.startswith("discriminator.") for k in end["criterion"])
     task = make_task(paths["data"], stage)
     model = task.build_model(model_config("trelm_tiny", tri_layer=True))

@@ -81,17 +81,22 @@ def test_encoder_gradient_from_adversarial_term_is_minus_lambda(paths):
 
 
 def test_loss_composition_and_logging(paths):
-    task = make_task(paths["data"], "transfer_lower")
+    task = make_task(paths["data"], "transfer_upper")
     model = load_init_model(paths, task)
     batch = batches(task, bsz=8)[0]
-    assert set(batch) == {"cdlm", "mlm_en"}
+    assert set(batch) == {"cdlm", "mlm_tr"}
     crit = _criterion(task, mlm_weight=0.5, adv_weight=0.01)
+    assert crit.lm_pooling == "pooled"  # the authors': one mean over every predicted token
     loss, sample_size, log = crit(model, batch)
     assert sample_size == 1
-    cdlm = log["cdlm_loss"] / log["cdlm_ntokens"]
-    mlm = log["mlm_loss"] / log["mlm_ntokens"]
-    assert log["loss"] == pytest.approx(cdlm + 0.5 * mlm, rel=1e-5)
+    n_c, n_m = log["cdlm_ntokens"], log["mlm_ntokens"]
+    assert log["loss"] == pytest.approx((log["cdlm_loss"] + 0.5 * log["mlm_loss"]) / (n_c + 0.5 * n_m), rel=1e-5)
     assert loss.item() == pytest.approx(log["loss"] + log["adv_loss"] / log["adv_n"], rel=1e-5)
+    cdlm, mlm = log["cdlm_loss"] / n_c, log["mlm_loss"] / n_m
+    # the previous composition: CdLM mean + weighted MLM mean
+    means = _criterion(task, mlm_weight=0.5, adv_weight=0.01, lm_pooling="sum-of-means")
+    assert means(model, batch)[2]["loss"] == pytest.approx(cdlm + 0.5 * mlm, rel=1e-5)
+    assert abs(log["loss"] - (cdlm + 0.5 * mlm)) > 0.1  # the two rules really differ
     # CdLM predicts every target token except the prepended <s>
     target = batch["cdlm"]["target"]
     assert log["cdlm_ntokens"] == int(target.ne(1).sum()) == batch["cdlm"]["ntokens"]

@@ -80,8 +80,9 @@ def test_identity_gather_with_zero_embedding_equals_plain_layer():
 
 
 def test_identity_path_equals_encoder_with_extra_layer_in_place():
-    """No gather index: the TRILayer is an ordinary layer after layer k."""
-    model = _model()
+    """No gather index and --tri-layer-embed-on-gather-only (the previous behaviour): the
+    TRILayer is an ordinary layer after layer k."""
+    model = _model(tri_layer_embed_on_gather_only=True)
     k = model.encoder.tri_layer_position
     plain = _model(seed=5, tri_layer=False, encoder_layers=5)
     layers = list(model.encoder.layers[:k]) + [model.encoder.tri_layer.layer] + list(model.encoder.layers[k:])
@@ -149,11 +150,38 @@ def test_language_ids_reach_the_embeddings_and_null_slot_learns():
     assert model.encoder.embed_langs.weight.grad[1].abs().sum() > 0
 
 
-def test_insert_tri_layer_copies_layer_k():
+def test_identity_path_adds_language_and_position_embeddings_by_default():
+    """The authors' identity path: lower-half output + the sentence's own language and
+    position embeddings (pads zeroed), then the TRILayer's transformer layer."""
+    model = _model()
+    assert model.cfg.tri_layer_embed_on_gather_only is False
+    enc = model.encoder
+    tokens = torch.tensor([[0, 5, 6, 7, 8, 2], [0, 9, 10, 2, 1, 1]])
+    lang = torch.tensor([1, 0])
+    out, extra = model(tokens, features_only=True, lang_ids=lang)
+    pad = tokens.eq(1)
+    y = extra["lower_out"] + enc.input_embedding(tokens, lang, with_tokens=False).transpose(0, 1)
+    y = y.masked_fill(pad.t().unsqueeze(-1), 0.0)
+    y = enc.tri_layer.layer(y, encoder_padding_mask=pad)
+    for layer in enc.layers[enc.tri_layer_position:]:
+        y = layer(y, encoder_padding_mask=pad)
+    keep = ~pad
+    assert torch.allclose(out[keep], y.transpose(0, 1)[keep], atol=1e-5)
+    # and the language really matters on this path (it did not before: only at the input)
+    previous = _model(tri_layer_embed_on_gather_only=True)
+    previous.load_state_dict(model.state_dict())
+    assert not torch.allclose(out[keep], previous(tokens, features_only=True, lang_ids=lang)[0][keep], atol=1e-4)
+
+
+def test_insert_tri_layer_copies_the_first_upper_layer_by_default():
     model = _model(tri_layer=False)
     tri = model.encoder.insert_tri_layer()
     k = model.encoder.tri_layer_position
     assert k == 2
-    for (n, a), (_, b) in zip(tri.layer.state_dict().items(), model.encoder.layers[k - 1].state_dict().items()):
+    for (n, a), (_, b) in zip(tri.layer.state_dict().items(), model.encoder.layers[k].state_dict().items()):
         assert torch.equal(a, b), n
-    assert tri.layer is not model.encoder.layers[k - 1]
+    assert tri.layer is not model.encoder.layers[k]
+    # the previous choice, the last lower layer, stays reachable
+    lower = _model(tri_layer=False).encoder.insert_tri_layer(copy_from="lower")
+    for (n, a), (_, b) in zip(lower.layer.state_dict().items(), model.encoder.layers[k - 1].state_dict().items()):
+        assert torch.equal(a, b), n

@@ -2,8 +2,10 @@
 
     lower half (layers[:k])     from 2b (it learned to *read* the target language)
     upper half (layers[k:])     from 2a (it learned to *write* the target language)
-    embeddings, TRILayer,
-    LM head                     element-wise mean of 2a and 2b
+    embeddings, TRILayer,       element-wise mean of 2a and 2b where both trained the
+    LM head                     group; from the one that trained it where only one did
+                                (averaging with an untouched copy would halve what was
+                                learned); ``average="all"`` averages them regardless
 
 Both parents must start from the same stage-1 checkpoint.  Each transfer stage freezes
 some parameter groups (``trelm_fairseq.freezing.STAGE_FROZEN``), so given that stage-1
@@ -17,7 +19,6 @@ classification heads on top of it.  Its cfg.task names stage ``language_specific
 (the stage it is made for, so that fairseq can rebuild the task from it); that it
 came from combine, and from which parents (paths + sha256), is in the "trelm" key.
 """
-import hashlib
 import os
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional
@@ -37,15 +38,38 @@ from .errors import TreLMError
 from .freezing import checkpoint_stage
 from .freezing import frozen_groups as stage_frozen_groups
 from .models.trelm import resolve_tri_layer_position
+from .preprocess.text_io import file_sha256
 
 UPPER_STAGE = "transfer_upper"  # stage 2a
 LOWER_STAGE = "transfer_lower"  # stage 2b
 COMBINED_STAGE = "combine"
 NEXT_STAGE = "language_specific"  # stage 4 starts from the combined checkpoint
 
-# Where each group of the combined model comes from.
+# Where each group of the combined model comes from: the halves from the stage that
+# trained them for T; the shared groups by combine_rule.
 TAKE_FROM = {"lower": LOWER_STAGE, "upper": UPPER_STAGE}
-AVERAGED = ("embeddings", "tri_layer", "lm_head")
+SHARED = ("embeddings", "tri_layer", "lm_head")
+AVERAGE_MODES = ("trained", "all")
+MEAN = "mean"
+
+
+def combine_rule(upper_frozen, lower_frozen, average: str = "trained") -> Dict[str, str]:
+    """{group: UPPER_STAGE | LOWER_STAGE | MEAN} for every group of the combined model.
+
+    ``average="trained"``: a shared group is averaged when both parents trained it (or
+    neither: then both equal their parent), taken from the one that trained it otherwise.
+    ``average="all"``: shared groups are always averaged (the rule before the authors'
+    freezing was followed)."""
+    if average not in AVERAGE_MODES:
+        raise TreLMError(f"--average {average!r}: expected one of {list(AVERAGE_MODES)}")
+    rule = dict(TAKE_FROM)
+    for group in SHARED:
+        trained_up, trained_low = group not in upper_frozen, group not in lower_frozen
+        if average == "all" or trained_up == trained_low:
+            rule[group] = MEAN
+        else:
+            rule[group] = UPPER_STAGE if trained_up else LOWER_STAGE
+    return rule
 
 # Model fields that decide tensor shapes / meaning; dropout and the like may differ.
 STRUCTURE_FIELDS = (
@@ -58,6 +82,7 @@ STRUCTURE_FIELDS = (
     "layernorm_eps",
     "n_langs",
     "tri_layer",
+    "tri_layer_embed_on_gather_only",
 )
 
 
@@ -82,14 +107,6 @@ def task_config(state: Dict) -> Dict:
 def num_updates(state: Dict) -> int:
     hist = state.get("optimizer_history") or [{}]
     return int(hist[-1].get("num_updates", 0) or 0)
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def frozen_groups(state: Dict, stage: str) -> List[str]:
@@ -245,17 +262,21 @@ def check_descends(child: Parent, parent: Parent, groups: Dict[str, str]) -> Lis
     return frozen
 
 
-def combine_state_dicts(upper: Dict, lower: Dict, groups: Dict[str, str]) -> "OrderedDict[str, torch.Tensor]":
-    """lower group from ``lower``, upper group from ``upper``, the rest averaged."""
+def combine_state_dicts(upper: Dict, lower: Dict, groups: Dict[str, str],
+                        rule: Optional[Dict[str, str]] = None) -> "OrderedDict[str, torch.Tensor]":
+    """Every group from the parent ``rule`` names (default: the authors' freezing, under
+    which both parents train the shared groups, so they are averaged)."""
+    rule = rule or combine_rule(stage_frozen_groups(UPPER_STAGE), stage_frozen_groups(LOWER_STAGE))
     out = OrderedDict()
     for key, group in groups.items():
         if group == "heads":
             continue
-        if TAKE_FROM.get(group) == LOWER_STAGE:
+        source = rule.get(group)
+        if source == LOWER_STAGE:
             out[key] = lower[key].clone()
-        elif TAKE_FROM.get(group) == UPPER_STAGE:
+        elif source == UPPER_STAGE:
             out[key] = upper[key].clone()
-        elif group in AVERAGED:
+        elif source == MEAN:
             a, b = upper[key], lower[key]
             if a.is_floating_point():
                 # mean in float32 (exact for fp32 parents up to rounding of the sum), back to the dtype
@@ -275,6 +296,7 @@ def combine(
     out_path: str,
     parent_path: Optional[str] = None,
     log: Callable[[str], None] = print,
+    average: str = "trained",
 ) -> Dict:
     """Combine a 2a (``upper_path``) and a 2b (``lower_path``) checkpoint into ``out_path``.
 
@@ -305,12 +327,11 @@ def combine(
     else:
         log("combine: warning: no --parent given, cannot check that 2a and 2b share their stage-1 checkpoint")
 
-    combined = combine_state_dicts(upper.model, lower.model, groups)
-    counts = {g: sum(1 for k, gg in groups.items() if gg == g) for g in ("lower", "upper") + AVERAGED}
-    log(
-        "combine: lower ({lower} tensors) from 2b, upper ({upper}) from 2a, averaged: embeddings ({embeddings}), "
-        "tri_layer ({tri_layer}), lm_head ({lm_head})".format(**counts)
-    )
+    rule = combine_rule(frozen_groups(upper.state, UPPER_STAGE), frozen_groups(lower.state, LOWER_STAGE), average)
+    combined = combine_state_dicts(upper.model, lower.model, groups, rule)
+    counts = {g: sum(1 for gg in groups.values() if gg == g) for g in rule}
+    names = {UPPER_STAGE: "from 2a", LOWER_STAGE: "from 2b", MEAN: "averaged"}
+    log("combine: " + ", ".join(f"{g} ({counts[g]} tensors) {names[src]}" for g, src in rule.items()))
 
     # Build the real model once: a strict load proves the result is a complete trelm state.
     model = build_model(upper.cfg, _dummy_dictionary(upper.vocab_rows))
@@ -327,8 +348,10 @@ def combine(
         "lower": lower.provenance(),
         "parent": parent.provenance() if parent is not None else None,
         "frozen_groups_checked": checked,
-        "taken": {"lower": "lower (2b)", "upper": "upper (2a)"},
-        "averaged": list(AVERAGED),
+        "average": average,
+        "rule": rule,
+        "taken": {g: src for g, src in rule.items() if src != MEAN},
+        "averaged": [g for g, src in rule.items() if src == MEAN],
     }
     meta = {
         "stage": COMBINED_STAGE,

@@ -82,6 +82,7 @@ _MODEL_FLAGS = (
     "layernorm_eps",
     "n_langs",
     "tri_layer_position",
+    "tri_layer_embed_on_gather_only",
 )
 
 
@@ -232,6 +233,7 @@ class StagePlan:
     stage_args: Dict[str, List[str]] = field(default_factory=dict)  # per stage key
     trainer: Optional[List[str]] = None  # default: this python's fairseq_cli.train
     graph: str = "trelm"  # a key of GRAPHS
+    combine_average: str = "trained"  # stage 3's rule for the shared groups (trelm-combine --average)
 
     def __post_init__(self):
         self.data = os.path.abspath(self.data)
@@ -339,7 +341,11 @@ def arch_args(cfg) -> List[str]:
     args = ["--arch", arch] + (["--tri-layer"] if getattr(cfg, "tri_layer", True) else [])
     for name in _MODEL_FLAGS:
         value = getattr(cfg, name, None)
-        if value is not None and str(value) != str(getattr(ref, name, None)):
+        if value is None or str(value) == str(getattr(ref, name, None)):
+            continue
+        if isinstance(value, bool):  # fairseq makes a False-default bool a store_true flag
+            args += ["--" + name.replace("_", "-")] if value else []
+        else:
             args += ["--" + name.replace("_", "-"), str(value)]
     return args
 
@@ -420,7 +426,7 @@ class Stage:
         if not self.is_training:
             up, low, parent = (p.output_checkpoint() for p in self.parents)
             return [sys.executable, "-m", "trelm_fairseq.cli.combine", "--upper", up, "--lower", low,
-                    "--parent", parent, "-o", self.last_checkpoint]
+                    "--parent", parent, "-o", self.last_checkpoint, "--average", self.plan.combine_average]
         plan, n = self.plan, self.updates
         cmd = self.plan.trainer_command() + [
             plan.data, "--user-dir", USER_DIR, "--task", "trelm_transfer", "--langs", plan.langs,
@@ -586,7 +592,8 @@ def _run_combine(stage: Stage, upper: str, lower: str, parent: str, say, echo: b
                 say(f"[{stage.key}] {msg}")
 
         try:
-            combine(upper, lower, stage.last_checkpoint, parent_path=parent, log=log)
+            combine(upper, lower, stage.last_checkpoint, parent_path=parent, log=log,
+                    average=stage.plan.combine_average)
         except TreLMError as e:
             logf.write(f"=== error: {e}\n")
             raise StageFailed(f"stage {stage.key} ({stage.name}) failed: {e}") from None

@@ -14,7 +14,8 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-combine",
         description="TreLM stage 3: lower half (layers[:k]) from the transfer_lower (2b) checkpoint, upper half "
-        "(layers[k:]) from the transfer_upper (2a) checkpoint; embeddings, TRILayer and LM head averaged. "
+        "(layers[k:]) from the transfer_upper (2a) checkpoint; embeddings, TRILayer and LM head averaged where both "
+        "trained them, taken from the one that did otherwise (--average). "
         "Writes a fairseq checkpoint for stage 4 (fairseq-train --restore-file OUT --reset-optimizer "
         "--reset-dataloader --reset-meters) or for fine-tuning (sentence_prediction).",
     )
@@ -27,6 +28,10 @@ def get_parser() -> argparse.ArgumentParser:
         "parameter groups equal it bit for bit (recommended)",
     )
     p.add_argument("-o", "--output", required=True, metavar="CKPT", help="where to write the combined checkpoint")
+    p.add_argument("--average", choices=("trained", "all"), default="trained",
+                   help="shared groups (embeddings, TRILayer, LM head): 'trained' averages a group only when both "
+                        "stages trained it and takes it from the one that did otherwise (default); 'all' always "
+                        "averages (the rule before 2a/2b followed the authors' freezing)")
     p.add_argument("--json", action="store_true", help="print the provenance record as JSON at the end")
     return p
 
@@ -37,7 +42,7 @@ def cli_main(argv=None):
     from ..combine import combine  # heavy imports (fairseq) only after --help
 
     record = combine(args.upper, args.lower, args.output, parent_path=args.parent,
-                     log=lambda m: print(m, file=sys.stderr, flush=True))
+                     log=lambda m: print(m, file=sys.stderr, flush=True), average=args.average)
     if args.json:
         print(json.dumps(record, indent=2))
     return 0

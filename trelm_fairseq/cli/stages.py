@@ -58,6 +58,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-args", action="append", default=[], metavar="KEY=ARGS",
                    help="extra fairseq-train args for one stage, e.g. --stage-args '2a=--adv-weight 0.1' "
                    "(repeatable)")
+    p.add_argument("--combine-average", choices=("trained", "all"), default="trained",
+                   help="stage 3's rule for embeddings, TRILayer and LM head (trelm-combine --average; default "
+                        "%(default)s: average what both 2a and 2b trained, take the rest from the one that did)")
     p.add_argument("--parallel", action="store_true", help="run stages 2a and 2b at the same time (two fairseq-train processes: "
                    "enough devices / cores for both)")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
@@ -130,6 +133,7 @@ def cli_main(argv=None):
         restore_from=args.restore_from,
         extra_args=extra,
         stage_args=_stage_args(args.stage_args),
+        combine_average=args.combine_average,
     )
     run_all(plan, stages=args.stages, parallel=args.parallel, dry_run=args.dry_run,
             log=lambda m: print(m, flush=True), echo=not args.quiet)

@@ -4,9 +4,12 @@ A batch of the ``trelm_transfer`` task is ``{part: sub-batch}``; a part with a
 gather index is CdLM, the others are MLM (a plain fairseq masked-LM batch is
 accepted too).  Per batch:
 
-    lm_loss = cdlm + mlm_weight * mlm     (each the mean cross-entropy per
-                                            predicted token; without a CdLM
-                                            part lm_loss = mlm)
+    lm_loss = one cross-entropy mean pooled over every predicted token, CdLM
+              and MLM alike (``--lm-pooling pooled``, the authors'; MLM tokens
+              weighted by mlm_weight), or
+              cdlm_mean + mlm_weight * mlm_mean (``--lm-pooling sum-of-means``,
+              the previous default; CdLM predicts every target token and MLM
+              15%, so this weights an MLM token ~6x a CdLM token)
     backward on lm_loss + disc_ce
 
 ``disc_ce`` is the cross-entropy of a language discriminator on the lower-half
@@ -44,6 +47,11 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TreLMLossConfig(FairseqDataclass):
     mlm_weight: float = field(default=1.0, metadata={"help": "weight of the MLM loss next to CdLM"})
+    lm_pooling: ChoiceEnum(["pooled", "sum-of-means"]) = field(
+        default="pooled",
+        metadata={"help": "pooled: one mean over all predicted tokens of CdLM and MLM (authors'); "
+                          "sum-of-means: CdLM mean + mlm_weight * MLM mean (the previous default)"},
+    )
     adv_weight: float = field(
         default=0.01,
         metadata={"help": "lambda: scale of the reversed discriminator gradient reaching the encoder; "
@@ -69,9 +77,10 @@ def _parts(sample):
 @register_criterion("trelm_loss", dataclass=TreLMLossConfig)
 class TreLMLoss(FairseqCriterion):
     def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
-                 disc_dropout=0.1, disc_input_dim=0):
+                 disc_dropout=0.1, disc_input_dim=0, lm_pooling="pooled"):
         super().__init__(task)
         self.mlm_weight = mlm_weight
+        self.lm_pooling = str(lm_pooling)
         self.adv_weight = adv_weight
         self.adv_pooling = str(adv_pooling)
         self.discriminator = None
@@ -125,7 +134,11 @@ class TreLMLoss(FairseqCriterion):
             return sums[kind] / n if sums[kind] is not None and n > 0 else None
 
         cdlm, mlm = mean("cdlm"), mean("mlm")
-        if cdlm is not None:
+        if cdlm is not None and mlm is not None and self.lm_pooling == "pooled":
+            w = self.mlm_weight
+            n = log["cdlm_ntokens"] + w * log["mlm_ntokens"]
+            lm_loss = (sums["cdlm"] + w * sums["mlm"]) / n
+        elif cdlm is not None:
             lm_loss = cdlm + self.mlm_weight * mlm if mlm is not None else cdlm
         elif mlm is not None:
             lm_loss = mlm

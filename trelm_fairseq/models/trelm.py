@@ -11,7 +11,8 @@ Layout of the encoder (parameter groups, used for stage-wise freezing):
 
     embeddings  embed_tokens, embed_positions, embed_langs, layernorm_embedding
     lower       layers[:k]
-    tri_layer   TRILayer, initialised as a copy of layer k (``insert_tri_layer``)
+    tri_layer   TRILayer, initialised as a copy of layers[k], the first upper
+                layer, as in the authors' code (``insert_tri_layer``)
     upper       layers[k:]
     lm_head     RoBERTa-style LM head, output weight tied to embed_tokens
 """
@@ -44,6 +45,7 @@ from ..modules.tri_layer import TRILayer
 logger = logging.getLogger(__name__)
 
 PARAMETER_GROUPS = ("embeddings", "lower", "tri_layer", "upper", "lm_head")
+TRI_LAYER_COPY = ("upper", "lower")  # insert_tri_layer: copy layers[k] or layers[k - 1]
 
 
 @dataclass
@@ -84,6 +86,12 @@ class TreLMConfig(FairseqDataclass):
     tri_layer: bool = field(default=False, metadata={"help": "insert a TRILayer after layer --tri-layer-position"})
     tri_layer_position: int = field(
         default=-1, metadata={"help": "number of layers below the TRILayer; -1 means encoder_layers // 2"}
+    )
+    tri_layer_embed_on_gather_only: bool = field(
+        default=False,
+        metadata={"help": "add the language + position embeddings at the TRILayer only on the CdLM (gather) "
+                          "path; by default they are added on the identity path too (monolingual input, "
+                          "fine-tuning, inference), as in the authors' code"},
     )
 
 
@@ -159,15 +167,20 @@ class TreLMEncoder(FairseqEncoder):
         return layer
 
     # ----- structure -----------------------------------------------------
-    def insert_tri_layer(self, position: Optional[int] = None) -> TRILayer:
-        """Add a TRILayer after the first k = ``position`` layers, initialised as
-        a copy of layer k (1-based; ``layers[k - 1]``), the last lower layer."""
+    def insert_tri_layer(self, position: Optional[int] = None, copy_from: str = "upper") -> TRILayer:
+        """Add a TRILayer after the first k = ``position`` layers, initialised as a copy
+        of ``layers[k]``, the first upper layer (``copy_from="upper"``, the authors'
+        choice: the layer that reads the lower half's output already) or of
+        ``layers[k - 1]``, the last lower layer (``"lower"``, the previous default)."""
+        if copy_from not in TRI_LAYER_COPY:
+            raise ValueError(f"copy_from={copy_from!r}: expected one of {list(TRI_LAYER_COPY)}")
         if position is not None:
             self.tri_layer_position = resolve_tri_layer_position(len(self.layers), position)
             self.cfg.tri_layer_position = position
         self.cfg.tri_layer = True
         k = self.tri_layer_position
-        self.tri_layer = TRILayer(copy.deepcopy(self.layers[k - 1]), self.cfg.encoder_embed_dim)
+        source = self.layers[k if copy_from == "upper" else k - 1]
+        self.tri_layer = TRILayer(copy.deepcopy(source), self.cfg.encoder_embed_dim)
         return self.tri_layer
 
     def parameter_groups(self) -> "OrderedDict[str, List[str]]":
@@ -246,7 +259,11 @@ class TreLMEncoder(FairseqEncoder):
             )
             mask = padding_mask if padding_mask.any() else None
         elif self.tri_layer is not None:
-            x, _ = self.tri_layer(x, mask)
+            # identity path: the sentence is already in its own order; the authors add its
+            # language + position embeddings here too, so CdLM and MLM inputs look alike
+            emb = None if self.cfg.tri_layer_embed_on_gather_only else self.input_embedding(
+                src_tokens, lang_ids, with_tokens=False)
+            x, _ = self.tri_layer(x, mask, tgt_input_embedding=emb, tgt_padding_mask=padding_mask)
         if self.tri_layer is not None and return_all_hiddens:
             inner_states.append(x)
 
@@ -436,6 +453,7 @@ def base_architecture(args):
     args.default_lang_id = safe_getattr(args, "default_lang_id", 0)
     args.tri_layer = safe_getattr(args, "tri_layer", False)
     args.tri_layer_position = safe_getattr(args, "tri_layer_position", -1)
+    args.tri_layer_embed_on_gather_only = safe_getattr(args, "tri_layer_embed_on_gather_only", False)
 
 
 

@@ -4,7 +4,9 @@ For parallel input it re-orders the lower half's output into the *target*
 sentence's order (one gathered source state per target token, a learned null
 slot for unaligned target tokens), adds target language + position embeddings
 and runs an ordinary transformer layer under the *target* padding mask.
-Without a gather index it is just that transformer layer, applied in place.
+Without a gather index the order is the identity: the sentence's own language +
+position embeddings are added when given (the authors' code does; the model's
+``tri_layer_embed_on_gather_only`` leaves them out) and the layer runs in place.
 """
 from typing import Optional
 
@@ -49,9 +51,15 @@ class TRILayer(nn.Module):
         """x: (S, B, C) time-first, as in fairseq's encoder layers.
 
         Returns ``(out, out_padding_mask)``; with a gather index ``out`` has the
-        target length and the mask is the target padding mask.
+        target length and the mask is the target padding mask.  Without one,
+        ``tgt_input_embedding`` (B, S, C), if given, is added in place (padding
+        positions, ``tgt_padding_mask``, stay zero).
         """
         if gather_index is None:
+            if tgt_input_embedding is not None:
+                x = x + tgt_input_embedding.transpose(0, 1)
+                if tgt_padding_mask is not None:
+                    x = x.masked_fill(tgt_padding_mask.transpose(0, 1).unsqueeze(-1), 0.0)
             return self.layer(x, encoder_padding_mask=padding_mask), padding_mask
         if tgt_padding_mask is None or tgt_input_embedding is None:
             raise ValueError("TRILayer: a gather index needs the target padding mask and input embedding")

@@ -317,7 +317,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=SCHEMES, default="auto",
                    help="token correspondence: wordpiece ('▁word'<->'word', 'ing'<->'##ing') or identical")
     p.add_argument("--tri-layer-position", type=int, default=-1,
-                   help="layers below the TRILayer (it copies that layer); -1 = N/2")
+                   help="layers below the TRILayer; -1 = N/2")
+    p.add_argument("--tri-layer-copy", choices=("upper", "lower"), default="upper",
+                   help="the TRILayer starts as a copy of the first upper layer (upper, the authors' choice) or "
+                        "of the last lower layer (lower, the previous default)")
     p.add_argument("--target-lang-std", type=float, default=0.0,
                    help="std of the noise added to the target-language embedding row (a copy of row 0)")
     p.add_argument("--seed", type=int, default=1)
@@ -473,8 +476,9 @@ def run(args) -> Dict:
         t0 = time.time()
         embeddings = assemble_embeddings(source_emb, corr, fill)
         model, cfg = build_init_model(state, source_cfg, new_dict, embeddings, args.tri_layer_position,
-                                      args.target_lang_std, args.seed, source_path)
+                                      args.target_lang_std, args.seed, source_path, args.tri_layer_copy)
         report["tri_layer_position"] = model.encoder.tri_layer_position
+        report["tri_layer_copy"] = args.tri_layer_copy
         report["seconds"] = seconds
         seconds["total"] = round(time.time() - t_start, 2)  # meta: up to the save
         save_init_checkpoint(out, model, cfg, {"init": report, "source_model": report["source_model"],

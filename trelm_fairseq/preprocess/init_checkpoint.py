@@ -18,8 +18,10 @@ plus its ``dict.txt``) and the new joint vocabulary (``<data>/dict.txt``):
   (zeros for an imported model), so the source-language path reproduces the
   source model exactly; row 1 (target) starts as the same row plus optional
   N(0, ``target_lang_std``) noise (default 0: identical, training separates them);
-* a TRILayer after layer k (default N/2), a copy of layer k
-  (``TreLMEncoder.insert_tri_layer``); its null slot is N(0, 0.02) (seeded).
+* a TRILayer after the first k layers (default N/2), a copy of ``layers[k]``, the
+  first upper layer, as in the authors' code (``tri_layer_copy="lower"``: of
+  ``layers[k - 1]``; ``TreLMEncoder.insert_tri_layer``); its null slot is N(0, 0.02)
+  (seeded).
 """
 import copy
 import os
@@ -167,6 +169,7 @@ def build_init_model(
     target_lang_std: float = 0.0,
     seed: int = 0,
     source_path: str = "<source>",
+    tri_layer_copy: str = "upper",
 ):
     """The initialised model (see the module docstring); returns (model, cfg)."""
     cfg = copy.deepcopy(source_cfg)
@@ -200,9 +203,9 @@ def build_init_model(
         model.load_state_dict(new_state, strict=True)
         # the TRILayer is a copy of layer k, taken after the source layers were loaded
         try:
-            model.encoder.insert_tri_layer(tri_layer_position)
+            model.encoder.insert_tri_layer(tri_layer_position, copy_from=tri_layer_copy)
         except ValueError as e:
-            raise TreLMError(f"--tri-layer-position: {e}") from None
+            raise TreLMError(f"--tri-layer-position / --tri-layer-copy: {e}") from None
         model.encoder.tri_layer.null_slot.data.normal_(0.0, 0.02, generator=gen)
     assert model.encoder.lm_head.weight is model.encoder.embed_tokens.weight
     return model, cfg

@@ -7,26 +7,27 @@
 
 Per stage (S = first of --langs, T = second), frozen groups and data:
 
-    stage              frozen               parts of every batch
-    commonality        lower, upper         mlm_S + mlm_T   (MLM on mono S and mono T)
-    transfer_upper     embeddings, lower    cdlm S->T + mlm_T
-    transfer_lower     upper, lm_head       cdlm T->S + mlm_S
-    language_specific  (nothing)            mlm_T
+    stage              frozen      parts of every batch
+    commonality        lower, upper   mlm_S + mlm_T   (MLM on mono S and mono T)
+    transfer_upper     lower          cdlm S->T + mlm_T
+    transfer_lower     upper          cdlm T->S + mlm_T
+    language_specific  (nothing)      mlm_T
 
-``--freeze a,b`` / ``--freeze none`` overrides the frozen groups.  The MLM part
-of a transfer stage is on the language CdLM *predicts* (its target side):
+as in the authors' code.  ``--freeze a,b`` / ``--freeze none`` overrides the frozen
+groups (the previous defaults: ``embeddings,lower`` in 2a, ``upper,lm_head`` in 2b).
+``--transfer-mlm-lang`` chooses the MLM part's language in the transfer stages:
 
-* 2a (upper learns to write T): MLM on T trains the upper half, TRILayer and
-  head on real T contexts besides the gathered English states.
-* 2b (lower learns to read T, frozen upper "writes English"): MLM on S keeps
-  the lower half and the (trainable, tied) embeddings compatible with what the
-  frozen English upper half expects -- an anchor against drifting away from
-  English while the lower half learns T, which is what lets stage 3 combine the
-  2b lower half with the 2a upper half (trained on English lower states).
-  MLM on T instead would push the frozen English upper half to predict T tokens,
-  which is 2a's job.
-* Either way the CdLM input side and the MLM side are different languages, so
-  every batch has both languages' lower-half states for the adversarial term.
+* ``target`` (default, the authors'): MLM on T in both 2a and 2b, so both stages
+  keep learning the target language besides CdLM.
+* ``predicted``: MLM on the language CdLM predicts (T in 2a, S in 2b: an anchor that
+  keeps 2b's lower half compatible with the frozen English upper half; the previous
+  default, measured worse in docs/main-job.md).
+* ``both``: MLM on S and on T.
+
+The adversarial term needs both languages' lower-half states in a batch: 2a always
+has them (S is CdLM's input, T the MLM part); 2b's CdLM input is T, so under
+``target`` 2b has no S states and the term is zero there (``predicted`` or ``both``
+bring S back).
 
 Sentences longer than ``--tokens-per-sample`` (counting the prepended ``<s>``)
 are skipped when a split is loaded, with a logged count per part: truncating a
@@ -128,6 +129,12 @@ class TreLMTransferConfig(FairseqDataclass):
     )
     transfer_mlm: bool = field(
         default=True, metadata={"help": "add the MLM part to the transfer stages (see the task doc)"}
+    )
+    transfer_mlm_lang: ChoiceEnum(["target", "predicted", "both"]) = field(
+        default="target",
+        metadata={"help": "language of the transfer stages' MLM part: target = T in 2a and 2b (authors'); "
+                          "predicted = the language CdLM predicts (T in 2a, S in 2b; the previous default); "
+                          "both = S and T"},
     )
     seed: int = II("common.seed")
 
@@ -254,12 +261,23 @@ class TreLMTransferTask(FairseqTask):
         elif self.stage in CDLM_DIRECTION:
             src_lang, tgt_lang = (self.langs[i] for i in CDLM_DIRECTION[self.stage])
             parts["cdlm"] = self.cdlm_dataset(split, src_lang, tgt_lang)
-            if self.cfg.transfer_mlm:  # MLM on the language CdLM predicts (see the module doc)
-                parts[f"mlm_{tgt_lang}"] = self.mlm_dataset(split, tgt_lang, epoch)
+            if self.cfg.transfer_mlm:
+                for lang in self.transfer_mlm_langs():
+                    parts[f"mlm_{lang}"] = self.mlm_dataset(split, lang, epoch)
         else:  # language_specific
             parts[f"mlm_{T}"] = self.mlm_dataset(split, T, epoch)
         logger.info("%s (%s): %s", split, self.stage, ", ".join(f"{k}={len(v)}" for k, v in parts.items()))
         self.datasets[split] = TreLMZipDataset(parts)
+
+    def transfer_mlm_langs(self) -> List[str]:
+        """Languages of the MLM part of this transfer stage (--transfer-mlm-lang)."""
+        S, T = self.langs
+        choice = str(self.cfg.transfer_mlm_lang)
+        if choice == "both":
+            return [S, T]
+        if choice == "predicted":
+            return [self.langs[CDLM_DIRECTION[self.stage][1]]]
+        return [T]
 
     # ----- model --------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):

@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Each deviation from the authors' recipe, alone and all together (docs/main-job.md).
+
+    python scripts/recipe_ablation.py --data runs/tr/data --out runs/recipe-tr \\
+        --configs previous,authors,freeze,mlm_lang,pooling,identity_emb,tri_copy,combine \\
+        --seeds 1,2,3
+
+Every configuration runs the TreLM stages (1, 2a, 2b, 3, 4) at the demo's budgets on a
+prepared data directory (trelm-prepare), from that directory's init checkpoint with the
+TRILayer copy and the identity-path embedding setting of the configuration.  After every
+stage its checkpoint is probed in this process (trelm_fairseq.probes): target MLM on
+mono/T/valid (bits), bitext retrieval P@1 (CSLS, mean of both directions) at the
+lower-half output and at the top, and the language-ID probe on the lower half.  Configs
+with the same stage 1 (same init, same seed) share it.  Checkpoints are deleted after
+their stage is probed and its children have started from them (disk); the rows go to
+OUT/results.jsonl as they come, and a re-run skips what is there.
+
+Knobs (the "previous" value first, the authors' second):
+    freeze        2a embeddings,lower / 2b upper,lm_head   vs   2a lower / 2b upper
+    mlm_lang      --transfer-mlm-lang predicted             vs   target
+    pooling       --lm-pooling sum-of-means                 vs   pooled
+    identity_emb  --tri-layer-embed-on-gather-only          vs   embeddings on the identity path too
+    tri_copy      TRILayer copies layers[k-1]               vs   layers[k]
+    combine       trelm-combine --average all               vs   trained
+A config named after a knob is "previous" with that one knob set to the authors' value;
+"authors" sets all of them; modifiers of "authors" (joined by "+", e.g.
+"mlm_both+adv_token=1"): lang_std=X (the target-language embedding row set apart by
+N(0, X)), adv=X (--adv-weight X), adv_token=X (the same, per-token discriminator),
+mlm_both (--transfer-mlm-lang both), lr=X (every stage's peak lr), s1=N / s2=N / s4=N
+(updates of stage 1 / each of 2a and 2b / stage 4 instead of the demo's 24 / 24 / 48).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List
+
+KNOBS = ("freeze", "mlm_lang", "pooling", "identity_emb", "tri_copy", "combine")
+PREVIOUS = {k: False for k in KNOBS}  # False: previous behaviour, True: the authors'
+AUTHORS = {k: True for k in KNOBS}
+
+
+def config(name: str) -> Dict:
+    """The knob settings of a config name; "+" joins modifiers, e.g. "mlm_both+adv_token=1"."""
+    first = name.split("+")[0]
+    c = dict(PREVIOUS if first in KNOBS or first == "previous" else AUTHORS)
+    c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None)
+    for part in name.split("+"):
+        key, _, value = part.partition("=")
+        if key in ("lr", "s1", "s2", "s4") and value:
+            c[key] = float(value) if key == "lr" else int(value)
+        elif part in KNOBS:
+            c[part] = True
+        elif part.startswith("lang_std="):
+            c["lang_std"] = float(part.split("=", 1)[1])
+        elif part.startswith("adv="):
+            c["adv_weight"] = float(part.split("=", 1)[1])
+        elif part.startswith("adv_token="):
+            c["adv_weight"], c["adv_pooling"] = float(part.split("=", 1)[1]), "token"
+        elif part == "mlm_both":
+            c["mlm_both"] = True
+        elif part not in ("previous", "authors"):
+            raise SystemExit(f"unknown config {part!r}: expected previous, authors, one of {KNOBS}, lang_std=X, "
+                             "adv=X, adv_token=X, mlm_both, lr=X, s1=N, s2=N or s4=N (joined by +)")
+    return c
+
+
+def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
+    """DATA/init/model.pt with the config's TRILayer copy, identity-path flag and
+    language rows (same mapped embeddings for every config)."""
+    if os.path.isfile(out_path):
+        return out_path
+    import torch
+
+    from trelm_fairseq.checkpoint import atomic_torch_save, load_checkpoint
+
+    state = load_checkpoint(os.path.join(data, "init", "model.pt"))
+    model = state["model"]
+    cfg = state["cfg"]["model"]
+    k = cfg["encoder_layers"] // 2 if cfg.get("tri_layer_position", -1) < 0 else cfg["tri_layer_position"]
+    src = k if c["tri_copy"] else k - 1
+    for name in [n for n in model if n.startswith("encoder.tri_layer.layer.")]:
+        model[name] = model[f"encoder.layers.{src}." + name[len("encoder.tri_layer.layer."):]].clone()
+    cfg["tri_layer_embed_on_gather_only"] = not c["identity_emb"]
+    if c["lang_std"] > 0:
+        gen = torch.Generator().manual_seed(seed)
+        rows = model["encoder.embed_langs.weight"].clone()
+        rows[1] = rows[0] + torch.randn(rows.shape[1], generator=gen) * c["lang_std"]
+        model["encoder.embed_langs.weight"] = rows
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    atomic_torch_save(state, out_path)
+    return out_path
+
+
+def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budgets):
+    from trelm_fairseq.stages import StagePlan
+
+    mlm_lang = "both" if c["mlm_both"] else ("target" if c["mlm_lang"] else "predicted")
+    extra = ["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0",
+             "--transfer-mlm-lang", mlm_lang, "--lm-pooling", "pooled" if c["pooling"] else "sum-of-means"]
+    if c["adv_weight"] is not None:
+        extra += ["--adv-weight", str(c["adv_weight"])]
+    if c["adv_pooling"]:
+        extra += ["--adv-pooling", c["adv_pooling"]]
+    stage_args = {} if c["freeze"] else {"2a": ["--freeze", "embeddings,lower"], "2b": ["--freeze", "upper,lm_head"]}
+    updates = {"1": budgets.n("stage1"), "2": budgets.n("stage2"), "4": budgets.n("stage4")}
+    updates.update({k[1]: c[k] for k in ("s1", "s2", "s4") if c[k]})
+    return StagePlan(
+        data=data, out=out, langs=f"en,{lang}", init=init, updates=updates,
+        lr=c["lr"] or budgets.lr, max_tokens=budgets.max_tokens, tokens_per_sample=budgets.tokens_per_sample,
+        save_interval_updates=budgets.n("validate_every"), seed=seed, extra_args=extra, stage_args=stage_args,
+        combine_average="trained" if c["combine"] else "all",
+    )
+
+
+def stage1_key(c: Dict, seed: int) -> str:
+    """Configs that share this key have the same stage 1 (init and its options)."""
+    return f"copy{'k' if c['tri_copy'] else 'k-1'}_id{int(c['identity_emb'])}_std{c['lang_std']}_" \
+           f"adv{c['adv_weight']}{c['adv_pooling'] or ''}_lr{c['lr']}_s1{c['s1']}_seed{seed}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--configs", default="previous,authors," + ",".join(KNOBS))
+    p.add_argument("--seeds", default="1")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the demo's stage budgets")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    args = p.parse_args(argv)
+
+    from trelm_fairseq.main_job import Budgets
+    from trelm_fairseq.probes import data_langs, probe_checkpoint
+    from trelm_fairseq.stages import run_all
+
+    budgets = Budgets(scale=args.scale)
+    langs = data_langs(args.data, None)
+    os.makedirs(args.out, exist_ok=True)
+    results = os.path.join(args.out, "results.jsonl")
+    done = set()
+    if os.path.isfile(results):
+        with open(results, encoding="utf-8") as f:
+            done = {(r["config"], r["seed"], r["stage"]) for r in map(json.loads, f)}
+
+    def record(row):
+        with open(results, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"[{time.strftime('%H:%M:%S')}] {row['config']} seed {row['seed']} stage {row['stage']}: "
+              f"target MLM {row['target_mlm_bits']:.3f}, P@1 lower {row['p1_lower']:.3f} top {row['p1_top']:.3f}, "
+              f"lang-ID {row['langid']:.3f}", flush=True)
+
+    def probe(name, seed, stage, ckpt, extra=None):
+        if (name, seed, stage) in done:
+            return
+        r = probe_checkpoint(ckpt, args.data, langs, "test", 1000, tokens_per_sample=budgets.tokens_per_sample)
+        record({"config": name, "seed": seed, "stage": stage, "target_mlm_bits": r["target_mlm_bits"],
+                "p1_lower": r["lower"]["p1_mean_csls"], "p1_top": r["top"]["p1_mean_csls"],
+                "p1_lower_nn": (r["lower"]["s2t_nn"] + r["lower"]["t2s_nn"]) / 2,
+                "langid": r["lower"]["langid_acc"], **(extra or {})})
+
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name in args.configs.split(","):
+            c = config(name)
+            s1 = os.path.join(args.out, "shared", stage1_key(c, seed))
+            init = init_variant(args.data, os.path.join(s1, "init.pt"), c, seed)
+            out = os.path.join(args.out, name, f"seed{seed}")
+            plan = plan_for(c, args.data, out, init, langs[1], seed, budgets)
+            # stage 1 once per (init, seed): its own plan dir, linked into this config's
+            shared_plan = plan_for(c, args.data, s1, init, langs[1], seed, budgets)
+            t0 = time.time()
+            run_all(shared_plan, stages="1", log=print, echo=False)
+            probe(name, seed, "init", init)
+            probe(name, seed, "1", shared_plan.stages["1"].output_checkpoint())
+            own1 = plan.stages["1"].dir
+            if not os.path.exists(own1):
+                os.makedirs(os.path.dirname(own1), exist_ok=True)
+                os.symlink(shared_plan.stages["1"].dir, own1)
+            rows = run_all(plan, stages="2a,2b,3,4", log=print, echo=False)
+            seconds = {r["stage"]: r.get("seconds") for r in rows}
+            for key in ("2a", "2b", "3", "4"):
+                probe(name, seed, key, plan.stages[key].output_checkpoint(), {"seconds": seconds.get(key)})
+            print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {time.time() - t0:.0f}s", flush=True)
+            if not args.keep_checkpoints:
+                for key in ("2a", "2b", "3", "4"):
+                    for f in os.listdir(plan.stages[key].dir):
+                        if f.endswith(".pt"):
+                            os.unlink(os.path.join(plan.stages[key].dir, f))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
