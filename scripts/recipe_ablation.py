@@ -28,6 +28,8 @@ A config named after a knob is "previous" with that one knob set to the authors'
 N(0, X)), adv=X (--adv-weight X), adv_token=X (the same, per-token discriminator),
 mlm_both (--transfer-mlm-lang both), lr=X (every stage's peak lr), s1=N / s2=N / s4=N
 (updates of stage 1 / each of 2a and 2b / stage 4 instead of the demo's 24 / 24 / 48).
+"mlm_continued" is the main job's baseline (target MLM from the mapped init without the
+TRILayer, as many updates as the TreLM stages together), reported under "after 4".
 """
 import argparse
 import json
@@ -121,15 +123,73 @@ def stage1_key(c: Dict, seed: int) -> str:
            f"adv{c['adv_weight']}{c['adv_pooling'] or ''}_lr{c['lr']}_s1{c['s1']}_seed{seed}"
 
 
+def report(results: str) -> str:
+    """Markdown tables of OUT/results.jsonl: per config, mean (± std over seeds) of every
+    probe after every stage."""
+    import statistics
+
+    with open(results, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    stages = ["init", "1", "2a", "2b", "3", "4"]
+
+    def cell(cfg, stage, key, fmt):
+        vals = [r[key] for r in rows if r["config"] == cfg and r["stage"] == stage and r.get(key) is not None]
+        if not vals:
+            return "-"
+        if len(vals) == 1:
+            return fmt.format(vals[0])
+        return (fmt + " ± " + fmt).format(statistics.mean(vals), statistics.stdev(vals)) + f" (n={len(vals)})"
+
+    out = []
+    for key, title, fmt in (("target_mlm_bits", "target valid MLM (bits, lower is better)", "{:.2f}"),
+                            ("p1_lower", "bitext retrieval P@1, CSLS, lower-half output (1,000 test pairs)", "{:.3f}"),
+                            ("p1_top", "bitext retrieval P@1, CSLS, top layer", "{:.3f}"),
+                            ("langid", "language-ID probe on the lower half (0.5 = indistinguishable)", "{:.3f}")):
+        out += [f"**{title}**", "", "| config | " + " | ".join(f"after {s}" for s in stages) + " |",
+                "|---" * (len(stages) + 1) + "|"]
+        out += [f"| {c} | " + " | ".join(cell(c, s, key, fmt) for s in stages) + " |" for c in configs]
+        out.append("")
+    return "\n".join(out)
+
+
+def run_mlm_continued(args, budgets, langs, seed, probe) -> None:
+    """The main job's strongest baseline: target MLM from the mapped init without the
+    TRILayer, for as many updates as all TreLM stages together; probed at its end."""
+    from trelm_fairseq.main_job import derived_init
+    from trelm_fairseq.stages import StagePlan, run_all
+
+    out = os.path.join(args.out, "mlm_continued", f"seed{seed}")
+    init = derived_init(args.data, os.path.join(args.out, "mlm_continued", "init.pt"), "no_tri", 1)
+    plan = StagePlan(
+        data=args.data, out=out, langs=",".join(langs), init=init, graph="mlm", updates={"1": budgets.pretrain_total},
+        lr=budgets.lr, max_tokens=budgets.max_tokens, tokens_per_sample=budgets.tokens_per_sample,
+        save_interval_updates=budgets.n("validate_every"), seed=seed,
+        extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0"])
+    rows = run_all(plan, log=print, echo=False)
+    probe("mlm_continued", seed, "init", init)
+    probe("mlm_continued", seed, "4", plan.stages["1"].output_checkpoint(), {"seconds": rows[0].get("seconds")})
+    if not args.keep_checkpoints:
+        for f in os.listdir(plan.stages["1"].dir):
+            if f.endswith(".pt"):
+                os.unlink(os.path.join(plan.stages["1"].dir, f))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=False)
     p.add_argument("--out", required=True)
+    p.add_argument("--report", action="store_true", help="print the tables of OUT/results.jsonl and stop")
     p.add_argument("--configs", default="previous,authors," + ",".join(KNOBS))
     p.add_argument("--seeds", default="1")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the demo's stage budgets")
     p.add_argument("--keep-checkpoints", action="store_true")
     args = p.parse_args(argv)
+    if args.report:
+        print(report(os.path.join(args.out, "results.jsonl")))
+        return 0
+    if not args.data:
+        p.error("--data is required (unless --report)")
 
     from trelm_fairseq.main_job import Budgets
     from trelm_fairseq.probes import data_langs, probe_checkpoint
@@ -162,6 +222,9 @@ def main(argv=None) -> int:
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.configs.split(","):
+            if name == "mlm_continued":
+                run_mlm_continued(args, budgets, langs, seed, probe)
+                continue
             c = config(name)
             s1 = os.path.join(args.out, "shared", stage1_key(c, seed))
             init = init_variant(args.data, os.path.join(s1, "init.pt"), c, seed)
