@@ -1,5 +1,7 @@
 # make demo : set up .venv (first run only) and run the main job on the embedded default
 # make test : set up .venv (first run only) and run the whole test suite
+# make check-languages : every advertised language's default vocabulary on its full corpus
+#                        (network to Debian, CPU-heavy; e.g. CHECK_ARGS="--langs vi hi")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/trelm_fairseq
 
-.PHONY: demo test eval setup clean-venv
+.PHONY: demo test eval setup clean-venv check-languages
 
 setup: $(STAMP)
 
@@ -25,6 +27,9 @@ $(STAMP): requirements.txt setup.py
 
 test: $(STAMP)
 	. $(VENV)/bin/activate && ./scripts/run_tests.sh
+
+check-languages: $(STAMP)
+	. $(VENV)/bin/activate && python scripts/check_languages.py $(CHECK_ARGS)
 
 demo: $(STAMP)
 	. $(VENV)/bin/activate && ./scripts/demo.sh $(DEMO_ARGS)

@@ -29,10 +29,11 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from .errors import TreLMError, cli_errors
 from .preprocess.text_io import atomic_write, write_json
+from .preprocess.vocab import vocab_size_arg
 
 BIN = os.path.dirname(sys.executable)
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +65,9 @@ class Budgets:
     # parsing valid UAS after 100 fine-tuning updates 38.0 at 1e-4 vs 49.8 at 5e-4.
     lr: float = 5e-4
     finetune_lr: float = 5e-4
-    vocab_size: int = 16000
+    # auto: sized to the language's corpus by trelm-prepare (up to 16000; fewer pieces where the
+    # corpus cannot support them, e.g. vi, hi, km); an integer is used exactly
+    vocab_size: Union[int, str] = "auto"
     max_pairs: Optional[int] = None
     max_cls_train: Optional[int] = 4000
     validate_every: int = 12
@@ -376,6 +379,8 @@ def run_job(args) -> Dict:
         prep += ["--max-pairs", str(b.max_pairs)]
     run(prep, os.path.join(work, "logs", "prepare.log"), "stage 0 (trelm-prepare)")
     timings["prepare"] = time.time() - t0
+    if os.path.isfile(os.path.join(data, "prepare.json")):
+        say(vocab_line(read_json(os.path.join(data, "prepare.json"))))
     init = os.path.join(data, "init", "model.pt")
 
     # 1-2. pre-training: TreLM, then the baselines at equal compute
@@ -524,6 +529,7 @@ def write_report(report: Dict, results: str) -> None:
         f"# TreLM transfer en → {report['lang']}: results",
         "",
         f"Seeds: {report['seeds']}. Budgets: `{json.dumps(report['budgets'])}`.",
+        *[line for line in [vocab_line(report.get("prepare"))] if line],
         f"All pre-trained models get {report['pretrain_budget_updates']} updates (equal compute); "
         "the fine-tuning recipe is the same for every model.",
         "",
@@ -589,6 +595,15 @@ def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
     return path
 
 
+def vocab_line(prepare: Optional[Dict]) -> str:
+    """The report's sentence on the vocabulary: its size and how that size was chosen."""
+    v = (prepare or {}).get("vocab") or {}
+    if "vocab_size_rule" not in v:  # no prepare.json, or one written before sizes were recorded
+        return f"Vocabulary: --vocab-size {v['vocab_size']}." if "vocab_size" in v else ""
+    return (f"Vocabulary: {v['vocab_size']} sentencepiece pieces ({v.get('dict_symbols', '?')} fairseq symbols); "
+            f"{v['vocab_size_rule']}.")
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-demo",
@@ -606,7 +621,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=Budgets.finetune_lr,
                    help=f"parsing and classification fine-tuning learning rate (default {Budgets.finetune_lr})")
     p.add_argument("--max-tokens", type=int, default=Budgets.max_tokens, help="tokens per pre-training batch")
-    p.add_argument("--vocab-size", type=int, default=Budgets.vocab_size, help="joint sentencepiece vocabulary")
+    p.add_argument("--vocab-size", type=vocab_size_arg, default=Budgets.vocab_size,
+                   help="joint sentencepiece vocabulary: auto (default; sized to the corpus, at most 16000) or a "
+                        "number of pieces, used exactly")
     p.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
     for name in ("stage1", "stage2", "stage4", "parse_updates", "cls_updates"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None, dest=name,

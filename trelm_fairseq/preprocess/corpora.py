@@ -280,6 +280,11 @@ def build_corpus(args) -> Dict:
     if use_help:
         lang = languages.get_language(args.lang)
         code = lang.code
+        if lang.help_links_to:
+            raise TreLMError(
+                f"--lang {code}: Debian's {lang.help_package} holds no {lang.name} help pages (its "
+                f"help/{lang.help_dir} only links to the '{lang.help_links_to}' pages), so there is no "
+                f"{lang.name} help corpus: give your own files (--parallel SRC TGT, --mono FILE)")
         if src != languages.SOURCE_LANG:
             raise TreLMError(f"--src-lang {src}: the LibreOffice help corpus is English-"
                              f"centred; expected --src-lang {languages.SOURCE_LANG}")
@@ -425,7 +430,7 @@ def parse_args(argv=None):
                     "it and write seeded train/valid/test splits in the layout the other "
                     "trelm preprocess tools read.",
         epilog="Supported --lang codes for the help corpus: "
-               + ", ".join(sorted(languages.LANGUAGES)),
+               + ", ".join(languages.help_corpus_languages()),
     )
     p.add_argument("--lang", required=True, help="target language code, e.g. tr, de, zh-cn")
     p.add_argument("--src-lang", default=languages.SOURCE_LANG,

@@ -3,7 +3,10 @@
 A language code is the lower-case suffix of Debian's `libreoffice-help-<code>` package
 (`tr`, `de`, `zh-cn`, `pt-br`, ...).  Every code listed here was checked with
 `apt-cache policy libreoffice-help-<code>` on Debian bookworm (LibreOffice 7.4); the
-`manpages-*` packages were checked with `apt-cache search '^manpages-'`.
+`manpages-*` packages were checked with `apt-cache search '^manpages-'`.  One package holds no
+pages of its own: `libreoffice-help-sk` only links `help/sk` to the Czech pages, so sk has no
+help corpus (`help_links_to`) and is not offered for one; it stays usable with your own files.
+`scripts/check_languages.py` fetches every help corpus and builds its vocabulary.
 
     >>> get_language("tr").manpages_package
     'manpages-tr'
@@ -29,13 +32,15 @@ class Language:
     manpages_dir: Optional[str] = None       # its directory under /usr/share/man/
     spaces_between_words: bool = True        # False: word counts / word alignment need
                                              # character-level splitting (zh, ja, ...)
+    help_links_to: Optional[str] = None      # Debian's help package only links to this
+                                             # language's pages: no help corpus of its own
 
     @property
     def help_package(self) -> str:
         return f"libreoffice-help-{self.code}"
 
 
-def _lang(code, name, man=None, spaces=True):
+def _lang(code, name, man=None, spaces=True, help_links_to=None):
     # Debian's help directory is "xx" or "xx-YY"; man page directories use "xx" or "xx_YY".
     lang, _, region = code.partition("-")
     help_dir = f"{lang}-{region.upper()}" if region else lang
@@ -43,7 +48,7 @@ def _lang(code, name, man=None, spaces=True):
     if man is not None:
         man_pkg = f"manpages-{man}"
         man_dir = f"{lang}_{region.upper()}" if region else lang
-    return Language(code, name, help_dir, man_pkg, man_dir, spaces)
+    return Language(code, name, help_dir, man_pkg, man_dir, spaces, help_links_to)
 
 
 # code -> Language.  manpages column: the manpages-<x> package name suffix, None if Debian
@@ -74,7 +79,7 @@ LANGUAGES = {
         _lang("pt", "Portuguese"),
         _lang("pt-br", "Brazilian Portuguese", man="pt-br"),
         _lang("ru", "Russian", man="ru"),
-        _lang("sk", "Slovak"),
+        _lang("sk", "Slovak", help_links_to="cs"),   # bookworm: help/sk -> cs, no Slovak pages
         _lang("sl", "Slovenian"),
         _lang("sv", "Swedish", man="sv"),
         _lang("tr", "Turkish", man="tr"),
@@ -83,6 +88,11 @@ LANGUAGES = {
         _lang("zh-tw", "Chinese (Traditional)", man="zh", spaces=False),
     ]
 }
+
+
+def help_corpus_languages():
+    """Codes with a LibreOffice help corpus of their own (the ones trelm-fetch-corpus offers)."""
+    return sorted(c for c, lang in LANGUAGES.items() if lang.help_links_to is None)
 
 
 def get_language(code: str) -> Language:

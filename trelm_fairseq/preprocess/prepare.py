@@ -2,7 +2,7 @@
 
     trelm-prepare --src en --tgt tr --out DATA
         [--corpus-dir DIR | --parallel SRC TGT [--mono FILE] [--mono-src FILE]]
-        [--source-model DIR_OR_CHECKPOINT] [--vocab-size N] [--max-pairs N] [--force]
+        [--source-model DIR_OR_CHECKPOINT] [--vocab-size auto|N] [--max-pairs N] [--force]
 
 Steps (each prints its time; ``DATA/prepare.json`` sums them up):
 
@@ -396,6 +396,14 @@ def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, s
         "vocab": {k: opts[k] for k in ("vocab_size", "model_type", "character_coverage", "lowercase",
                                        "lowercase_why", "max_tokens", "long", "seed")},
     }
+    spm_stats = vocab.get("spm", {})
+    if "vocab_size_rule" in spm_stats:
+        # the size actually trained (auto: chosen from the corpus) and how it was chosen
+        out["vocab"]["vocab_size_option"] = opts["vocab_size"]
+        out["vocab"]["vocab_size"] = spm_stats["vocab_size"]
+        out["vocab"]["vocab_size_rule"] = spm_stats["vocab_size_rule"]
+        if "auto" in spm_stats:
+            out["vocab"]["auto"] = spm_stats["auto"]
     if "dict" in vocab:
         out["vocab"]["dict_symbols"] = vocab["dict"]["fairseq_symbols"]
         out["vocab"]["unk_rate"] = vocab["dict"]["unk_rate"]
@@ -440,6 +448,8 @@ def print_summary(s: Dict) -> None:
         log(f"  pairs train/valid/test: {c['pairs']['train']}/{c['pairs']['valid']}/{c['pairs']['test']}")
     if "dict_symbols" in s["vocab"]:
         log(f"  vocabulary: {s['vocab']['dict_symbols']} symbols (unk rate {s['vocab']['unk_rate']:.2%})")
+    if "vocab_size_rule" in s["vocab"]:
+        log(f"  sentencepiece size: {s['vocab']['vocab_size_rule']}")
     if "alignment" in s:
         log("  alignment coverage (train): " + ", ".join(f"{k} {v:.1%}" for k, v in s["alignment"]["coverage"].items()))
     if "mapping" in s and s["mapping"].get("precision_at_1"):

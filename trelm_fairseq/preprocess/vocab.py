@@ -15,7 +15,9 @@ directory (``docs/data-layout.md``):
 2. **train** one sentencepiece model on the S + T monolingual training text
    (which contains both sides of the parallel training split): seeded,
    deterministic (our own seeded sub-sampling above ``--input-sentence-size``,
-   sentencepiece's shuffling off, its generator seeded).
+   sentencepiece's shuffling off, its generator seeded).  ``--vocab-size auto``
+   (the default) sizes the vocabulary to the corpus (``auto_vocab_size``); an
+   integer is honoured exactly, or is an error when the corpus cannot reach it.
 3. **dict.txt**: the sentencepiece pieces in sentencepiece id order, without
    its control symbols ``<unk>``, ``<s>``, ``</s>`` (fairseq adds its own
    ``<s> <pad> </s> <unk>``, onto which sentencepiece's map), with the piece
@@ -34,14 +36,20 @@ import os
 import random
 import sys
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TreLMError, cli_errors
 from . import languages, text_io
 
 SPLITS = ("train", "valid", "test")
 CJK_LANGS = {"zh", "zh-cn", "zh-tw", "zh-hans", "zh-hant", "ja", "ko"}
-DEFAULT_VOCAB_SIZE = 16000
+DEFAULT_VOCAB_SIZE = "auto"
+MIN_VOCAB_SIZE = 100          # smallest explicit --vocab-size accepted
+# --vocab-size auto (auto_vocab_size): measured over every advertised language's corpus, see
+# scripts/check_languages.py and the README's language list.
+AUTO_VOCAB_CAP = 16000        # the size auto aims for (the demo's former fixed default)
+AUTO_MIN_COUNT = 3            # a piece seen fewer times is "rare": trelm-map-embeddings' --ft-min-count
+AUTO_MAX_RARE_SHARE = 0.05    # keep the vocabulary when at most this share of its pieces is rare
 DEFAULT_MAX_POSITIONS = 512
 # pieces fairseq's Dictionary adds by itself: never written to dict.txt
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -404,17 +412,107 @@ def _read_mono(path: Optional[str]) -> List[str]:
 # ----------------------------------------------------------------------------
 
 
-def train_sentencepiece(inputs: Sequence[str], model_prefix: str, vocab_size: int = DEFAULT_VOCAB_SIZE,
-                        model_type: str = "unigram", character_coverage: float = 1.0, seed: int = 1,
-                        input_sentence_size: int = 2_000_000, threads: int = 2) -> Dict:
+def parse_vocab_size(value: Union[int, str]) -> Union[int, str]:
+    """``auto`` or an integer >= MIN_VOCAB_SIZE (the value of ``--vocab-size``)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise TreLMError(f"--vocab-size {value}: expected auto or an integer (number of pieces)") from None
+    if n < MIN_VOCAB_SIZE:
+        raise TreLMError(f"--vocab-size {n}: expected auto or at least {MIN_VOCAB_SIZE}")
+    return n
+
+
+def vocab_size_arg(text: str) -> Union[int, str]:
+    try:
+        return parse_vocab_size(text)
+    except TreLMError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--vocab-size ", "", 1)) from None
+
+
+def _train_spm(train_txt: str, prefix: str, vocab_size: int, hard_limit: bool, model_type: str,
+               character_coverage: float, seed: int, threads: int) -> None:
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        input=train_txt, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage, input_sentence_size=0, shuffle_input_sentence=False,
+        num_threads=threads, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        max_sentence_length=16384, minloglevel=2, hard_vocab_limit=hard_limit,
+    )
+
+
+def rare_pieces(model_path: str, lines: Sequence[str], min_count: int = AUTO_MIN_COUNT,
+                threads: int = 2) -> Dict:
+    """How well ``lines`` support the pieces of a sentencepiece model: ``pieces`` (without
+    unk/bos/eos), ``rare`` (pieces seen fewer than ``min_count`` times when ``lines`` are
+    encoded) and ``rare_multichar`` (those of them longer than one character: the ones a
+    smaller vocabulary can drop; single characters are always kept by sentencepiece)."""
+    sp = load_spm(model_path)
+    counts: collections.Counter = collections.Counter()
+    for ids in sp.encode(list(lines), num_threads=threads):
+        counts.update(ids)
+    normal = [i for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
+    rare = [i for i in normal if counts.get(i, 0) < min_count]
+    return {"pieces": len(normal), "rare": len(rare),
+            "rare_multichar": sum(1 for i in rare if len(sp.id_to_piece(i)) > 1)}
+
+
+def auto_vocab_size(train: Callable[[int], int], support: Callable[[], Dict]) -> Tuple[int, Dict]:
+    """The ``--vocab-size auto`` rule; ``train(n)`` trains with sentencepiece's *soft* limit n
+    (it stops early instead of failing when the text cannot fill n pieces) and returns the
+    pieces it made; ``support()`` measures the model just trained (``rare_pieces``).
+
+    1. Train with the soft limit at AUTO_VOCAB_CAP: every corpus gets a model, with at most
+       that many pieces.
+    2. If at most AUTO_MAX_RARE_SHARE of its pieces are rare (seen < AUTO_MIN_COUNT times in
+       the training text), keep it.  Otherwise the corpus is too small for that many pieces
+       (a soft-limit model is saturated: on the help corpora of vi, hi and km, 35-39% of the
+       pieces were rare, against 0.5% for tr at 16k), so train once more with as many pieces
+       as the corpus supports: those seen >= AUTO_MIN_COUNT times, plus single characters and
+       unk/bos/eos.  Measured on the help corpora: 17 of the 29 languages are retrained, after
+       which 3.6-6.3% of the pieces are rare (README, language list).
+    Returns (pieces of the final model incl. unk/bos/eos, record for prepare.json).
+    """
+    reached = train(AUTO_VOCAB_CAP)
+    sup = support()
+    share = sup["rare"] / max(1, sup["pieces"])
+    info = {"cap": AUTO_VOCAB_CAP, "min_count": AUTO_MIN_COUNT, "max_rare_share": AUTO_MAX_RARE_SHARE,
+            "reached": reached, "rare_share_at_reached": round(share, 4)}
+    how = "the cap" if reached >= AUTO_VOCAB_CAP else "all the corpus allows"
+    supported = reached - sup["rare_multichar"]
+    if share <= AUTO_MAX_RARE_SHARE or supported >= reached:
+        why = (f"<= {AUTO_MAX_RARE_SHARE:.0%}" if share <= AUTO_MAX_RARE_SHARE else
+               "all single characters, which sentencepiece always keeps")
+        info["rule"] = (f"auto: {reached} pieces ({how}, soft limit {AUTO_VOCAB_CAP}); {share:.1%} of them seen "
+                        f"< {AUTO_MIN_COUNT} times ({why}): kept")
+        return reached, info
+    final = train(supported)
+    after = support()
+    info.update(retrained_at=supported, rare_share=round(after["rare"] / max(1, after["pieces"]), 4))
+    info["rule"] = (f"auto: {reached} pieces ({how}, soft limit {AUTO_VOCAB_CAP}) but {share:.1%} of them seen "
+                    f"< {AUTO_MIN_COUNT} times (> {AUTO_MAX_RARE_SHARE:.0%}); retrained at the {supported} pieces the "
+                    f"corpus supports (those seen >= {AUTO_MIN_COUNT} times, single characters, unk/bos/eos): "
+                    f"{final} pieces, {info['rare_share']:.1%} of them rare")
+    return final, info
+
+
+def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
+                        vocab_size: Union[int, str] = DEFAULT_VOCAB_SIZE, model_type: str = "unigram",
+                        character_coverage: float = 1.0, seed: int = 1, input_sentence_size: int = 2_000_000,
+                        threads: int = 2) -> Dict:
     """Train the joint model; writes ``model_prefix``.model/.vocab atomically.
 
+    ``vocab_size``: an integer is honoured exactly (sentencepiece's hard limit: an error
+    when the text cannot fill it), ``"auto"`` sizes it to the text (``auto_vocab_size``).
     Deterministic: lines are sampled with our own seeded generator when there
     are more than ``input_sentence_size``; sentencepiece sees them in file
     order (no shuffling) with its generator seeded too.
     """
-    import sentencepiece as spm
-
+    vocab_size = parse_vocab_size(vocab_size)
     if model_type not in ("unigram", "bpe"):
         raise TreLMError(f"--model-type {model_type}: expected unigram or bpe")
     lines: List[str] = []
@@ -432,29 +530,38 @@ def train_sentencepiece(inputs: Sequence[str], model_prefix: str, vocab_size: in
     tmp_prefix = os.path.join(folder, f".tmp-{os.getpid()}-spm")
     train_txt = tmp_prefix + ".train.txt"
     atomic_write_lines(train_txt, lines)
-    spm.set_random_generator_seed(seed)
+    spm_opts = dict(model_type=model_type, character_coverage=character_coverage, seed=seed, threads=threads)
+    auto: Optional[Dict] = None
     try:
-        spm.SentencePieceTrainer.train(
-            input=train_txt, model_prefix=tmp_prefix, vocab_size=vocab_size, model_type=model_type,
-            character_coverage=character_coverage, input_sentence_size=0, shuffle_input_sentence=False,
-            num_threads=threads, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-            max_sentence_length=16384, minloglevel=2,
-        )
+        if vocab_size == "auto":
+            def train(n: int) -> int:
+                _train_spm(train_txt, tmp_prefix, n, False, **spm_opts)
+                return load_spm(tmp_prefix + ".model").get_piece_size()
+
+            size, auto = auto_vocab_size(train, lambda: rare_pieces(tmp_prefix + ".model", lines, threads=threads))
+        else:
+            _train_spm(train_txt, tmp_prefix, vocab_size, True, **spm_opts)
+            size = vocab_size
         _scrub_paths(tmp_prefix + ".model")
         os.replace(tmp_prefix + ".model", model_prefix + ".model")
         os.replace(tmp_prefix + ".vocab", model_prefix + ".vocab")
     except (RuntimeError, OSError) as e:
         msg = str(e)
         hint = ""
-        if "Vocabulary size" in msg or "vocab_size" in msg:
-            hint = " (the corpus is too small for this --vocab-size: choose a smaller one)"
+        if vocab_size != "auto" and ("Vocabulary size" in msg or "vocab_size" in msg):
+            hint = (" (the corpus is too small for this --vocab-size: choose a smaller one, or --vocab-size auto "
+                    "to size it to the corpus)")
         raise TreLMError(f"sentencepiece training on {len(lines)} lines failed: {msg.strip()}{hint}") from None
     finally:
         for ext in (".train.txt", ".model", ".vocab"):
             if os.path.exists(tmp_prefix + ext):
                 os.unlink(tmp_prefix + ext)
-    return {"lines": len(lines), "lines_total": n_total, "vocab_size": vocab_size, "model_type": model_type,
-            "character_coverage": character_coverage, "seed": seed}
+    out = {"lines": len(lines), "lines_total": n_total, "vocab_size": size, "vocab_size_option": vocab_size,
+           "vocab_size_rule": auto.pop("rule") if auto else f"--vocab-size {vocab_size}: used exactly",
+           "model_type": model_type, "character_coverage": character_coverage, "seed": seed}
+    if auto:
+        out["auto"] = auto
+    return out
 
 
 def _scrub_paths(model_path: str) -> None:
@@ -582,8 +689,10 @@ def resolve_lowercase(option: str, source_model: Optional[str]) -> Tuple[bool, s
 
 def add_vocab_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("vocabulary")
-    g.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
-                   help="sentencepiece vocabulary size (default %(default)s; the paper used 80k)")
+    g.add_argument("--vocab-size", type=vocab_size_arg, default=DEFAULT_VOCAB_SIZE,
+                   help=f"sentencepiece vocabulary size: auto (default) = up to {AUTO_VOCAB_CAP} pieces, fewer when "
+                        f"the corpus cannot support them (each piece should occur >= {AUTO_MIN_COUNT} times); an "
+                        "integer is used exactly (an error if the corpus cannot reach it; the paper used 80000)")
     g.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
     g.add_argument("--character-coverage", type=float, default=None,
                    help="sentencepiece character coverage; default: 0.9995 when zh/ja/ko is involved, else 1.0")
@@ -608,14 +717,17 @@ def vocab_options(args, src: str, tgt: str, source_model: Optional[str]) -> Dict
     cov = args.character_coverage if args.character_coverage is not None else default_character_coverage(src, tgt)
     if not 0.9 <= cov <= 1.0:
         raise TreLMError(f"--character-coverage {cov}: expected a value in [0.9, 1.0]")
-    if args.vocab_size < 100:
-        raise TreLMError(f"--vocab-size {args.vocab_size}: expected at least 100")
+    vocab_size = parse_vocab_size(args.vocab_size)
     max_tokens = args.max_tokens if args.max_tokens is not None else info["max_positions"] - 2
-    return {"src": src, "tgt": tgt, "lowercase": lower, "lowercase_why": why, "vocab_size": args.vocab_size,
+    opts = {"src": src, "tgt": tgt, "lowercase": lower, "lowercase_why": why, "vocab_size": vocab_size,
             "model_type": args.model_type, "character_coverage": cov, "max_tokens": max_tokens,
             "long": args.long, "seed": args.seed, "input_sentence_size": args.input_sentence_size,
             "spm_threads": getattr(args, "spm_threads", 2),
             "max_positions": info["max_positions"]}
+    if vocab_size == "auto":  # the rule's constants decide the result too (trelm-prepare's step key)
+        opts["vocab_auto"] = {"cap": AUTO_VOCAB_CAP, "min_count": AUTO_MIN_COUNT,
+                              "max_rare_share": AUTO_MAX_RARE_SHARE}
+    return opts
 
 
 def run_vocab(corpus_dir: str, data: str, opts: Dict, threads: int = 2, max_pairs: Optional[int] = None,
@@ -644,6 +756,7 @@ def run_vocab(corpus_dir: str, data: str, opts: Dict, threads: int = 2, max_pair
     out["seconds"]["encode"] = t.seconds
     if not quiet:
         e = out["encode"]
+        log(f"sentencepiece vocabulary: {out['spm']['vocab_size_rule']}")
         log(f"vocabulary: {out['dict']['fairseq_symbols']} fairseq symbols, unk rate {out['dict']['unk_rate']:.2%}; "
             f"pairs train/valid/test {e['para']['train']['pairs']}/{e['para']['valid']['pairs']}/"
             f"{e['para']['test']['pairs']} (skipped as too long: {e['para']['train']['skipped_long']} train)")
