@@ -75,8 +75,8 @@ def test_target_mlm_of_an_untrained_head_is_the_uniform_entropy(tiny):
         model.encoder.lm_head.bias.zero_()
     bits = probes.target_mlm_bits(model, tiny["data"], ["en", "tr"], tokens_per_sample=64)
     assert bits == pytest.approx(math.log2(len(d)), abs=0.05)
-    trained_like = probes.target_mlm_bits(model, tiny["data"], ["en", "tr"], tokens_per_sample=64, max_tokens=64)
-    assert trained_like == pytest.approx(bits, rel=1e-6)
+    small_batches = probes.target_mlm_bits(model, tiny["data"], ["en", "tr"], tokens_per_sample=64, max_tokens=64)
+    assert small_batches == pytest.approx(bits, rel=1e-6)
 
 
 def test_cli_probes_checkpoints_and_writes_json(tiny, tmp_path):

@@ -263,10 +263,8 @@ def check_descends(child: Parent, parent: Parent, groups: Dict[str, str]) -> Lis
 
 
 def combine_state_dicts(upper: Dict, lower: Dict, groups: Dict[str, str],
-                        rule: Optional[Dict[str, str]] = None) -> "OrderedDict[str, torch.Tensor]":
-    """Every group from the parent ``rule`` names (default: the authors' freezing, under
-    which both parents train the shared groups, so they are averaged)."""
-    rule = rule or combine_rule(stage_frozen_groups(UPPER_STAGE), stage_frozen_groups(LOWER_STAGE))
+                        rule: Dict[str, str]) -> "OrderedDict[str, torch.Tensor]":
+    """Every group from the parent ``rule`` (``combine_rule``) names, or their mean."""
     out = OrderedDict()
     for key, group in groups.items():
         if group == "heads":

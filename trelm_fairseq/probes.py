@@ -15,7 +15,6 @@ Features are plain means of the states; retrieval compares them by cosine, the
 language-ID probe standardises them first.
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional
@@ -141,17 +140,12 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     sentences are cut to it for the retrieval and language-ID features and longer ones
     skipped for MLM (default: what the checkpoint was trained with, else at most 512);
     give one value to compare checkpoints of different origins."""
-    from fairseq.data import Dictionary
-
     from .checkpoint import load_model
-    from .data import load_indexed
+    from .data import SubsetDataset, load_indexed
+    from .preprocess.init_checkpoint import load_dictionary
 
     src_lang, tgt_lang = langs
-    dict_path = os.path.join(data, "dict.txt")
-    if not os.path.isfile(dict_path):
-        raise TreLMError(f"{dict_path}: dictionary not found (is --data a trelm data directory?)")
-    dictionary = Dictionary.load(dict_path)
-    dictionary.add_symbol("<mask>")
+    dictionary = load_dictionary(os.path.join(data, "dict.txt"))  # + <mask>, as the checkpoints have it
     if threads:
         torch.set_num_threads(threads)
     model, state = load_model(checkpoint, dictionary)
@@ -162,7 +156,8 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
                          "expected the two sides of one parallel split")
     n = len(sides[0]) if max_pairs is None else min(len(sides[0]), max_pairs)
     tps = tokens_per_sample or checkpoint_tokens_per_sample(state, min(512, model.max_positions()))
-    feats = [pooled_features(model, _Head(ds, n), dictionary.bos(), dictionary.pad(), lang_id, max_len=tps)
+    feats = [pooled_features(model, SubsetDataset(ds, np.arange(n)), dictionary.bos(), dictionary.pad(), lang_id,
+                             max_len=tps)
              for lang_id, ds in enumerate(sides)]
     out: Dict = {"checkpoint": checkpoint, "split": split, "pairs": n, "chance_p1": 1.0 / n,
                  "tokens_per_sample": tps}
@@ -173,19 +168,6 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     if target_mlm:
         out["target_mlm_bits"] = target_mlm_bits(model, data, langs, "valid", tps)
     return out
-
-
-class _Head:
-    """The first n items of a dataset."""
-
-    def __init__(self, ds, n: int):
-        self.ds, self.n = ds, n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.ds[i]
 
 
 def format_row(name: str, r: Dict) -> str:
@@ -217,17 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def data_langs(data: str, spec: Optional[str]) -> List[str]:
-    if spec:
-        langs = [x.strip() for x in spec.split(",") if x.strip()]
-    else:
-        path = os.path.join(data, "prepare.json")
-        if not os.path.isfile(path):
-            raise TreLMError(f"{path}: not found; pass --langs S,T")
-        with open(path, encoding="utf-8") as f:
-            langs = json.load(f).get("langs") or []
-    if len(langs) != 2 or langs[0] == langs[1]:
-        raise TreLMError(f"--langs {spec!r}: expected two different languages 'S,T', e.g. en,tr")
-    return langs
+    """[S, T] from --langs, else from DATA/prepare.json (trelm-stages' rule and checks)."""
+    from .stages import langs_from_prepare
+    from .tasks.trelm_transfer import parse_langs
+
+    return parse_langs(spec or langs_from_prepare(data))
 
 
 @cli_errors

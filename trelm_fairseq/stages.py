@@ -91,6 +91,22 @@ def atomic_write_json(obj, path: str) -> None:
     write_json(path, obj)
 
 
+def langs_from_prepare(data: str) -> str:
+    """The "S,T" language pair trelm-prepare recorded in DATA/prepare.json."""
+    path = os.path.join(data, "prepare.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = {}
+    langs = info.get("langs") or info.get("languages")
+    if isinstance(langs, (list, tuple)) and len(langs) == 2:
+        return ",".join(map(str, langs))
+    if isinstance(langs, str) and langs.count(",") == 1:
+        return langs
+    raise TreLMError(f"--langs not given and {path} records no 'langs': pass --langs S,T (e.g. en,tr)")
+
+
 def checkpoint_updates(path: str) -> int:
     """num_updates of a fairseq checkpoint (memory-mapped: cheap even for big models)."""
     from .checkpoint import checkpoint_num_updates, load_checkpoint

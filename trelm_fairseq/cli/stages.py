@@ -6,7 +6,6 @@ Resumable: re-running skips finished stages and resumes an unfinished one from i
 checkpoint_last.pt.
 """
 import argparse
-import json
 import shlex
 import sys
 
@@ -68,23 +67,6 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _langs_from_prepare(data: str) -> str:
-    import os
-
-    path = os.path.join(data, "prepare.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        info = {}
-    langs = info.get("langs") or info.get("languages")
-    if isinstance(langs, (list, tuple)) and len(langs) == 2:
-        return ",".join(map(str, langs))
-    if isinstance(langs, str) and langs.count(",") == 1:
-        return langs
-    raise TreLMError(f"--langs not given and {path} records no 'langs': pass --langs S,T (e.g. en,tr)")
-
-
 def _stage_args(items):
     out = {}
     for item in items:
@@ -103,7 +85,7 @@ def cli_main(argv=None):
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     args = get_parser().parse_args(argv)
-    from ..stages import PAPER_UPDATES, StagePlan, run_all
+    from ..stages import PAPER_UPDATES, StagePlan, langs_from_prepare, run_all
 
     updates = dict(PAPER_UPDATES)
     if args.updates is not None:
@@ -115,7 +97,7 @@ def cli_main(argv=None):
     plan = StagePlan(
         data=args.data,
         out=args.out,
-        langs=args.langs or _langs_from_prepare(args.data),
+        langs=args.langs or langs_from_prepare(args.data),
         arch=args.arch,
         init=args.init,
         updates=updates,
