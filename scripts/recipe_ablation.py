@@ -34,11 +34,11 @@ TRILayer, as many updates as the TreLM stages together), reported under "after 4
 """
 import argparse
 import json
+import dataclasses
 import os
-import shutil
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, Iterable
 
 KNOBS = ("freeze", "mlm_lang", "pooling", "identity_emb", "tri_copy", "combine")
 PREVIOUS = {k: False for k in KNOBS}  # False: previous behaviour, True: the authors'
@@ -100,24 +100,28 @@ def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
 
 
 def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budgets):
-    from trelm_fairseq.stages import StagePlan
+    """The main job's TreLM plan (trelm_fairseq.main_job.plan_for) with the config's options."""
+    from trelm_fairseq.main_job import plan_for as job_plan
 
     mlm_lang = "both" if c["mlm_both"] else ("target" if c["mlm_lang"] else "predicted")
-    extra = ["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0",
-             "--transfer-mlm-lang", mlm_lang, "--lm-pooling", "pooled" if c["pooling"] else "sum-of-means"]
+    extra = ["--transfer-mlm-lang", mlm_lang, "--lm-pooling", "pooled" if c["pooling"] else "sum-of-means"]
     if c["adv_weight"] is not None:
         extra += ["--adv-weight", str(c["adv_weight"])]
     if c["adv_pooling"]:
         extra += ["--adv-pooling", c["adv_pooling"]]
     stage_args = {} if c["freeze"] else {"2a": ["--freeze", "embeddings,lower"], "2b": ["--freeze", "upper,lm_head"]}
-    updates = {"1": budgets.n("stage1"), "2": budgets.n("stage2"), "4": budgets.n("stage4")}
-    updates.update({k[1]: c[k] for k in ("s1", "s2", "s4") if c[k]})
-    return StagePlan(
-        data=data, out=out, langs=f"en,{lang}", init=init, updates=updates,
-        lr=c["lr"] or budgets.lr, max_tokens=budgets.max_tokens, tokens_per_sample=budgets.tokens_per_sample,
-        save_interval_updates=budgets.n("validate_every"), seed=seed, extra_args=extra, stage_args=stage_args,
-        combine_average="trained" if c["combine"] else "all",
-    )
+    plan = job_plan(os.path.basename(out), data, os.path.dirname(out), lang, budgets, seed, init=init)
+    updates = dict(plan.updates, **{k[1]: c[k] for k in ("s1", "s2", "s4") if c[k]})
+    return dataclasses.replace(plan, extra_args=plan.extra_args + extra, stage_args=stage_args, updates=updates,
+                               lr=c["lr"] or budgets.lr, combine_average="trained" if c["combine"] else "all")
+
+
+def drop_checkpoints(dirs: Iterable[str]) -> None:
+    """Delete the *.pt of probed stages (disk: ~150-190 MB each, three per stage)."""
+    for d in dirs:
+        for f in os.listdir(d):
+            if f.endswith(".pt"):
+                os.unlink(os.path.join(d, f))
 
 
 def stage1_key(c: Dict, seed: int) -> str:
@@ -159,23 +163,17 @@ def report(results: str) -> str:
 def run_mlm_continued(args, budgets, langs, seed, probe) -> None:
     """The main job's strongest baseline: target MLM from the mapped init without the
     TRILayer, for as many updates as all TreLM stages together; probed at its end."""
-    from trelm_fairseq.main_job import derived_init
-    from trelm_fairseq.stages import StagePlan, run_all
+    from trelm_fairseq.main_job import derived_init, plan_for as job_plan
+    from trelm_fairseq.stages import run_all
 
-    out = os.path.join(args.out, "mlm_continued", f"seed{seed}")
-    init = derived_init(args.data, os.path.join(args.out, "mlm_continued", "init.pt"), "no_tri", 1)
-    plan = StagePlan(
-        data=args.data, out=out, langs=",".join(langs), init=init, graph="mlm", updates={"1": budgets.pretrain_total},
-        lr=budgets.lr, max_tokens=budgets.max_tokens, tokens_per_sample=budgets.tokens_per_sample,
-        save_interval_updates=budgets.n("validate_every"), seed=seed,
-        extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0"])
+    work = os.path.join(args.out, "mlm_continued")
+    init = derived_init(args.data, os.path.join(work, "init.pt"), "no_tri", 1)
+    plan = job_plan(f"seed{seed}", args.data, work, langs[1], budgets, seed, init=init, graph="mlm")
     rows = run_all(plan, log=print, echo=False)
     probe("mlm_continued", seed, "init", init)
     probe("mlm_continued", seed, "4", plan.stages["1"].output_checkpoint(), {"seconds": rows[0].get("seconds")})
     if not args.keep_checkpoints:
-        for f in os.listdir(plan.stages["1"].dir):
-            if f.endswith(".pt"):
-                os.unlink(os.path.join(plan.stages["1"].dir, f))
+        drop_checkpoints([plan.stages["1"].dir])
 
 
 def main(argv=None) -> int:
@@ -249,10 +247,7 @@ def main(argv=None) -> int:
                 probe(name, seed, key, plan.stages[key].output_checkpoint(), {"seconds": seconds.get(key)})
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {time.time() - t0:.0f}s", flush=True)
             if not args.keep_checkpoints:
-                for key in ("2a", "2b", "3", "4"):
-                    for f in os.listdir(plan.stages[key].dir):
-                        if f.endswith(".pt"):
-                            os.unlink(os.path.join(plan.stages[key].dir, f))
+                drop_checkpoints(plan.stages[key].dir for key in ("2a", "2b", "3", "4"))
     return 0
 
 

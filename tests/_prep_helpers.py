@@ -6,6 +6,7 @@ sentence is the word-by-word translation of its source sentence in REVERSED
 word order.  So the correct word alignment is known: source word i <-> target
 word n-1-i.  Target words contain Turkish I / İ so lower-casing is visible.
 """
+import gzip
 import random
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -78,3 +79,24 @@ def make_tiny_source_model(folder: Path, words: List[str]) -> Path:
     cfg = model_config("trelm_tiny")
     save_checkpoint(str(folder / "model.pt"), build_model(cfg, d), cfg)
     return folder
+
+
+def fake_cached_package(cache: Path, pkg: str) -> Path:
+    """Mark Debian package ``pkg`` as downloaded and extracted in a trelm-fetch-corpus
+    cache (an empty .deb and the extraction's .complete marker: no apt needed); returns
+    the extraction folder for the caller to fill."""
+    deb = f"{pkg}_1.0_all.deb"
+    (cache / "debs").mkdir(parents=True, exist_ok=True)
+    (cache / "debs" / deb).write_bytes(b"")
+    root = cache / "extract" / pkg
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".complete").write_text(deb + "\n")
+    return root
+
+
+def fake_cached_manpage(cache: Path, groff: str, lang: str = "tr") -> None:
+    """A cached manpages-<lang> package holding one page, man1/ls.1.gz, of ``groff`` source."""
+    man = fake_cached_package(cache, f"manpages-{lang}") / "usr/share/man" / lang / "man1"
+    man.mkdir(parents=True)
+    with gzip.open(man / "ls.1.gz", "wb") as f:
+        f.write(groff.encode())

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from _prep_helpers import fake_cached_manpage, fake_cached_package
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.preprocess import corpora, languages
 from trelm_fairseq.preprocess import libreoffice_help as lh
@@ -391,19 +392,9 @@ def _fake_cache(tmp_path):
     help_base = str(tmp_path / "trees")
     make_fixture_trees(help_base)
     for pkg, sub in (("libreoffice-help-en-us", "en-US"), ("libreoffice-help-tr", "tr")):
-        deb = f"{pkg}_1.0_all.deb"
-        (cache / "debs").mkdir(parents=True, exist_ok=True)
-        (cache / "debs" / deb).write_bytes(b"")
-        root = cache / "extract" / pkg
+        root = fake_cached_package(cache, pkg)
         shutil.copytree(os.path.join(help_base, sub), root / lh.HELP_ROOT / sub)
-        (root / ".complete").write_text(deb + "\n")
-    deb = "manpages-tr_1.0_all.deb"
-    (cache / "debs" / deb).write_bytes(b"")
-    man = cache / "extract" / "manpages-tr" / "usr/share/man/tr/man1"
-    man.mkdir(parents=True)
-    with gzip.open(man / "ls.1.gz", "wb") as f:
-        f.write(MANPAGE.encode())
-    (cache / "extract" / "manpages-tr" / ".complete").write_text(deb + "\n")
+    fake_cached_manpage(cache, MANPAGE)
     return cache
 
 

@@ -4,7 +4,6 @@ Small corpora (user files, a help + man-page corpus from a fake cache, synthetic
 here offline; the check over every advertised language's real corpus needs the network and
 runs only with TRELM_CHECK_LANGUAGES=1 (scripts/check_languages.py).
 """
-import gzip
 import json
 import os
 import random
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _prep_helpers import lexicon, make_pairs, write_synthetic_corpus  # noqa: E402
+from _prep_helpers import (fake_cached_manpage, fake_cached_package, lexicon, make_pairs,  # noqa: E402
+                           write_synthetic_corpus)
 from test_main_job import _report as demo_report  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
@@ -184,24 +184,13 @@ def fake_help_cache(root: Path, n_pairs: int = 400, n_man: int = 300) -> Path:
     cache = root / "cache"
     pairs = make_pairs(n_pairs, 5, lexicon(0))
     for pkg, sub, side in (("libreoffice-help-en-us", "en-US", 0), ("libreoffice-help-tr", "tr", 1)):
-        deb = f"{pkg}_1.0_all.deb"
-        (cache / "debs").mkdir(parents=True, exist_ok=True)
-        (cache / "debs" / deb).write_bytes(b"")
-        root_dir = cache / "extract" / pkg
+        root_dir = fake_cached_package(cache, pkg)
         for m, module in enumerate(("swriter", "scalc")):
             page = root_dir / HELP_ROOT / sub / "text" / module / "page.html"
             page.parent.mkdir(parents=True, exist_ok=True)
             paras = "".join(f'<p id="par_id{i}">{p[side]}</p>\n' for i, p in enumerate(pairs) if i % 2 == m)
             page.write_text(f'<html><body><div id="DisplayArea">\n{paras}</div></body></html>\n', encoding="utf-8")
-        (root_dir / ".complete").write_text(deb + "\n")
-    deb = "manpages-tr_1.0_all.deb"
-    (cache / "debs" / deb).write_bytes(b"")
-    man = cache / "extract" / "manpages-tr" / "usr/share/man/tr/man1"
-    man.mkdir(parents=True)
-    text = ".TH \"LS\" 1\n" + "".join(f".PP\n{line}\n" for line in zipf_lines(n_man, seed=3))
-    with gzip.open(man / "ls.1.gz", "wb") as f:
-        f.write(text.encode())
-    (cache / "extract" / "manpages-tr" / ".complete").write_text(deb + "\n")
+    fake_cached_manpage(cache, ".TH \"LS\" 1\n" + "".join(f".PP\n{line}\n" for line in zipf_lines(n_man, seed=3)))
     return cache
 
 
