@@ -2,7 +2,7 @@
 raises a TreLMError whose message names the file (and the line / sentence) -- never
 another exception type.
 
-Readers: text_io.read_lines / read_parallel (random bytes, garbled UTF-8, empty and
+Readers: fileio.read_lines / read_parallel (random bytes, garbled UTF-8, empty and
 whitespace-only lines, CRLF, BOM), parsing.conll.read_conllu (mutations of a valid
 sentence), aligned_parallel_dataset (AlignedParallelDataset.load: random gather rows
 against random sentence lengths, truncated .bin files).
@@ -22,7 +22,7 @@ from _transfer_helpers import write_gather  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
 from trelm_fairseq.parsing.conll import read_conllu  # noqa: E402
-from trelm_fairseq.preprocess import text_io  # noqa: E402
+from trelm_fairseq import fileio  # noqa: E402
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -66,7 +66,7 @@ def test_read_lines_loads_or_names_file_and_line(tmp_path_factory, data, max_cha
         f.write(data)
     _counts["text"] += 1
     try:
-        lines = text_io.read_lines(path, strict=strict, max_chars=max_chars)
+        lines = fileio.read_lines(path, strict=strict, max_chars=max_chars)
     except TreLMError as e:
         _counts["text_errors"] += 1
         msg = str(e)
@@ -92,7 +92,7 @@ def test_read_parallel_loads_or_names_the_file(tmp_path_factory, src, tgt, stric
             f.write(data)
     _counts["text"] += 1
     try:
-        pairs = text_io.read_parallel(*paths, strict=strict)
+        pairs = fileio.read_parallel(*paths, strict=strict)
     except TreLMError as e:
         _counts["text_errors"] += 1
         msg = str(e)

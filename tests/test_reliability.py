@@ -225,9 +225,9 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
 
     # a read-only output folder: a clear error before anything is written
     with monkeypatch.context() as m:
-        from trelm_fairseq.preprocess import text_io
+        from trelm_fairseq import fileio
 
-        read_only(m, text_io)
+        read_only(m, fileio)
         with pytest.raises(SystemExit) as e:
             P.cli_main(argv[:3] + [str(tmp_path / "ro")] + argv[4:])
     err = capsys.readouterr().err

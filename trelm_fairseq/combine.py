@@ -38,7 +38,7 @@ from .errors import TreLMError
 from .freezing import checkpoint_stage
 from .freezing import frozen_groups as stage_frozen_groups
 from .models.trelm import resolve_tri_layer_position
-from .preprocess.text_io import file_sha256
+from .fileio import file_sha256
 
 UPPER_STAGE = "transfer_upper"  # stage 2a
 LOWER_STAGE = "transfer_lower"  # stage 2b

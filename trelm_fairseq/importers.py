@@ -36,7 +36,7 @@ import torch
 
 from .checkpoint import build_model, model_config, save_checkpoint
 from .errors import TreLMError
-from .preprocess.text_io import atomic_write
+from .fileio import atomic_write
 from .source_tokenizer import (
     DESCRIPTOR, ROLES, TOKENIZER_FILES, TOKENIZER_SUBDIR, detect_kind, lowercases, model_family, read_json,
     special_tokens,
@@ -632,7 +632,7 @@ def _default_mode(path: str, folder: bool = False) -> None:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    with atomic_write(path) as f:  # temp file + rename, clear write errors (text_io)
+    with atomic_write(path) as f:  # temp file + rename, clear write errors (fileio)
         f.write(text)
 
 

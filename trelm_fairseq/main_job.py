@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 from .errors import TreLMError, cli_errors
-from .preprocess.text_io import atomic_write, write_json
+from .fileio import atomic_write, write_json
 from .preprocess.vocab import vocab_size_arg
 
 BIN = os.path.dirname(sys.executable)

@@ -208,7 +208,7 @@ def data_langs(data: str, spec: Optional[str]) -> List[str]:
 
 @cli_errors
 def cli_main(argv=None) -> int:
-    from .preprocess.text_io import write_json
+    from .fileio import write_json
 
     args = build_parser().parse_args(argv)
     if args.max_pairs is not None and args.max_pairs < 4:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .preprocess.text_io import write_json
+from .fileio import write_json
 from .errors import TreLMError, write_error
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -87,7 +87,7 @@ _MODEL_FLAGS = (
 
 
 def atomic_write_json(obj, path: str) -> None:
-    """Markers and summaries: temp file + fsync + rename (preprocess.text_io), clear write errors."""
+    """Markers and summaries: temp file + fsync + rename (fileio), clear write errors."""
     write_json(path, obj)
 
 

@@ -7,7 +7,7 @@ Sources
   Debs are downloaded with `apt-get download` and extracted into the cache directory
   (--cache-dir, default $TRELM_CACHE or ~/.cache/trelm_fairseq), reused when present.
 - user files: `--parallel SRC TGT` (repeatable), `--mono FILE` (target, repeatable),
-  `--mono-src FILE` (English, repeatable), read and validated by text_io (UTF-8, equal
+  `--mono-src FILE` (English, repeatable), read and validated by fileio (UTF-8, equal
   line counts; empty and over-long lines skipped and counted, or an error with --strict).
   Add `--libreoffice` to use the help pages as well.
 
@@ -54,8 +54,9 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from trelm_fairseq.errors import TreLMError, cli_errors
-from trelm_fairseq.preprocess import languages, text_io
-from trelm_fairseq.preprocess.text_io import ReadStats, has_letter
+from trelm_fairseq import fileio
+from trelm_fairseq.preprocess import languages
+from trelm_fairseq.fileio import ReadStats, has_letter
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_MAX_CHARS = 2000
@@ -255,7 +256,7 @@ def read_user_files(args, report: Dict) -> Tuple[List[Pair], List[str], List[str
     mono_src: List[str] = []
     for src_path, tgt_path in args.parallel or []:
         stats = ReadStats()
-        pairs += [(s, t, None) for s, t in text_io.read_parallel(src_path, tgt_path,
+        pairs += [(s, t, None) for s, t in fileio.read_parallel(src_path, tgt_path,
                                                                  stats=stats, **opts)]
         log(f"read {src_path} / {tgt_path}: {stats.summary()}")
         report["sources"].append({"kind": "parallel-files",
@@ -265,7 +266,7 @@ def read_user_files(args, report: Dict) -> Tuple[List[Pair], List[str], List[str
                              (args.mono_src, mono_src, "mono-src-files")):
         for path in paths or []:
             stats = ReadStats()
-            out += text_io.read_lines(path, stats=stats, **opts)
+            out += fileio.read_lines(path, stats=stats, **opts)
             log(f"read {path}: {stats.summary()}")
             report["sources"].append({"kind": kind, "file": file_identity(path), **vars(stats)})
     return pairs, mono_tgt, mono_src
@@ -361,15 +362,15 @@ def build_corpus(args) -> Dict:
     has_modules = bool(pairs) and all(p[2] is not None for p in pairs)
     if pairs:
         for name in SPLITS:
-            text_io.write_lines(os.path.join(out, f"{name}.{src}"), (p[0] for p in para[name]))
-            text_io.write_lines(os.path.join(out, f"{name}.{code}"), (p[1] for p in para[name]))
+            fileio.write_lines(os.path.join(out, f"{name}.{src}"), (p[0] for p in para[name]))
+            fileio.write_lines(os.path.join(out, f"{name}.{code}"), (p[1] for p in para[name]))
             if has_modules:
-                text_io.write_lines(os.path.join(out, f"{name}.module"),
+                fileio.write_lines(os.path.join(out, f"{name}.module"),
                                     (p[2] for p in para[name]))
     for lang_code, splits in ((code, mono_t), (src, mono_s)):
         if any(splits.values()):
             for name in SPLITS:
-                text_io.write_lines(os.path.join(out, f"mono.{lang_code}.{name}"), splits[name])
+                fileio.write_lines(os.path.join(out, f"mono.{lang_code}.{name}"), splits[name])
     if help_rows is not None:
         report["help_tsv"] = write_help_tsv(out, (src, code), help_rows, para, cleaner)
 
@@ -377,7 +378,7 @@ def build_corpus(args) -> Dict:
     report["modules"] = has_modules
     report["mono"] = mono_report
     report["seconds"]["total"] = round(time.time() - t_start, 1)
-    text_io.write_json(os.path.join(out, "corpus.json"), reproducible_part(report))
+    fileio.write_json(os.path.join(out, "corpus.json"), reproducible_part(report))
     return report
 
 
@@ -394,7 +395,7 @@ def reproducible_part(report: Dict) -> Dict:
 def file_identity(path: str) -> Dict[str, str]:
     """A user file as corpus.json records it: base name and content hash (where it lay
     is a fact of the run, what it held is a fact of the corpus)."""
-    return {"name": os.path.basename(path), "sha256": text_io.file_sha256(path)}
+    return {"name": os.path.basename(path), "sha256": fileio.file_sha256(path)}
 
 
 def layout_files(src: str, code: str) -> List[str]:
@@ -413,11 +414,11 @@ def write_help_tsv(out, langs, rows_per_lang, para, cleaner) -> Dict:
     for side, (lang, rows) in enumerate(zip(langs, rows_per_lang)):
         rows = [(m, t) for m, t in rows if cleaner.problem(t) is None]
         split_of = {p[side]: name for name in ("valid", "test") for p in para[name]}
-        text_io.write_tsv(os.path.join(out, f"help.{lang}.tsv"), rows)
+        fileio.write_tsv(os.path.join(out, f"help.{lang}.tsv"), rows)
         counts[lang] = {"all": len(rows)}
         for name in SPLITS:
             part = [r for r in rows if split_of.get(r[1], "train") == name]
-            counts[lang][name] = text_io.write_tsv(
+            counts[lang][name] = fileio.write_tsv(
                 os.path.join(out, f"help.{lang}.{name}.tsv"), part)
     return counts
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.preprocess.text_io import has_letter, normalize_space
+from trelm_fairseq.fileio import has_letter, normalize_space
 
 HELP_ROOT = "usr/share/libreoffice/help"
 _BLOCK_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "td", "th", "li"}

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 from ..errors import TreLMError, cli_errors
 from . import align as align_mod
 from . import vocab as vocab_mod
-from .text_io import file_sha256
+from ..fileio import file_sha256
 from .vocab import SPLITS, Timer, atomic_write_json, check_language, log
 
 MARKER_DIR = ".prepare"

@@ -39,7 +39,8 @@ import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TreLMError, cli_errors
-from . import languages, text_io
+from .. import fileio
+from . import languages
 
 SPLITS = ("train", "valid", "test")
 CJK_LANGS = {"zh", "zh-cn", "zh-tw", "zh-hans", "zh-hant", "ja", "ko"}
@@ -90,24 +91,24 @@ class Timer:
 
 
 # ----------------------------------------------------------------------------
-# files (readers / atomic writers of text_io) and languages (languages.py)
+# files (readers / atomic writers of fileio) and languages (languages.py)
 # ----------------------------------------------------------------------------
 
 
 def atomic_write_lines(path: str, lines: Iterable[str]) -> int:
     """Write lines (without newlines) to ``path`` via a temp file + rename."""
-    return text_io.write_lines(path, lines)
+    return fileio.write_lines(path, lines)
 
 
 def atomic_write_json(path: str, obj) -> None:
-    text_io.write_json(path, obj)
+    fileio.write_json(path, obj)
 
 
 def read_text_lines(path: str) -> List[str]:
     """Raw lines of a UTF-8 file written by these tools (errors name file and line)."""
     if not os.path.isfile(path):
         raise TreLMError(f"{path}: file not found")
-    return [line for _, line in text_io.iter_raw_lines(path)]
+    return [line for _, line in fileio.iter_raw_lines(path)]
 
 
 def lowercase(text: str, lang: str) -> str:
@@ -138,7 +139,7 @@ def normalize_line(line: str, lang: str, lower: bool) -> str:
     fairseq's tokenizer (``\\s+``) would split on, so piece counts and the
     binarized lengths agree exactly.
     """
-    line = text_io.normalize_space(line)
+    line = fileio.normalize_space(line)
     return lowercase(line, lang) if lower else line
 
 
@@ -304,10 +305,10 @@ def corpus_paths(corpus_dir: str, src: str, tgt: str) -> Dict:
 
 
 def read_parallel(src_path: str, tgt_path: str) -> Tuple[List[str], List[str], Dict]:
-    """Both sides of a parallel file pair (text_io rules: non-UTF-8 and mismatched
+    """Both sides of a parallel file pair (fileio rules: non-UTF-8 and mismatched
     line counts are errors; pairs with an empty side are skipped and counted)."""
-    stats = text_io.ReadStats()
-    pairs = text_io.read_parallel(src_path, tgt_path, stats=stats)
+    stats = fileio.ReadStats()
+    pairs = fileio.read_parallel(src_path, tgt_path, stats=stats)
     return [p[0] for p in pairs], [p[1] for p in pairs], {"read": stats.lines, "skipped_empty": stats.empty}
 
 
@@ -404,7 +405,7 @@ def normalize_corpus(corpus_dir: str, work: str, src: str, tgt: str, lower: bool
 
 
 def _read_mono(path: Optional[str]) -> List[str]:
-    return text_io.read_lines(path) if path else []
+    return fileio.read_lines(path) if path else []
 
 
 # ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""text_io: the reader/validator every preprocess tool uses, and the atomic writers."""
+"""fileio: the reader/validator every preprocess tool uses, and the atomic writers."""
 import os
 import stat
 
@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.preprocess import text_io
-from trelm_fairseq.preprocess.text_io import ReadStats
+from trelm_fairseq import fileio
+from trelm_fairseq.fileio import ReadStats
 
 
 def _write(path, data: bytes):
@@ -20,7 +20,7 @@ def test_non_utf8_byte_names_file_line_and_offset(tmp_path):
     data = "bir\niki\n".encode() + b"\xc3\x28 bozuk\n" + b"dort\n"
     path = _write(tmp_path / "bad.tr", data)
     with pytest.raises(TreLMError) as e:
-        text_io.read_lines(path)
+        fileio.read_lines(path)
     msg = str(e.value)
     assert f"{path}:3:" in msg
     assert "byte 0xc3" in msg
@@ -31,36 +31,36 @@ def test_non_utf8_byte_names_file_line_and_offset(tmp_path):
 def test_non_utf8_in_middle_of_line_offset(tmp_path):
     path = _write(tmp_path / "bad.txt", b"ok\nab\xffc\n")
     with pytest.raises(TreLMError, match=r"bad.txt:2: .*0xff at byte offset 5 "):
-        text_io.read_lines(path)
+        fileio.read_lines(path)
 
 
 def test_bom_crlf_and_whitespace_normalised(tmp_path):
     path = _write(tmp_path / "a.txt", b"\xef\xbb\xbfIlk  satir\r\n\tiki\t\tuc \r\n")
-    assert text_io.read_lines(path) == ["Ilk satir", "iki uc"]
+    assert fileio.read_lines(path) == ["Ilk satir", "iki uc"]
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(TreLMError, match="cannot open"):
-        text_io.read_lines(str(tmp_path / "nope.txt"))
+        fileio.read_lines(str(tmp_path / "nope.txt"))
 
 
 def test_mismatched_parallel_counts_names_both_files(tmp_path):
     src = _write(tmp_path / "train.en", b"a\nb\nc\n")
     tgt = _write(tmp_path / "train.tr", b"x\ny\n")
     with pytest.raises(TreLMError) as e:
-        text_io.read_parallel(src, tgt)
+        fileio.read_parallel(src, tgt)
     msg = str(e.value)
     assert f"{src} has 3 lines" in msg and f"{tgt} has 2 lines" in msg
     # and the other way round: the target file is the longer one
     with pytest.raises(TreLMError) as e:
-        text_io.read_parallel(tgt, src)
+        fileio.read_parallel(tgt, src)
     assert f"{tgt} has 2 lines, {src} has 3 lines" in str(e.value)
 
 
 def test_empty_lines_skipped_and_counted_mono(tmp_path):
     path = _write(tmp_path / "m.txt", b"one\n\n   \n\t\ntwo\n")
     stats = ReadStats()
-    assert text_io.read_lines(path, stats=stats) == ["one", "two"]
+    assert fileio.read_lines(path, stats=stats) == ["one", "two"]
     assert (stats.lines, stats.kept, stats.empty, stats.too_long) == (5, 2, 3, 0)
 
 
@@ -68,7 +68,7 @@ def test_empty_lines_skipped_and_counted_parallel(tmp_path):
     src = _write(tmp_path / "p.en", b"hello\n\nthird\n  \n")
     tgt = _write(tmp_path / "p.tr", b"merhaba\nikinci\n \nbos\n")
     stats = ReadStats()
-    pairs = text_io.read_parallel(src, tgt, stats=stats)
+    pairs = fileio.read_parallel(src, tgt, stats=stats)
     assert pairs == [("hello", "merhaba")]
     assert (stats.lines, stats.kept, stats.empty) == (4, 1, 3)
 
@@ -76,27 +76,27 @@ def test_empty_lines_skipped_and_counted_parallel(tmp_path):
 def test_strict_empty_line_is_error(tmp_path):
     path = _write(tmp_path / "m.txt", b"one\n  \ntwo\n")
     with pytest.raises(TreLMError, match=rf"{path}:2: empty or whitespace-only"):
-        text_io.read_lines(path, strict=True)
+        fileio.read_lines(path, strict=True)
     src = _write(tmp_path / "p.en", b"a\nb\n")
     tgt = _write(tmp_path / "p.tr", b"x\n\n")
     with pytest.raises(TreLMError, match=rf"{tgt}:2: empty"):
-        text_io.read_parallel(src, tgt, strict=True)
+        fileio.read_parallel(src, tgt, strict=True)
 
 
 def test_over_long_lines_skipped_and_counted(tmp_path):
     path = _write(tmp_path / "m.txt", "kısa\n{}\niki kelime\nbir iki üç dört\n".format(
         "x" * 30).encode())
     stats = ReadStats()
-    lines = text_io.read_lines(path, max_chars=20, max_words=3, stats=stats)
+    lines = fileio.read_lines(path, max_chars=20, max_words=3, stats=stats)
     assert lines == ["kısa", "iki kelime"]
     assert (stats.too_long, stats.empty, stats.kept) == (2, 0, 2)
     src = _write(tmp_path / "p.en", b"short\nfine\n")
     tgt = _write(tmp_path / "p.tr", b"one two three four\nok\n")
     stats = ReadStats()
-    assert text_io.read_parallel(src, tgt, max_words=3, stats=stats) == [("fine", "ok")]
+    assert fileio.read_parallel(src, tgt, max_words=3, stats=stats) == [("fine", "ok")]
     assert stats.too_long == 1
     with pytest.raises(TreLMError, match=r"p.tr:1: over-long line \(18 chars, 4 words"):
-        text_io.read_parallel(src, tgt, max_words=3, strict=True)
+        fileio.read_parallel(src, tgt, max_words=3, strict=True)
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
@@ -108,16 +108,16 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        text_io.write_lines(str(target), lines())
+        fileio.write_lines(str(target), lines())
     assert not target.exists()
     assert os.listdir(tmp_path) == []          # no temporary file left behind either
 
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "out.txt"
-    text_io.write_lines(str(target), ["old"])
+    fileio.write_lines(str(target), ["old"])
     with pytest.raises(TreLMError, match="newline"):
-        text_io.write_lines(str(target), ["new", "bad\nline"])
+        fileio.write_lines(str(target), ["new", "bad\nline"])
     assert target.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["out.txt"]
     mode = stat.S_IMODE(os.stat(target).st_mode)
@@ -125,12 +125,12 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
 
 
 def test_write_tsv_and_json(tmp_path):
-    assert text_io.write_tsv(str(tmp_path / "a.tsv"), [("scalc", "Sum"), ("shared", "OK")]) == 2
+    assert fileio.write_tsv(str(tmp_path / "a.tsv"), [("scalc", "Sum"), ("shared", "OK")]) == 2
     assert (tmp_path / "a.tsv").read_text() == "scalc\tSum\nshared\tOK\n"
     with pytest.raises(TreLMError, match="tab"):
-        text_io.write_tsv(str(tmp_path / "b.tsv"), [("scalc", "a\tb")])
+        fileio.write_tsv(str(tmp_path / "b.tsv"), [("scalc", "a\tb")])
     assert not (tmp_path / "b.tsv").exists()
-    text_io.write_json(str(tmp_path / "c.json"), {"ı": 1})
+    fileio.write_json(str(tmp_path / "c.json"), {"ı": 1})
     assert '"ı": 1' in (tmp_path / "c.json").read_text(encoding="utf-8")
 
 
@@ -140,9 +140,9 @@ def test_write_tsv_and_json(tmp_path):
 def test_write_read_round_trip(tmp_path_factory, lines):
     """Whatever is written (newlines excluded) reads back normalised, empties skipped."""
     d = tmp_path_factory.mktemp("rt")
-    lines = [text_io.normalize_space(line) for line in lines]
+    lines = [fileio.normalize_space(line) for line in lines]
     path = str(d / "x.txt")
-    text_io.write_lines(path, lines)
+    fileio.write_lines(path, lines)
     stats = ReadStats()
-    assert text_io.read_lines(path, stats=stats) == [line for line in lines if line]
+    assert fileio.read_lines(path, stats=stats) == [line for line in lines if line]
     assert stats.empty == sum(1 for line in lines if not line)

@@ -1,4 +1,7 @@
-"""Reading and writing the plain-text files every preprocess tool consumes.
+"""The shared shelf for files and processes: every reader, atomic writer, checksum and
+logged subprocess of the package goes through this module.
+
+Reading the plain-text files every preprocess tool consumes:
 
 Input contract (one sentence or paragraph per line, UTF-8):
 - bytes that are not UTF-8 -> TreLMError naming the file, the 1-based line number and the
@@ -12,18 +15,23 @@ Input contract (one sentence or paragraph per line, UTF-8):
 - kept lines are whitespace-normalised: stripped, inner runs of whitespace (tabs included)
   become one space, so every line is safe to put in a TSV column.
 
-Writers go through `atomic_write`: the data lands in a temporary file next to the
-destination and is renamed over it only when complete, so a crash or an exception never
-leaves a half-written file behind.
+Writers go through `atomic_write` (an open file) or `atomic_output` (a temporary path,
+for tools that write by name): the data lands in a temporary file next to the destination
+and is renamed over it only when complete, so a crash or an exception never leaves a
+half-written file behind; write failures (disk full, read-only folder) become a TreLMError
+naming the file.  `run_logged` is the one way to run a command and keep its output.
 """
 import contextlib
 import errno
 import hashlib
 import json
 import os
+import shlex
+import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from trelm_fairseq.errors import TreLMError, write_error
 
@@ -205,6 +213,34 @@ def atomic_write(path: str, mode: str = "w"):
         raise
 
 
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str = ""):
+    """Yield a temporary path next to `path` (ending in `suffix`, for tools that pick
+    the format by extension); rename it to `path` only when the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix or ".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            raise write_error(path, e) from e
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
 def write_lines(path: str, lines: Iterable[str]) -> int:
     """Atomically write one line per item; returns the number of lines."""
     n = 0
@@ -237,6 +273,17 @@ def write_json(path: str, obj) -> None:
         f.write("\n")
 
 
+def read_json(path: str, what: str = "JSON file"):
+    """A JSON file's content; TreLMError naming the file when it is missing or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise TreLMError(f"{path}: {what} not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TreLMError(f"{path}: {what} is not valid JSON ({e}); delete it or restore it") from e
+
+
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
     h = hashlib.sha256()
@@ -244,3 +291,51 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def command_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of every child process: quiet library warnings, fairseq's
+    checkpoints readable by torch >= 2.6, plus `extra`."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")  # hydra / fairseq deprecation noise
+    env.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    env.update(extra or {})
+    return env
+
+
+def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
+               on_line: Optional[Callable[[str], None]] = None,
+               env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> Tuple[int, str]:
+    """Run `cmd` with stderr merged into stdout, streaming each line to `on_line` and
+    appending it (between a command header and an exit footer) to `log_path`;
+    returns (exit status, the whole output)."""
+    cmd = [str(c) for c in cmd]
+    lines: List[str] = []
+    logf = None
+    if log_path:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+            logf = open(log_path, "a", encoding="utf-8")
+        except OSError as e:
+            raise write_error(log_path, e) from e
+        logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+        logf.flush()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, env=command_env() if env is None else env, cwd=cwd)
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if logf:
+                    logf.write(line)
+                if on_line:
+                    on_line(line.rstrip("\n"))
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        if logf:
+            logf.write(f"=== exit {rc}\n")
+    finally:
+        if logf:
+            logf.close()
+    return rc, "".join(lines)
