@@ -284,6 +284,21 @@ def read_json(path: str, what: str = "JSON file"):
         raise TreLMError(f"{path}: {what} is not valid JSON ({e}); delete it or restore it") from e
 
 
+def cached_json(path: str, compute: Callable[[], object],
+                valid: Optional[Callable[[object], bool]] = None):
+    """The one "skip what is finished" rule: a step's JSON record is written (atomically)
+    only when the step completes, so its presence means done.  Returns the record at
+    `path` when it exists (and `valid(record)` holds), else runs `compute()`, writes its
+    result there and returns it."""
+    if os.path.isfile(path):
+        record = read_json(path, "step record")
+        if valid is None or valid(record):
+            return record
+    record = compute()
+    write_json(path, record)
+    return record
+
+
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
     h = hashlib.sha256()
