@@ -18,12 +18,12 @@ import time
 import pytest
 
 import trelm_fairseq  # noqa: F401  (registers)
+from trelm_fairseq.cli.sweep import cli_main
 from trelm_fairseq.errors import TreLMError
+from trelm_fairseq.scheduler import schedule
 from trelm_fairseq.sweep import (
     JobNode,
-    _schedule,
     build_sweep,
-    cli_main,
     job_graph,
     load_config,
     prepare_dirs,
@@ -271,7 +271,7 @@ def test_scheduler_skips_the_jobs_after_a_failure():
 
     poll = lambda h: (False, "boom") if h == "a/2b" else (True, None)  # noqa: E731
     lines = []
-    states = _schedule(nodes, start, poll, 2, lines.append)
+    states = schedule(nodes, start, poll, 2, lines.append)
     assert states == {"a/1": "ok", "a/2a": "ok", "a/2b": "failed: boom", "a/3": "skipped", "b/1": "ok",
                       "b/2a": "ok"}
     assert order.index("a/2a") > order.index("a/1") and "a/3" not in order
@@ -280,15 +280,15 @@ def test_scheduler_skips_the_jobs_after_a_failure():
 
 # ----- preemption / requeue ------------------------------------------------------------------
 def test_checkpoint_resubmits_itself_and_stops_the_trainer(tiny, tmp_path, monkeypatch):
-    import trelm_fairseq.sweep as sweep_mod
+    import trelm_fairseq.sweep.processes as processes
 
     sweep = build_sweep(fake_config(tiny, tmp_path / "out", grid={"lr": [1e-3]}))
     node = [n for n in job_graph(sweep) if n.kind == "2a"][0]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    found = sweep_mod._descendants(os.getpid())
+    found = processes.descendants(os.getpid())
     assert child.pid in found
     # in a submitit job every descendant is the stage's trainer; here, stop only our sleeper
-    monkeypatch.setattr(sweep_mod, "_descendants", lambda pid: [p for p in found if p == child.pid])
+    monkeypatch.setattr(processes, "descendants", lambda pid: [p for p in found if p == child.pid])
     try:
         delayed = node.job.checkpoint()
         assert child.wait(timeout=30) == -signal.SIGTERM  # the stage's trainer was stopped
@@ -296,7 +296,7 @@ def test_checkpoint_resubmits_itself_and_stops_the_trainer(tiny, tmp_path, monke
         if child.poll() is None:
             child.kill()
     assert delayed.function is node.job and delayed.args == () and delayed.kwargs == {}
-    monkeypatch.setattr(sweep_mod, "_descendants", lambda pid: [])
+    monkeypatch.setattr(processes, "descendants", lambda pid: [])
     assert stop_children(grace_s=0.1) == []
 
 
