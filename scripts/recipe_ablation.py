@@ -100,8 +100,8 @@ def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
 
 
 def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budgets):
-    """The main job's TreLM plan (trelm_fairseq.main_job.plan_for) with the config's options."""
-    from trelm_fairseq.main_job import plan_for as job_plan
+    """The main job's TreLM plan (trelm_fairseq.comparison.plan_for) with the config's options."""
+    from trelm_fairseq.comparison import plan_for as job_plan
 
     mlm_lang = "both" if c["mlm_both"] else ("target" if c["mlm_lang"] else "predicted")
     extra = ["--transfer-mlm-lang", mlm_lang, "--lm-pooling", "pooled" if c["pooling"] else "sum-of-means"]
@@ -163,7 +163,7 @@ def report(results: str) -> str:
 def run_mlm_continued(args, budgets, langs, seed, probe) -> None:
     """The main job's strongest baseline: target MLM from the mapped init without the
     TRILayer, for as many updates as all TreLM stages together; probed at its end."""
-    from trelm_fairseq.main_job import derived_init, plan_for as job_plan
+    from trelm_fairseq.comparison import derived_init, plan_for as job_plan
     from trelm_fairseq.stages import run_all
 
     work = os.path.join(args.out, "mlm_continued")
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     if not args.data:
         p.error("--data is required (unless --report)")
 
-    from trelm_fairseq.main_job import Budgets
+    from trelm_fairseq.comparison import Budgets
     from trelm_fairseq.probes import data_langs, probe_checkpoint
     from trelm_fairseq.stages import run_all
 

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from trelm_fairseq import main_job
-from trelm_fairseq.main_job import Budgets
+from trelm_fairseq import comparison
+from trelm_fairseq.cli import demo
+from trelm_fairseq.comparison import Budgets
 
 
 def test_budgets_scale_every_update_count_and_keep_at_least_one():
@@ -19,22 +20,22 @@ def test_budgets_scale_every_update_count_and_keep_at_least_one():
 
 
 def test_cli_budget_options_reach_the_budgets():
-    args = main_job.get_parser().parse_args(["--lr", "3e-4", "--finetune-lr", "2e-4", "--stage4", "7"])
+    args = demo.get_parser().parse_args(["--lr", "3e-4", "--finetune-lr", "2e-4", "--stage4", "7"])
     assert args.lr == 3e-4 and args.finetune_lr == 2e-4 and args.stage4 == 7
-    defaults = main_job.get_parser().parse_args([])
+    defaults = demo.get_parser().parse_args([])
     assert defaults.lr == Budgets.lr and defaults.finetune_lr == Budgets.finetune_lr and defaults.stage1 is None
 
 
 def test_time_to_quality_first_point_at_or_below_scratch_final():
     curves = {"scratch": [[12, 12.0], [24, 11.0], [120, 10.0]],
               "trelm": [[0, 14.0], [24, 10.5], [84, 10.0], [96, 9.5]]}
-    ttq = main_job.time_to_quality(curves, 120)
+    ttq = comparison.time_to_quality(curves, 120)
     assert ttq == {"reached": True, "scratch_final_loss": 10.0, "trelm_updates": 84, "scratch_updates": 120,
                    "fraction": 0.7}
     curves["trelm"] = [[0, 14.0], [96, 10.2]]
-    ttq = main_job.time_to_quality(curves, 120)
+    ttq = comparison.time_to_quality(curves, 120)
     assert ttq == {"reached": False, "scratch_final_loss": 10.0, "trelm_best_loss": 10.2}
-    assert main_job.time_to_quality({"trelm": [[0, 1.0]]}, 120)["reached"] is False
+    assert comparison.time_to_quality({"trelm": [[0, 1.0]]}, 120)["reached"] is False
 
 
 def test_valid_curve_reads_fairseq_json_log_with_offset(tmp_path):
@@ -50,20 +51,20 @@ def test_valid_curve_reads_fairseq_json_log_with_offset(tmp_path):
     (stage_dir / "train.log").write_text("\n".join(lines) + "\n")
     plan = SimpleNamespace(stages={"4": SimpleNamespace(dir=str(stage_dir))})
     # the MLM part is preferred over the total; a log without it falls back to valid_loss
-    assert main_job.valid_curve(plan, "4", 72) == [[84, 10.25], [96, 9.75]]
+    assert comparison.valid_curve(plan, "4", 72) == [[84, 10.25], [96, 9.75]]
     plan.stages["4"].dir = str(tmp_path / "missing")
-    assert main_job.valid_curve(plan, "4", 0) == []
+    assert comparison.valid_curve(plan, "4", 0) == []
 
 
 def test_prune_checkpoints_keeps_only_the_best(tmp_path):
     for name in ("checkpoint_best.pt", "checkpoint_last.pt", "checkpoint_1_30.pt", "train.log", "test.json"):
         (tmp_path / name).write_text("x")
-    main_job.prune_checkpoints(str(tmp_path))
+    comparison.prune_checkpoints(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_best.pt", "test.json", "train.log"]
 
 
 def _report():
-    runs = lambda *v: main_job.mean_std(list(v))  # noqa: E731
+    runs = lambda *v: comparison.mean_std(list(v))  # noqa: E731
     stage = {"stage": "1", "name": "language_specific", "updates": 120, "valid_loss": 9.9, "seconds": 200.0}
     return {
         "lang": "tr", "seeds": [1, 2], "budgets": {"stage1": 24}, "pretrain_budget_updates": 120,
@@ -81,8 +82,8 @@ def _report():
 
 
 def test_results_table_mean_std_and_missing_entries():
-    table = main_job.results_table(_report()).splitlines()
-    assert len(table) == 2 + len(main_job.MODELS)
+    table = comparison.results_table(_report()).splitlines()
+    assert len(table) == 2 + len(comparison.MODELS)
     trelm = next(r for r in table if r.startswith("| TreLM"))
     assert "| 51.00 ± 1.41 | 30.00 ± 0.00 | 61.00 ± 1.41 | 42.00 ± 2.83 | 120 | 300 |" in trelm
     mapped = next(r for r in table if r.startswith("| source + mapped"))
@@ -90,7 +91,7 @@ def test_results_table_mean_std_and_missing_entries():
 
 
 def test_write_report_writes_json_markdown_and_plot(tmp_path):
-    main_job.write_report(_report(), str(tmp_path))
+    comparison.write_report(_report(), str(tmp_path))
     assert json.loads((tmp_path / "results.json").read_text())["time_to_quality"]["fraction"] == 0.8
     md = (tmp_path / "results.md").read_text()
     assert "majority class (sbasic) 60.0% of 10 test paragraphs" in md
@@ -105,7 +106,7 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
 @pytest.mark.parametrize("argv, message", [(["--scale", "0"], "--scale"), (["--seeds", "0"], "--seeds")])
 def test_cli_rejects_bad_budgets(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main_job.cli_main(argv)
+        demo.cli_main(argv)
     assert exit_info.value.code != 0
     assert message in capsys.readouterr().err
 
@@ -121,19 +122,19 @@ def test_with_transfer_cfg_names_task_languages_and_criterion(tmp_path):
     src = tmp_path / "init.pt"
     torch.save({"cfg": OmegaConf.create({"model": {"_name": "trelm_minilm"}, "task": {"_name": "masked_lm"}}),
                 "model": {"w": torch.zeros(2)}}, src)
-    out = main_job.with_transfer_cfg(str(src), str(tmp_path / "tmp.pt"), langs="en,de")
+    out = comparison.with_transfer_cfg(str(src), str(tmp_path / "tmp.pt"), langs="en,de")
     assert out == str(tmp_path / "tmp.pt")
     cfg = load_checkpoint(out)["cfg"]
     assert cfg["task"]["_name"] == "trelm_transfer" and cfg["task"]["langs"] == "en,de"
     assert cfg["criterion"]["_name"] == "trelm_loss" and cfg["model"]["_name"] == "trelm_minilm"
     # a checkpoint written by fairseq-train with this task is used as it is
-    assert main_job.with_transfer_cfg(out, str(tmp_path / "again.pt"), langs="en,de") == out
+    assert comparison.with_transfer_cfg(out, str(tmp_path / "again.pt"), langs="en,de") == out
 
 
 def test_report_without_parsing_says_so(tmp_path):
     report = _report()
     report["lang"] = "de"
-    report["downstream"] = {"trelm": {"cls_target": main_job.mean_std([40.0])}}
-    main_job.write_report(report, str(tmp_path))
+    report["downstream"] = {"trelm": {"cls_target": comparison.mean_std([40.0])}}
+    comparison.write_report(report, str(tmp_path))
     md = (tmp_path / "results.md").read_text()
     assert "No parsing: no treebank is packaged for de." in md and "UAS/LAS: test split" not in md

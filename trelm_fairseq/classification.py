@@ -17,22 +17,20 @@ Text is normalised exactly as the transfer data was (lower-casing per
 fairseq-preprocess with the transfer ``dict.txt`` (input0) and a fixed label
 dictionary (label).
 """
-import json
 import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import fileio
 from .errors import TreLMError
 
 LABELS = ("shared", "scalc", "swriter", "sbasic", "simpress", "other")
 SPLITS = ("train", "valid", "test")
-SETTINGS = ("target", "zeroshot")
 
 
 def label_of(module: str) -> str:
@@ -64,8 +62,7 @@ def data_lowercase(data: str) -> bool:
     for name in ("prepare.json", "vocab.json"):
         path = os.path.join(data, name)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
+            meta = fileio.read_json(path, "trelm-prepare record")
             for holder in (meta, meta.get("vocab", {}), meta.get("steps", {}).get("vocab", {})):
                 if isinstance(holder, dict) and "lowercase" in holder:
                     return bool(holder["lowercase"])
@@ -79,11 +76,6 @@ def _encode(rows: Sequence[Tuple[str, str]], spm, lang: str, lower: bool) -> Tup
     return texts, [label for label, _ in rows]
 
 
-def _write(path: str, lines: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def _binarize(text_prefix: str, dest: str, dict_path: str) -> None:
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"), "--only-source",
@@ -91,22 +83,15 @@ def _binarize(text_prefix: str, dest: str, dict_path: str) -> None:
         "--trainpref", text_prefix + ".train", "--validpref", text_prefix + ".valid",
         "--testpref", text_prefix + ".test",
     ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise TreLMError(f"fairseq-preprocess failed for {text_prefix}:\n{proc.stdout[-2000:]}")
+    rc, out = fileio.run_logged(cmd)
+    if rc != 0:
+        raise TreLMError(f"fairseq-preprocess failed for {text_prefix}:\n{out[-2000:]}")
 
 
-def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str, max_train: Optional[int] = None,
-                           seed: int = 1, log=print) -> Dict:
-    """Write ``out/<setting>/{input0,label}`` for both settings; returns counts."""
-    import sentencepiece
-
-    spm_path, dict_path = os.path.join(data, "spm.model"), os.path.join(data, "dict.txt")
-    for p in (spm_path, dict_path):
-        if not os.path.isfile(p):
-            raise TreLMError(f"{p}: not found (run trelm-prepare first)")
-    spm = sentencepiece.SentencePieceProcessor(model_file=spm_path)
-    lower = data_lowercase(data)
+def _read_rows(corpus: str, src: str, tgt: str, max_train: Optional[int],
+               seed: int) -> Dict[Tuple[str, str], List[Tuple[str, str]]]:
+    """(label, text) rows per (language, split); at most ``max_train`` training rows per
+    language, drawn by a seeded shuffle."""
     rows = {
         (lang, split): read_help_tsv(os.path.join(corpus, f"help.{lang}.{split}.tsv"))
         for lang in (src, tgt) for split in SPLITS
@@ -117,38 +102,62 @@ def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str,
             train = list(rows[(lang, "train")])
             random.Random(seed).shuffle(train)
             rows[(lang, "train")] = train[:max_train]
+    return rows
+
+
+def _build_setting(final: str, where: Dict[str, Tuple[str, str]], rows, spm, lower: bool,
+                   dict_path: str) -> Dict:
+    """Encode and binarize one setting's splits into a temporary folder next to ``final``,
+    then put it in place of ``final``; returns the setting's counts."""
+    out = os.path.dirname(final)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final)}-", dir=out)
+    try:
+        label_dict = os.path.join(tmp, "label.dict.txt")
+        fileio.write_lines(label_dict, [f"{label} 1" for label in LABELS])
+        counts = {}
+        for split, (lang, src_split) in where.items():
+            texts, labels = _encode(rows[(lang, src_split)], spm, lang, lower)
+            fileio.write_lines(os.path.join(tmp, f"text.{split}"), texts)
+            fileio.write_lines(os.path.join(tmp, f"label.{split}"), labels)
+            counts[split] = {"lang": lang, "n": len(texts), "labels": dict(Counter(labels))}
+        _binarize(os.path.join(tmp, "text"), os.path.join(tmp, "input0"), dict_path)
+        _binarize(os.path.join(tmp, "label"), os.path.join(tmp, "label"), label_dict)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts
+
+
+def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str, max_train: Optional[int] = None,
+                           seed: int = 1, log=print) -> Dict:
+    """Write ``out/<setting>/{input0,label}`` for both settings; returns counts.  A setting
+    is finished once its ``done.json`` (its counts) is written, and is then skipped."""
+    import sentencepiece
+
+    spm_path, dict_path = os.path.join(data, "spm.model"), os.path.join(data, "dict.txt")
+    for p in (spm_path, dict_path):
+        if not os.path.isfile(p):
+            raise TreLMError(f"{p}: not found (run trelm-prepare first)")
+    spm = sentencepiece.SentencePieceProcessor(model_file=spm_path)
+    lower = data_lowercase(data)
+    rows = _read_rows(corpus, src, tgt, max_train, seed)
     sources = {"target": {s: (tgt, s) for s in SPLITS},
                "zeroshot": {"train": (src, "train"), "valid": (src, "valid"), "test": (tgt, "test")}}
     counts = {}
     os.makedirs(out, exist_ok=True)
     for setting, where in sources.items():
         final = os.path.join(out, setting)
-        if os.path.isfile(os.path.join(final, "done.json")):
-            with open(os.path.join(final, "done.json")) as f:
-                counts[setting] = json.load(f)
-            continue
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{setting}-", dir=out)
-        try:
-            label_dict = os.path.join(tmp, "label.dict.txt")
-            _write(label_dict, [f"{label} 1" for label in LABELS])
-            counts[setting] = {}
-            for split, (lang, src_split) in where.items():
-                texts, labels = _encode(rows[(lang, src_split)], spm, lang, lower)
-                _write(os.path.join(tmp, f"text.{split}"), texts)
-                _write(os.path.join(tmp, f"label.{split}"), labels)
-                counts[setting][split] = {"lang": lang, "n": len(texts), "labels": dict(Counter(labels))}
-            _binarize(os.path.join(tmp, "text"), os.path.join(tmp, "input0"), dict_path)
-            _binarize(os.path.join(tmp, "label"), os.path.join(tmp, "label"), label_dict)
-            with open(os.path.join(tmp, "done.json"), "w") as f:
-                json.dump(counts[setting], f, indent=1)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        log(f"classification/{setting}: " + ", ".join(
-            f"{s} {c['n']} ({c['lang']})" for s, c in counts[setting].items()))
+
+        def build(setting=setting, where=where, final=final) -> Dict:
+            built = _build_setting(final, where, rows, spm, lower, dict_path)
+            log(f"classification/{setting}: " + ", ".join(
+                f"{s} {c['n']} ({c['lang']})" for s, c in built.items()))
+            return built
+
+        counts[setting] = fileio.cached_json(os.path.join(final, "done.json"), build)
     return counts
 
 
@@ -192,7 +201,6 @@ def evaluate_command(setting_dir: str, checkpoint: str, lang_id: int, subset: st
 
 
 _ACC = re.compile(r"\| accuracy ([0-9.]+)")
-_BSZ = re.compile(r"\| bsz ([0-9.]+)")
 
 
 def parse_accuracy(stdout: str) -> float:

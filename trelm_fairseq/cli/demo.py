@@ -1,0 +1,59 @@
+"""trelm-demo: the main job, TreLM transfer compared with baselines (trelm_fairseq.comparison).
+
+    trelm-demo --lang tr                    # CPU-sized budgets (~28 min on 2 idle cores)
+    trelm-demo --lang tr --scale 20 --seeds 3 --max-tokens 16384   # a GPU-sized run
+"""
+import argparse
+import os
+
+from ..comparison import Budgets, results_table, run_job
+from ..comparison.budgets import UPDATE_BUDGETS
+from ..errors import TreLMError, cli_errors
+from ..preprocess.vocab import vocab_size_arg
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-demo",
+        description="The main job: TreLM transfer of the embedded English model to a target language, "
+        "baselines at equal compute, parsing + classification, results table.",
+    )
+    p.add_argument("--lang", default="tr", help="target language (default tr; parsing only for tr)")
+    p.add_argument("--work", default=None, help="work directory (default runs/<lang>)")
+    p.add_argument("--results", default=None, help="results directory (default results/<lang>)")
+    p.add_argument("--cache-dir", default=None, help="download cache (default $TRELM_CACHE or ~/.cache/trelm_fairseq)")
+    p.add_argument("--source-model", default=None, help="source model (default: all-MiniLM-L6-v2 from PyPI)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every update budget (e.g. 20+ on a GPU)")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per model (make eval uses 3)")
+    p.add_argument("--lr", type=float, default=Budgets.lr, help=f"pre-training learning rate (default {Budgets.lr})")
+    p.add_argument("--finetune-lr", type=float, default=Budgets.finetune_lr,
+                   help=f"parsing and classification fine-tuning learning rate (default {Budgets.finetune_lr})")
+    p.add_argument("--max-tokens", type=int, default=Budgets.max_tokens, help="tokens per pre-training batch")
+    p.add_argument("--vocab-size", type=vocab_size_arg, default=Budgets.vocab_size,
+                   help="joint sentencepiece vocabulary: auto (default; sized to the corpus, at most 16000) or a "
+                        "number of pieces, used exactly")
+    p.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
+    for name in UPDATE_BUDGETS:
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, dest=name,
+                       help=f"updates (before --scale; default {getattr(Budgets, name)})")
+    return p
+
+
+@cli_errors
+def cli_main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    if args.scale <= 0 or args.seeds < 1:
+        raise TreLMError("--scale must be > 0 and --seeds >= 1")
+    args.work = args.work or os.path.join("runs", args.lang)
+    args.results = args.results or os.path.join("results", args.lang)
+    report = run_job(args)
+    print()
+    print(results_table(report))
+    ttq = report["time_to_quality"]
+    if ttq.get("reached"):
+        print(f"\ntime to quality: {ttq['fraction']:.3f} of from-scratch's updates")
+    print(f"\nreport: {os.path.join(args.results, 'results.md')}")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,52 @@
+"""Step 3 of the job: every compared model, every seed, fine-tuned and tested on
+dependency parsing (UAS/LAS, languages with a packaged treebank only) and module
+classification (target-language training, and zero-shot: English training)."""
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .budgets import MODELS, PARSING_LANGS, Budgets
+from .commands import BIN, run, say
+from .finetune import finetune_classifier, finetune_parser
+from .report import mean_std
+
+
+def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
+    """The treebank binarized with the transfer vocabulary, or None without a treebank."""
+    if lang not in PARSING_LANGS:
+        return None
+    parse_data = os.path.join(work, "parsing", "data")
+    if not os.path.isfile(os.path.join(parse_data, "prepare.json")):
+        run([os.path.join(BIN, "trelm-parse-prepare"), "--out", parse_data, "--vocab-dir", data,
+             "--lang", lang], os.path.join(work, "logs", "parse-prepare.log"), "treebank preparation")
+    return parse_data
+
+
+def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_dir: str, work: str,
+                   budgets: Budgets, seeds: Sequence[int]) -> Dict[str, Dict]:
+    """One model's downstream scores over the seeds: mean, std and runs per metric."""
+    runs: Dict[str, List[float]] = {"uas": [], "las": [], "cls_target": [], "cls_zeroshot": []}
+    for s in seeds:
+        if parse_data:
+            m = finetune_parser(parse_data, checkpoint, os.path.join(work, "parsing", model, f"seed{s}"), budgets, s)
+            runs["uas"].append(m["uas"])
+            runs["las"].append(m["las"])
+        runs["cls_target"].append(finetune_classifier(
+            os.path.join(cls_dir, "target"), checkpoint, os.path.join(cls_dir, "runs", model, f"target-seed{s}"),
+            budgets, s, train_lang_id=1, test_lang_id=1))
+        runs["cls_zeroshot"].append(finetune_classifier(
+            os.path.join(cls_dir, "zeroshot"), checkpoint, os.path.join(cls_dir, "runs", model, f"zeroshot-seed{s}"),
+            budgets, s, train_lang_id=0, test_lang_id=1))
+    return {k: mean_std(v) for k, v in runs.items() if v}
+
+
+def evaluate_downstream(checkpoints: Dict[str, str], data: str, work: str, lang: str, budgets: Budgets,
+                        seeds: Sequence[int]) -> Tuple[Dict, Dict]:
+    """(classification data counts, per model its downstream scores)."""
+    from .. import classification as cls
+
+    cls_dir = os.path.join(work, "classification")
+    cls_counts = cls.prepare_classification(os.path.join(data, "corpus"), data, cls_dir, "en", lang,
+                                            max_train=budgets.max_cls_train, log=say)
+    parse_data = prepare_parsing_data(data, work, lang)
+    scores = {m: evaluate_model(m, checkpoints[m], parse_data, cls_dir, work, budgets, seeds) for m in MODELS}
+    return cls_counts, scores

@@ -1,0 +1,73 @@
+"""The job itself: prepare, pre-train, measure the curves, evaluate downstream, report."""
+import json
+import os
+import time
+from dataclasses import asdict
+from typing import Dict, Optional
+
+from ..fileio import read_json
+from .budgets import Budgets, budgets_from_args
+from .commands import BIN, run, say
+from .curves import target_curves, time_to_quality
+from .downstream import evaluate_downstream
+from .pretraining import final_checkpoints, model_plans, pretrain
+from .report import vocab_line, write_report
+
+
+def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]:
+    """Step 0: data + init checkpoint (trelm-prepare skips finished steps); its record."""
+    prep = [os.path.join(BIN, "trelm-prepare"), "--src", "en", "--tgt", args.lang, "--out", data,
+            "--vocab-size", str(budgets.vocab_size)]
+    if args.source_model:
+        prep += ["--source-model", args.source_model]
+    if args.cache_dir:
+        prep += ["--cache-dir", args.cache_dir]
+    if budgets.max_pairs:
+        prep += ["--max-pairs", str(budgets.max_pairs)]
+    run(prep, os.path.join(work, "logs", "prepare.log"), "stage 0 (trelm-prepare)")
+    record_path = os.path.join(data, "prepare.json")
+    if not os.path.isfile(record_path):
+        return None
+    record = read_json(record_path, "trelm-prepare record")
+    say(vocab_line(record))
+    return record
+
+
+def run_job(args) -> Dict:
+    """Every step of the comparison for the parsed trelm-demo arguments; the report."""
+    b = budgets_from_args(args)
+    lang, work, results = args.lang, os.path.abspath(args.work), os.path.abspath(args.results)
+    data = os.path.join(work, "data")
+    os.makedirs(results, exist_ok=True)
+    seeds = list(range(1, args.seeds + 1))
+    timings: Dict[str, float] = {}
+    t_job = time.time()
+    say(f"target language {lang}; work dir {work}; results in {results}")
+    say(f"budgets: {json.dumps(asdict(b))}; equal-compute pre-training budget {b.pretrain_total} updates")
+
+    t0 = time.time()
+    prepare = prepare_data(args, b, data, work)
+    timings["prepare"] = time.time() - t0
+    init = os.path.join(data, "init", "model.pt")
+
+    # 1-2. pre-training: TreLM, then the baselines at equal compute (one seed)
+    plans = model_plans(data, work, lang, b, seeds[0])
+    pretraining = pretrain(plans, timings)
+    checkpoints = final_checkpoints(plans, init)
+    curves = target_curves(plans, init, data, lang, work)
+
+    # 3. downstream
+    t0 = time.time()
+    cls_counts, downstream = evaluate_downstream(checkpoints, data, work, lang, b, seeds)
+    timings["downstream"] = time.time() - t0
+    timings["total"] = time.time() - t_job
+
+    # 4. report
+    report = {
+        "lang": lang, "seeds": seeds, "budgets": asdict(b), "pretrain_budget_updates": b.pretrain_total,
+        "pretraining": pretraining, "checkpoints": checkpoints, "downstream": downstream, "curves": curves,
+        "time_to_quality": time_to_quality(curves, b.pretrain_total),
+        "classification_data": cls_counts, "timings_seconds": timings, "prepare": prepare,
+    }
+    write_report(report, results)
+    return report

@@ -1,0 +1,63 @@
+"""Pre-training: TreLM's stage plan and the baselines' at equal compute (the same number
+of updates as all TreLM stages together, same architecture, same target data)."""
+import os
+import time
+from typing import Dict, Optional
+
+from .budgets import MODEL_TITLES, Budgets
+from .commands import say
+from .surgery import derived_init
+
+
+def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed: int, init: Optional[str] = None,
+             graph: str = "trelm"):
+    from ..stages import StagePlan
+
+    if graph == "trelm":
+        updates = {"1": budgets.n("stage1"), "2": budgets.n("stage2"), "4": budgets.n("stage4")}
+    else:
+        updates = {"1": budgets.pretrain_total}
+    return StagePlan(
+        data=data, out=os.path.join(work, name), langs=f"en,{lang}", init=init, updates=updates,
+        lr=budgets.lr, max_tokens=budgets.max_tokens, tokens_per_sample=budgets.tokens_per_sample,
+        save_interval_updates=budgets.n("validate_every"), seed=seed, graph=graph,
+        extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0"],
+    )
+
+
+def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) -> Dict:
+    """The plans of every pre-trained model (the baselines' init checkpoints are derived here)."""
+    return {
+        "trelm": plan_for("trelm", data, work, lang, budgets, seed),
+        "scratch": plan_for("scratch", data, work, lang, budgets, seed, graph="mlm",
+                            init=derived_init(data, os.path.join(work, "scratch", "init.pt"), "scratch", seed)),
+        "mlm_continued": plan_for("mlm_continued", data, work, lang, budgets, seed, graph="mlm",
+                                  init=derived_init(data, os.path.join(work, "mlm_continued", "init.pt"), "no_tri",
+                                                    seed)),
+    }
+
+
+def pretrain(plans: Dict, timings: Dict[str, float]) -> Dict[str, Dict]:
+    """Run every plan (finished stages are skipped); per model its stage rows, updates and
+    seconds; each model's wall-clock goes to timings["pretrain_<name>"]."""
+    from ..stages import run_all
+
+    rows_of: Dict[str, Dict] = {}
+    for name, plan in plans.items():
+        t0 = time.time()
+        say(f"pre-training '{name}' ({MODEL_TITLES[name]})")
+        rows = run_all(plan, log=say, echo=False)
+        rows_of[name] = {"stages": rows, "updates": sum(r.get("updates") or 0 for r in rows),
+                         "seconds": sum(r.get("seconds") or 0 for r in rows)}
+        timings[f"pretrain_{name}"] = time.time() - t0
+    return rows_of
+
+
+def final_checkpoints(plans: Dict, init: str) -> Dict[str, str]:
+    """The checkpoint each compared model is fine-tuned from (mapped_init: the init itself)."""
+    return {
+        "trelm": plans["trelm"].stages["4"].output_checkpoint(),
+        "scratch": plans["scratch"].stages["1"].output_checkpoint(),
+        "mapped_init": init,
+        "mlm_continued": plans["mlm_continued"].stages["1"].output_checkpoint(),
+    }

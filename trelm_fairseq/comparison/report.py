@@ -1,0 +1,147 @@
+"""The comparison's report: <results>/results.json, results.md (the table, time to
+quality, the pre-training stages, wall-clock) and mlm_loss.png."""
+import json
+import os
+import statistics
+from typing import Dict, List, Optional
+
+from ..fileio import atomic_output, write_json, write_text
+from .budgets import MODEL_TITLES, MODELS
+
+
+def mean_std(values: List[float]) -> Dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "runs": values,
+    }
+
+
+def _fmt(entry: Optional[Dict]) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['mean']:.2f} ± {entry['std']:.2f}" if len(entry["runs"]) > 1 else f"{entry['mean']:.2f}"
+
+
+def majority_note(counts: Optional[Dict]) -> str:
+    """'; majority class X% of N paragraphs' for the target-language test split, if known."""
+    test = ((counts or {}).get("target") or {}).get("test") or {}
+    labels = test.get("labels") or {}
+    if not labels:
+        return ""
+    n = sum(labels.values())
+    label, top = max(labels.items(), key=lambda kv: kv[1])
+    return f"; majority class ({label}) {100.0 * top / n:.1f}% of {n} test paragraphs"
+
+
+def vocab_line(prepare: Optional[Dict]) -> str:
+    """The report's sentence on the vocabulary: its size and how that size was chosen."""
+    v = (prepare or {}).get("vocab") or {}
+    if "vocab_size_rule" not in v:  # no prepare.json, or one written before sizes were recorded
+        return f"Vocabulary: --vocab-size {v['vocab_size']}." if "vocab_size" in v else ""
+    return (f"Vocabulary: {v['vocab_size']} sentencepiece pieces ({v.get('dict_symbols', '?')} fairseq symbols); "
+            f"{v['vocab_size_rule']}.")
+
+
+def results_table(report: Dict) -> str:
+    rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | pre-training updates | pre-training s |",
+            "|---|---|---|---|---|---|---|"]
+    for m in MODELS:
+        d, p = report["downstream"].get(m, {}), report["pretraining"].get(m, {})
+        rows.append(f"| {MODEL_TITLES[m]} | {_fmt(d.get('uas'))} | {_fmt(d.get('las'))} | "
+                    f"{_fmt(d.get('cls_target'))} | {_fmt(d.get('cls_zeroshot'))} | {p.get('updates', 0)} | "
+                    f"{p.get('seconds', 0):.0f} |")
+    return "\n".join(rows)
+
+
+def _ttq_line(ttq: Dict) -> str:
+    if ttq.get("reached"):
+        return (f"TreLM reaches from-scratch's final target MLM loss ({ttq['scratch_final_loss']:.3f}) after "
+                f"{ttq['trelm_updates']} updates = {ttq['fraction']:.3f} of from-scratch's {ttq['scratch_updates']}.")
+    return (f"TreLM did not reach from-scratch's final target MLM loss ({ttq.get('scratch_final_loss')}); "
+            f"its best was {ttq.get('trelm_best_loss')}.")
+
+
+def _stage_rows(pretraining: Dict) -> List[str]:
+    return [f"| {m} | {r['stage']} {r['name']} | {r.get('updates')} | "
+            f"{r.get('valid_loss') if r.get('valid_loss') is not None else '-'} | "
+            f"{(r.get('seconds') or 0):.0f} |"
+            for m, p in pretraining.items() for r in p["stages"]]
+
+
+def results_markdown(report: Dict, plot: Optional[str]) -> str:
+    """results.md: the table and how it was measured, time to quality, stages, wall-clock."""
+    md = [
+        f"# TreLM transfer en → {report['lang']}: results",
+        "",
+        f"Seeds: {report['seeds']}. Budgets: `{json.dumps(report['budgets'])}`.",
+        *[line for line in [vocab_line(report.get("prepare"))] if line],
+        f"All pre-trained models get {report['pretrain_budget_updates']} updates (equal compute); "
+        "the fine-tuning recipe is the same for every model.",
+        "",
+        results_table(report),
+        "",
+        ("UAS/LAS: test split of the fixed turkish-treebanks split, punctuation excluded, Eisner decoding. "
+         if any("uas" in d for d in report["downstream"].values()) else
+         f"No parsing: no treebank is packaged for {report['lang']}. ")
+        + "Classification: accuracy (%) over 6 LibreOffice help modules on the target-language test split"
+        + majority_note(report.get("classification_data")) + ".",
+        "",
+        "## Time to quality",
+        "",
+        _ttq_line(report["time_to_quality"]),
+        "",
+        f"![target validation MLM loss]({os.path.basename(plot)})" if plot else "",
+        "",
+        "## Pre-training stages",
+        "",
+        "Valid loss: fairseq's valid loss of the stage's own objective in bits, averaged per batch (the "
+        "curve above weights by masked token, hence small differences). Stages 2a/2b: CdLM + MLM summed; "
+        "stage 1: MLM on both languages; stage 4 and the baselines: target MLM.",
+        "",
+        "| model | stage | updates | valid loss | seconds |",
+        "|---|---|---|---|---|",
+        *_stage_rows(report["pretraining"]),
+        "",
+        "## Wall-clock (s)",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in report["timings_seconds"].items()],
+        "",
+    ]
+    return "\n".join(md)
+
+
+def write_report(report: Dict, results: str) -> None:
+    write_json(os.path.join(results, "results.json"), report)
+    plot = plot_curves(report["curves"], os.path.join(results, "mlm_loss.png"), report["lang"])
+    write_text(os.path.join(results, "results.md"), results_markdown(report, plot))
+
+
+def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
+    import logging
+
+    # before the import: importing matplotlib logs DEBUG lines when the root logger is at DEBUG
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, style in (("trelm", "o-"), ("scratch", "s-"), ("mlm_continued", "^--")):
+        pts = curves.get(name) or []
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=MODEL_TITLES[name], markersize=3)
+    ax.set_xlabel("pre-training updates (all stages, cumulative)")
+    ax.set_ylabel(f"{lang} validation MLM loss (bits/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        with atomic_output(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
