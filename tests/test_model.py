@@ -131,7 +131,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     model, cfg = tiny_model(tri_layer=True)
     path = tmp_path / "ck" / "model.pt"
     save_checkpoint(str(path), model, cfg, meta={"origin": "test"})
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left
     loaded, state = load_model(str(path), model.encoder.dictionary)
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)

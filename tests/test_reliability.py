@@ -22,7 +22,8 @@ import trelm_fairseq  # noqa: E402,F401  (registers)
 from fairseq.data import Dictionary  # noqa: E402
 from trelm_fairseq.checkpoint import build_model, load_checkpoint, model_config, save_checkpoint  # noqa: E402
 from trelm_fairseq.errors import TreLMError, find_trelm_error, running_fairseq_cli  # noqa: E402
-from trelm_fairseq.stages import StagePlan, atomic_write_json, run_all  # noqa: E402
+from trelm_fairseq.fileio import write_json  # noqa: E402
+from trelm_fairseq.stages import StagePlan, run_all  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def read_only(monkeypatch, module):
 
 
 def test_checkpoint_save_disk_full_and_read_only(tmp_path, monkeypatch):
-    from trelm_fairseq import checkpoint as ckpt_mod
+    from trelm_fairseq import fileio
 
     d = Dictionary()
     for i in range(10):
@@ -106,14 +107,14 @@ def test_checkpoint_save_disk_full_and_read_only(tmp_path, monkeypatch):
     save_checkpoint(str(path), model, cfg)
     old = path.read_bytes()
     with monkeypatch.context() as m:
-        hits = disk_full_for(m, str(tmp_path / "ck" / ".tmp-"), limit=5000)
+        hits = disk_full_for(m, str(tmp_path / "ck" / ".model.pt."), limit=5000)  # its temp file
         with pytest.raises(TreLMError) as e:
             save_checkpoint(str(path), model, cfg, meta={"v": 2})
     assert hits, "the fault was not injected"
     assert f"{path}: write failed: No space left on device (errno 28)" in str(e.value)
     assert path.read_bytes() == old and leftovers(tmp_path) == []  # old file intact, no temp file
     with monkeypatch.context() as m:
-        read_only(m, ckpt_mod)
+        read_only(m, fileio)  # the writer under save_checkpoint
         with pytest.raises(TreLMError, match=r"new\.pt: write failed: Read-only file system"):
             save_checkpoint(str(tmp_path / "ck" / "new.pt"), model, cfg)
     assert not (tmp_path / "ck" / "new.pt").exists()
@@ -187,7 +188,7 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
 
     # 2. ... and again while init/model.pt is written (last step)
     with monkeypatch.context() as m:
-        hits = disk_full_for(m, str(data / "init" / ".tmp-"), limit=4000)
+        hits = disk_full_for(m, str(data / "init" / ".model.pt."), limit=4000)
         with pytest.raises(SystemExit) as e:
             P.cli_main(argv)
     err = capsys.readouterr().err
@@ -238,7 +239,7 @@ def test_stage_marker_write_failure_is_clear(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         hits = disk_full_for(m, str(tmp_path), limit=10)
         with pytest.raises(TreLMError, match=r"stage_done\.json: write failed: No space left on device"):
-            atomic_write_json({"x": "y" * 100}, str(tmp_path / "stage_done.json"))
+            write_json(str(tmp_path / "stage_done.json"), {"x": "y" * 100})  # as stages writes its marker
     assert hits and not (tmp_path / "stage_done.json").exists() and leftovers(tmp_path) == []
 
 

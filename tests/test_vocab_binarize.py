@@ -13,7 +13,8 @@ from _prep_helpers import write_synthetic_corpus  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
 from trelm_fairseq.preprocess import vocab as V  # noqa: E402
-from trelm_fairseq.preprocess.binarize import binarize_all, decode_dataset, load_dictionary  # noqa: E402
+from trelm_fairseq.checkpoint import load_dictionary  # noqa: E402
+from trelm_fairseq.preprocess.binarize import binarize_all, decode_dataset  # noqa: E402
 
 VOCAB = 120
 
@@ -58,7 +59,7 @@ def test_dict_txt_is_fairseq_format_without_specials(built):
     assert all(len(ln.split(" ")) == 2 and ln.split(" ")[1].isdigit() for ln in lines)
     assert not {"<unk>", "<s>", "</s>", "<pad>"} & set(pieces)
     assert len(pieces) == VOCAB - 3  # sentencepiece's <unk> <s> </s> map onto fairseq's own
-    d = load_dictionary(str(built["data"] / "dict.txt"))
+    d = load_dictionary(str(built["data"] / "dict.txt"), add_mask=False)
     assert len(d) == VOCAB + 1  # + fairseq's <s> <pad> </s> <unk>, minus spm's 3 controls
     assert built["stats"]["dict"]["fairseq_symbols"] == len(d)
     # counts are the piece frequencies of the encoded training text
@@ -97,7 +98,7 @@ def test_lowercase_auto_reads_the_embedded_minilm():
 
 def test_binarized_datasets_decode_to_the_encoded_text(built):
     data = built["data"]
-    d = load_dictionary(str(data / "dict.txt"))
+    d = load_dictionary(str(data / "dict.txt"), add_mask=False)
     for split in ("train", "valid", "test"):
         for lang in ("en", "tr"):
             expect = (data / f"work/tok/para.{split}.{lang}").read_text(encoding="utf-8").splitlines()

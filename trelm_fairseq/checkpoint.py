@@ -12,7 +12,7 @@ import glob
 import hashlib
 import os
 import re
-import tempfile
+import shutil
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -21,10 +21,26 @@ from omegaconf import OmegaConf
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
-from .errors import TreLMError, write_error
+from . import fileio
+from .errors import TreLMError
 from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
 MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
+# Model fields that fix tensor shapes and meaning (dropout and the like may differ): passed
+# to fairseq-train when they differ from the arch's defaults (with tri_layer_position,
+# which is compared resolved), and compared between checkpoints (with tri_layer).
+SHAPE_FIELDS = (
+    "encoder_layers",
+    "encoder_embed_dim",
+    "encoder_ffn_embed_dim",
+    "encoder_attention_heads",
+    "activation_fn",
+    "max_positions",
+    "layernorm_eps",
+    "n_langs",
+    "tri_layer_embed_on_gather_only",
+)
+STRUCTURE_FIELDS = SHAPE_FIELDS + ("tri_layer",)
 # The criterion recorded with a task in checkpoints written here.
 DEFAULT_CRITERION = {
     "trelm_transfer": "trelm_loss",
@@ -52,6 +68,46 @@ def build_model(cfg, dictionary: Dictionary) -> TreLMModel:
     return TreLMModel(cfg, TreLMEncoder(cfg, dictionary))
 
 
+MASK = "<mask>"  # appended by fairseq's masked-LM tasks (and ours) after the dict.txt symbols
+
+
+def load_dictionary(path: str, add_mask: bool = True, what: str = "dictionary", hint: str = "") -> Dictionary:
+    """The one way to read a fairseq dict.txt ('<symbol> <count>' per line): with
+    `add_mask`, plus ``<mask>`` as the masked-LM tasks load it (so rows match trelm
+    checkpoints).  TreLMError naming the file (and `hint`, e.g. which command writes
+    it) when it is missing, malformed or lists a symbol twice."""
+    hint = f" ({hint})" if hint else ""
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: {what} not found (expected a fairseq dict.txt: '<symbol> <count>' "
+                         f"per line){hint}")
+    duplicate = _duplicate_symbol(path)
+    if duplicate:
+        raise TreLMError(f"{path}: {duplicate}: every symbol must appear once in a dict.txt{hint}")
+    try:
+        dictionary = Dictionary.load(path)
+    except Exception as e:
+        raise TreLMError(f"{path}: not a fairseq dict.txt ('<symbol> <count>' per line): {e}{hint}") from None
+    if add_mask:
+        dictionary.add_symbol(MASK)
+    return dictionary
+
+
+def _duplicate_symbol(path: str) -> Optional[str]:
+    """'symbol X on lines A and B' for the first repeated symbol of a dict.txt, else None
+    (fairseq's own error names neither the file nor the lines)."""
+    seen: Dict[str, int] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip()
+            if line.endswith("#fairseq:overwrite"):
+                continue  # fairseq's explicit override flag
+            symbol = line.rsplit(" ", 1)[0]
+            if symbol in seen:
+                return f"symbol {symbol!r} on lines {seen[symbol]} and {number}"
+            seen[symbol] = number
+    return None
+
+
 def dictionary_fingerprint(dictionary: Dictionary) -> str:
     """Stable hash of the symbol list (order matters: it fixes embedding rows)."""
     return hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).hexdigest()[:16]
@@ -67,31 +123,9 @@ def _cfg_dict(model_cfg) -> Dict:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    except OSError as e:  # read-only / missing permissions
-        raise write_error(path, e) from e
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        # disk full / quota / I/O error; torch's zip writer re-raises the OSError of a
-        # failed write as a RuntimeError whose context is that OSError
-        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
-        if isinstance(cause, OSError):
-            raise write_error(path, cause) from e
-        raise
+    """torch.save through fileio's temp file + fsync + rename."""
+    with fileio.atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(
@@ -219,6 +253,72 @@ def intact_checkpoints(folder: str, exclude: Tuple[str, ...] = ()) -> List[Tuple
             out.append((updates, name != "checkpoint_best.pt", os.path.getmtime(path), path))
     out.sort(reverse=True)
     return [(u, p) for u, _, _, p in out]
+
+
+def peek(path: str) -> Dict:
+    """A checkpoint's state dict, memory-mapped where possible (cheap even for big models:
+    tensors are read only when touched); the TreLMError of load_checkpoint when unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return load_checkpoint(path)  # not mmappable (old format) or unreadable: its error
+
+
+def updates_of(path: str) -> int:
+    """num_updates of a fairseq checkpoint, or the TreLMError that says what is wrong."""
+    updates = checkpoint_num_updates(path)
+    if updates is None:
+        load_checkpoint(path)  # raises the TreLMError that says what is wrong
+        raise TreLMError(f"{path}: not a readable checkpoint")
+    return updates
+
+
+def recover_last_checkpoint(last: str) -> Optional[str]:
+    """A checkpoint_last.pt that cannot be read (the run was killed while fairseq copied it
+    there) is replaced by the newest intact checkpoint of the same save dir (the interval
+    checkpoint fairseq wrote atomically just before); the damaged file is kept as
+    checkpoint_last.pt.damaged.  Returns what was done (None when `last` is readable);
+    without an intact checkpoint, a TreLMError saying what to delete."""
+    if checkpoint_num_updates(last) is not None:
+        return None
+    folder = os.path.dirname(os.path.abspath(last))
+    intact = intact_checkpoints(folder, exclude=(last,))
+    if not intact:
+        raise TreLMError(
+            f"{last} is not a readable checkpoint (truncated or corrupted) and {folder} holds no intact "
+            f"checkpoint_<epoch>_<updates>.pt to fall back to: delete {last} to restart the stage from its "
+            "start checkpoint"
+        )
+    updates, source = intact[0]
+    damaged = last + ".damaged"
+    os.replace(last, damaged)
+    with fileio.atomic_output(last, suffix=".pt") as tmp:
+        shutil.copyfile(source, tmp)
+    return (f"{last} was unreadable (kept as {damaged}); resuming from the newest intact checkpoint "
+            f"{source} ({updates} updates) instead")
+
+
+def check_fits(path: str, want, dict_path: str, what: str, source: str) -> None:
+    """The checkpoint at `path` has the structure of model config `want` (built from
+    `source`, named in the error) and one embedding row per symbol of `dict_path` + <mask>."""
+    state = peek(path)
+    cfg = checkpoint_model_config(state, path)
+    for name in STRUCTURE_FIELDS:
+        a, b = getattr(cfg, name, None), getattr(want, name, None)
+        if str(a) != str(b):
+            raise TreLMError(
+                f"{path} ({what}): model field '{name}' is {a}, but the stages train the model of {source} "
+                f"({name} {b}): expected a checkpoint of the same architecture (a different --arch, or an "
+                "init/model.pt re-made since this checkpoint was written?)"
+            )
+    rows = state["model"].get("encoder.embed_tokens.weight")
+    if rows is not None and os.path.isfile(dict_path):
+        n = len(load_dictionary(dict_path))  # + <mask>, as the task loads it
+        if rows.size(0) != n:
+            raise TreLMError(
+                f"{path} ({what}): vocabulary of {rows.size(0)} rows, but {dict_path} gives {n} symbols "
+                "(with the specials and <mask>): expected a checkpoint made with this data directory's dict.txt"
+            )
 
 
 def unreadable_message(path: str, e: Exception) -> str:

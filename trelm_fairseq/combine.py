@@ -30,6 +30,7 @@ from fairseq.data import Dictionary
 
 from .checkpoint import (
     build_model,
+    STRUCTURE_FIELDS,
     checkpoint_model_config,
     load_checkpoint,
     save_checkpoint,
@@ -70,21 +71,6 @@ def combine_rule(upper_frozen, lower_frozen, average: str = "trained") -> Dict[s
         else:
             rule[group] = UPPER_STAGE if trained_up else LOWER_STAGE
     return rule
-
-# Model fields that decide tensor shapes / meaning; dropout and the like may differ.
-STRUCTURE_FIELDS = (
-    "encoder_layers",
-    "encoder_embed_dim",
-    "encoder_ffn_embed_dim",
-    "encoder_attention_heads",
-    "activation_fn",
-    "max_positions",
-    "layernorm_eps",
-    "n_langs",
-    "tri_layer",
-    "tri_layer_embed_on_gather_only",
-)
-
 
 def _get(cfg, key, default=None):
     if cfg is None:

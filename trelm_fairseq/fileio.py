@@ -182,6 +182,14 @@ def read_parallel(src_path: str, tgt_path: str, *, strict: bool = False,
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+def _write_failure(e: BaseException) -> Optional[OSError]:
+    """The OSError of a failed write behind `e`, if any (torch's zip writer re-raises it
+    as a RuntimeError whose context is that OSError)."""
+    if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+        e = e.__context__
+    return e if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS else None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -208,8 +216,9 @@ def atomic_write(path: str, mode: str = "w"):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:  # disk full, quota, I/O error
-            raise write_error(path, e) from e
+        cause = _write_failure(e)
+        if cause is not None:  # disk full, quota, I/O error
+            raise write_error(path, cause) from e
         raise
 
 
@@ -231,8 +240,9 @@ def atomic_output(path: str, suffix: str = ""):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
-            raise write_error(path, e) from e
+        cause = _write_failure(e)
+        if cause is not None:
+            raise write_error(path, cause) from e
         raise
 
 
@@ -337,7 +347,7 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
         logf.flush()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, env=command_env() if env is None else env, cwd=cwd)
+                                errors="replace", bufsize=1, env=command_env() if env is None else env, cwd=cwd)
         try:
             for line in proc.stdout:
                 lines.append(line)

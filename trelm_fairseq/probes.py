@@ -142,7 +142,7 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     give one value to compare checkpoints of different origins."""
     from .checkpoint import load_model
     from .data import SubsetDataset, load_indexed
-    from .preprocess.init_checkpoint import load_dictionary
+    from .checkpoint import load_dictionary
 
     src_lang, tgt_lang = langs
     dictionary = load_dictionary(os.path.join(data, "dict.txt"))  # + <mask>, as the checkpoints have it

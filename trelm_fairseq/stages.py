@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .fileio import write_json
-from .errors import TreLMError, write_error
+from .errors import TreLMError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 MARKER = "stage_done.json"
@@ -62,7 +62,6 @@ SPECS = (
     StageSpec("4", "language_specific", ("3",), "4"),
 )
 SPEC_BY_KEY = OrderedDict((s.key, s) for s in SPECS)
-KEY_BY_NAME = {s.name: s.key for s in SPECS}
 
 # Stage graphs a plan can run: the TreLM schedule, and a single MLM stage on the target
 # language from the init checkpoint (the continued-MLM and from-scratch baselines).
@@ -70,26 +69,6 @@ GRAPHS = {
     "trelm": SPECS,
     "mlm": (StageSpec("1", "language_specific", (), "1"),),
 }
-
-# Model fields that fix the shapes: passed to fairseq-train when they differ from the arch.
-_MODEL_FLAGS = (
-    "encoder_layers",
-    "encoder_embed_dim",
-    "encoder_ffn_embed_dim",
-    "encoder_attention_heads",
-    "activation_fn",
-    "max_positions",
-    "layernorm_eps",
-    "n_langs",
-    "tri_layer_position",
-    "tri_layer_embed_on_gather_only",
-)
-
-
-def atomic_write_json(obj, path: str) -> None:
-    """Markers and summaries: temp file + fsync + rename (fileio), clear write errors."""
-    write_json(path, obj)
-
 
 def langs_from_prepare(data: str) -> str:
     """The "S,T" language pair trelm-prepare recorded in DATA/prepare.json."""
@@ -107,85 +86,20 @@ def langs_from_prepare(data: str) -> str:
     raise TreLMError(f"--langs not given and {path} records no 'langs': pass --langs S,T (e.g. en,tr)")
 
 
-def checkpoint_updates(path: str) -> int:
-    """num_updates of a fairseq checkpoint (memory-mapped: cheap even for big models)."""
-    from .checkpoint import checkpoint_num_updates, load_checkpoint
+def _updates_of(path: str) -> int:
+    from .checkpoint import updates_of  # torch and fairseq only when a stage runs
 
-    updates = checkpoint_num_updates(path)
-    if updates is None:
-        load_checkpoint(path)  # raises the TreLMError that says what is wrong
-        raise TreLMError(f"{path}: not a readable checkpoint")
-    return updates
-
-
-def recover_last_checkpoint(stage: "Stage", say: Callable[[str], None]) -> None:
-    """A stage's checkpoint_last.pt that cannot be read (the run was killed while fairseq
-    copied it there) is replaced by the newest intact checkpoint of the same run (the
-    interval checkpoint fairseq wrote atomically just before); the damaged file is kept as
-    checkpoint_last.pt.damaged.  Without an intact one: a TreLMError saying what to delete."""
-    import shutil
-
-    from .checkpoint import checkpoint_num_updates, intact_checkpoints
-
-    last = stage.last_checkpoint
-    if checkpoint_num_updates(last) is not None:
-        return
-    intact = intact_checkpoints(stage.dir, exclude=(last,))
-    if not intact:
-        raise TreLMError(
-            f"stage {stage.key} ({stage.name}): {last} is not a readable checkpoint (truncated or corrupted) "
-            f"and {stage.dir} holds no intact checkpoint_<epoch>_<updates>.pt to fall back to: delete {last} "
-            "to restart the stage from its start checkpoint"
-        )
-    updates, source = intact[0]
-    damaged = last + ".damaged"
-    os.replace(last, damaged)
-    tmp = os.path.join(stage.dir, f".tmp-{os.getpid()}-checkpoint_last.pt")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, last)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise write_error(last, e) from e
-    say(f"== stage {stage.key} ({stage.name}): {last} was unreadable (kept as {damaged}); resuming from "
-        f"the newest intact checkpoint {source} ({updates} updates) instead")
+    return updates_of(path)
 
 
 def check_checkpoint_fits(plan: "StagePlan", path: str, what: str) -> None:
-    """The checkpoint a training stage is about to load has the shape and vocabulary of the
-    model its fairseq-train command builds (else fairseq fails deep inside its trainer)."""
-    import torch
+    """The checkpoint a training stage is about to load fits the model its fairseq-train
+    command builds (else fairseq fails deep inside its trainer)."""
+    from .checkpoint import check_fits, model_config
 
-    from .checkpoint import checkpoint_model_config, load_checkpoint, model_config
-    from .combine import STRUCTURE_FIELDS
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:
-        state = load_checkpoint(path)  # not mmappable (old format) or unreadable: its error
-    cfg = checkpoint_model_config(state, path)
     want = model_config(plan.arch, tri_layer=True) if plan.arch else plan.model_cfg()
     source = f"--arch {plan.arch}" if plan.arch else f"the init checkpoint {plan.init}"
-    for name in STRUCTURE_FIELDS:
-        a, b = getattr(cfg, name, None), getattr(want, name, None)
-        if str(a) != str(b):
-            raise TreLMError(
-                f"{path} ({what}): model field '{name}' is {a}, but the stages train the model of {source} "
-                f"({name} {b}): expected a checkpoint of the same architecture (a different --arch, or an "
-                "init/model.pt re-made since this checkpoint was written?)"
-            )
-    rows = state["model"].get("encoder.embed_tokens.weight")
-    dict_path = os.path.join(plan.data, "dict.txt")
-    if rows is not None and os.path.isfile(dict_path):
-        from fairseq.data import Dictionary
-
-        n = len(Dictionary.load(dict_path)) + 1  # the task adds <mask>
-        if rows.size(0) != n:
-            raise TreLMError(
-                f"{path} ({what}): vocabulary of {rows.size(0)} rows, but {dict_path} gives {n} symbols "
-                "(with the specials and <mask>): expected a checkpoint made with this data directory's dict.txt"
-            )
+    check_fits(path, want, os.path.join(plan.data, "dict.txt"), what, source)
 
 
 def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -350,12 +264,12 @@ class StagePlan:
 def arch_args(cfg) -> List[str]:
     """``--arch A`` (+ ``--tri-layer`` when cfg has one, the default) plus a flag for every
     shape field of ``cfg`` that differs from A's."""
-    from .checkpoint import model_config
+    from .checkpoint import SHAPE_FIELDS, model_config
 
     arch = getattr(cfg, "arch", None) or "trelm"
     ref = model_config(arch)
     args = ["--arch", arch] + (["--tri-layer"] if getattr(cfg, "tri_layer", True) else [])
-    for name in _MODEL_FLAGS:
+    for name in SHAPE_FIELDS + ("tri_layer_position",):
         value = getattr(cfg, name, None)
         if value is None or str(value) == str(getattr(ref, name, None)):
             continue
@@ -364,9 +278,6 @@ def arch_args(cfg) -> List[str]:
         else:
             args += ["--" + name.replace("_", "-"), str(value)]
     return args
-
-
-_model_args = arch_args  # old name (trelm_fairseq.main_job imports it)
 
 
 class Stage:
@@ -555,13 +466,20 @@ def run_stage(plan: StagePlan, key: str, log: Callable[[str], None] = print, ech
 
     t0 = time.time()
     if state == "resume":
-        recover_last_checkpoint(stage, say)
+        from .checkpoint import recover_last_checkpoint
+
+        try:
+            recovered = recover_last_checkpoint(stage.last_checkpoint)
+        except TreLMError as e:
+            raise TreLMError(f"stage {stage.key} ({stage.name}): {e}") from None
+        if recovered:
+            say(f"== stage {stage.key} ({stage.name}): {recovered}")
     if stage.is_training:
         if state == "resume":
             check_checkpoint_fits(stage.plan, stage.last_checkpoint, f"stage {key}'s own checkpoint to resume")
         else:
             check_checkpoint_fits(stage.plan, stage.start_checkpoint(), f"where stage {key} starts")
-    done_updates = checkpoint_updates(stage.last_checkpoint) if state == "resume" else 0
+    done_updates = _updates_of(stage.last_checkpoint) if state == "resume" else 0
     if state == "resume" and done_updates >= stage.updates:
         # trained to the budget but the marker was not written (killed right after the last save)
         say(f"== stage {key} ({stage.name}): {stage.last_checkpoint} already has {done_updates} updates; "
@@ -633,7 +551,7 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
             checkpoint=best if use_best else last,
             last_checkpoint=last,
             best_checkpoint=best if os.path.isfile(best) else None,
-            updates=checkpoint_updates(last),
+            updates=_updates_of(last),
             planned_updates=stage.updates,
             train_loss=stats.get("train", {}).get("loss"),
             valid_loss=stats.get("valid", {}).get("loss"),
@@ -643,13 +561,13 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
     else:
         record.update(checkpoint=last, updates=None, train_loss=None, valid_loss=None,
                       parents={p.key: p.output_checkpoint() for p in stage.parents})
-    atomic_write_json(record, stage.marker_path)
+    write_json(stage.marker_path, record)
     return record
 
 
 def write_summary(plan: StagePlan) -> List[Dict]:
     rows = [stage_record(s) for s in plan.stages.values()]
-    atomic_write_json({"plan": plan.to_dict(), "stages": rows}, os.path.join(plan.out, SUMMARY))
+    write_json(os.path.join(plan.out, SUMMARY), {"plan": plan.to_dict(), "stages": rows})
     return rows
 
 

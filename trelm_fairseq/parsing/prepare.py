@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint import load_dictionary
 from ..errors import TreLMError, cli_errors
 from . import treebank
 from .conll import Sentence, atomic_write_text, format_sentences, read_conllu
@@ -46,17 +47,6 @@ from .text import SubwordEncoder
 
 SPLITS = treebank.SPLITS
 FIELDS = ("tokens", "first_subword", "wordpos", "heads", "labels", "punct")
-
-
-def load_dictionary(path: str):
-    from fairseq.data import Dictionary
-
-    if not os.path.isfile(path):
-        raise TreLMError(f"{path}: dictionary not found (expected a fairseq dict.txt)")
-    try:
-        return Dictionary.load(path)
-    except Exception as e:
-        raise TreLMError(f"{path}: not a fairseq dictionary ('symbol count' per line): {e}") from None
 
 
 def vocabulary_is_cased(dictionary) -> bool:
@@ -143,7 +133,7 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not os.path.isfile(spm_model):
         raise TreLMError(f"{spm_model}: sentencepiece model not found")
-    dictionary = load_dictionary(dict_path)
+    dictionary = load_dictionary(dict_path, add_mask=False)
     do_lower, why = resolve_lowercase(lowercase, dictionary, dict_path)
     log(f"lower-case ({lang} rules): {do_lower} ({why})")
 

@@ -16,21 +16,11 @@ import shutil
 import tempfile
 from typing import Dict, List, Sequence
 
+from ..checkpoint import load_dictionary
 from ..errors import TreLMError
 from .vocab import SPLITS, read_text_lines, tok_path
 
 FAIRSEQ_EXTRA_FILES = ("preprocess.log",)
-
-
-def load_dictionary(path: str):
-    from fairseq.data import Dictionary
-
-    if not os.path.isfile(path):
-        raise TreLMError(f"{path}: dictionary not found (run trelm-vocab first)")
-    try:
-        return Dictionary.load(path)
-    except Exception as e:
-        raise TreLMError(f"{path}: not a fairseq dictionary ('piece count' per line): {e}") from None
 
 
 def load_dataset(prefix: str, dictionary=None):
@@ -126,7 +116,7 @@ def verify_lengths(prefix: str, tok_file: str, dictionary=None) -> int:
 def binarize_all(data: str, src: str, tgt: str, workers: int = 2) -> Dict:
     """Binarize mono/<S>, mono/<T> and para/ under ``data``; returns sentence counts."""
     dict_path = os.path.join(data, "dict.txt")
-    dictionary = load_dictionary(dict_path)
+    dictionary = load_dictionary(dict_path, add_mask=False, hint="run trelm-vocab first")
     work = os.path.join(data, "work")
     for split in SPLITS:
         for lang in (src, tgt):
@@ -180,7 +170,8 @@ def unk_counts(data: str, src: str, tgt: str, dictionary=None) -> Dict:
     """Fraction of <unk> tokens in the binarized training text per language."""
     import numpy as np
 
-    dictionary = dictionary or load_dictionary(os.path.join(data, "dict.txt"))
+    dictionary = dictionary or load_dictionary(os.path.join(data, "dict.txt"), add_mask=False,
+                                               hint="run trelm-vocab first")
     out = {}
     for lang in (src, tgt):
         ds = load_dataset(os.path.join(data, "mono", lang, "train"))

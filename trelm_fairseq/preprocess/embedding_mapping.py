@@ -49,6 +49,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint import load_dictionary
 from ..errors import TreLMError, cli_errors
 from . import muse
 from .init_checkpoint import (
@@ -57,7 +58,6 @@ from .init_checkpoint import (
     build_init_model,
     dictionary_fingerprint,
     is_reserved,
-    load_dictionary,
     load_source,
     random_embeddings,
     save_init_checkpoint,
@@ -395,7 +395,7 @@ def run(args) -> Dict:
     out = args.out or os.path.join(args.data, "init", "model.pt")
 
     state, source_cfg, old_dict, source_path = load_source(args.source_model)
-    new_dict = load_dictionary(os.path.join(args.data, "dict.txt"), "new joint dictionary")
+    new_dict = load_dictionary(os.path.join(args.data, "dict.txt"), what="new joint dictionary")
     source_emb = state["model"]["encoder.embed_tokens.weight"].float()
     dim = source_emb.size(1)
     corr = token_correspondence(new_dict, old_dict, args.scheme)

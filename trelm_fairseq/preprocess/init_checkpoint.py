@@ -34,10 +34,12 @@ from torch import Tensor
 from fairseq.data import Dictionary
 
 from ..checkpoint import (
+    MASK,
     build_model,
     checkpoint_model_config,
     dictionary_fingerprint,
     load_checkpoint,
+    load_dictionary,
     save_checkpoint,
 )
 from ..errors import TreLMError
@@ -51,18 +53,6 @@ _RESERVED = re.compile(r"^(\[[^\[\]\s]{2,}\]|<[^<>\s]+>|madeupword\d+)$")
 
 
 # --------------------------------------------------------------------------- dictionaries
-def load_dictionary(path: str, what: str = "dictionary") -> Dictionary:
-    """A fairseq dict.txt plus ``<mask>`` (as the masked-LM tasks load it)."""
-    if not os.path.isfile(path):
-        raise TreLMError(f"{path}: {what} not found (expected a fairseq dict.txt: '<token> <count>' per line)")
-    try:
-        d = Dictionary.load(path)
-    except Exception as e:
-        raise TreLMError(f"{path}: not a fairseq dict.txt ('<token> <count>' per line): {e}") from None
-    d.add_symbol("<mask>")
-    return d
-
-
 def is_reserved(symbol: str) -> bool:
     """Special symbols and placeholder entries: never mapped, never retrieval targets."""
     return symbol in SPECIAL_SYMBOLS or bool(_RESERVED.match(symbol))
@@ -120,14 +110,12 @@ def load_source(source_model: str) -> Tuple[Dict, object, Dictionary, str]:
                          "model.pt + dict.txt, e.g. written by trelm-import)")
     state = load_checkpoint(path)
     cfg = checkpoint_model_config(state, path)
-    if not os.path.isfile(dict_path):
-        raise TreLMError(f"{dict_path}: source dictionary not found (expected next to {path})")
-    old = Dictionary.load(dict_path)
+    old = load_dictionary(dict_path, add_mask=False, what="source dictionary", hint=f"expected next to {path}")
     emb = state["model"].get("encoder.embed_tokens.weight")
     if emb is None:
         raise TreLMError(f"{path}: no encoder.embed_tokens.weight: not a trelm checkpoint")
-    if emb.size(0) == len(old) + 1 or "<mask>" in old.indices:
-        old.add_symbol("<mask>")
+    if emb.size(0) == len(old) + 1 or MASK in old.indices:
+        old.add_symbol(MASK)
     if emb.size(0) != len(old):
         raise TreLMError(f"{path}: embedding matrix has {emb.size(0)} rows, {dict_path} gives {len(old)} "
                          "symbols (+<mask>): is this the dict.txt of that model?")

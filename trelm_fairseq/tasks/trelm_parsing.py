@@ -34,6 +34,7 @@ from fairseq.data import (
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from ..checkpoint import load_dictionary
 from ..errors import TreLMError
 from ..parsing.decode import DECODERS
 
@@ -86,11 +87,8 @@ class TreLMParsingTask(FairseqTask):
 
     @classmethod
     def load_dictionary(cls, filename):
-        if not os.path.isfile(filename):
-            raise TreLMError(f"{filename}: dictionary not found (run python -m trelm_fairseq.parsing.prepare)")
-        dictionary = Dictionary.load(filename)
-        dictionary.add_symbol("<mask>")  # as masked_lm / sentence_prediction: matches trelm checkpoints
-        return dictionary
+        # + <mask>, as masked_lm / sentence_prediction: rows match trelm checkpoints
+        return load_dictionary(filename, hint="run trelm-parse-prepare")
 
     @classmethod
     def setup_task(cls, cfg: TreLMParsingConfig, **kwargs):

@@ -66,6 +66,7 @@ from fairseq.data import (
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from ..checkpoint import MASK, load_dictionary
 from ..data import AlignedParallelDataset, SubsetDataset, TreLMZipDataset, keep_by_length, load_indexed
 from ..errors import TreLMError
 from ..freezing import STAGES, apply_freezing, frozen_groups, summary
@@ -153,7 +154,7 @@ class TreLMTransferTask(FairseqTask):
     def __init__(self, cfg: TreLMTransferConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
-        self.mask_idx = dictionary.add_symbol("<mask>")  # as fairseq's masked_lm
+        self.mask_idx = dictionary.add_symbol(MASK)  # as fairseq's masked_lm
         self.langs = parse_langs(cfg.langs)
         self.stage = str(cfg.stage)
         self.frozen = frozen_groups(self.stage, cfg.freeze)
@@ -162,10 +163,9 @@ class TreLMTransferTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: TreLMTransferConfig, **kwargs):
         path = os.path.join(cfg.data, "dict.txt")
-        if not os.path.isfile(path):
-            raise TreLMError(f"{path}: dictionary not found (is --data a trelm data directory? docs/data-layout.md)")
-        dictionary = Dictionary.load(path)
-        if "<mask>" in dictionary.indices:
+        dictionary = load_dictionary(path, add_mask=False,
+                                     hint="is --data a trelm data directory? docs/data-layout.md")
+        if MASK in dictionary.indices:
             raise TreLMError(f"{path}: contains <mask>; the shared dictionary must not (the task adds it)")
         logger.info("dictionary: %d types (+ <mask>)", len(dictionary))
         return cls(cfg, dictionary)
