@@ -25,7 +25,7 @@ setup(
             "trelm-fetch-corpus=trelm_fairseq.preprocess.corpora:cli_main",
             "trelm-vocab=trelm_fairseq.preprocess.vocab:cli_main",
             "trelm-align=trelm_fairseq.preprocess.align:cli_main",
-            "trelm-map-embeddings=trelm_fairseq.preprocess.embedding_mapping:cli_main",
+            "trelm-map-embeddings=trelm_fairseq.cli.map_embeddings:cli_main",
             "trelm-prepare=trelm_fairseq.preprocess.prepare:cli_main",
             "trelm-probe=trelm_fairseq.probes:cli_main",
         ],

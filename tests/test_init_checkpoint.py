@@ -1,11 +1,12 @@
 """Initialised checkpoint (preprocess/init_checkpoint.py) and the trelm-map-embeddings CLI
-(preprocess/embedding_mapping.py), on a tiny synthetic source model."""
+(cli/map_embeddings.py, steps in preprocess/embedding_mapping.py), on a tiny synthetic source model."""
 import os
 
 import pytest
 import torch
 
 from trelm_fairseq.checkpoint import load_checkpoint, load_model
+from trelm_fairseq.cli import map_embeddings
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.preprocess import embedding_mapping as em
 from trelm_fairseq.preprocess.init_checkpoint import (
@@ -43,7 +44,7 @@ def dirs(tmp_path):
 
 
 def run_cli(src, data, *extra):
-    return em.main(["--source-model", src, "--data", data, "--quiet", *extra])
+    return map_embeddings.main(["--source-model", src, "--data", data, "--quiet", *extra])
 
 
 def symbol_rows(d, syms):
@@ -292,7 +293,7 @@ def test_evaluate_both_reports_adversarial(rotated, tmp_path):
 def test_cli_errors(dirs, tmp_path, capsys):
     src, data = dirs
     with pytest.raises(SystemExit) as e:
-        em.cli_main(["--source-model", src, "--data", data])  # no --text and no --no-mapping
+        map_embeddings.cli_main(["--source-model", src, "--data", data])  # no --text and no --no-mapping
     assert e.value.code == 2
     assert "--text" in capsys.readouterr().err
     with pytest.raises(TreLMError, match="dict.txt"):
@@ -306,6 +307,6 @@ def test_cli_errors(dirs, tmp_path, capsys):
     with pytest.raises(TreLMError, match="rows"):
         run_cli(src, data, "--no-mapping")
     with pytest.raises(SystemExit) as e:
-        em.cli_main(["--help"])
+        map_embeddings.cli_main(["--help"])
     assert e.value.code == 0
     assert "--source-model" in capsys.readouterr().out

@@ -36,24 +36,24 @@ Steps (TreLM method steps 1-2, see DESIGN.md):
    checkpoint's ``trelm`` meta.  ``--no-mapping``: new tokens are N(0, source std)
    instead (ablation baseline).
 """
-import argparse
-import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from fairseq.data import Dictionary
+
 from ..checkpoint import load_dictionary
-from ..errors import TreLMError, cli_errors
+from ..errors import TreLMError
+from ..fileio import atomic_output, write_json
 from . import muse
 from .init_checkpoint import (
-    SCHEMES,
     assemble_embeddings,
     build_init_model,
     dictionary_fingerprint,
@@ -142,16 +142,8 @@ def fasttext_matrix(model, symbols: Sequence[str]) -> np.ndarray:
 
 
 def save_vectors(path: str, symbols: Sequence[str], vectors: np.ndarray) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".npz") as tmp:  # np.savez adds .npz to other names
         np.savez(tmp, symbols=np.array(list(symbols)), vectors=vectors)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_vectors(path: str, symbols: Sequence[str], dim: int) -> np.ndarray:
@@ -292,86 +284,6 @@ def run_adversarial(problem: MappingProblem, args, log) -> Dict:
     return {"W": W, "info": info}
 
 
-# --------------------------------------------------------------------------- CLI
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Initialise the new joint vocabulary's embeddings (copy the tokens the old vocabulary "
-                    "has, map the others: fastText vectors + a linear map into the source embedding space, "
-                    "supervised by the shared tokens or MUSE-adversarial) and write the initialised TreLM "
-                    "checkpoint (<data>/init/model.pt).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--source-model", required=True, metavar="DIR",
-                   help="source model directory with model.pt + dict.txt (e.g. from trelm-import)")
-    p.add_argument("--data", required=True, metavar="DATA", help="data directory; reads DATA/dict.txt")
-    p.add_argument("--text", nargs="+", metavar="FILE", default=None,
-                   help="tokenized training text of both languages (space-separated pieces, one sentence a "
-                        "line); required unless --no-mapping")
-    p.add_argument("--out", metavar="PATH", default=None, help="output checkpoint (default DATA/init/model.pt)")
-    p.add_argument("--method", choices=("supervised", "adversarial"), default="supervised",
-                   help="mapping used for the initialisation")
-    p.add_argument("--evaluate-both", action="store_true", help="also run and evaluate the other method")
-    p.add_argument("--no-mapping", action="store_true",
-                   help="ablation: new tokens get N(0, source std) rows instead of mapped vectors")
-    p.add_argument("--scheme", choices=SCHEMES, default="auto",
-                   help="token correspondence: wordpiece ('▁word'<->'word', 'ing'<->'##ing') or identical")
-    p.add_argument("--tri-layer-position", type=int, default=-1,
-                   help="layers below the TRILayer; -1 = N/2")
-    p.add_argument("--tri-layer-copy", choices=("upper", "lower"), default="upper",
-                   help="the TRILayer starts as a copy of the first upper layer (upper, the authors' choice) or "
-                        "of the last lower layer (lower, the previous default)")
-    p.add_argument("--target-lang-std", type=float, default=0.0,
-                   help="std of the noise added to the target-language embedding row (a copy of row 0)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2,
-                   help="fastText and torch threads (fastText vectors are bit-reproducible only with 1 thread)")
-    p.add_argument("--device", default="cpu",
-                   help="torch device for the mapping (e.g. cuda; fastText always runs on the CPU)")
-    p.add_argument("--report-json", metavar="PATH", default=None, help="also write the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    g = p.add_argument_group("fastText skip-gram")
-    g.add_argument("--ft-epochs", type=int, default=5)
-    g.add_argument("--ft-min-count", type=int, default=3, help="pieces seen fewer times get n-gram vectors only "
-                   "and are left out of the mapping dictionaries")
-    g.add_argument("--ft-minn", type=int, default=3, help="min character n-gram (0 with --ft-maxn 0: none)")
-    g.add_argument("--ft-maxn", type=int, default=6, help="max character n-gram")
-    g.add_argument("--ft-lr", type=float, default=0.05)
-    g.add_argument("--ft-window", type=int, default=5)
-    g.add_argument("--ft-neg", type=int, default=5)
-    g.add_argument("--save-vectors", metavar="PATH", default=None, help="write the fastText vectors (.npz)")
-    g.add_argument("--load-vectors", metavar="PATH", default=None,
-                   help="reuse vectors written by --save-vectors instead of training fastText")
-    g = p.add_argument_group("mapping")
-    g.add_argument("--heldout", type=float, default=0.15,
-                   help="fraction of shared tokens held out of all dictionaries to measure precision@1")
-    g.add_argument("--csls-k", type=int, default=10)
-    g.add_argument("--max-rank", type=int, default=5000,
-                   help="most frequent rows used for induced dictionaries, the model-selection criterion and "
-                        "the CSLS neighbourhoods of the evaluation (0 = all; cost grows with its square)")
-    g.add_argument("--sup-solver", choices=muse.SOLVERS, default="lstsq",
-                   help="supervised map: unconstrained linear least squares (ridge) or orthogonal Procrustes "
-                        "(MUSE's choice; assumes isomorphic spaces, measured much worse from fastText to a "
-                        "PrLM's input embeddings, see the module docstring)")
-    g.add_argument("--ridge", type=float, default=0.01, help="ridge penalty of the lstsq solver")
-    g.add_argument("--sup-refine-iterations", type=int, default=0,
-                   help="CSLS refinement iterations after supervised Procrustes (seed pairs kept)")
-    g.add_argument("--refine-iterations", type=int, default=5, help="Procrustes refinement after adversarial")
-    g.add_argument("--adv-steps", type=int, default=150,
-                   help="adversarial mapping steps (~1 CPU-second each with --adv-hidden 2048, d=384)")
-    g.add_argument("--adv-most-frequent", type=int, default=10000,
-                   help="most frequent rows of each side the discriminator sees (0 = all)")
-    g.add_argument("--adv-dis-steps", type=int, default=5, help="discriminator steps per mapping step")
-    g.add_argument("--adv-batch-size", type=int, default=32, help="per side")
-    g.add_argument("--adv-hidden", type=int, default=2048, help="discriminator hidden size")
-    g.add_argument("--adv-lr", type=float, default=0.1, help="SGD learning rate (discriminator and mapping)")
-    g.add_argument("--adv-smoothing", type=float, default=0.1, help="discriminator label smoothing")
-    g.add_argument("--adv-beta", type=float, default=0.001, help="orthogonalisation beta")
-    g.add_argument("--adv-eval-every", type=int, default=50,
-                   help="evaluate the unsupervised criterion (model selection) every N steps")
-    return p
-
-
 def _check_args(args) -> None:
     if not args.no_mapping and not args.text and not args.load_vectors:
         raise TreLMError("--text: the tokenized training text is required (or --load-vectors, or --no-mapping)")
@@ -386,132 +298,172 @@ def _check_args(args) -> None:
             raise TreLMError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 0")
 
 
+def _torch_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise TreLMError(f"--device {name}: not usable here ({e})") from None
+    return device
+
+
+# --------------------------------------------------------------------------- the steps of run()
+@dataclass
+class Vocabularies:
+    """The source model and the old and new vocabularies, with step 1's correspondence."""
+    state: Dict
+    source_cfg: object
+    source_path: str
+    old_dict: Dictionary
+    new_dict: Dictionary
+    source_emb: torch.Tensor  # the source's input embeddings (float)
+    corr: torch.Tensor  # token_correspondence(new_dict, old_dict): old row or -1
+
+    @property
+    def n_copied(self) -> int:
+        return int((self.corr >= 0).sum())
+
+
+def load_vocabularies(args, log) -> Vocabularies:
+    """Step 1: read the source model and DATA/dict.txt, match the tokens they share."""
+    state, source_cfg, old_dict, source_path = load_source(args.source_model)
+    new_dict = load_dictionary(os.path.join(args.data, "dict.txt"), what="new joint dictionary")
+    source_emb = state["model"]["encoder.embed_tokens.weight"].float()
+    corr = token_correspondence(new_dict, old_dict, args.scheme)
+    v = Vocabularies(state, source_cfg, source_path, old_dict, new_dict, source_emb, corr)
+    log(f"source {source_path}: {len(old_dict)} symbols, d={source_emb.size(1)}; new vocabulary {len(new_dict)} "
+        f"symbols (+<mask>): {v.n_copied} exist in the old vocabulary (copied), {len(new_dict) - v.n_copied} to "
+        "initialise")
+    return v
+
+
+def subword_vectors(args, new_dict: Dictionary, dim: int, log, seconds: Dict) -> Tuple[torch.Tensor, Counter]:
+    """Step 2: (fastText vectors, one row per symbol of ``new_dict``; piece counts of the
+    text, or the dictionary's counts without --text)."""
+    t0 = time.time()
+    if args.text:
+        counts = count_pieces(args.text)
+        log(f"text: {sum(counts.values())} pieces, {len(counts)} distinct "
+            f"({sum(s in new_dict.indices for s in counts)} in the dictionary)")
+    else:
+        counts = Counter({s: c for s, c in zip(new_dict.symbols, new_dict.count)})
+    if args.load_vectors:
+        ft = load_vectors(args.load_vectors, new_dict.symbols, dim)
+        log(f"fastText vectors loaded from {args.load_vectors}")
+    else:
+        model = train_fasttext(args.text, dim, args.ft_epochs, args.ft_min_count, args.threads, args.seed,
+                               args.ft_minn, args.ft_maxn, args.ft_lr, args.ft_window, args.ft_neg)
+        ft = fasttext_matrix(model, new_dict.symbols)
+        del model
+        seconds["fasttext"] = round(time.time() - t0, 2)
+        log(f"fastText skip-gram d={dim}, {args.ft_epochs} epochs: {seconds['fasttext']}s")
+    if args.save_vectors:
+        save_vectors(args.save_vectors, new_dict.symbols, ft)
+    return torch.from_numpy(ft), counts
+
+
+def run_methods(problem: MappingProblem, args, log, seconds: Dict) -> Dict[str, Dict]:
+    """Step 3: the chosen mapping method (and with --evaluate-both the other one): {method: {W, info}}."""
+    methods = [args.method]
+    if args.evaluate_both:
+        methods.append("adversarial" if args.method == "supervised" else "supervised")
+    results = {}
+    for m in methods:
+        t1 = time.time()
+        results[m] = (run_supervised if m == "supervised" else run_adversarial)(problem, args, log)
+        seconds[m] = round(time.time() - t1, 2)
+    return results
+
+
+def map_new_tokens(args, v: Vocabularies, ft: torch.Tensor, counts: Counter, fill: torch.Tensor,
+                   device: torch.device, report: Dict, seconds: Dict, log) -> int:
+    """Steps 3-4: learn the map, put the mapped vectors of the new tokens into ``fill``
+    (in place; rows without any fastText information stay random); adds the figures to
+    ``report`` and returns the number of rows left random."""
+    problem = MappingProblem(v.new_dict.symbols, v.old_dict.symbols, v.corr, ft, counts, v.source_emb,
+                             args.ft_min_count, args.heldout, args.seed)
+    problem.to(device)
+    log(f"mapping problem: {len(problem.x_ids)} new tokens with vectors, {len(problem.y_ids)} source rows, "
+        f"{len(problem.shared)} shared ({len(problem.seed_pairs)} seed, {len(problem.test_pairs)} held out)")
+    report.update({"shared_with_vectors": len(problem.shared), "seed_pairs": len(problem.seed_pairs),
+                   "heldout_pairs": len(problem.test_pairs)})
+    results = run_methods(problem, args, log, seconds)
+    report["precision_at_1"] = {m: {k: r["info"][k] for k in ("csls", "nn", "n")} for m, r in results.items()}
+    report["mapping"] = {m: {k: x for k, x in r["info"].items() if k not in ("csls", "nn", "n")}
+                         for m, r in results.items()}
+    mapped = problem.map_all(ft, results[args.method]["W"])
+    usable = ft.abs().sum(1) > 0  # no fastText information at all: keep the random row
+    fill[usable] = mapped[usable]
+    report["scale"] = {"source_mean_norm": round(problem.src_mean.norm().item(), 6),
+                       "source_centered_norm": round(problem.src_scale, 6)}
+    return int(((v.corr < 0) & ~usable).sum())
+
+
+def write_init_checkpoint(args, v: Vocabularies, fill: torch.Tensor, out: str, report: Dict, seconds: Dict,
+                          t_start: float) -> None:
+    """Step 5: assemble the embedding matrix, build the initialised model, save it with the report."""
+    t0 = time.time()
+    embeddings = assemble_embeddings(v.source_emb, v.corr, fill)
+    model, cfg = build_init_model(v.state, v.source_cfg, v.new_dict, embeddings, args.tri_layer_position,
+                                  args.target_lang_std, args.seed, v.source_path, args.tri_layer_copy)
+    report["tri_layer_position"] = model.encoder.tri_layer_position
+    report["tri_layer_copy"] = args.tri_layer_copy
+    report["seconds"] = seconds
+    seconds["total"] = round(time.time() - t_start, 2)  # meta: up to the save
+    save_init_checkpoint(out, model, cfg, {"init": report, "source_model": report["source_model"],
+                                           "source_fingerprint": report["source_fingerprint"]})
+    seconds["checkpoint"] = round(time.time() - t0, 2)
+    seconds["total"] = round(time.time() - t_start, 2)
+    report["out"] = os.path.abspath(out)
+
+
+def _log_summary(report: Dict, out: str, log) -> None:
+    log(f"wrote {out}: {report['copied']} copied, {report['mapped']} mapped, {report['random']} random rows; "
+        f"TRILayer after layer {report['tri_layer_position']}")
+    for m, r in report.get("precision_at_1", {}).items():
+        log(f"precision@1 {m}: csls {_fmt(r['csls'])}, nn {_fmt(r['nn'])} (n={r['n']})")
+
+
 def run(args) -> Dict:
-    """Everything after argument parsing; returns the report (also stored in the checkpoint meta)."""
+    """Everything after argument parsing (``trelm_fairseq.cli.map_embeddings``); returns
+    the report (also stored in the checkpoint meta)."""
     _check_args(args)
     log = _log(args.quiet)
     t_start = time.time()
     seconds: Dict[str, float] = {}
     out = args.out or os.path.join(args.data, "init", "model.pt")
-
-    state, source_cfg, old_dict, source_path = load_source(args.source_model)
-    new_dict = load_dictionary(os.path.join(args.data, "dict.txt"), what="new joint dictionary")
-    source_emb = state["model"]["encoder.embed_tokens.weight"].float()
-    dim = source_emb.size(1)
-    corr = token_correspondence(new_dict, old_dict, args.scheme)
-    n_copied = int((corr >= 0).sum())
-    log(f"source {source_path}: {len(old_dict)} symbols, d={dim}; new vocabulary {len(new_dict)} symbols "
-        f"(+<mask>): {n_copied} exist in the old vocabulary (copied), {len(new_dict) - n_copied} to initialise")
-
+    v = load_vocabularies(args, log)
+    n_new = len(v.new_dict)
     report: Dict = {
-        "source_model": os.path.abspath(source_path),
-        "source_fingerprint": dictionary_fingerprint(old_dict),
-        "vocab_size": len(new_dict),
-        "copied": n_copied,
+        "source_model": os.path.abspath(v.source_path),
+        "source_fingerprint": dictionary_fingerprint(v.old_dict),
+        "vocab_size": n_new,
+        "copied": v.n_copied,
         "method": "none" if args.no_mapping else args.method,
         "seed": args.seed,
     }
-    gen = torch.Generator().manual_seed(args.seed)
-    fill = random_embeddings(len(new_dict), source_emb, gen)
-    n_random = len(new_dict) - n_copied
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise TreLMError(f"--device {args.device}: not usable here ({e})") from None
+    fill = random_embeddings(n_new, v.source_emb, torch.Generator().manual_seed(args.seed))
+    n_random = n_new - v.n_copied
+    device = _torch_device(args.device)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         if not args.no_mapping:
-            t0 = time.time()
-            if args.text:
-                counts = count_pieces(args.text)
-                log(f"text: {sum(counts.values())} pieces, {len(counts)} distinct "
-                    f"({sum(s in new_dict.indices for s in counts)} in the dictionary)")
-            else:
-                counts = Counter({s: c for s, c in zip(new_dict.symbols, new_dict.count)})
-            if args.load_vectors:
-                ft = load_vectors(args.load_vectors, new_dict.symbols, dim)
-                log(f"fastText vectors loaded from {args.load_vectors}")
-            else:
-                model = train_fasttext(args.text, dim, args.ft_epochs, args.ft_min_count, args.threads, args.seed,
-                                       args.ft_minn, args.ft_maxn, args.ft_lr, args.ft_window, args.ft_neg)
-                ft = fasttext_matrix(model, new_dict.symbols)
-                del model
-                seconds["fasttext"] = round(time.time() - t0, 2)
-                log(f"fastText skip-gram d={dim}, {args.ft_epochs} epochs: {seconds['fasttext']}s")
-            if args.save_vectors:
-                save_vectors(args.save_vectors, new_dict.symbols, ft)
-            ft = torch.from_numpy(ft)
-
-            t0 = time.time()
-            problem = MappingProblem(new_dict.symbols, old_dict.symbols, corr, ft, counts, source_emb,
-                                     args.ft_min_count, args.heldout, args.seed)
-            problem.to(device)
-            log(f"mapping problem: {len(problem.x_ids)} new tokens with vectors, {len(problem.y_ids)} source rows, "
-                f"{len(problem.shared)} shared ({len(problem.seed_pairs)} seed, {len(problem.test_pairs)} held out)")
-            report.update({"shared_with_vectors": len(problem.shared), "seed_pairs": len(problem.seed_pairs),
-                           "heldout_pairs": len(problem.test_pairs)})
-            methods = [args.method]
-            if args.evaluate_both:
-                methods.append("adversarial" if args.method == "supervised" else "supervised")
-            results = {}
-            for m in methods:
-                t1 = time.time()
-                results[m] = (run_supervised if m == "supervised" else run_adversarial)(problem, args, log)
-                seconds[m] = round(time.time() - t1, 2)
-            report["precision_at_1"] = {m: {k: results[m]["info"][k] for k in ("csls", "nn", "n")}
-                                        for m in methods}
-            report["mapping"] = {m: {k: v for k, v in r["info"].items() if k not in ("csls", "nn", "n")}
-                                 for m, r in results.items()}
-            mapped = problem.map_all(ft, results[args.method]["W"])
-            usable = ft.abs().sum(1) > 0  # no fastText information at all: keep the random row
-            fill[usable] = mapped[usable]
-            n_random = int(((corr < 0) & ~usable).sum())
-            report["scale"] = {"source_mean_norm": round(problem.src_mean.norm().item(), 6),
-                               "source_centered_norm": round(problem.src_scale, 6)}
-        report["mapped"] = len(new_dict) - n_copied - n_random
+            ft, counts = subword_vectors(args, v.new_dict, v.source_emb.size(1), log, seconds)
+            n_random = map_new_tokens(args, v, ft, counts, fill, device, report, seconds, log)
+        report["mapped"] = n_new - v.n_copied - n_random
         report["random"] = n_random
-
-        t0 = time.time()
-        embeddings = assemble_embeddings(source_emb, corr, fill)
-        model, cfg = build_init_model(state, source_cfg, new_dict, embeddings, args.tri_layer_position,
-                                      args.target_lang_std, args.seed, source_path, args.tri_layer_copy)
-        report["tri_layer_position"] = model.encoder.tri_layer_position
-        report["tri_layer_copy"] = args.tri_layer_copy
-        report["seconds"] = seconds
-        seconds["total"] = round(time.time() - t_start, 2)  # meta: up to the save
-        save_init_checkpoint(out, model, cfg, {"init": report, "source_model": report["source_model"],
-                                               "source_fingerprint": report["source_fingerprint"]})
-        seconds["checkpoint"] = round(time.time() - t0, 2)
-        seconds["total"] = round(time.time() - t_start, 2)
-        report["out"] = os.path.abspath(out)
+        write_init_checkpoint(args, v, fill, out, report, seconds, t_start)
     finally:
         torch.set_num_threads(prev_threads)
-    log(f"wrote {out}: {report['copied']} copied, {report['mapped']} mapped, {report['random']} random rows; "
-        f"TRILayer after layer {report['tri_layer_position']}")
-    if "precision_at_1" in report:
-        for m, r in report["precision_at_1"].items():
-            log(f"precision@1 {m}: csls {_fmt(r['csls'])}, nn {_fmt(r['nn'])} (n={r['n']})")
+    _log_summary(report, out, log)
     if args.report_json:
-        folder = os.path.dirname(os.path.abspath(args.report_json))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, args.report_json)
+        write_json(args.report_json, report)
     return report
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-    """Parse ``argv`` and run; returns the report dict (for trelm-prepare)."""
-    return run(get_parser().parse_args(argv))
+    """Kept for preprocess/prepare.py: trelm_fairseq.cli.map_embeddings.main (parse + run)."""
+    from ..cli.map_embeddings import main as command_main
 
-
-@cli_errors
-def cli_main(argv: Optional[List[str]] = None) -> None:
-    main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    cli_main(sys.argv[1:])
+    return command_main(argv)
