@@ -17,8 +17,8 @@ from fairseq.data import Dictionary
 from trelm_fairseq.checkpoint import load_model
 from trelm_fairseq.cli import import_model as cli
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.importers import convert, import_model, read_source
-from trelm_fairseq.source_tokenizer import load_tokenizer
+from trelm_fairseq.preprocess.importers import convert, import_model, read_source
+from trelm_fairseq.preprocess.source_tokenizer import load_tokenizer
 
 TOL = 1e-4
 SENTENCES = [

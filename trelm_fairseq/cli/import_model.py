@@ -37,14 +37,14 @@ def main(argv=None) -> int:
     if args.encode or args.encode_out:
         if not (args.encode and args.encode_out):
             raise TreLMError("--encode IN and --encode-out OUT go together")
-        from ..importers import default_source_dir
-        from ..source_tokenizer import encode_file, load_tokenizer
+        from ..preprocess.importers import default_source_dir
+        from ..preprocess.source_tokenizer import encode_file, load_tokenizer
 
         encode_file(load_tokenizer(args.source or default_source_dir()), args.encode, args.encode_out)
         return 0
     if not args.out:
         raise TreLMError("--out is required (the folder to write model.pt and dict.txt to)")
-    from ..importers import import_model
+    from ..preprocess.importers import import_model
 
     import_model(args.source, args.out, n_langs=args.n_langs, force=args.force, seed=args.seed)
     return 0

@@ -341,7 +341,7 @@ def run_prepare(args) -> Dict:
             steps.status["import"] = "not needed"
             import_key = _stat_signature(source_ckpt_dir)
         else:
-            from ..importers import import_model
+            from .importers import import_model
 
             source_ckpt_dir = os.path.join(data, "source")
             steps.run("import", {"source": os.path.abspath(source_model), "files": _stat_signature(source_model)},

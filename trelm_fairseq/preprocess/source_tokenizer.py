@@ -4,7 +4,7 @@ tokens that match the ``dict.txt`` written by ``trelm-import``.
 Use it to run fairseq's ``masked_lm`` on English text with the imported
 vocabulary (``fairseq-preprocess --only-source --srcdict <out>/dict.txt``)::
 
-    from trelm_fairseq.source_tokenizer import load_tokenizer, encode_file
+    from trelm_fairseq.preprocess.source_tokenizer import load_tokenizer, encode_file
     tok = load_tokenizer("<import out dir or source model dir>")
     tok.tokenize("Hello world!")          # ['hello', 'world', '!']
     encode_file(tok, "en.txt", "en.tok")  # one output line per input line
@@ -26,10 +26,10 @@ This module imports neither torch nor fairseq, so it stays cheap to load.
 import json
 import os
 import sys
-import tempfile
 from typing import Dict, Iterable, List, Optional
 
-from .errors import TreLMError
+from ..errors import TreLMError
+from ..fileio import atomic_write
 
 # Where ``trelm-import`` copies the source tokenizer inside its output folder,
 # and the descriptor it writes there.
@@ -243,15 +243,12 @@ def load_tokenizer(path: str) -> SourceTokenizer:
 
 def encode_file(tokenizer: SourceTokenizer, in_path: str, out_path: str, chunk: int = 10000,
                 log=sys.stderr) -> int:
-    """Encode ``in_path`` line by line into ``out_path`` (temp file + rename); returns the line count."""
+    """Encode ``in_path`` line by line into ``out_path`` (written atomically); returns the line count."""
     if not os.path.isfile(in_path):
         raise TreLMError(f"{in_path}: input text file not found")
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     n = 0
     try:
-        with open(in_path, encoding="utf-8", newline="\n") as fin, os.fdopen(fd, "w", encoding="utf-8") as fout:
+        with open(in_path, encoding="utf-8", newline="\n") as fin, atomic_write(out_path) as fout:
             buf: List[str] = []
             for line in fin:
                 buf.append(line)
@@ -260,12 +257,8 @@ def encode_file(tokenizer: SourceTokenizer, in_path: str, out_path: str, chunk: 
                     if log:
                         print(f"[trelm-import] encoded {n} lines", file=log, flush=True)
             n += _flush(tokenizer, buf, fout)
-        os.replace(tmp, out_path)
     except UnicodeDecodeError as e:
         raise TreLMError(f"{in_path}: after line {n}: not UTF-8 text ({e.reason})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if log:
         print(f"[trelm-import] wrote {out_path}: {n} lines", file=log, flush=True)
     return n

