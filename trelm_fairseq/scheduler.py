@@ -12,7 +12,8 @@ thread-safe line printer the jobs share.
 * ``poll(handle) -> None | (ok, error)``: ``None`` while the node runs, else ``(True, None)`` or
   ``(False, "what went wrong")``.  It may block briefly; when no node finished in a round the
   scheduler sleeps 0.2 s.
-* A node whose dependency failed (or was skipped) is skipped, never started; the others go on.
+* A node whose dependency failed (or was skipped) is skipped, never started; the others go on
+  (with ``keep_going=False`` nothing new starts after the first failure: the rest is skipped).
 * ``say`` gets one line per event: ``-> ID: started``, ``<- ID: done``, ``!! ID: FAILED: error``,
   ``-- ID: skipped (...)``.
 * Returns ``{id: "ok" | "skipped" | "failed: <error>"}`` for every node, in node order.
@@ -63,13 +64,17 @@ class Node:
 
 
 def _start_ready(nodes: Sequence, state: Dict[str, str], running: Dict[str, Any], start, max_parallel: int,
-                 say) -> None:
+                 say, keep_going: bool = True) -> None:
     """One pass over the waiting nodes: skip those after a failure, start those that are ready."""
+    stopped = not keep_going and "failed" in state.values()
     for n in nodes:
         if state[n.id] != "waiting":
             continue
         dep_states = [state[d] for d in n.deps if d in state]
-        if any(s in ("failed", "skipped") for s in dep_states):
+        if stopped:
+            state[n.id] = "skipped"
+            say(f"-- {n.id}: skipped (stopped after a failure)")
+        elif any(s in ("failed", "skipped") for s in dep_states):
             state[n.id] = "skipped"
             say(f"-- {n.id}: skipped (a job it depends on did not succeed)")
         elif all(s == "ok" for s in dep_states) and len(running) < max_parallel:
@@ -99,14 +104,14 @@ def _collect_finished(state: Dict[str, str], running: Dict[str, Any], errors: Di
 
 
 def schedule(nodes: Sequence, start: Callable[[Any], Any], poll: Callable[[Any], Outcome],
-             max_parallel: int = 1, say: Callable[[str], None] = print) -> Dict[str, str]:
+             max_parallel: int = 1, say: Callable[[str], None] = print, keep_going: bool = True) -> Dict[str, str]:
     """Start each node once its dependencies succeeded, ``max_parallel`` at a time; a node
     after a failed or skipped one is skipped.  See the module doc."""
     state = {n.id: "waiting" for n in nodes}
     errors: Dict[str, str] = {}
     running: Dict[str, Any] = {}
     while True:
-        _start_ready(nodes, state, running, start, max_parallel, say)
+        _start_ready(nodes, state, running, start, max_parallel, say, keep_going)
         if not running:
             waiting = [nid for nid, s in state.items() if s == "waiting"]
             if waiting:  # pragma: no cover - a cycle
@@ -123,7 +128,7 @@ def error_message(e: BaseException) -> str:
 
 
 def run_threads(nodes: Sequence, work: Callable[[Any], Any], max_parallel: int = 1,
-                say: Callable[[str], None] = print) -> Dict[str, str]:
+                say: Callable[[str], None] = print, keep_going: bool = True) -> Dict[str, str]:
     """``schedule`` with ``work(node)`` run in a pool of ``max_parallel`` threads."""
     max_parallel = max(1, max_parallel)
     with ThreadPoolExecutor(max_workers=max_parallel) as pool:
@@ -138,4 +143,4 @@ def run_threads(nodes: Sequence, work: Callable[[Any], Any], max_parallel: int =
             e = fut.exception()
             return (True, None) if e is None else (False, error_message(e))
 
-        return schedule(nodes, start, poll, max_parallel, say)
+        return schedule(nodes, start, poll, max_parallel, say, keep_going)

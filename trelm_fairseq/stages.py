@@ -22,14 +22,13 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .fileio import write_json
+from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -384,18 +383,6 @@ def _env() -> Dict[str, str]:
     return env
 
 
-class _Printer:
-    """Thread-safe line output (2a and 2b may run at once)."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self.log = log
-        self.lock = threading.Lock()
-
-    def __call__(self, msg: str) -> None:
-        with self.lock:
-            self.log(msg)
-
-
 class StageFailed(TreLMError):
     """A stage's command exited non-zero; its checkpoints stay for a resume."""
 
@@ -451,7 +438,7 @@ def stage_record(stage: Stage) -> Dict:
 def run_stage(plan: StagePlan, key: str, log: Callable[[str], None] = print, echo: bool = True) -> Dict:
     """Run (or skip, or resume) one stage; returns its marker record."""
     stage = plan.stages[key]
-    say = log if isinstance(log, _Printer) else _Printer(log)
+    say = printer(log)
     state = stage.state()
     if state == "done":
         m = stage.marker()
@@ -595,6 +582,15 @@ def _check_selection(plan: StagePlan, keys: List[str]) -> None:
                 )
 
 
+def _quiet_events(say: Callable[[str], None]) -> Callable[[str], None]:
+    """The scheduler's event lines minus start / done / failed (run_stage prints its own
+    and the error is raised); skips are kept."""
+    def event(line: str) -> None:
+        if not line.startswith(("-> ", "<- ", "!! ")):
+            say(line)
+    return event
+
+
 def run_all(
     plan: StagePlan,
     stages: Optional[str] = None,
@@ -605,7 +601,7 @@ def run_all(
 ) -> List[Dict]:
     """Run the selected stages in order (2a and 2b at once with ``parallel``); returns the summary rows."""
     keys = plan.select(stages)
-    say = _Printer(log)
+    say = printer(log)
     if dry_run:
         for key in keys:
             stage = plan.stages[key]
@@ -621,25 +617,28 @@ def run_all(
     os.makedirs(plan.out, exist_ok=True)
     say(f"trelm-stages: {', '.join(f'{k} ({plan.specs[k].name})' for k in keys)} -> {plan.out}")
     t0 = time.time()
-    try:
-        i = 0
-        while i < len(keys):
-            key = keys[i]
-            pair = keys[i:i + 2] == ["2a", "2b"]
-            if pair and parallel and not (plan.stages["2a"].done() or plan.stages["2b"].done()):
-                with ThreadPoolExecutor(max_workers=2) as pool:
-                    futures = [pool.submit(run_stage, plan, k, say, echo) for k in ("2a", "2b")]
-                    errors = [f.exception() for f in futures]
-                for e in errors:
-                    if e is not None:
-                        raise e
-                i += 2
-            else:
-                run_stage(plan, key, say, echo)
-                i += 1
+    failures: Dict[str, BaseException] = {}
+
+    def work(node: Node) -> None:
+        try:
+            run_stage(plan, node.id, say, echo)
+        except BaseException as e:  # kept to re-raise as it was (StageFailed, TreLMError, ...)
+            failures[node.id] = e
+            raise
+        finally:
             write_summary(plan)
+
+    # the sweep's scheduler over this plan's graph: a stage starts when its selected parents
+    # finished; with `parallel`, 2a and 2b (both children of stage 1) train at once; nothing
+    # new starts after a failure (rerun to resume)
+    nodes = [Node(k, [p for p in plan.specs[k].parents if p in keys]) for k in keys]
+    try:
+        run_threads(nodes, work, max_parallel=2 if parallel else 1, say=_quiet_events(say), keep_going=False)
     finally:
         rows = write_summary(plan)
         say(format_table(rows))
         say(f"total {time.time() - t0:.1f}s; summary in {os.path.join(plan.out, SUMMARY)}")
+    for key in keys:  # the first failed stage's own error, as a direct run_stage would raise it
+        if key in failures:
+            raise failures[key]
     return rows
