@@ -112,6 +112,8 @@ def test_selection_and_option_errors(data_dir, tmp_path):
         run_all(plan, stages="3,4", log=lambda m: None)
     with pytest.raises(TreLMError, match="--langs 'en'"):
         StagePlan(str(data_dir), str(tmp_path), langs="en")
+    with pytest.raises(TreLMError, match="--langs 'en,en': expected two different languages"):
+        StagePlan(str(data_dir), str(tmp_path), langs="en,en")  # the task's rule, before fairseq-train
     with pytest.raises(TreLMError, match="init checkpoint not found"):
         StagePlan(str(tmp_path), str(tmp_path / "o")).stages["1"].command()
 

@@ -276,6 +276,11 @@ def test_scheduler_skips_the_jobs_after_a_failure():
                       "b/2a": "ok"}
     assert order.index("a/2a") > order.index("a/1") and "a/3" not in order
     assert any("a/3: skipped" in line for line in lines)
+    # keep_going=False (trelm-stages): nothing new starts after the first failure
+    order.clear()
+    states = schedule(nodes, start, poll, 1, lines.append, keep_going=False)
+    assert order == ["a/1", "a/2a", "a/2b"]
+    assert states["a/2b"] == "failed: boom" and all(states[n] == "skipped" for n in ("a/3", "b/1", "b/2a"))
 
 
 # ----- preemption / requeue ------------------------------------------------------------------

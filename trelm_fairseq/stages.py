@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .fileio import write_json
+from .language_pair import langs_from_prepare, parse_langs  # noqa: F401  (langs_from_prepare: cli)
 from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
 
@@ -68,22 +69,6 @@ GRAPHS = {
     "trelm": SPECS,
     "mlm": (StageSpec("1", "language_specific", (), "1"),),
 }
-
-def langs_from_prepare(data: str) -> str:
-    """The "S,T" language pair trelm-prepare recorded in DATA/prepare.json."""
-    path = os.path.join(data, "prepare.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        info = {}
-    langs = info.get("langs") or info.get("languages")
-    if isinstance(langs, (list, tuple)) and len(langs) == 2:
-        return ",".join(map(str, langs))
-    if isinstance(langs, str) and langs.count(",") == 1:
-        return langs
-    raise TreLMError(f"--langs not given and {path} records no 'langs': pass --langs S,T (e.g. en,tr)")
-
 
 def _updates_of(path: str) -> int:
     from .checkpoint import updates_of  # torch and fairseq only when a stage runs
@@ -176,9 +161,7 @@ class StagePlan:
             self.updates.setdefault(k, PAPER_UPDATES[k])
             if int(self.updates[k]) < 1:
                 raise TreLMError(f"updates for stage {k}: {self.updates[k]}, expected at least 1")
-        langs = [x.strip() for x in self.langs.split(",") if x.strip()]
-        if len(langs) != 2:
-            raise TreLMError(f"--langs {self.langs!r}: expected two languages 'S,T' (e.g. en,tr)")
+        parse_langs(self.langs)  # the task's rule: fail here, not inside fairseq-train
         if self.graph not in GRAPHS:
             raise TreLMError(f"graph={self.graph!r}: expected one of {sorted(GRAPHS)}")
         self.specs = OrderedDict((s.key, s) for s in GRAPHS[self.graph])

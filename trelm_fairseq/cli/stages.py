@@ -85,7 +85,8 @@ def cli_main(argv=None):
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     args = get_parser().parse_args(argv)
-    from ..stages import PAPER_UPDATES, StagePlan, langs_from_prepare, run_all
+    from ..language_pair import langs_from_prepare
+    from ..stages import PAPER_UPDATES, StagePlan, run_all
 
     updates = dict(PAPER_UPDATES)
     if args.updates is not None:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import TreLMError
 from ..fileio import read_json, write_json
+from ..language_pair import langs_from_prepare
 from ..stages import SPEC_BY_KEY, StagePlan
 from .config import LANGUAGE_KEYS, STAGE_KEYS, apply_entry, grid_points, run_name, stage_selection
 
@@ -98,16 +99,6 @@ def _evaluate_spec(config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return evaluate
 
 
-def _langs_from_data(data: str, lang: str) -> str:
-    try:
-        langs = read_json(os.path.join(data, "prepare.json")).get("langs")
-    except (TreLMError, OSError):  # missing, unreadable or not JSON
-        langs = None
-    if isinstance(langs, list) and len(langs) == 2:
-        return ",".join(map(str, langs))
-    raise TreLMError(f"languages.{lang}: no 'langs' given and {data}/prepare.json records none: add langs: S,T")
-
-
 def _plan_kwargs(base: Dict[str, Any], lang: str, entry: Dict[str, Any], point: Dict[str, Any]) -> Dict[str, Any]:
     """base, then the language's overrides, then the grid point (later entries win)."""
     plan: Dict[str, Any] = {}
@@ -127,7 +118,7 @@ def _language_runs(config: Dict[str, Any], out: str, lang: str, entry, evaluate,
     if not isinstance(entry, dict) or not entry.get("data"):
         raise TreLMError(f"languages.{lang}: expected {{data: DIR, langs: S,T}}")
     data = os.path.abspath(os.path.expanduser(str(entry["data"])))
-    langs = entry.get("langs") or _langs_from_data(data, lang)
+    langs = entry.get("langs") or langs_from_prepare(data, f"languages.{lang}: add langs: S,T")
     if isinstance(langs, (list, tuple)):  # [en, tr] (a YAML flow mapping splits "en,tr")
         langs = ",".join(map(str, langs))
     runs = []

@@ -69,6 +69,7 @@ from fairseq.tasks import FairseqTask, register_task
 from ..checkpoint import MASK, load_dictionary
 from ..data import AlignedParallelDataset, SubsetDataset, TreLMZipDataset, keep_by_length, load_indexed
 from ..errors import TreLMError
+from ..language_pair import parse_langs
 from ..freezing import STAGES, apply_freezing, frozen_groups, summary
 
 logger = logging.getLogger(__name__)
@@ -138,13 +139,6 @@ class TreLMTransferConfig(FairseqDataclass):
                           "both = S and T"},
     )
     seed: int = II("common.seed")
-
-
-def parse_langs(spec: str) -> List[str]:
-    langs = [x.strip() for x in str(spec).split(",") if x.strip()]
-    if len(langs) != 2 or langs[0] == langs[1]:
-        raise TreLMError(f"--langs {spec!r}: expected two different languages 'S,T' (source first), e.g. en,tr")
-    return langs
 
 
 @register_task("trelm_transfer", dataclass=TreLMTransferConfig)
