@@ -36,41 +36,18 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .errors import TreLMError
-from .freezing import checkpoint_stage
+from .freezing import (
+    COMBINED_STAGE,
+    LOWER_STAGE,
+    MEAN,
+    NEXT_STAGE,
+    UPPER_STAGE,
+    checkpoint_stage,
+    combine_rule,
+)
 from .freezing import frozen_groups as stage_frozen_groups
 from .models.trelm import resolve_tri_layer_position
 from .fileio import file_sha256
-
-UPPER_STAGE = "transfer_upper"  # stage 2a
-LOWER_STAGE = "transfer_lower"  # stage 2b
-COMBINED_STAGE = "combine"
-NEXT_STAGE = "language_specific"  # stage 4 starts from the combined checkpoint
-
-# Where each group of the combined model comes from: the halves from the stage that
-# trained them for T; the shared groups by combine_rule.
-TAKE_FROM = {"lower": LOWER_STAGE, "upper": UPPER_STAGE}
-SHARED = ("embeddings", "tri_layer", "lm_head")
-AVERAGE_MODES = ("trained", "all")
-MEAN = "mean"
-
-
-def combine_rule(upper_frozen, lower_frozen, average: str = "trained") -> Dict[str, str]:
-    """{group: UPPER_STAGE | LOWER_STAGE | MEAN} for every group of the combined model.
-
-    ``average="trained"``: a shared group is averaged when both parents trained it (or
-    neither: then both equal their parent), taken from the one that trained it otherwise.
-    ``average="all"``: shared groups are always averaged (the rule before the authors'
-    freezing was followed)."""
-    if average not in AVERAGE_MODES:
-        raise TreLMError(f"--average {average!r}: expected one of {list(AVERAGE_MODES)}")
-    rule = dict(TAKE_FROM)
-    for group in SHARED:
-        trained_up, trained_low = group not in upper_frozen, group not in lower_frozen
-        if average == "all" or trained_up == trained_low:
-            rule[group] = MEAN
-        else:
-            rule[group] = UPPER_STAGE if trained_up else LOWER_STAGE
-    return rule
 
 def _get(cfg, key, default=None):
     if cfg is None:

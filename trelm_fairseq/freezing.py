@@ -121,3 +121,36 @@ def checkpoint_stage(state: Dict) -> Optional[str]:
     if task is None or task.get("_name", task.get("task")) != "trelm_transfer":
         return None
     return task.get("stage")
+
+
+# ----- combining the two transfer stages (stage 3) -------------------------------------
+UPPER_STAGE = "transfer_upper"  # stage 2a
+LOWER_STAGE = "transfer_lower"  # stage 2b
+COMBINED_STAGE = "combine"
+NEXT_STAGE = "language_specific"  # stage 4 starts from the combined checkpoint
+
+# Where each group of the combined model comes from: the halves from the stage that
+# trained them for T; the shared groups by combine_rule.
+TAKE_FROM = {"lower": LOWER_STAGE, "upper": UPPER_STAGE}
+SHARED = ("embeddings", "tri_layer", "lm_head")
+AVERAGE_MODES = ("trained", "all")
+MEAN = "mean"
+
+
+def combine_rule(upper_frozen, lower_frozen, average: str = "trained") -> Dict[str, str]:
+    """{group: UPPER_STAGE | LOWER_STAGE | MEAN} for every group of the combined model.
+
+    ``average="trained"``: a shared group is averaged when both parents trained it (or
+    neither: then both equal their parent), taken from the one that trained it otherwise.
+    ``average="all"``: shared groups are always averaged (the rule before the authors'
+    freezing was followed)."""
+    if average not in AVERAGE_MODES:
+        raise TreLMError(f"--average {average!r}: expected one of {list(AVERAGE_MODES)}")
+    rule = dict(TAKE_FROM)
+    for group in SHARED:
+        trained_up, trained_low = group not in upper_frozen, group not in lower_frozen
+        if average == "all" or trained_up == trained_low:
+            rule[group] = MEAN
+        else:
+            rule[group] = UPPER_STAGE if trained_up else LOWER_STAGE
+    return rule

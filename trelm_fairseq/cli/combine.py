@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from ..freezing import AVERAGE_MODES
 from ..errors import cli_errors
 
 
@@ -28,7 +29,7 @@ def get_parser() -> argparse.ArgumentParser:
         "parameter groups equal it bit for bit (recommended)",
     )
     p.add_argument("-o", "--output", required=True, metavar="CKPT", help="where to write the combined checkpoint")
-    p.add_argument("--average", choices=("trained", "all"), default="trained",
+    p.add_argument("--average", choices=AVERAGE_MODES, default="trained",
                    help="shared groups (embeddings, TRILayer, LM head): 'trained' averages a group only when both "
                         "stages trained it and takes it from the one that did otherwise (default); 'all' always "
                         "averages (the rule before 2a/2b followed the authors' freezing)")

@@ -9,6 +9,7 @@ import argparse
 import shlex
 import sys
 
+from ..freezing import AVERAGE_MODES
 from ..errors import TreLMError, cli_errors
 
 EPILOG = """\
@@ -57,7 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-args", action="append", default=[], metavar="KEY=ARGS",
                    help="extra fairseq-train args for one stage, e.g. --stage-args '2a=--adv-weight 0.1' "
                    "(repeatable)")
-    p.add_argument("--combine-average", choices=("trained", "all"), default="trained",
+    p.add_argument("--combine-average", choices=AVERAGE_MODES, default="trained",
                    help="stage 3's rule for embeddings, TRILayer and LM head (trelm-combine --average; default "
                         "%(default)s: average what both 2a and 2b trained, take the rest from the one that did)")
     p.add_argument("--parallel", action="store_true", help="run stages 2a and 2b at the same time (two fairseq-train processes: "
