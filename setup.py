@@ -19,7 +19,7 @@ setup(
             "trelm-combine=trelm_fairseq.cli.combine:cli_main",
             "trelm-stages=trelm_fairseq.cli.stages:cli_main",
             "trelm-parse-eval=trelm_fairseq.cli.parse_eval:cli_main",
-            "trelm-parse-prepare=trelm_fairseq.parsing.prepare:cli_main",
+            "trelm-parse-prepare=trelm_fairseq.cli.parse_prepare:cli_main",
             "trelm-demo=trelm_fairseq.cli.demo:cli_main",
             "trelm-sweep=trelm_fairseq.cli.sweep:cli_main",
             "trelm-fetch-corpus=trelm_fairseq.preprocess.corpora:cli_main",

@@ -9,11 +9,11 @@ The raw lines of each sentence are kept, so predictions are written back by
 replacing just the HEAD and DEPREL columns.
 """
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence
 
 from ..errors import TreLMError
+from ..fileio import write_text
 
 N_COLUMNS = 10
 ID, FORM, LEMMA, UPOS, XPOS, FEATS, HEAD, DEPREL, DEPS, MISC = range(N_COLUMNS)
@@ -139,6 +139,40 @@ def _finish_sentence(path, lines, raw_tokens, multiword, start_line, sent_id, re
     return Sentence(tokens, lines, word_line_index, start_line, sent_id, multiword)
 
 
+def _add_word_line(path: str, lineno: int, line: str, raw_tokens: list, multiword: List[MultiwordToken],
+                   line_index: int) -> None:
+    """One line of a sentence that is not a comment: a word (appended to ``raw_tokens``
+    with its line number and its index among the sentence's lines), a multiword range
+    (appended to ``multiword``) or an empty node (ignored)."""
+    cols = line.split("\t")
+    if len(cols) != N_COLUMNS:
+        raise _err(
+            path, lineno,
+            f"expected {N_COLUMNS} tab-separated columns ({' '.join(COLUMN_NAMES)}), found {len(cols)}",
+        )
+    tid = cols[ID]
+    if "-" in tid:
+        try:
+            first, last = (int(x) for x in tid.split("-"))
+        except ValueError:
+            raise _err(path, lineno, f"ID '{tid}': expected an integer, a range a-b or a decimal a.b") from None
+        if cols[FORM] == "":
+            raise _err(path, lineno, f"FORM of multiword token {tid} is empty")
+        multiword.append(MultiwordToken(first, last, cols[FORM], space_after(cols[MISC]), lineno))
+    elif "." in tid:
+        pass  # empty node (enhanced dependencies): kept verbatim, not a tree unit
+    else:
+        try:
+            wid = int(tid)
+        except ValueError:
+            raise _err(path, lineno, f"ID '{tid}': expected an integer, a range a-b or a decimal a.b") from None
+        if wid != len(raw_tokens) + 1:
+            raise _err(path, lineno, f"ID {wid}: expected {len(raw_tokens) + 1} (word ids count 1, 2, 3, ...)")
+        if cols[FORM] == "":
+            raise _err(path, lineno, f"FORM of word {wid} is empty")
+        raw_tokens.append((cols, lineno, line_index))
+
+
 def parse_conllu(text: str, path: str = "<string>", require_tree: bool = True) -> List[Sentence]:
     """Parse CoNLL-U text.  ``require_tree``: every word must carry an integer
     HEAD and a DEPREL, and the heads must form a tree (no cycles)."""
@@ -171,33 +205,7 @@ def parse_conllu(text: str, path: str = "<string>", require_tree: bool = True) -
                 sent_id = line.split("=", 1)[-1].strip()
             lines.append(line)
             continue
-        cols = line.split("\t")
-        if len(cols) != N_COLUMNS:
-            raise _err(
-                path, lineno,
-                f"expected {N_COLUMNS} tab-separated columns ({' '.join(COLUMN_NAMES)}), found {len(cols)}",
-            )
-        tid = cols[ID]
-        if "-" in tid:
-            try:
-                first, last = (int(x) for x in tid.split("-"))
-            except ValueError:
-                raise _err(path, lineno, f"ID '{tid}': expected an integer, a range a-b or a decimal a.b") from None
-            if cols[FORM] == "":
-                raise _err(path, lineno, f"FORM of multiword token {tid} is empty")
-            multiword.append(MultiwordToken(first, last, cols[FORM], space_after(cols[MISC]), lineno))
-        elif "." in tid:
-            pass  # empty node (enhanced dependencies): kept verbatim, not a tree unit
-        else:
-            try:
-                wid = int(tid)
-            except ValueError:
-                raise _err(path, lineno, f"ID '{tid}': expected an integer, a range a-b or a decimal a.b") from None
-            if wid != len(raw_tokens) + 1:
-                raise _err(path, lineno, f"ID {wid}: expected {len(raw_tokens) + 1} (word ids count 1, 2, 3, ...)")
-            if cols[FORM] == "":
-                raise _err(path, lineno, f"FORM of word {wid} is empty")
-            raw_tokens.append((cols, lineno, len(lines)))
+        _add_word_line(path, lineno, line, raw_tokens, multiword, len(lines))
         lines.append(line)
     flush()
     return sentences
@@ -234,22 +242,6 @@ def with_predictions(sentence: Sentence, heads: Sequence[int], deprels: Sequence
     return out
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def format_sentences(blocks: Iterable[Sequence[str]]) -> str:
     """CoNLL-U text: each block of lines followed by one blank line."""
     return "".join("\n".join(b) + "\n\n" for b in blocks)
@@ -261,4 +253,4 @@ def write_conllu(path: str, sentences: Sequence[Sentence], heads=None, deprels=N
         blocks = [s.lines for s in sentences]
     else:
         blocks = [with_predictions(s, h, d) for s, h, d in zip(sentences, heads, deprels)]
-    atomic_write_text(path, format_sentences(blocks))
+    write_text(path, format_sentences(blocks))

@@ -27,7 +27,15 @@ def eisner(scores, single_root: bool = True) -> np.ndarray:
     arc[:, 1:] = scores.T
     np.fill_diagonal(arc, -np.inf)
     arc[np.isnan(arc)] = -np.inf
+    C, bp_I, bp_C = _chart(arc)
+    return _backtrack(arc, C, bp_I, bp_C, single_root)
 
+
+def _chart(arc: np.ndarray):
+    """The dynamic programme over spans of growing width: (C, bp_I, bp_C), the best
+    complete-span scores C[i, j, direction] and the split points of the best incomplete
+    and complete spans."""
+    N = arc.shape[0]
     C = np.full((N, N, 2), -np.inf)
     I = np.full((N, N, 2), -np.inf)
     diag = np.arange(N)
@@ -58,7 +66,15 @@ def eisner(scores, single_root: bool = True) -> np.ndarray:
         best = right.argmax(axis=1)
         C[i, j, RIGHT] = right[rows, best]
         bp_C[i, j, RIGHT] = q2[rows, best]
+    return C, bp_I, bp_C
 
+
+def _backtrack(arc: np.ndarray, C: np.ndarray, bp_I: np.ndarray, bp_C: np.ndarray,
+               single_root: bool) -> np.ndarray:
+    """The heads of the best tree, read back from the chart's split points (with
+    ``single_root``: the best word under ROOT first, then its two sides)."""
+    N = arc.shape[0]
+    n = N - 1
     heads = np.full(N, -1, dtype=np.int64)
     stack = []
     if single_root:

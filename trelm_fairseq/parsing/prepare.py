@@ -1,6 +1,7 @@
-"""Prepare a dependency-parsing data directory for the ``trelm_parsing`` task.
+"""Prepare a dependency-parsing data directory for the ``trelm_parsing`` task
+(the command: trelm_fairseq.cli.parse_prepare).
 
-    python -m trelm_fairseq.parsing.prepare --out data-parse/tr \\
+    trelm-parse-prepare --out data-parse/tr \\
         --spm data/en-tr/spm.model --dict data/en-tr/dict.txt
 
 Without ``--train/--valid/--test`` it uses the Turkish treebanks of the
@@ -25,7 +26,6 @@ written with ``MMapIndexedDatasetBuilder``, one item per sentence)::
     {split}.punct.*               per word: 1 = punctuation (not scored), see parsing/conll.py
     prepare.json                  options and counts; written last (a complete directory has it)
 """
-import argparse
 import json
 import os
 import shutil
@@ -33,15 +33,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..checkpoint import load_dictionary
-from ..errors import TreLMError, cli_errors
+from ..errors import TreLMError
+from ..fileio import write_text
 from . import treebank
-from .conll import Sentence, atomic_write_text, format_sentences, read_conllu
+from .conll import Sentence, format_sentences, read_conllu
 from .eisner import is_projective
 from .text import SubwordEncoder
 
@@ -125,18 +126,10 @@ def encode_split(sentences: Sequence[Sentence], encoder: SubwordEncoder, label_i
     return {"arrays": out, "stats": dict(stats)}
 
 
-def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[str, str]] = None,
-            seed: int = treebank.DEFAULT_SEED, valid_fraction: float = treebank.DEFAULT_VALID_FRACTION,
-            test_fraction: float = treebank.DEFAULT_TEST_FRACTION, lowercase: str = "auto",
-            max_positions: int = 512, lang: str = "tr", log=None) -> Dict:
-    """Build the data directory; returns the content of prepare.json."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if not os.path.isfile(spm_model):
-        raise TreLMError(f"{spm_model}: sentencepiece model not found")
-    dictionary = load_dictionary(dict_path, add_mask=False)
-    do_lower, why = resolve_lowercase(lowercase, dictionary, dict_path)
-    log(f"lower-case ({lang} rules): {do_lower} ({why})")
-
+def load_splits(conllu: Optional[Dict[str, str]], seed: int, valid_fraction: float, test_fraction: float,
+                log) -> Tuple[Dict[str, List[Sentence]], Dict]:
+    """(sentences per split, where they came from): the three given CoNLL-U files, else
+    the turkish-treebanks package with our seeded split."""
     if conllu:
         missing = [s for s in SPLITS if s not in conllu]
         if missing:
@@ -158,16 +151,48 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
         log(f"{s}: {len(splits[s])} sentences")
         if not splits[s]:
             raise TreLMError(f"split '{s}' is empty")
+    return splits, source
 
+
+def write_split(folder: str, name: str, sentences: Sequence[Sentence], encoder: SubwordEncoder,
+                label_ids: Dict[str, int], token_dtype, max_positions: int, log) -> Dict:
+    """Encode one split and write its indexed datasets and CoNLL-U into ``folder``;
+    returns its counts (for prepare.json)."""
+    enc = encode_split(sentences, encoder, label_ids, name, log)
+    st = enc["stats"]
+    st["sentence_ids_sha256"] = treebank.sentence_ids_digest(sentences)
+    st["too_long"] = sum(1 for a in enc["arrays"]["tokens"] if len(a) + 1 > max_positions)
+    if st["too_long"]:
+        log(f"warning: {name}: {st['too_long']} sentences exceed {max_positions} subwords")
+    for f in FIELDS:
+        _write_indexed(os.path.join(folder, f"{name}.{f}"), enc["arrays"][f],
+                       token_dtype if f == "tokens" else np.int32)
+    with open(os.path.join(folder, f"{name}.conllu"), "w", encoding="utf-8") as fh:
+        fh.write(format_sentences(x.lines for x in sentences))
+    log(f"{name}: {st['sentences']} sentences, {st['words']} words, {st['subwords']} subwords "
+        f"({st['unk_subwords']} <unk>), {st['words_sharing_a_subword']} words share a subword, "
+        f"{st['non_projective_trees']} non-projective trees")
+    return st
+
+
+def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[str, str]] = None,
+            seed: int = treebank.DEFAULT_SEED, valid_fraction: float = treebank.DEFAULT_VALID_FRACTION,
+            test_fraction: float = treebank.DEFAULT_TEST_FRACTION, lowercase: str = "auto",
+            max_positions: int = 512, lang: str = "tr", log=None) -> Dict:
+    """Build the data directory; returns the content of prepare.json."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not os.path.isfile(spm_model):
+        raise TreLMError(f"{spm_model}: sentencepiece model not found")
+    dictionary = load_dictionary(dict_path, add_mask=False)
+    do_lower, why = resolve_lowercase(lowercase, dictionary, dict_path)
+    log(f"lower-case ({lang} rules): {do_lower} ({why})")
+    splits, source = load_splits(conllu, seed, valid_fraction, test_fraction, log)
     try:
         encoder = SubwordEncoder(spm_model, dictionary, do_lower, lang)
     except Exception as e:
         raise TreLMError(f"{spm_model}: not a readable sentencepiece model: {e}") from None
     labels = build_labels(splits)
     label_ids = {lab: i for i, (lab, _) in enumerate(labels)}
-
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-prepare-", dir=out_dir)
     info = {
         "source": source,
         "lowercase": do_lower,
@@ -181,24 +206,15 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
         "pooling": "first subword overlapping the word's character span; words inside one subword share it",
         "splits": {},
     }
+    # The whole set of files (indexed datasets written by fairseq's builder, by name) is
+    # made in a temporary folder and moved in only when complete; prepare.json, written
+    # last, marks the directory complete.  The folder is removed whatever happens.
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-prepare-", dir=out_dir)
     try:
         token_dtype = np.uint16 if len(dictionary) + 1 < 65500 else np.int32
         for s in SPLITS:
-            enc = encode_split(splits[s], encoder, label_ids, s, log)
-            st = enc["stats"]
-            st["sentence_ids_sha256"] = treebank.sentence_ids_digest(splits[s])
-            st["too_long"] = sum(1 for a in enc["arrays"]["tokens"] if len(a) + 1 > max_positions)
-            if st["too_long"]:
-                log(f"warning: {s}: {st['too_long']} sentences exceed {max_positions} subwords")
-            info["splits"][s] = st
-            for f in FIELDS:
-                _write_indexed(os.path.join(tmp, f"{s}.{f}"), enc["arrays"][f],
-                               token_dtype if f == "tokens" else np.int32)
-            with open(os.path.join(tmp, f"{s}.conllu"), "w", encoding="utf-8") as fh:
-                fh.write(format_sentences(x.lines for x in splits[s]))
-            log(f"{s}: {st['sentences']} sentences, {st['words']} words, {st['subwords']} subwords "
-                f"({st['unk_subwords']} <unk>), {st['words_sharing_a_subword']} words share a subword, "
-                f"{st['non_projective_trees']} non-projective trees")
+            info["splits"][s] = write_split(tmp, s, splits[s], encoder, label_ids, token_dtype, max_positions, log)
         shutil.copyfile(dict_path, os.path.join(tmp, "dict.txt"))
         shutil.copyfile(spm_model, os.path.join(tmp, "spm.model"))
         with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as fh:
@@ -209,47 +225,6 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(os.path.join(out_dir, "prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    write_text(os.path.join(out_dir, "prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     log(f"wrote {out_dir}")
     return info
-
-
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trelm_fairseq.parsing.prepare",
-        description="CoNLL-U treebank -> binarized data directory for the trelm_parsing task "
-        "(default: the turkish-treebanks package, fixed seeded split).",
-    )
-    p.add_argument("--out", required=True, help="output data directory")
-    p.add_argument("--vocab-dir", help="directory with spm.model and dict.txt (trelm-prepare output)")
-    p.add_argument("--spm", help="sentencepiece model of the trelm model (default: VOCAB_DIR/spm.model)")
-    p.add_argument("--dict", help="fairseq dict.txt of the trelm model (default: VOCAB_DIR/dict.txt)")
-    p.add_argument("--train", help="CoNLL-U training file (with --valid and --test; default: turkish-treebanks)")
-    p.add_argument("--valid", help="CoNLL-U validation file")
-    p.add_argument("--test", help="CoNLL-U test file")
-    p.add_argument("--seed", type=int, default=treebank.DEFAULT_SEED, help="split seed (default 1)")
-    p.add_argument("--valid-fraction", type=float, default=treebank.DEFAULT_VALID_FRACTION)
-    p.add_argument("--test-fraction", type=float, default=treebank.DEFAULT_TEST_FRACTION)
-    p.add_argument("--lowercase", choices=["auto", "yes", "no"], default="auto",
-                   help="lower-case the text with the language's rules (Turkish: I->ı, İ->i); auto: as the "
-                   "vocabulary step did (work/vocab.json beside dict.txt), else when the dictionary has no "
-                   "upper-case symbol (an uncased vocabulary)")
-    p.add_argument("--lang", default="tr", help="language of the treebank, for lower-casing rules (default tr)")
-    p.add_argument("--max-positions", type=int, default=512, help="warn about sentences longer than this")
-    return p
-
-
-@cli_errors
-def cli_main(argv=None):
-    args = get_parser().parse_args(argv)
-    spm_model = args.spm or (os.path.join(args.vocab_dir, "spm.model") if args.vocab_dir else None)
-    dict_path = args.dict or (os.path.join(args.vocab_dir, "dict.txt") if args.vocab_dir else None)
-    if not spm_model or not dict_path:
-        raise TreLMError("give --vocab-dir, or both --spm and --dict")
-    conllu = {s: getattr(args, s) for s in SPLITS if getattr(args, s)}
-    prepare(args.out, spm_model, dict_path, conllu or None, args.seed, args.valid_fraction,
-            args.test_fraction, args.lowercase, args.max_positions, args.lang)
-
-
-if __name__ == "__main__":
-    cli_main()

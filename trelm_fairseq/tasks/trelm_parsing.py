@@ -1,7 +1,7 @@
 """The ``trelm_parsing`` task: dependency parsing with the ``trelm_parser`` model.
 
-Data: a directory written by ``python -m trelm_fairseq.parsing.prepare`` (see
-that module for the files).  Every sentence is ``<s> subwords </s>``; the
+Data: a directory written by ``trelm-parse-prepare`` (see
+parsing/prepare.py for the files).  Every sentence is ``<s> subwords </s>``; the
 model scores heads for the CoNLL-U words (first-subword index per word) with
 ROOT = ``<s>``.  Validation decodes (Eisner by default) and reports UAS / LAS
 with punctuation excluded (the criterion logs them).
@@ -47,7 +47,7 @@ PAD_HEAD = -1  # heads / labels padding (the criterion ignores them)
 
 @dataclass
 class TreLMParsingConfig(FairseqDataclass):
-    data: str = field(default=MISSING, metadata={"help": "data directory (python -m trelm_fairseq.parsing.prepare)"})
+    data: str = field(default=MISSING, metadata={"help": "data directory (trelm-parse-prepare)"})
     max_positions: int = field(default=512, metadata={"help": "longest sentence in subwords, <s> and </s> included"})
     lang_id: int = field(default=1, metadata={"help": "language id of the treebank's language (S = 0, T = 1)"})
     eval_decoder: ChoiceEnum(list(DECODERS)) = field(
@@ -61,7 +61,7 @@ class TreLMParsingConfig(FairseqDataclass):
 
 def load_labels(path: str) -> List[str]:
     if not os.path.isfile(path):
-        raise TreLMError(f"{path}: label list not found (run python -m trelm_fairseq.parsing.prepare)")
+        raise TreLMError(f"{path}: label list not found (run trelm-parse-prepare)")
     labels = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -118,7 +118,7 @@ class TreLMParsingTask(FairseqTask):
         ds = data_utils.load_indexed_dataset(prefix, self.dictionary if name == "tokens" else None, "mmap")
         if ds is None:
             raise TreLMError(
-                f"{prefix}.bin/.idx not found: run python -m trelm_fairseq.parsing.prepare (split '{split}')"
+                f"{prefix}.bin/.idx not found: run trelm-parse-prepare (split '{split}')"
             )
         return ds
 
