@@ -27,7 +27,7 @@ setup(
             "trelm-align=trelm_fairseq.preprocess.align:cli_main",
             "trelm-map-embeddings=trelm_fairseq.cli.map_embeddings:cli_main",
             "trelm-prepare=trelm_fairseq.preprocess.prepare:cli_main",
-            "trelm-probe=trelm_fairseq.probes:cli_main",
+            "trelm-probe=trelm_fairseq.cli.probe:cli_main",
         ],
     },
 )

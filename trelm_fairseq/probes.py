@@ -12,17 +12,15 @@ places: the lower-half output (before the TRILayer, where TreLM's adversarial te
   and disjoint pairs): 1.0 = the languages are fully separable, 0.5 = indistinguishable.
 
 Features are plain means of the states; retrieval compares them by cosine, the
-language-ID probe standardises them first.
+language-ID probe standardises them first.  The command: trelm_fairseq.cli.probe.
 """
-import argparse
 import os
-import sys
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .errors import TreLMError, cli_errors
+from .errors import TreLMError
 
 CSLS_K = 10
 
@@ -140,9 +138,8 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     sentences are cut to it for the retrieval and language-ID features and longer ones
     skipped for MLM (default: what the checkpoint was trained with, else at most 512);
     give one value to compare checkpoints of different origins."""
-    from .checkpoint import load_model
+    from .checkpoint import load_dictionary, load_model
     from .data import SubsetDataset, load_indexed
-    from .checkpoint import load_dictionary
 
     src_lang, tgt_lang = langs
     dictionary = load_dictionary(os.path.join(data, "dict.txt"))  # + <mask>, as the checkpoints have it
@@ -178,52 +175,9 @@ def format_row(name: str, r: Dict) -> str:
             f"lang-ID lower {lo['langid_acc']:.3f}  (n={r['pairs']})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="trelm-probe",
-        description="Training-free cross-lingual probes of trelm checkpoints on held-out parallel pairs: "
-                    "bitext retrieval P@1 (cosine and CSLS, both directions) at the lower-half output and "
-                    "the final layer, and a language-ID probe on the lower-half states.")
-    p.add_argument("checkpoints", nargs="+", help="trelm checkpoints (fairseq .pt)")
-    p.add_argument("--data", required=True, help="data directory written by trelm-prepare")
-    p.add_argument("--langs", default=None, help="source,target (default: from DATA/prepare.json)")
-    p.add_argument("--split", default="test", choices=("valid", "test"), help="held-out split (default test)")
-    p.add_argument("--max-pairs", type=int, default=1000, help="use the first N pairs (default 1000)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--tokens-per-sample", type=int, default=None,
-                   help="cut sentences to this many tokens (default: the checkpoint's training setting, else 512)")
-    p.add_argument("--no-target-mlm", dest="target_mlm", action="store_false",
-                   help="skip the target MLM loss on mono/T/valid")
-    p.add_argument("--json", default=None, help="write the results here (a list, one entry per checkpoint)")
-    return p
-
-
 def data_langs(data: str, spec: Optional[str]) -> List[str]:
     """[S, T] from --langs, else from DATA/prepare.json (trelm-stages' rule and checks)."""
     from .stages import langs_from_prepare
     from .tasks.trelm_transfer import parse_langs
 
     return parse_langs(spec or langs_from_prepare(data))
-
-
-@cli_errors
-def cli_main(argv=None) -> int:
-    from .fileio import write_json
-
-    args = build_parser().parse_args(argv)
-    if args.max_pairs is not None and args.max_pairs < 4:
-        raise TreLMError(f"--max-pairs {args.max_pairs}: expected at least 4")
-    langs = data_langs(args.data, args.langs)
-    results = []
-    for ckpt in args.checkpoints:
-        r = probe_checkpoint(ckpt, args.data, langs, args.split, args.max_pairs, args.threads, args.target_mlm,
-                             args.tokens_per_sample)
-        print(format_row(os.path.relpath(ckpt), r), flush=True)
-        results.append(r)
-    if args.json:
-        write_json(args.json, results)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())
