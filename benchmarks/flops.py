@@ -27,12 +27,17 @@ from dataclasses import dataclass
 
 from trelm_fairseq import freezing
 
-ARCHS = {  # layers, d, ffn
-    "tiny": (4, 32, 64),
-    "minilm": (6, 384, 1536),
-    "base": (12, 768, 3072),
-    "large": (24, 1024, 4096),
-}
+
+
+def _shape(arch: str):
+    """(layers, d, ffn) of a registered trelm architecture (the model's own arch functions)."""
+    from trelm_fairseq.checkpoint import model_config
+
+    cfg = model_config(f"trelm_{arch}")
+    return cfg.encoder_layers, cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+
+
+ARCHS = {name: _shape(name) for name in ("tiny", "minilm", "base", "large")}
 
 # frozen groups per stage (the plugin's table), and the parts of a batch
 STAGE_FROZEN = {
