@@ -15,7 +15,7 @@ import sys
 # explicit user setting.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
-from .errors import install_fairseq_cli_hooks, running_fairseq_cli  # noqa: E402
+from .errors import install_fairseq_excepthook, running_fairseq_cli  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -86,5 +86,8 @@ if "fairseq" in sys.modules:  # fairseq-train --user-dir trelm_fairseq, fairseq-
 else:
     sys.meta_path.insert(0, _RegisterWithFairseq())
 
-if running_fairseq_cli():  # fairseq-train --user-dir trelm_fairseq ...: clear errors (errors.py)
-    install_fairseq_cli_hooks()
+if running_fairseq_cli():  # fairseq-train --user-dir trelm_fairseq ...: clear errors
+    install_fairseq_excepthook()
+    from .checkpoint import guard_fairseq_checkpoint_loading  # noqa: E402
+
+    guard_fairseq_checkpoint_loading()  # an unreadable checkpoint: its path and the remedy

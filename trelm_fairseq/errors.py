@@ -76,11 +76,8 @@ def _excepthook(previous):
     return hook
 
 
-def install_fairseq_cli_hooks() -> None:
-    """Clear messages inside fairseq's CLIs: the excepthook above, and checkpoint
-    reading errors that name the file (see checkpoint.guard_fairseq_checkpoint_loading)."""
+def install_fairseq_excepthook() -> None:
+    """Clear messages inside fairseq's CLIs: the excepthook above (the package's __init__
+    also makes fairseq's checkpoint reader name the file: checkpoint.py)."""
     if not getattr(sys.excepthook, "trelm", False):
         sys.excepthook = _excepthook(sys.excepthook)
-    from .checkpoint import guard_fairseq_checkpoint_loading
-
-    guard_fairseq_checkpoint_loading()
