@@ -1,5 +1,5 @@
-"""``trelm-map-embeddings``: initialise the new vocabulary's embeddings and write
-the stage-1 start checkpoint (``<data>/init/model.pt``).
+"""``trelm-map-embeddings`` (the command: cli/map_embeddings.py): initialise the new
+vocabulary's embeddings and write the stage-1 start checkpoint (``<data>/init/model.pt``).
 
 Steps (TreLM method steps 1-2, see DESIGN.md):
 
@@ -49,14 +49,13 @@ import torch
 
 from fairseq.data import Dictionary
 
-from ..checkpoint import load_dictionary
+from ..checkpoint import dictionary_fingerprint, load_dictionary
 from ..errors import TreLMError
 from ..fileio import atomic_output, write_json
 from . import muse
 from .init_checkpoint import (
     assemble_embeddings,
     build_init_model,
-    dictionary_fingerprint,
     is_reserved,
     load_source,
     random_embeddings,

@@ -44,7 +44,7 @@ from ..checkpoint import (
 )
 from ..errors import TreLMError
 
-SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>", MASK)
 WORD_START = "\u2581"  # sentencepiece's word-start marker '▁'
 SCHEMES = ("auto", "wordpiece", "identical")
 # Reserved / placeholder entries of old vocabularies that are not real tokens
