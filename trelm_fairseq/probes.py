@@ -177,7 +177,6 @@ def format_row(name: str, r: Dict) -> str:
 
 def data_langs(data: str, spec: Optional[str]) -> List[str]:
     """[S, T] from --langs, else from DATA/prepare.json (trelm-stages' rule and checks)."""
-    from .stages import langs_from_prepare
-    from .tasks.trelm_transfer import parse_langs
+    from .language_pair import langs_from_prepare, parse_langs
 
     return parse_langs(spec or langs_from_prepare(data))
