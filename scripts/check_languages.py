@@ -22,10 +22,13 @@ import sys
 import traceback
 from typing import Dict, List
 
+from trelm_fairseq import fileio
+from trelm_fairseq.cli import fetch_corpus
+from trelm_fairseq.cli import prepare as prepare_cli
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.preprocess import corpora, languages
-from trelm_fairseq.preprocess import prepare as prepare_mod
 from trelm_fairseq.preprocess import vocab as V
+from trelm_fairseq.preprocess.layout import SPLITS
 
 
 def fetch(lang: str, out: str, cache_dir: str, manpages: bool) -> Dict:
@@ -33,7 +36,7 @@ def fetch(lang: str, out: str, cache_dir: str, manpages: bool) -> Dict:
     report = os.path.join(out, "corpus.json")
     if not os.path.isfile(report):
         argv = ["--lang", lang, "--out", out, "--cache-dir", cache_dir] + ([] if manpages else ["--no-manpages"])
-        corpora.build_corpus(corpora.parse_args(argv))
+        corpora.build_corpus(fetch_corpus.parse_args(argv))
     with open(report, encoding="utf-8") as f:
         return json.load(f)
 
@@ -44,7 +47,7 @@ def check(lang: str, work: str, cache_dir: str, manpages: bool, vocab_argv: List
     try:
         row["corpus"] = fetch(lang, corpus, cache_dir, manpages).get("parallel")
         # trelm-prepare's own defaults, so this is the vocabulary `trelm-demo --lang X` gets
-        args = prepare_mod.build_parser().parse_args(["--tgt", lang, "--out", "unused"] + vocab_argv)
+        args = prepare_cli.build_parser().parse_args(["--tgt", lang, "--out", "unused"] + vocab_argv)
         opts = V.vocab_options(args, "en", lang, args.source_model or V.default_source_model())
         stats = V.run_vocab(corpus, os.path.join(work, lang, "data"), opts, threads=args.threads, quiet=True)
     except TreLMError as e:
@@ -55,7 +58,7 @@ def check(lang: str, work: str, cache_dir: str, manpages: bool, vocab_argv: List
         return row
     enc, spm_stats = stats["encode"], stats["spm"]
     row.update(
-        ok=True, pairs={s: enc["para"][s]["pairs"] for s in V.SPLITS},
+        ok=True, pairs={s: enc["para"][s]["pairs"] for s in SPLITS},
         mono_train={lng: enc["mono"][lng]["train"]["sentences"] for lng in ("en", lang)},
         spm_lines=spm_stats["lines"], vocab_size=spm_stats["vocab_size"], rule=spm_stats["vocab_size_rule"],
         auto=spm_stats.get("auto"), dict_symbols=stats["dict"]["fairseq_symbols"], unk_rate=stats["dict"]["unk_rate"])
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
         rows.append(row)
     print(markdown(rows))
     if args.json:
-        V.atomic_write_json(args.json, rows)
+        fileio.write_json(args.json, rows)
     failed = [r["lang"] for r in rows if not r["ok"]]
     print(f"[check_languages] {len(rows) - len(failed)}/{len(rows)} languages passed"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from _prep_helpers import fake_cached_manpage, fake_cached_package
+from trelm_fairseq.cli import fetch_corpus
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.preprocess import corpora, languages
 from trelm_fairseq.preprocess import libreoffice_help as lh
@@ -297,7 +298,7 @@ def _read(path):
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
-        corpora.cli_main(["--help"])
+        fetch_corpus.cli_main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--parallel" in out and "--cache-dir" in out and "zh-cn" in out
@@ -305,7 +306,7 @@ def test_cli_help(capsys):
 
 def test_cli_unknown_language_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        corpora.cli_main(["--lang", "xx", "--out", str(tmp_path / "o"),
+        fetch_corpus.cli_main(["--lang", "xx", "--out", str(tmp_path / "o"),
                           "--cache-dir", str(tmp_path / "c")])
     assert e.value.code == 2
     assert "unknown language code 'xx'" in capsys.readouterr().err
@@ -329,7 +330,7 @@ def test_cli_user_files(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--lang", "tr", "--parallel", src, tgt, "--mono", mono, "--out", str(out),
             "--valid-size", "5", "--test-size", "0.1", "--seed", "3"]
-    assert corpora.cli_main(argv) == 0
+    assert fetch_corpus.cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "parallel pairs: train 47, valid 5, test 5" in printed
     report = json.loads((out / "corpus.json").read_text(encoding="utf-8"))
@@ -352,8 +353,8 @@ def test_cli_user_files(tmp_path, capsys):
     assert _read(out / "mono.en.test") == _read(out / "test.en")
     # same seed: identical files; other seed: different split
     out2, out3 = tmp_path / "out2", tmp_path / "out3"
-    corpora.cli_main(argv[:-1] + ["3"] + ["--out", str(out2)])
-    corpora.cli_main(argv[:-1] + ["4"] + ["--out", str(out3)])
+    fetch_corpus.cli_main(argv[:-1] + ["3"] + ["--out", str(out2)])
+    fetch_corpus.cli_main(argv[:-1] + ["4"] + ["--out", str(out3)])
     for name in ("train.en", "train.tr", "test.tr", "mono.tr.train"):
         assert (out / name).read_bytes() == (out2 / name).read_bytes()
     assert (out / "test.tr").read_bytes() != (out3 / "test.tr").read_bytes()
@@ -362,13 +363,13 @@ def test_cli_user_files(tmp_path, capsys):
 def test_cli_strict_and_bad_input(tmp_path, capsys):
     src, tgt, _ = _user_files(tmp_path)
     with pytest.raises(SystemExit) as e:
-        corpora.cli_main(["--lang", "tr", "--parallel", src, tgt, "--strict",
+        fetch_corpus.cli_main(["--lang", "tr", "--parallel", src, tgt, "--strict",
                           "--out", str(tmp_path / "o")])
     assert e.value.code == 2
     assert f"{src}:4: empty" in capsys.readouterr().err
     (tmp_path / "short.tr").write_text("bir\n", encoding="utf-8")
     with pytest.raises(SystemExit):
-        corpora.cli_main(["--lang", "tr", "--parallel", src, str(tmp_path / "short.tr"),
+        fetch_corpus.cli_main(["--lang", "tr", "--parallel", src, str(tmp_path / "short.tr"),
                           "--out", str(tmp_path / "o")])
     assert "different line counts" in capsys.readouterr().err
     assert not (tmp_path / "o" / "corpus.json").exists()
@@ -378,7 +379,7 @@ def test_cli_mono_only_is_split(tmp_path):
     lines = [f"Satır numarası {i} burada." for i in range(40)]
     (tmp_path / "m.tr").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    corpora.cli_main(["--lang", "tr", "--mono", str(tmp_path / "m.tr"), "--out", str(out),
+    fetch_corpus.cli_main(["--lang", "tr", "--mono", str(tmp_path / "m.tr"), "--out", str(out),
                       "--valid-size", "4", "--test-size", "4"])
     got = {n: _read(out / f"mono.tr.{n}") for n in corpora.SPLITS}
     assert [len(got[n]) for n in corpora.SPLITS] == [32, 4, 4]
@@ -403,7 +404,7 @@ def test_cli_help_corpus_from_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRELM_CACHE", str(cache))          # the default cache location
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))    # proves nothing is downloaded
     out = tmp_path / "out"
-    corpora.cli_main(["--lang", "tr", "--out", str(out), "--valid-size", "1",
+    fetch_corpus.cli_main(["--lang", "tr", "--out", str(out), "--valid-size", "1",
                       "--test-size", "1"])
     report = json.loads((out / "corpus.json").read_text(encoding="utf-8"))
     assert report["parallel"] == {"train": 5, "valid": 1, "test": 1}
@@ -427,6 +428,6 @@ def test_cli_help_corpus_from_cache(tmp_path, monkeypatch):
     assert sorted(sum(split_rows.values(), [])) == sorted(r[1] for r in rows)
     # a later run into the same directory replaces the whole layout: no stale module files
     src, tgt, _ = _user_files(tmp_path)
-    corpora.cli_main(["--lang", "tr", "--parallel", src, tgt, "--out", str(out)])
+    fetch_corpus.cli_main(["--lang", "tr", "--parallel", src, tgt, "--out", str(out)])
     assert not (out / "train.module").exists() and not (out / "help.tr.tsv").exists()
     assert json.loads((out / "corpus.json").read_text(encoding="utf-8"))["modules"] is False

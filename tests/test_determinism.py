@@ -17,6 +17,7 @@ from _cli import BIN, USER_DIR, cli_env  # noqa: E402
 from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus  # noqa: E402
 from _transfer_helpers import make_tiny_data_dir  # noqa: E402
 
+from trelm_fairseq.cli import prepare as prepare_cli  # noqa: E402
 from trelm_fairseq.preprocess import prepare as P  # noqa: E402
 
 # what trelm-prepare writes that must not depend on the run: everything but the logs of
@@ -69,7 +70,7 @@ def prepared(tmp_path_factory):
         argv = ["--tgt", "tr", "--out", root / name, "--parallel", corpus / "train.en", corpus / "train.tr",
                 "--mono", corpus / "mono.tr.train", "--source-model", source, "--vocab-size", 100, "--threads", 1,
                 "--seed", seed, "--no-evaluate-both", "--map-args=--ft-epochs 1"]
-        out[name] = P.run_prepare(P.build_parser().parse_args([str(a) for a in argv]))
+        out[name] = P.run_prepare(prepare_cli.build_parser().parse_args([str(a) for a in argv]))
     return root, out
 
 

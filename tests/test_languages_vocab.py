@@ -23,6 +23,8 @@ from trelm_fairseq.errors import TreLMError  # noqa: E402
 from trelm_fairseq.cli.demo import get_parser as demo_parser  # noqa: E402
 from trelm_fairseq.comparison import vocab_line, write_report  # noqa: E402
 from trelm_fairseq.preprocess import corpora, languages  # noqa: E402
+from trelm_fairseq.cli import fetch_corpus  # noqa: E402
+from trelm_fairseq.cli import prepare as prepare_cli  # noqa: E402
 from trelm_fairseq.preprocess import prepare as P  # noqa: E402
 from trelm_fairseq.preprocess import vocab as V  # noqa: E402
 from trelm_fairseq.preprocess.libreoffice_help import HELP_ROOT  # noqa: E402
@@ -60,8 +62,8 @@ def test_vocab_size_option_values():
     with pytest.raises(TreLMError, match=r"--vocab-size big: expected auto or an integer"):
         V.parse_vocab_size("big")
     # the defaults of trelm-prepare, trelm-vocab and trelm-demo are auto; integers stay integers
-    assert P.build_parser().parse_args(["--tgt", "tr", "--out", "x"]).vocab_size == "auto"
-    assert P.build_parser().parse_args(["--tgt", "tr", "--out", "x", "--vocab-size", "300"]).vocab_size == 300
+    assert prepare_cli.build_parser().parse_args(["--tgt", "tr", "--out", "x"]).vocab_size == "auto"
+    assert prepare_cli.build_parser().parse_args(["--tgt", "tr", "--out", "x", "--vocab-size", "300"]).vocab_size == 300
     assert demo_parser().parse_args([]).vocab_size == "auto"
     assert demo_parser().parse_args(["--vocab-size", "8000"]).vocab_size == 8000
     with pytest.raises(SystemExit):
@@ -159,7 +161,7 @@ def test_prepare_user_files_get_a_default_vocabulary(tmp_path):
     data = tmp_path / "data"
     argv = ["--tgt", "tr", "--out", data, "--parallel", c / "train.en", c / "train.tr", "--mono", c / "mono.tr.train",
             "--threads", 1, "--no-init", "--lowercase", "yes"]
-    s = P.run_prepare(P.build_parser().parse_args([str(a) for a in argv]))
+    s = P.run_prepare(prepare_cli.build_parser().parse_args([str(a) for a in argv]))
     v = json.loads((data / "prepare.json").read_text(encoding="utf-8"))["vocab"]
     assert s["steps"]["vocab"] == "done" and v["vocab_size_option"] == "auto"
     assert v["vocab_size"] == spm_pieces(data) and v["dict_symbols"] == v["vocab_size"] + 1
@@ -171,9 +173,9 @@ def test_prepare_user_files_get_a_default_vocabulary(tmp_path):
     write_report(dict(demo_report(), prepare={"vocab": v}), str(tmp_path / "results"))
     assert line in (tmp_path / "results" / "results.md").read_text(encoding="utf-8")
     # the step cache: the same default skips, an explicit size (even the same number) redoes it
-    s = P.run_prepare(P.build_parser().parse_args([str(a) for a in argv]))
+    s = P.run_prepare(prepare_cli.build_parser().parse_args([str(a) for a in argv]))
     assert s["steps"]["vocab"] == "skipped" and s["vocab"]["vocab_size"] == v["vocab_size"]
-    s = P.run_prepare(P.build_parser().parse_args([str(a) for a in argv + ["--vocab-size", v["vocab_size"]]]))
+    s = P.run_prepare(prepare_cli.build_parser().parse_args([str(a) for a in argv + ["--vocab-size", v["vocab_size"]]]))
     assert s["steps"]["vocab"] == "done" and s["vocab"]["vocab_size_option"] == v["vocab_size"]
     assert s["vocab"]["vocab_size_rule"] == f"--vocab-size {v['vocab_size']}: used exactly"
 
@@ -198,7 +200,7 @@ def test_help_and_man_page_corpus_gets_a_default_vocabulary(tmp_path, monkeypatc
     cache = fake_help_cache(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))    # proves nothing is downloaded
     corpus = tmp_path / "corpus"
-    corpora.build_corpus(corpora.parse_args(["--lang", "tr", "--out", str(corpus), "--cache-dir", str(cache)]))
+    corpora.build_corpus(fetch_corpus.parse_args(["--lang", "tr", "--out", str(corpus), "--cache-dir", str(cache)]))
     report = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))
     assert any(s["kind"] == "manpages" and s["paragraphs"] > 200 for s in report["sources"])
     stats = V.run_vocab(str(corpus), str(tmp_path / "data"), options(), threads=1, quiet=True)
@@ -213,12 +215,12 @@ def test_a_language_without_its_own_help_pages_is_not_offered(tmp_path, monkeypa
     assert len(languages.help_corpus_languages()) == len(languages.LANGUAGES) - 1
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
     with pytest.raises(TreLMError, match=r"--lang sk: Debian's libreoffice-help-sk holds no Slovak help pages"):
-        corpora.build_corpus(corpora.parse_args(["--lang", "sk", "--out", str(tmp_path / "o"),
+        corpora.build_corpus(fetch_corpus.parse_args(["--lang", "sk", "--out", str(tmp_path / "o"),
                                                  "--cache-dir", str(tmp_path / "c")]))
     assert not (tmp_path / "c").exists()
-    assert V.check_language("sk") == "sk"   # still usable with one's own files
+    assert languages.check_language("sk") == "sk"   # still usable with one's own files
     with pytest.raises(SystemExit):
-        corpora.cli_main(["--help"])
+        fetch_corpus.cli_main(["--help"])
     offered = capsys.readouterr().out.split("for the help corpus:")[1].replace(",", " ").split()
     assert offered == languages.help_corpus_languages()
 

@@ -11,13 +11,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
+from trelm_fairseq.cli import prepare as prepare_cli  # noqa: E402
 from trelm_fairseq.preprocess import prepare as P  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 
 
 def run(argv):
-    return P.run_prepare(P.build_parser().parse_args([str(a) for a in argv]))
+    return P.run_prepare(prepare_cli.build_parser().parse_args([str(a) for a in argv]))
 
 
 def markers(data: Path):

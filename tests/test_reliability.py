@@ -165,6 +165,7 @@ def test_combine_cli_corrupted_parent_and_full_disk(tmp_path, monkeypatch, capsy
 
 
 def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeypatch, capsys):
+    from trelm_fairseq.cli import prepare as prepare_cli
     from trelm_fairseq.preprocess import prepare as P
 
     corpus = write_synthetic_corpus(tmp_path / "corpus", n_train=120, n_valid=10, n_test=10, n_mono=30)
@@ -179,7 +180,7 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
     with monkeypatch.context() as m:
         hits = disk_full_for(m, str(data / ".dict.txt."), limit=200)
         with pytest.raises(SystemExit) as e:
-            P.cli_main(argv)
+            prepare_cli.cli_main(argv)
     err = capsys.readouterr().err
     assert hits and e.value.code == 2 and "Traceback" not in err, err
     assert f"error: {data / 'dict.txt'}: write failed: No space left on device" in err
@@ -190,14 +191,14 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
     with monkeypatch.context() as m:
         hits = disk_full_for(m, str(data / "init" / ".model.pt."), limit=4000)
         with pytest.raises(SystemExit) as e:
-            P.cli_main(argv)
+            prepare_cli.cli_main(argv)
     err = capsys.readouterr().err
     assert hits and e.value.code == 2 and f"error: {data / 'init' / 'model.pt'}: write failed" in err
     assert not (data / "init" / "model.pt").exists() and leftovers(data) == []
     assert sorted(p.name for p in (data / ".prepare").iterdir()) == ["align.json", "binarize.json", "vocab.json"]
 
     # 3. space again: only the failed step runs, and its output loads
-    summary = P.run_prepare(P.build_parser().parse_args(argv))
+    summary = P.run_prepare(prepare_cli.build_parser().parse_args(argv))
     assert [summary["steps"][k] for k in ("vocab", "binarize", "align", "embeddings")] == \
         ["skipped", "skipped", "skipped", "done"]
     assert load_checkpoint(str(data / "init" / "model.pt"))["model"]["encoder.embed_tokens.weight"].shape[0] == \
@@ -218,7 +219,7 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
     with monkeypatch.context() as m:
         m.setattr(fairseq_cli.preprocess, "main", full_disk_preprocess)
         with pytest.raises(SystemExit) as e:
-            P.cli_main(argv + ["--force"])
+            prepare_cli.cli_main(argv + ["--force"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "error: fairseq-preprocess failed for mono/en: OSError: [Errno 28] No space left" in err
     assert {p: sha(p) for p in (data / "mono").rglob("*") if p.is_file()} == before
@@ -230,7 +231,7 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
 
         read_only(m, fileio)
         with pytest.raises(SystemExit) as e:
-            P.cli_main(argv[:3] + [str(tmp_path / "ro")] + argv[4:])
+            prepare_cli.cli_main(argv[:3] + [str(tmp_path / "ro")] + argv[4:])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "write failed: Read-only file system" in err and str(tmp_path / "ro") in err
 

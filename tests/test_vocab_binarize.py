@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _prep_helpers import write_synthetic_corpus  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
-from trelm_fairseq.preprocess import vocab as V  # noqa: E402
+from trelm_fairseq.preprocess import languages, vocab as V  # noqa: E402
 from trelm_fairseq.checkpoint import load_dictionary  # noqa: E402
 from trelm_fairseq.preprocess.binarize import binarize_all, decode_dataset  # noqa: E402
 
@@ -173,8 +173,8 @@ def test_vocab_size_too_large_is_a_clear_error(tmp_path):
 
 def test_unknown_language_and_missing_source_model():
     with pytest.raises(TreLMError, match="unknown language code 'xx'"):
-        V.check_language("xx", "--tgt")
-    assert V.check_language("zh_CN") == "zh-cn" and V.check_language("EN") == "en"
+        languages.check_language("xx", "--tgt")
+    assert languages.check_language("zh_CN") == "zh-cn" and languages.check_language("EN") == "en"
     with pytest.raises(TreLMError, match="source model not found"):
         V.inspect_source_model("/nonexistent/model")
 

@@ -39,29 +39,28 @@ How, precisely:
 
 Coverage = fraction of tokens (without ``</s>``) that are aligned, per direction.
 """
-import argparse
 import hashlib
 import math
 import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import unicodedata
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from ..errors import TreLMError, cli_errors
+from .. import fileio
+from ..errors import TreLMError
 from ..modules.tri_layer import NULL_ALIGNMENT
-from .vocab import SPLITS, Timer, atomic_write_json, atomic_write_lines, check_language, log, lowercase, \
-    read_text_lines, spaces_between_words, tok_path
+from .languages import lower, spaces_between_words
+from .layout import SPLITS, tok_path
+from .progress import Timer, log
 
 Link = Tuple[int, int]
 WORD_START = "\u2581"  # sentencepiece's ▁
 NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
-EFLOMAL_MAX_LEN = 0x400 - 1  # eflomal leaves longer sentences unaligned
 
 
 # ----------------------------------------------------------------------------
@@ -266,8 +265,8 @@ def run_eflomal(src_units: Sequence[Sequence[str]], tgt_units: Sequence[Sequence
     if proc.returncode != 0 or not (os.path.isfile(files["fwd"]) and os.path.isfile(files["rev"])):
         tail = "\n".join(proc.stdout.strip().splitlines()[-10:])
         raise TreLMError(f"eflomal failed (exit {proc.returncode}): {tail}")
-    fwd = [parse_links(x) for x in read_text_lines(files["fwd"])]
-    rev = [parse_links(x) for x in read_text_lines(files["rev"])]
+    fwd = [parse_links(x) for _, x in fileio.iter_raw_lines(files["fwd"])]
+    rev = [parse_links(x) for _, x in fileio.iter_raw_lines(files["rev"])]
     if len(fwd) != len(src_units) or len(rev) != len(src_units):
         raise TreLMError(f"eflomal wrote {len(fwd)}/{len(rev)} alignment lines for {len(src_units)} sentence pairs")
     info = {"iterations": list(iters), "samplers": samplers, "seed": seed, "deterministic": deterministic,
@@ -309,24 +308,16 @@ def gather_rows(src_owner: Sequence[int], tgt_owner: Sequence[int], links: Itera
 
 
 def write_gather(prefix: str, rows: Sequence[Sequence[int]]) -> None:
-    """An int32 MMapIndexedDataset (prefix.bin/.idx), written to temp names then renamed."""
+    """An int32 MMapIndexedDataset (prefix.bin/.idx), each written to a temporary file and
+    renamed (the .bin first) only when both are complete."""
     import torch
     from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
 
-    folder = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(prefix)}")
-    try:
-        builder = MMapIndexedDatasetBuilder(tmp + ".bin", dtype=np.int32)
+    with fileio.atomic_output(prefix + ".idx") as idx_tmp, fileio.atomic_output(prefix + ".bin") as bin_tmp:
+        builder = MMapIndexedDatasetBuilder(bin_tmp, dtype=np.int32)
         for row in rows:
             builder.add_item(torch.tensor(row, dtype=torch.int32))
-        builder.finalize(tmp + ".idx")
-        os.replace(tmp + ".bin", prefix + ".bin")
-        os.replace(tmp + ".idx", prefix + ".idx")
-    finally:
-        for ext in (".bin", ".idx"):
-            if os.path.exists(tmp + ext):
-                os.unlink(tmp + ext)
+        builder.finalize(idx_tmp)
 
 
 def check_gather(prefix: str, gather_len: Sequence[int], other_len: Sequence[int]) -> None:
@@ -360,35 +351,75 @@ def resolve_unit(option: str, lang: str) -> str:
     return option
 
 
-def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: str = "auto", seed: Optional[int] = 1,
-               samplers: int = 2, rel_iterations: float = 1.0, threads: int = 2, quiet: bool = False) -> Dict:
-    """Align every parallel split of ``data`` and write its gather datasets."""
+def _split_units(data: str, split: str, src: str, tgt: str, units: Dict[str, str]) -> Dict:
+    """One parallel split read for alignment: per language, the units of each sentence
+    (lower-cased, for eflomal), the unit of each piece (``owners``) and the binarized sizes
+    (checked against the encoded text)."""
     from .binarize import dataset_sizes
 
     work = os.path.join(data, "work")
+    pieces = {}
+    for lang in (src, tgt):
+        path = tok_path(work, "para", split, lang)
+        if not os.path.isfile(path):
+            raise TreLMError(f"{path}: file not found")
+        pieces[lang] = [ln.split() for _, ln in fileio.iter_raw_lines(path)]
+    if len(pieces[src]) != len(pieces[tgt]):
+        raise TreLMError(f"{tok_path(work, 'para', split, tgt)}: {len(pieces[tgt])} lines but "
+                         f"{tok_path(work, 'para', split, src)} has {len(pieces[src])}")
+    sizes = {}
+    for lang in (src, tgt):
+        prefix = os.path.join(data, "para", f"{split}.{src}-{tgt}.{lang}")
+        sizes[lang] = dataset_sizes(prefix)
+        if sizes[lang] != [len(p) + 1 for p in pieces[lang]]:
+            raise TreLMError(f"{prefix}.bin: binarized lengths differ from {tok_path(work, 'para', split, lang)} "
+                             "(re-run the vocab/binarize step)")
+    owners = {lang: [] for lang in (src, tgt)}
+    words = {lang: [] for lang in (src, tgt)}
+    for lang in (src, tgt):
+        for ps in pieces[lang]:
+            unit_strings, owner = group_pieces(ps, units[lang])
+            owners[lang].append(owner)
+            words[lang].append([lower(w, lang) for w in unit_strings])
+    return {"owners": owners, "units": words, "sizes": sizes, "n": len(pieces[src])}
+
+
+def _write_split(data: str, split: str, src: str, tgt: str, d: Dict, fwd: Sequence[List[Link]],
+                 rev: Sequence[List[Link]], sym_lines: List[str]) -> Dict:
+    """Symmetrise one split's links, write and check its two gather datasets; returns its
+    pair count and coverage per direction (symmetrised links appended to ``sym_lines``)."""
+    s2t_rows, t2s_rows = [], []
+    aligned_t = aligned_s = tok_t = tok_s = 0
+    for k in range(d["n"]):
+        so, to = d["owners"][src][k], d["owners"][tgt][k]
+        links = grow_diag_final_and(fwd[k], rev[k], len(d["units"][src][k]), len(d["units"][tgt][k]))
+        sym_lines.append(" ".join(f"{i}-{j}" for i, j in sorted(links)))
+        s2t, t2s = gather_rows(so, to, links, set(fwd[k]) & set(rev[k]))
+        s2t_rows.append(s2t)
+        t2s_rows.append(t2s)
+        aligned_t += sum(1 for v in s2t[:-1] if v != NULL_ALIGNMENT)
+        aligned_s += sum(1 for v in t2s[:-1] if v != NULL_ALIGNMENT)
+        tok_t += len(to)
+        tok_s += len(so)
+    for name, rows, own, other in ((f"{src}-{tgt}", s2t_rows, d["sizes"][tgt], d["sizes"][src]),
+                                   (f"{tgt}-{src}", t2s_rows, d["sizes"][src], d["sizes"][tgt])):
+        prefix = os.path.join(data, "para", f"{split}.gather.{name}")
+        write_gather(prefix, rows)
+        check_gather(prefix, own, other)
+    return {
+        "pairs": d["n"],
+        f"coverage_{src}-{tgt}": aligned_t / tok_t if tok_t else 0.0,
+        f"coverage_{tgt}-{src}": aligned_s / tok_s if tok_s else 0.0,
+    }
+
+
+def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: str = "auto", seed: Optional[int] = 1,
+               samplers: int = 2, rel_iterations: float = 1.0, threads: int = 2, quiet: bool = False) -> Dict:
+    """Align every parallel split of ``data`` and write its gather datasets."""
+    work = os.path.join(data, "work")
     units = {src: resolve_unit(unit_src, src), tgt: resolve_unit(unit_tgt, tgt)}
-    per_split: Dict[str, Dict] = {}
-    all_units = {src: [], tgt: []}
-    for split in SPLITS:
-        pieces = {lang: [ln.split() for ln in read_text_lines(tok_path(work, "para", split, lang))] for lang in (src, tgt)}
-        if len(pieces[src]) != len(pieces[tgt]):
-            raise TreLMError(f"{tok_path(work, 'para', split, tgt)}: {len(pieces[tgt])} lines but "
-                             f"{tok_path(work, 'para', split, src)} has {len(pieces[src])}")
-        sizes = {}
-        for lang in (src, tgt):
-            prefix = os.path.join(data, "para", f"{split}.{src}-{tgt}.{lang}")
-            sizes[lang] = dataset_sizes(prefix)
-            expected = [len(p) + 1 for p in pieces[lang]]
-            if sizes[lang] != expected:
-                raise TreLMError(f"{prefix}.bin: binarized lengths differ from {tok_path(work, 'para', split, lang)} "
-                                 "(re-run the vocab/binarize step)")
-        owners = {lang: [] for lang in (src, tgt)}
-        for lang in (src, tgt):
-            for ps in pieces[lang]:
-                words, owner = group_pieces(ps, units[lang])
-                owners[lang].append(owner)
-                all_units[lang].append([lowercase(w, lang) for w in words])
-        per_split[split] = {"owners": owners, "sizes": sizes, "n": len(pieces[src])}
+    per_split = {split: _split_units(data, split, src, tgt, units) for split in SPLITS}
+    all_units = {lang: [u for split in SPLITS for u in per_split[split]["units"][lang]] for lang in (src, tgt)}
     n_total = len(all_units[src])
     if n_total == 0:
         raise TreLMError(f"{data}: no parallel sentence pairs to align")
@@ -403,78 +434,14 @@ def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: 
     offset = 0
     sym_lines: List[str] = []
     for split in SPLITS:
-        d = per_split[split]
-        s2t_rows, t2s_rows = [], []
-        aligned_t = aligned_s = tok_t = tok_s = 0
-        for k in range(d["n"]):
-            so, to = d["owners"][src][k], d["owners"][tgt][k]
-            n_su, n_tu = len(all_units[src][offset + k]), len(all_units[tgt][offset + k])
-            links = grow_diag_final_and(fwd[offset + k], rev[offset + k], n_su, n_tu)
-            sym_lines.append(" ".join(f"{i}-{j}" for i, j in sorted(links)))
-            s2t, t2s = gather_rows(so, to, links, set(fwd[offset + k]) & set(rev[offset + k]))
-            s2t_rows.append(s2t)
-            t2s_rows.append(t2s)
-            aligned_t += sum(1 for v in s2t[:-1] if v != NULL_ALIGNMENT)
-            aligned_s += sum(1 for v in t2s[:-1] if v != NULL_ALIGNMENT)
-            tok_t += len(to)
-            tok_s += len(so)
-        offset += d["n"]
-        for name, rows, own, other in ((f"{src}-{tgt}", s2t_rows, d["sizes"][tgt], d["sizes"][src]),
-                                       (f"{tgt}-{src}", t2s_rows, d["sizes"][src], d["sizes"][tgt])):
-            prefix = os.path.join(data, "para", f"{split}.gather.{name}")
-            write_gather(prefix, rows)
-            check_gather(prefix, own, other)
-        stats["splits"][split] = {
-            "pairs": d["n"],
-            f"coverage_{src}-{tgt}": aligned_t / tok_t if tok_t else 0.0,
-            f"coverage_{tgt}-{src}": aligned_s / tok_s if tok_s else 0.0,
-        }
-    atomic_write_lines(os.path.join(work, "align", "sym.moses"), sym_lines)
+        n = per_split[split]["n"]
+        stats["splits"][split] = _write_split(data, split, src, tgt, per_split[split], fwd[offset:offset + n],
+                                              rev[offset:offset + n], sym_lines)
+        offset += n
+    fileio.write_lines(os.path.join(work, "align", "sym.moses"), sym_lines)
     stats["coverage"] = {k: stats["splits"]["train"][f"coverage_{k}"] for k in (f"{src}-{tgt}", f"{tgt}-{src}")}
     if not quiet:
         c = stats["coverage"]
         log(f"alignment coverage (train): {src}->{tgt} {c[f'{src}-{tgt}']:.1%} of {tgt} tokens aligned, "
             f"{tgt}->{src} {c[f'{tgt}-{src}']:.1%} of {src} tokens aligned")
     return stats
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="trelm-align",
-        description="Word-align the parallel text of a TreLM data directory with eflomal (both directions, "
-                    "grow-diag-final-and) and write the subword gather datasets para/{split}.gather.{S}-{T} "
-                    "and para/{split}.gather.{T}-{S}.")
-    p.add_argument("--data", required=True, help="data directory written by trelm-vocab")
-    p.add_argument("--src", default="en", help="source language (default en)")
-    p.add_argument("--tgt", required=True, help="target language")
-    add_align_args(p)
-    return p
-
-
-def add_align_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("alignment")
-    g.add_argument("--unit-src", choices=("auto", "word", "piece"), default="auto",
-                   help="source alignment units: whitespace words or pieces (auto: pieces for zh/ja/km)")
-    g.add_argument("--unit-tgt", choices=("auto", "word", "piece"), default="auto", help="target alignment units")
-    g.add_argument("--samplers", type=int, default=2, help="eflomal samplers (default %(default)s)")
-    g.add_argument("--rel-iterations", type=float, default=1.0,
-                   help="eflomal iterations relative to its default (5000/sqrt(pairs))")
-    g.add_argument("--align-seed", type=int, default=1, help="seed for eflomal (default %(default)s)")
-
-
-@cli_errors
-def cli_main(argv=None):
-    p = build_parser()
-    p.add_argument("--threads", type=int, default=2, help="threads (eflomal runs the two directions in parallel)")
-    args = p.parse_args(argv)
-    src, tgt = check_language(args.src, "source language"), check_language(args.tgt, "target language")
-    with Timer("align") as t:
-        stats = align_data(args.data, src, tgt, args.unit_src, args.unit_tgt, seed=args.align_seed,
-                           samplers=args.samplers, rel_iterations=args.rel_iterations, threads=args.threads)
-    stats["seconds"] = t.seconds
-    atomic_write_json(os.path.join(args.data, "work", "align.json"), stats)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())

@@ -16,9 +16,10 @@ import shutil
 import tempfile
 from typing import Dict, List, Sequence
 
+from .. import fileio
 from ..checkpoint import load_dictionary
 from ..errors import TreLMError
-from .vocab import SPLITS, read_text_lines, tok_path
+from .layout import SPLITS, tok_path
 
 FAIRSEQ_EXTRA_FILES = ("preprocess.log",)
 
@@ -81,7 +82,8 @@ def _run_preprocess(argv: Sequence[str], destdir: str, what: str) -> None:
 
 
 def _replace_dir(tmp: str, final: str) -> None:
-    """Swap a finished temp directory in for ``final``."""
+    """Swap a finished temp directory in for ``final`` (fairseq-preprocess writes a whole
+    folder of .bin/.idx pairs: fileio's atomic writers are for single files)."""
     if os.path.isdir(final):
         trash = final + f".old-{os.getpid()}"
         os.replace(final, trash)
@@ -102,7 +104,7 @@ def _tidy(destdir: str) -> None:
 def verify_lengths(prefix: str, tok_file: str, dictionary=None) -> int:
     """Each binarized sentence = its encoded pieces + </s>; returns the count."""
     sizes = dataset_sizes(prefix)
-    lines = read_text_lines(tok_file)
+    lines = [line for _, line in fileio.iter_raw_lines(tok_file)]
     if len(sizes) != len(lines):
         raise TreLMError(f"{prefix}.idx: {len(sizes)} sentences but {tok_file} has {len(lines)} lines")
     for i, (n, line) in enumerate(zip(sizes, lines)):

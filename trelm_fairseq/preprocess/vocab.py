@@ -27,22 +27,20 @@ directory (``docs/data-layout.md``):
    model's max positions - 2, room for ``<s>`` and ``</s>``) are skipped and
    counted (a parallel pair is skipped when either side is too long), or cut
    with ``--long truncate``.
-5. **binarize** with ``fairseq-preprocess`` (``binarize.py``).
+5. **binarize** with ``fairseq-preprocess`` (``binarize.py``; ``trelm-vocab`` runs it after
+   these steps, see ``cli/vocab.py``).
 """
 import argparse
 import collections
-import json
 import os
 import random
-import sys
-import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..errors import TreLMError, cli_errors
+from ..errors import TreLMError
 from .. import fileio
-from . import languages
-
-SPLITS = ("train", "valid", "test")
+from .languages import normalize_line
+from .layout import SPLITS, text_path, tok_path
+from .progress import Timer, log
 CJK_LANGS = {"zh", "zh-cn", "zh-tw", "zh-hans", "zh-hant", "ja", "ko"}
 DEFAULT_VOCAB_SIZE = "auto"
 MIN_VOCAB_SIZE = 100          # smallest explicit --vocab-size accepted
@@ -57,90 +55,8 @@ FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 
 # ----------------------------------------------------------------------------
-# progress output
+# languages
 # ----------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(f"[trelm {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class Timer:
-    """``with Timer('vocab') as t: ...``; prints the step's wall time (and CPU time of
-    this process + waited-for children, e.g. eflomal); t.seconds, t.cpu_seconds after."""
-
-    def __init__(self, name: str, quiet: bool = False):
-        self.name, self.quiet, self.seconds, self.cpu_seconds = name, quiet, 0.0, 0.0
-
-    def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), _cpu()
-        if not self.quiet:
-            log(f"{self.name}: start")
-        return self
-
-    def __exit__(self, exc_type, *_):
-        self.seconds = time.perf_counter() - self.t0
-        self.cpu_seconds = _cpu() - self.c0
-        if not self.quiet and exc_type is None:
-            log(f"{self.name}: done in {self.seconds:.1f} s (cpu {self.cpu_seconds:.1f} s)")
-
-
-# ----------------------------------------------------------------------------
-# files (readers / atomic writers of fileio) and languages (languages.py)
-# ----------------------------------------------------------------------------
-
-
-def atomic_write_lines(path: str, lines: Iterable[str]) -> int:
-    """Write lines (without newlines) to ``path`` via a temp file + rename."""
-    return fileio.write_lines(path, lines)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    fileio.write_json(path, obj)
-
-
-def read_text_lines(path: str) -> List[str]:
-    """Raw lines of a UTF-8 file written by these tools (errors name file and line)."""
-    if not os.path.isfile(path):
-        raise TreLMError(f"{path}: file not found")
-    return [line for _, line in fileio.iter_raw_lines(path)]
-
-
-def lowercase(text: str, lang: str) -> str:
-    """Language-aware lower-casing (Turkish / Azeri: I -> ı, İ -> i)."""
-    return languages.lower(text, lang)
-
-
-def check_language(lang: str, what: str = "language") -> str:
-    """A supported language code (languages.py), normalised; the source may be en."""
-    if lang.strip().lower() == languages.SOURCE_LANG:
-        return languages.SOURCE_LANG
-    try:
-        return languages.get_language(lang).code
-    except TreLMError as e:
-        raise TreLMError(f"{what}: {e}") from None
-
-
-def spaces_between_words(lang: str) -> bool:
-    if lang == languages.SOURCE_LANG:
-        return True
-    return languages.get_language(lang).spaces_between_words
-
-
-def normalize_line(line: str, lang: str, lower: bool) -> str:
-    """Collapse all (Unicode) whitespace to single spaces; lower-case if asked.
-
-    Collapsing here also guarantees that no piece contains a character that
-    fairseq's tokenizer (``\\s+``) would split on, so piece counts and the
-    binarized lengths agree exactly.
-    """
-    line = fileio.normalize_space(line)
-    return lowercase(line, lang) if lower else line
 
 
 def default_character_coverage(src: str, tgt: str) -> float:
@@ -163,14 +79,6 @@ def default_source_model() -> Optional[str]:
         return None
     path = os.path.join(list(spec.submodule_search_locations)[0], "model")
     return path if os.path.isdir(path) else None
-
-
-def _read_json(path: str) -> Dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise TreLMError(f"{path}: unreadable JSON: {e}") from None
 
 
 def _vocab_is_uncased(symbols: Sequence[str]) -> bool:
@@ -198,7 +106,7 @@ def inspect_source_model(path: Optional[str]) -> Dict:
     info = {"uncased": None, "max_positions": DEFAULT_MAX_POSITIONS, "why": ""}
     hf_cfg = os.path.join(folder, "config.json")
     if os.path.isfile(hf_cfg):
-        cfg = _read_json(hf_cfg)
+        cfg = fileio.read_json(hf_cfg)
         info["max_positions"] = int(cfg.get("max_position_embeddings", DEFAULT_MAX_POSITIONS))
         if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
             # RoBERTa-style learned positions reserve padding_idx + 1 rows
@@ -210,13 +118,13 @@ def inspect_source_model(path: Optional[str]) -> Dict:
     # a Hugging Face folder, or the tokenizer/ copy trelm-import keeps next to model.pt
     for tok_dir in (folder, os.path.join(folder, "tokenizer")):
         hf_tok = os.path.join(tok_dir, "tokenizer_config.json")
-        if os.path.isfile(hf_tok) and "do_lower_case" in _read_json(hf_tok):
-            info["uncased"] = bool(_read_json(hf_tok)["do_lower_case"])
+        if os.path.isfile(hf_tok) and "do_lower_case" in fileio.read_json(hf_tok):
+            info["uncased"] = bool(fileio.read_json(hf_tok)["do_lower_case"])
             info["why"] = f"{hf_tok}: do_lower_case={info['uncased']}"
             return info
         hf_tokenizer_json = os.path.join(tok_dir, "tokenizer.json")
         if os.path.isfile(hf_tokenizer_json):
-            norm = _read_json(hf_tokenizer_json).get("normalizer") or {}
+            norm = fileio.read_json(hf_tokenizer_json).get("normalizer") or {}
             if isinstance(norm, dict) and "lowercase" in norm:
                 info["uncased"] = bool(norm["lowercase"])
                 info["why"] = f"{hf_tokenizer_json}: normalizer lowercase={info['uncased']}"
@@ -229,7 +137,7 @@ def inspect_source_model(path: Optional[str]) -> Dict:
     for vocab_name in ("vocab.txt", "dict.txt"):
         vocab = os.path.join(folder, vocab_name)
         if os.path.isfile(vocab):
-            symbols = [ln.split(" ")[0].split("\t")[0] for ln in read_text_lines(vocab) if ln.strip()]
+            symbols = [ln.split(" ")[0].split("\t")[0] for _, ln in fileio.iter_raw_lines(vocab) if ln.strip()]
             info["uncased"] = _vocab_is_uncased(symbols)
             info["why"] = f"{vocab}: {'no' if info['uncased'] else 'some'} upper-case entries"
             return info
@@ -317,17 +225,6 @@ def read_parallel(src_path: str, tgt_path: str) -> Tuple[List[str], List[str], D
 # ----------------------------------------------------------------------------
 
 
-def text_path(work: str, kind: str, split: str, lang: str) -> str:
-    """work/text/para.{split}.{lang} and work/text/mono.{lang}.{split}."""
-    name = f"para.{split}.{lang}" if kind == "para" else f"mono.{lang}.{split}"
-    return os.path.join(work, "text", name)
-
-
-def tok_path(work: str, kind: str, split: str, lang: str) -> str:
-    name = f"para.{split}.{lang}" if kind == "para" else f"mono.{lang}.{split}"
-    return os.path.join(work, "tok", name)
-
-
 def normalize_corpus(corpus_dir: str, work: str, src: str, tgt: str, lower: bool,
                      max_pairs: Optional[int] = None) -> Dict:
     """Step 1: normalised text files under work/text/; returns counts.
@@ -337,9 +234,29 @@ def normalize_corpus(corpus_dir: str, work: str, src: str, tgt: str, lower: bool
     paths = corpus_paths(corpus_dir, src, tgt)
     stats: Dict = {"para": {}, "mono": {src: {}, tgt: {}}}
     outputs: Dict[str, List[str]] = {}
-    para_lines: Dict[str, Dict[str, List[str]]] = {}
     mono_in = {lang: {split: _read_mono(paths["mono"][lang].get(split)) for split in SPLITS}
                for lang in (src, tgt)}
+    para_lines = _normalize_parallel(paths, src, tgt, lower, max_pairs, stats)
+    for split in SPLITS:
+        if not para_lines[split][src]:
+            raise TreLMError(f"{corpus_dir}: no usable parallel {split} pairs in {split}.{src} / {split}.{tgt}")
+        for lang in (src, tgt):
+            outputs[text_path(work, "para", split, lang)] = para_lines[split][lang]
+    for lang in (src, tgt):
+        mono = _monolingual_splits(corpus_dir, paths["mono"][lang], mono_in[lang],
+                                   {split: para_lines[split][lang] for split in SPLITS}, lang, lower,
+                                   stats["mono"][lang])
+        for split in SPLITS:
+            outputs[text_path(work, "mono", split, lang)] = mono[split]
+    for path, lines in outputs.items():
+        fileio.write_lines(path, lines)
+    return stats
+
+
+def _normalize_parallel(paths: Dict, src: str, tgt: str, lower: bool, max_pairs: Optional[int],
+                        stats: Dict) -> Dict[str, Dict[str, List[str]]]:
+    """split -> lang -> normalised lines of the parallel pairs (pairs with an empty side dropped)."""
+    para_lines: Dict[str, Dict[str, List[str]]] = {}
     for split in SPLITS:
         s_lines, t_lines, read_stats = read_parallel(*paths["para"][split])
         if max_pairs is not None and split == "train":
@@ -354,54 +271,50 @@ def normalize_corpus(corpus_dir: str, work: str, src: str, tgt: str, lower: bool
             keep_t.append(b)
         stats["para"][split] = {"read": read_stats["read"], "kept": len(keep_s), "skipped_empty": empty}
         para_lines[split] = {src: keep_s, tgt: keep_t}
-        outputs[text_path(work, "para", split, src)] = keep_s
-        outputs[text_path(work, "para", split, tgt)] = keep_t
-    for split in SPLITS:
-        if not para_lines[split][src]:
-            raise TreLMError(f"{corpus_dir}: no usable parallel {split} pairs in {split}.{src} / {split}.{tgt}")
-    for lang in (src, tgt):
-        held_out = set(para_lines["valid"][lang]) | set(para_lines["test"][lang])
-        extra = [normalize_line(x, lang, lower) for x in mono_in[lang]["train"]]
-        train, seen, dup, overlap = [], set(), 0, 0
-        for line in para_lines["train"][lang] + extra:
+    return para_lines
+
+
+def _monolingual_splits(corpus_dir: str, given: Dict[str, str], mono_in: Dict[str, List[str]],
+                        para: Dict[str, List[str]], lang: str, lower: bool, stats: Dict) -> Dict[str, List[str]]:
+    """One language's monolingual text per split: train = its parallel training side + the
+    extra training text, de-duplicated, without parallel valid/test lines; valid/test = the
+    given files (else the parallel side), without lines seen before."""
+    held_out = set(para["valid"]) | set(para["test"])
+    extra = [normalize_line(x, lang, lower) for x in mono_in["train"]]
+    train, seen, dup, overlap = [], set(), 0, 0
+    for line in para["train"] + extra:
+        if not line:
+            continue
+        if line in seen:
+            dup += 1
+            continue
+        if line in held_out:
+            overlap += 1
+            continue
+        seen.add(line)
+        train.append(line)
+    stats["train"] = {"parallel_side": len(para["train"]), "extra": len(extra), "kept": len(train),
+                      "duplicates": dup, "held_out_overlap": overlap}
+    out = {"train": train}
+    for split in ("valid", "test"):
+        raw = [normalize_line(x, lang, lower) for x in mono_in[split]] if split in given else list(para[split])
+        kept, dropped = [], 0
+        for line in raw:
             if not line:
                 continue
             if line in seen:
-                dup += 1
-                continue
-            if line in held_out:
-                overlap += 1
+                dropped += 1
                 continue
             seen.add(line)
-            train.append(line)
-        stats["mono"][lang]["train"] = {
-            "parallel_side": len(para_lines["train"][lang]), "extra": len(extra), "kept": len(train),
-            "duplicates": dup, "held_out_overlap": overlap,
-        }
-        outputs[text_path(work, "mono", "train", lang)] = train
-        for split in ("valid", "test"):
-            given = paths["mono"][lang].get(split) is not None
-            raw = [normalize_line(x, lang, lower) for x in mono_in[lang][split]] if given else list(
-                para_lines[split][lang])
-            kept, dropped = [], 0
-            for line in raw:
-                if not line:
-                    continue
-                if line in seen:
-                    dropped += 1
-                    continue
-                seen.add(line)
-                kept.append(line)
-            if not kept:
-                where = paths["mono"][lang].get(split) or f"{corpus_dir}/{split}.{lang}"
-                raise TreLMError(f"{where}: no usable {lang} {split} sentences (empty, or all of them also in "
-                                 "the training text)")
-            stats["mono"][lang][split] = {"from": "mono" if given else "parallel", "kept": len(kept),
-                                          "overlap_or_duplicate": dropped}
-            outputs[text_path(work, "mono", split, lang)] = kept
-    for path, lines in outputs.items():
-        atomic_write_lines(path, lines)
-    return stats
+            kept.append(line)
+        if not kept:
+            where = given.get(split) or f"{corpus_dir}/{split}.{lang}"
+            raise TreLMError(f"{where}: no usable {lang} {split} sentences (empty, or all of them also in "
+                             "the training text)")
+        stats[split] = {"from": "mono" if split in given else "parallel", "kept": len(kept),
+                        "overlap_or_duplicate": dropped}
+        out[split] = kept
+    return out
 
 
 def _read_mono(path: Optional[str]) -> List[str]:
@@ -501,6 +414,22 @@ def auto_vocab_size(train: Callable[[int], int], support: Callable[[], Dict]) ->
     return final, info
 
 
+def _training_lines(inputs: Sequence[str], input_sentence_size: int, seed: int) -> Tuple[List[str], int]:
+    """The non-empty lines of ``inputs``, a seeded sample of ``input_sentence_size`` of them
+    when there are more (in file order); and how many there were."""
+    lines: List[str] = []
+    for p in inputs:
+        lines.extend(x for _, x in fileio.iter_raw_lines(p) if x)
+    if not lines:
+        raise TreLMError(f"no training text for the vocabulary in {', '.join(inputs)}")
+    n_total = len(lines)
+    if input_sentence_size and n_total > input_sentence_size:
+        rng = random.Random(seed)
+        keep = sorted(rng.sample(range(n_total), input_sentence_size))
+        lines = [lines[i] for i in keep]
+    return lines, n_total
+
+
 def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
                         vocab_size: Union[int, str] = DEFAULT_VOCAB_SIZE, model_type: str = "unigram",
                         character_coverage: float = 1.0, seed: int = 1, input_sentence_size: int = 2_000_000,
@@ -516,21 +445,14 @@ def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
     vocab_size = parse_vocab_size(vocab_size)
     if model_type not in ("unigram", "bpe"):
         raise TreLMError(f"--model-type {model_type}: expected unigram or bpe")
-    lines: List[str] = []
-    for p in inputs:
-        lines.extend(x for x in read_text_lines(p) if x)
-    if not lines:
-        raise TreLMError(f"no training text for the vocabulary in {', '.join(inputs)}")
-    n_total = len(lines)
-    if input_sentence_size and n_total > input_sentence_size:
-        rng = random.Random(seed)
-        keep = sorted(rng.sample(range(n_total), input_sentence_size))
-        lines = [lines[i] for i in keep]
+    lines, n_total = _training_lines(inputs, input_sentence_size, seed)
     folder = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(folder, exist_ok=True)
+    # sentencepiece writes <prefix>.model and .vocab itself: both are trained under a
+    # temporary prefix and renamed when complete (fileio.atomic_output is for one path)
     tmp_prefix = os.path.join(folder, f".tmp-{os.getpid()}-spm")
     train_txt = tmp_prefix + ".train.txt"
-    atomic_write_lines(train_txt, lines)
+    fileio.write_lines(train_txt, lines)
     spm_opts = dict(model_type=model_type, character_coverage=character_coverage, seed=seed, threads=threads)
     auto: Optional[Dict] = None
     try:
@@ -617,8 +539,8 @@ def encode_corpus(spm_model: str, work: str, src: str, tgt: str, max_tokens: int
         return pieces[:max_tokens] if long_policy == "truncate" else None
 
     for split in SPLITS:
-        s_lines = read_text_lines(text_path(work, "para", split, src))
-        t_lines = read_text_lines(text_path(work, "para", split, tgt))
+        s_lines, t_lines = ([ln for _, ln in fileio.iter_raw_lines(text_path(work, "para", split, lang))]
+                            for lang in (src, tgt))
         out_s, out_t, long_n, trunc_n = [], [], 0, 0
         for ps, pt in zip(enc(s_lines), enc(t_lines)):
             fs, ft = fit(ps), fit(pt)
@@ -628,12 +550,12 @@ def encode_corpus(spm_model: str, work: str, src: str, tgt: str, max_tokens: int
             trunc_n += (fs is not ps) + (ft is not pt)
             out_s.append(" ".join(fs))
             out_t.append(" ".join(ft))
-        atomic_write_lines(tok_path(work, "para", split, src), out_s)
-        atomic_write_lines(tok_path(work, "para", split, tgt), out_t)
+        fileio.write_lines(tok_path(work, "para", split, src), out_s)
+        fileio.write_lines(tok_path(work, "para", split, tgt), out_t)
         stats["para"][split] = {"pairs": len(out_s), "skipped_long": long_n, "truncated": trunc_n}
     for lang in (src, tgt):
         for split in SPLITS:
-            lines = read_text_lines(text_path(work, "mono", split, lang))
+            lines = [ln for _, ln in fileio.iter_raw_lines(text_path(work, "mono", split, lang))]
             out, long_n, trunc_n = [], 0, 0
             for p in enc(lines):
                 f = fit(p)
@@ -642,7 +564,7 @@ def encode_corpus(spm_model: str, work: str, src: str, tgt: str, max_tokens: int
                     continue
                 trunc_n += f is not p
                 out.append(" ".join(f))
-            atomic_write_lines(tok_path(work, "mono", split, lang), out)
+            fileio.write_lines(tok_path(work, "mono", split, lang), out)
             stats["mono"][lang][split] = {"sentences": len(out), "skipped_long": long_n, "truncated": trunc_n}
     return stats
 
@@ -652,7 +574,7 @@ def write_fairseq_dict(spm_model: str, counted_files: Sequence[str], dict_path: 
     sp = load_spm(spm_model)
     counts: collections.Counter = collections.Counter()
     for p in counted_files:
-        for line in read_text_lines(p):
+        for _, line in fileio.iter_raw_lines(p):
             counts.update(line.split())
     rows, skipped = [], []
     for i in range(sp.get_piece_size()):
@@ -663,7 +585,7 @@ def write_fairseq_dict(spm_model: str, counted_files: Sequence[str], dict_path: 
         if any(c.isspace() for c in piece) or not piece:
             raise TreLMError(f"{spm_model}: piece {piece!r} (id {i}) contains whitespace; cannot be a fairseq symbol")
         rows.append(f"{piece} {counts.get(piece, 0)}")
-    atomic_write_lines(dict_path, rows)
+    fileio.write_lines(dict_path, rows)
     n_unk = sum(c for p, c in counts.items() if sp.piece_to_id(p) == sp.unk_id())
     total = sum(counts.values())
     return {"pieces": sp.get_piece_size(), "dict_symbols": len(rows), "fairseq_symbols": len(rows) + 4,
@@ -686,30 +608,6 @@ def resolve_lowercase(option: str, source_model: Optional[str]) -> Tuple[bool, s
     if info["uncased"] is None:
         return False, f"auto: casing of the source model unknown ({info['why']}); text kept as is", info
     return bool(info["uncased"]), f"auto: {info['why']}", info
-
-
-def add_vocab_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("vocabulary")
-    g.add_argument("--vocab-size", type=vocab_size_arg, default=DEFAULT_VOCAB_SIZE,
-                   help=f"sentencepiece vocabulary size: auto (default) = up to {AUTO_VOCAB_CAP} pieces, fewer when "
-                        f"the corpus cannot support them (each piece should occur >= {AUTO_MIN_COUNT} times); an "
-                        "integer is used exactly (an error if the corpus cannot reach it; the paper used 80000)")
-    g.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
-    g.add_argument("--character-coverage", type=float, default=None,
-                   help="sentencepiece character coverage; default: 0.9995 when zh/ja/ko is involved, else 1.0")
-    g.add_argument("--lowercase", choices=("auto", "yes", "no"), default="auto",
-                   help="lower-case both sides (Turkish rules for tr/az); auto: when the source model is uncased")
-    g.add_argument("--max-tokens", type=int, default=None,
-                   help="max pieces per sentence; default: the source model's max positions - 2")
-    g.add_argument("--long", choices=("skip", "truncate"), default="skip",
-                   help="over-long sentences (pairs): skip and count (default) or truncate")
-    g.add_argument("--input-sentence-size", type=int, default=2_000_000,
-                   help="sentences sampled (seeded) for sentencepiece training (default %(default)s)")
-    g.add_argument("--spm-threads", type=int, default=2,
-                   help="sentencepiece training threads; part of the result (float sums): same seed + same "
-                        "--spm-threads = identical vocabulary (default %(default)s)")
-    g.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
-    g.add_argument("--threads", type=int, default=2, help="threads / fairseq-preprocess workers")
 
 
 def vocab_options(args, src: str, tgt: str, source_model: Optional[str]) -> Dict:
@@ -762,42 +660,3 @@ def run_vocab(corpus_dir: str, data: str, opts: Dict, threads: int = 2, max_pair
             f"pairs train/valid/test {e['para']['train']['pairs']}/{e['para']['valid']['pairs']}/"
             f"{e['para']['test']['pairs']} (skipped as too long: {e['para']['train']['skipped_long']} train)")
     return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="trelm-vocab",
-        description="Joint sentencepiece vocabulary over S+T text, encoding of all splits, the shared fairseq "
-                    "dict.txt, and fairseq-preprocess binarization into a TreLM data directory.")
-    p.add_argument("--corpus-dir", required=True, help="corpus directory (train.S, train.T, valid.*, test.*, mono.*)")
-    p.add_argument("--src", default="en", help="source language (the source model's; default en)")
-    p.add_argument("--tgt", required=True, help="target language code, e.g. tr")
-    p.add_argument("--out", required=True, help="data directory to write")
-    p.add_argument("--source-model", default=None,
-                   help="source model directory or checkpoint (casing, max positions); default: embedded MiniLM")
-    p.add_argument("--max-pairs", type=int, default=None, help="use at most N training pairs")
-    p.add_argument("--no-binarize", action="store_true", help="stop after dict.txt and the encoded text")
-    add_vocab_args(p)
-    return p
-
-
-@cli_errors
-def cli_main(argv=None):
-    args = build_parser().parse_args(argv)
-    src, tgt = check_language(args.src, "source language"), check_language(args.tgt, "target language")
-    source_model = args.source_model or default_source_model()
-    opts = vocab_options(args, src, tgt, source_model)
-    log(f"lower-case: {opts['lowercase']} ({opts['lowercase_why']})")
-    stats = run_vocab(args.corpus_dir, args.out, opts, threads=args.threads, max_pairs=args.max_pairs)
-    if not args.no_binarize:
-        from .binarize import binarize_all
-
-        with Timer("binarize") as t:
-            stats["binarize"] = binarize_all(args.out, src, tgt, workers=args.threads)
-        stats["seconds"]["binarize"] = t.seconds
-    atomic_write_json(os.path.join(args.out, "work", "vocab.json"), stats)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())

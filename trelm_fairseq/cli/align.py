@@ -1,0 +1,53 @@
+"""trelm-align: word alignments of a data directory's parallel text as gather datasets
+(the work is in preprocess/align.py).  Its option group ``add_align_args`` is
+trelm-prepare's too."""
+import argparse
+import os
+import sys
+
+from .. import fileio
+from ..errors import cli_errors
+from ..preprocess.align import align_data
+from ..preprocess.languages import check_language
+from ..preprocess.progress import Timer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-align",
+        description="Word-align the parallel text of a TreLM data directory with eflomal (both directions, "
+                    "grow-diag-final-and) and write the subword gather datasets para/{split}.gather.{S}-{T} "
+                    "and para/{split}.gather.{T}-{S}.")
+    p.add_argument("--data", required=True, help="data directory written by trelm-vocab")
+    p.add_argument("--src", default="en", help="source language (default en)")
+    p.add_argument("--tgt", required=True, help="target language")
+    add_align_args(p)
+    p.add_argument("--threads", type=int, default=2, help="threads (eflomal runs the two directions in parallel)")
+    return p
+
+
+def add_align_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("alignment")
+    g.add_argument("--unit-src", choices=("auto", "word", "piece"), default="auto",
+                   help="source alignment units: whitespace words or pieces (auto: pieces for zh/ja/km)")
+    g.add_argument("--unit-tgt", choices=("auto", "word", "piece"), default="auto", help="target alignment units")
+    g.add_argument("--samplers", type=int, default=2, help="eflomal samplers (default %(default)s)")
+    g.add_argument("--rel-iterations", type=float, default=1.0,
+                   help="eflomal iterations relative to its default (5000/sqrt(pairs))")
+    g.add_argument("--align-seed", type=int, default=1, help="seed for eflomal (default %(default)s)")
+
+
+@cli_errors
+def cli_main(argv=None):
+    args = build_parser().parse_args(argv)
+    src, tgt = check_language(args.src, "source language"), check_language(args.tgt, "target language")
+    with Timer("align") as t:
+        stats = align_data(args.data, src, tgt, args.unit_src, args.unit_tgt, seed=args.align_seed,
+                           samplers=args.samplers, rel_iterations=args.rel_iterations, threads=args.threads)
+    stats["seconds"] = t.seconds
+    fileio.write_json(os.path.join(args.data, "work", "align.json"), stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

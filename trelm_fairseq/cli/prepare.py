@@ -1,0 +1,58 @@
+"""trelm-prepare: stage 0 in one command, into one data directory (the steps and their
+markers are in preprocess/prepare.py)."""
+import argparse
+import sys
+
+from ..errors import cli_errors
+from ..preprocess.prepare import run_prepare
+from .align import add_align_args
+from .vocab import add_vocab_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trelm-prepare",
+        description="Stage 0 of TreLM in one command: corpus -> joint vocabulary -> binarized data -> word "
+                    "alignments -> initialised checkpoint, into one data directory (docs/data-layout.md). "
+                    "Finished steps are skipped on a re-run (markers in DATA/.prepare/); --force redoes all.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--src", default="en", help="source language (the source model's)")
+    p.add_argument("--tgt", required=True, help="target language code, e.g. tr, de, zh-cn")
+    p.add_argument("--out", required=True, metavar="DATA", help="data directory to write")
+    g = p.add_argument_group("corpus (default: the LibreOffice help corpus, fetched with trelm-fetch-corpus)")
+    g.add_argument("--corpus-dir", default=None, help="an existing corpus directory (train.S, train.T, valid.*, "
+                   "test.*, mono.*) instead of fetching one")
+    g.add_argument("--parallel", nargs=2, action="append", metavar=("SRC_FILE", "TGT_FILE"),
+                   help="your own line-aligned parallel files (repeatable); split into train/valid/test")
+    g.add_argument("--mono", action="append", metavar="FILE", help="target-language monolingual text (repeatable)")
+    g.add_argument("--mono-src", action="append", metavar="FILE", help="source-language monolingual text")
+    g.add_argument("--libreoffice", action="store_true", help="with --parallel/--mono: add the help corpus too")
+    g.add_argument("--cache-dir", default=None, help="download cache of trelm-fetch-corpus")
+    g.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
+    p.add_argument("--source-model", default=None,
+                   help="source model: Hugging Face folder, fairseq folder / model.pt, or a trelm-import output "
+                        "folder; default: the embedded all-MiniLM-L6-v2")
+    add_vocab_args(p)
+    add_align_args(p)
+    g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
+    g.add_argument("--mapping", choices=("supervised", "adversarial", "none"), default="supervised",
+                   help="mapping used for the initial embeddings (none: random rows for new tokens)")
+    g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run and report the other mapping method (the adversarial one takes minutes "
+                        "on CPU)")
+    g.add_argument("--map-args", default="", help="extra options for trelm-map-embeddings, e.g. '--ft-epochs 3'")
+    g.add_argument("--no-init", action="store_true",
+                   help="stop after the alignments (no source-model import, no init/model.pt)")
+    p.add_argument("--force", action="store_true", help="redo every step, even finished ones")
+    return p
+
+
+@cli_errors
+def cli_main(argv=None):
+    args = build_parser().parse_args(argv)
+    run_prepare(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
