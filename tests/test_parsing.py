@@ -20,7 +20,7 @@ import trelm_fairseq
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.parsing import treebank
 from trelm_fairseq.parsing.conll import format_sentences, parse_conllu, read_conllu
-from trelm_fairseq.parsing.eisner import eisner, is_projective, is_tree, tree_score
+from trelm_fairseq.modules.eisner import eisner, is_projective, is_tree, tree_score
 from trelm_fairseq.parsing.metrics import AttachmentScore, score_sentences
 from trelm_fairseq.parsing.prepare import prepare
 from trelm_fairseq.parsing.text import first_subwords, piece_owner, surface, turkish_lower

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .fileio import write_json
-from .language_pair import langs_from_prepare, parse_langs  # noqa: F401  (langs_from_prepare: cli)
+from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
 

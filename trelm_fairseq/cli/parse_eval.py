@@ -15,7 +15,7 @@ import logging
 import sys
 
 from ..errors import TreLMError, cli_errors
-from ..parsing.decode import DECODERS
+from ..modules.tree_decoding import DECODERS
 from ..parsing.evaluate import evaluate
 
 

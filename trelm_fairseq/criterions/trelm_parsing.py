@@ -20,7 +20,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from ..parsing.decode import decode
+from ..modules.tree_decoding import decode
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from ..errors import TreLMError
 from ..fileio import write_text
 from .conll import Sentence, format_sentences, read_conllu, with_predictions
-from .decode import decode
+from ..modules.tree_decoding import decode
 from .metrics import score_sentences
 
 

@@ -43,7 +43,7 @@ from ..errors import TreLMError
 from ..fileio import write_text
 from . import treebank
 from .conll import Sentence, format_sentences, read_conllu
-from .eisner import is_projective
+from ..modules.eisner import is_projective
 from .text import SubwordEncoder
 
 SPLITS = treebank.SPLITS

@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -459,10 +459,3 @@ def run(args) -> Dict:
     if args.report_json:
         write_json(args.report_json, report)
     return report
-
-
-def main(argv: Optional[List[str]] = None) -> Dict:
-    """Kept for preprocess/prepare.py: trelm_fairseq.cli.map_embeddings.main (parse + run)."""
-    from ..cli.map_embeddings import main as command_main
-
-    return command_main(argv)

@@ -324,7 +324,7 @@ def embeddings_step(args, steps: Steps, src: str, tgt: str, source_ckpt_dir: str
     map_argv += shlex.split(args.map_args)
 
     def run_mapping() -> Dict:
-        from .embedding_mapping import main as map_main
+        from .mapping_options import main as map_main
 
         try:
             return map_main(map_argv)

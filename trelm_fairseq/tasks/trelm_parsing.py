@@ -36,7 +36,7 @@ from fairseq.tasks import FairseqTask, register_task
 
 from ..checkpoint import load_dictionary
 from ..errors import TreLMError
-from ..parsing.decode import DECODERS
+from ..modules.tree_decoding import DECODERS
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,98 @@
+"""The options of the embedding-mapping step, shared by trelm-map-embeddings (cli/) and
+trelm-prepare, which runs the step with the user's --map-args; `main(argv)` parses and runs."""
+import argparse
+from typing import Dict, List, Optional
+
+from . import muse
+from .embedding_mapping import PROG, run
+from .init_checkpoint import SCHEMES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Initialise the new joint vocabulary's embeddings (copy the tokens the old vocabulary "
+                    "has, map the others: fastText vectors + a linear map into the source embedding space, "
+                    "supervised by the shared tokens or MUSE-adversarial) and write the initialised TreLM "
+                    "checkpoint (<data>/init/model.pt).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--source-model", required=True, metavar="DIR",
+                   help="source model directory with model.pt + dict.txt (e.g. from trelm-import)")
+    p.add_argument("--data", required=True, metavar="DATA", help="data directory; reads DATA/dict.txt")
+    p.add_argument("--text", nargs="+", metavar="FILE", default=None,
+                   help="tokenized training text of both languages (space-separated pieces, one sentence a "
+                        "line); required unless --no-mapping")
+    p.add_argument("--out", metavar="PATH", default=None, help="output checkpoint (default DATA/init/model.pt)")
+    p.add_argument("--method", choices=("supervised", "adversarial"), default="supervised",
+                   help="mapping used for the initialisation")
+    p.add_argument("--evaluate-both", action="store_true", help="also run and evaluate the other method")
+    p.add_argument("--no-mapping", action="store_true",
+                   help="ablation: new tokens get N(0, source std) rows instead of mapped vectors")
+    p.add_argument("--scheme", choices=SCHEMES, default="auto",
+                   help="token correspondence: wordpiece ('▁word'<->'word', 'ing'<->'##ing') or identical")
+    p.add_argument("--tri-layer-position", type=int, default=-1,
+                   help="layers below the TRILayer; -1 = N/2")
+    p.add_argument("--tri-layer-copy", choices=("upper", "lower"), default="upper",
+                   help="the TRILayer starts as a copy of the first upper layer (upper, the authors' choice) or "
+                        "of the last lower layer (lower, the previous default)")
+    p.add_argument("--target-lang-std", type=float, default=0.0,
+                   help="std of the noise added to the target-language embedding row (a copy of row 0)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2,
+                   help="fastText and torch threads (fastText vectors are bit-reproducible only with 1 thread)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the mapping (e.g. cuda; fastText always runs on the CPU)")
+    p.add_argument("--report-json", metavar="PATH", default=None, help="also write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_fasttext_options(p.add_argument_group("fastText skip-gram"))
+    _add_mapping_options(p.add_argument_group("mapping"))
+    return p
+
+
+def _add_fasttext_options(g) -> None:
+    g.add_argument("--ft-epochs", type=int, default=5)
+    g.add_argument("--ft-min-count", type=int, default=3, help="pieces seen fewer times get n-gram vectors only "
+                   "and are left out of the mapping dictionaries")
+    g.add_argument("--ft-minn", type=int, default=3, help="min character n-gram (0 with --ft-maxn 0: none)")
+    g.add_argument("--ft-maxn", type=int, default=6, help="max character n-gram")
+    g.add_argument("--ft-lr", type=float, default=0.05)
+    g.add_argument("--ft-window", type=int, default=5)
+    g.add_argument("--ft-neg", type=int, default=5)
+    g.add_argument("--save-vectors", metavar="PATH", default=None, help="write the fastText vectors (.npz)")
+    g.add_argument("--load-vectors", metavar="PATH", default=None,
+                   help="reuse vectors written by --save-vectors instead of training fastText")
+
+
+def _add_mapping_options(g) -> None:
+    g.add_argument("--heldout", type=float, default=0.15,
+                   help="fraction of shared tokens held out of all dictionaries to measure precision@1")
+    g.add_argument("--csls-k", type=int, default=10)
+    g.add_argument("--max-rank", type=int, default=5000,
+                   help="most frequent rows used for induced dictionaries, the model-selection criterion and "
+                        "the CSLS neighbourhoods of the evaluation (0 = all; cost grows with its square)")
+    g.add_argument("--sup-solver", choices=muse.SOLVERS, default="lstsq",
+                   help="supervised map: unconstrained linear least squares (ridge) or orthogonal Procrustes "
+                        "(MUSE's choice; assumes isomorphic spaces, measured much worse from fastText to a "
+                        "PrLM's input embeddings, see the module docstring)")
+    g.add_argument("--ridge", type=float, default=0.01, help="ridge penalty of the lstsq solver")
+    g.add_argument("--sup-refine-iterations", type=int, default=0,
+                   help="CSLS refinement iterations after supervised Procrustes (seed pairs kept)")
+    g.add_argument("--refine-iterations", type=int, default=5, help="Procrustes refinement after adversarial")
+    g.add_argument("--adv-steps", type=int, default=150,
+                   help="adversarial mapping steps (~1 CPU-second each with --adv-hidden 2048, d=384)")
+    g.add_argument("--adv-most-frequent", type=int, default=10000,
+                   help="most frequent rows of each side the discriminator sees (0 = all)")
+    g.add_argument("--adv-dis-steps", type=int, default=5, help="discriminator steps per mapping step")
+    g.add_argument("--adv-batch-size", type=int, default=32, help="per side")
+    g.add_argument("--adv-hidden", type=int, default=2048, help="discriminator hidden size")
+    g.add_argument("--adv-lr", type=float, default=0.1, help="SGD learning rate (discriminator and mapping)")
+    g.add_argument("--adv-smoothing", type=float, default=0.1, help="discriminator label smoothing")
+    g.add_argument("--adv-beta", type=float, default=0.001, help="orthogonalisation beta")
+    g.add_argument("--adv-eval-every", type=int, default=50,
+                   help="evaluate the unsupervised criterion (model selection) every N steps")
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    """Parse ``argv`` and run; returns the report dict (for trelm-prepare)."""
+    return run(build_parser().parse_args(argv))
