@@ -283,7 +283,7 @@ def write_json(path: str, obj) -> None:
         f.write("\n")
 
 
-def read_json(path: str, what: str = "JSON file"):
+def read_json(path: str, what: str = "JSON file", remedy: str = "delete it or restore it"):
     """A JSON file's content; TreLMError naming the file when it is missing or not JSON."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -291,17 +291,18 @@ def read_json(path: str, what: str = "JSON file"):
     except FileNotFoundError as e:
         raise TreLMError(f"{path}: {what} not found") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TreLMError(f"{path}: {what} is not valid JSON ({e}); delete it or restore it") from e
+        raise TreLMError(f"{path}: unreadable {what} (not valid JSON: {e}); {remedy}") from e
 
 
 def cached_json(path: str, compute: Callable[[], object],
-                valid: Optional[Callable[[object], bool]] = None):
+                valid: Optional[Callable[[object], bool]] = None, what: str = "step record",
+                remedy: str = "delete it to redo the step"):
     """The one "skip what is finished" rule: a step's JSON record is written (atomically)
     only when the step completes, so its presence means done.  Returns the record at
     `path` when it exists (and `valid(record)` holds), else runs `compute()`, writes its
     result there and returns it."""
     if os.path.isfile(path):
-        record = read_json(path, "step record")
+        record = read_json(path, what, remedy)
         if valid is None or valid(record):
             return record
     record = compute()
@@ -330,10 +331,11 @@ def command_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
                on_line: Optional[Callable[[str], None]] = None,
-               env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> Tuple[int, str]:
+               env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+               keep_output: bool = True) -> Tuple[int, str]:
     """Run `cmd` with stderr merged into stdout, streaming each line to `on_line` and
     appending it (between a command header and an exit footer) to `log_path`;
-    returns (exit status, the whole output)."""
+    returns (exit status, the whole output: "" without `keep_output`, for long runs)."""
     cmd = [str(c) for c in cmd]
     lines: List[str] = []
     logf = None
@@ -350,7 +352,8 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
                                 errors="replace", bufsize=1, env=command_env() if env is None else env, cwd=cwd)
         try:
             for line in proc.stdout:
-                lines.append(line)
+                if keep_output:
+                    lines.append(line)
                 if logf:
                     logf.write(line)
                 if on_line:

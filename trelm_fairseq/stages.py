@@ -20,20 +20,20 @@ and the SLURM sweep use these).
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .fileio import write_json
+from .fileio import cached_json, read_json, run_logged, write_json
 from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 MARKER = "stage_done.json"
+MARKER_WHAT = ("stage marker", "delete it to redo the stage")  # what read_json says when it is damaged
 TRAIN_LOG = "train.log"
 SUMMARY = "stages.json"
 COMBINED = "checkpoint.pt"
@@ -292,11 +292,7 @@ class Stage:
     def marker(self) -> Optional[Dict]:
         if not os.path.isfile(self.marker_path):
             return None
-        try:
-            with open(self.marker_path, encoding="utf-8") as f:
-                return json.load(f)
-        except ValueError as e:
-            raise TreLMError(f"{self.marker_path}: unreadable stage marker ({e}); delete it to redo the stage")
+        return read_json(self.marker_path, *MARKER_WHAT)
 
     def done(self) -> bool:
         return os.path.isfile(self.marker_path)
@@ -359,33 +355,13 @@ class Stage:
 
 
 # ----- running -------------------------------------------------------------
-def _env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONWARNINGS", "ignore")  # hydra / fairseq deprecation noise
-    env.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    return env
-
-
 class StageFailed(TreLMError):
     """A stage's command exited non-zero; its checkpoints stay for a resume."""
 
 
 def _run_command(stage: Stage, cmd: List[str], say: Callable[[str], None], echo: bool) -> int:
-    os.makedirs(stage.dir, exist_ok=True)
-    with open(stage.log_path, "a", encoding="utf-8") as logf:
-        logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
-        logf.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, env=_env())
-        try:
-            for line in proc.stdout:
-                logf.write(line)
-                if echo:
-                    say(f"[{stage.key}] {line.rstrip()}")
-        finally:
-            proc.stdout.close()
-            rc = proc.wait()
-        logf.write(f"=== exit {rc}\n")
+    on_line = (lambda line: say(f"[{stage.key}] {line}")) if echo else None
+    rc, _ = run_logged(cmd, stage.log_path, on_line, keep_output=False)
     return rc
 
 
@@ -419,36 +395,51 @@ def stage_record(stage: Stage) -> Dict:
 
 
 def run_stage(plan: StagePlan, key: str, log: Callable[[str], None] = print, echo: bool = True) -> Dict:
-    """Run (or skip, or resume) one stage; returns its marker record."""
+    """Run (or skip, or resume) one stage; returns its marker record.  The marker, written
+    when the stage finishes, is what makes it finished (fileio.cached_json)."""
     stage = plan.stages[key]
     say = printer(log)
-    state = stage.state()
-    if state == "done":
-        m = stage.marker()
-        if stage.is_training and m.get("planned_updates") not in (None, stage.updates):
-            say(f"== stage {key} ({stage.name}): finished with {m.get('updates')} updates (planned now: "
-                f"{stage.updates}); delete {stage.marker_path} to continue it to the new budget, "
-                f"or {stage.dir} to redo it")
-        else:
-            say(f"== stage {key} ({stage.name}): finished, skipping")
-        return m
-    _check_ready(stage)
+    if stage.done():
+        _say_finished(stage, say)
+    return cached_json(stage.marker_path, lambda: _execute(stage, say, echo), None, *MARKER_WHAT)
 
-    t0 = time.time()
+
+def _say_finished(stage: Stage, say) -> None:
+    m = stage.marker()
+    if stage.is_training and m.get("planned_updates") not in (None, stage.updates):
+        say(f"== stage {stage.key} ({stage.name}): finished with {m.get('updates')} updates (planned now: "
+            f"{stage.updates}); delete {stage.marker_path} to continue it to the new budget, "
+            f"or {stage.dir} to redo it")
+    else:
+        say(f"== stage {stage.key} ({stage.name}): finished, skipping")
+
+
+def _check_start(stage: Stage, state: str, say) -> None:
+    """Before (re)starting: a damaged checkpoint_last.pt recovered, the checkpoint to load
+    checked against the model the command builds."""
+    key = stage.key
     if state == "resume":
         from .checkpoint import recover_last_checkpoint
 
         try:
             recovered = recover_last_checkpoint(stage.last_checkpoint)
         except TreLMError as e:
-            raise TreLMError(f"stage {stage.key} ({stage.name}): {e}") from None
+            raise TreLMError(f"stage {key} ({stage.name}): {e}") from None
         if recovered:
-            say(f"== stage {stage.key} ({stage.name}): {recovered}")
+            say(f"== stage {key} ({stage.name}): {recovered}")
     if stage.is_training:
         if state == "resume":
             check_checkpoint_fits(stage.plan, stage.last_checkpoint, f"stage {key}'s own checkpoint to resume")
         else:
             check_checkpoint_fits(stage.plan, stage.start_checkpoint(), f"where stage {key} starts")
+
+
+def _execute(stage: Stage, say, echo: bool) -> Dict:
+    """Start or resume a stage that is not finished; its marker record."""
+    key, state = stage.key, stage.state()
+    _check_ready(stage)
+    t0 = time.time()
+    _check_start(stage, state, say)
     done_updates = _updates_of(stage.last_checkpoint) if state == "resume" else 0
     if state == "resume" and done_updates >= stage.updates:
         # trained to the budget but the marker was not written (killed right after the last save)
@@ -504,7 +495,7 @@ def _run_combine(stage: Stage, upper: str, lower: str, parent: str, say, echo: b
 
 
 def _finish(stage: Stage, state: str, seconds: float) -> Dict:
-    """Check the outputs and write the marker (atomically) that makes the stage finished."""
+    """Check the outputs; the marker record that makes the stage finished (run_stage writes it)."""
     last = stage.last_checkpoint
     if not os.path.isfile(last):
         raise StageFailed(f"stage {stage.key} ({stage.name}) exited 0 but wrote no {last}")
@@ -531,7 +522,6 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
     else:
         record.update(checkpoint=last, updates=None, train_loss=None, valid_loss=None,
                       parents={p.key: p.output_checkpoint() for p in stage.parents})
-    write_json(stage.marker_path, record)
     return record
 
 
