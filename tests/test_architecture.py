@@ -110,4 +110,12 @@ def test_console_scripts_enter_through_cli():
     for name, module, func in entries:
         assert module.startswith("trelm_fairseq.cli."), f"{name} enters through {module}, not cli/"
         assert func == "cli_main"
-        assert os.path.isfile(os.path.join(ROOT, *module.split(".")) + ".py"), f"{name}: {module} is missing"
+        path = os.path.join(ROOT, *module.split(".")) + ".py"
+        assert os.path.isfile(path), f"{name}: {module} is missing"
+        defined = set()  # functions defined or imported at the top of the module
+        for node in ast.parse(open(path, encoding="utf-8").read()).body:
+            if isinstance(node, ast.FunctionDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.ImportFrom):
+                defined.update(a.asname or a.name for a in node.names)
+        assert "build_parser" in defined, f"{module}: every command names its parser builder build_parser"

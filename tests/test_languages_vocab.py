@@ -20,7 +20,7 @@ from _prep_helpers import (fake_cached_manpage, fake_cached_package, lexicon, ma
 from test_main_job import _report as demo_report  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
-from trelm_fairseq.cli.demo import get_parser as demo_parser  # noqa: E402
+from trelm_fairseq.cli.demo import build_parser as demo_parser  # noqa: E402
 from trelm_fairseq.comparison import vocab_line, write_report  # noqa: E402
 from trelm_fairseq.preprocess import corpora, languages  # noqa: E402
 from trelm_fairseq.cli import fetch_corpus  # noqa: E402

@@ -20,9 +20,9 @@ def test_budgets_scale_every_update_count_and_keep_at_least_one():
 
 
 def test_cli_budget_options_reach_the_budgets():
-    args = demo.get_parser().parse_args(["--lr", "3e-4", "--finetune-lr", "2e-4", "--stage4", "7"])
+    args = demo.build_parser().parse_args(["--lr", "3e-4", "--finetune-lr", "2e-4", "--stage4", "7"])
     assert args.lr == 3e-4 and args.finetune_lr == 2e-4 and args.stage4 == 7
-    defaults = demo.get_parser().parse_args([])
+    defaults = demo.build_parser().parse_args([])
     assert defaults.lr == Budgets.lr and defaults.finetune_lr == Budgets.finetune_lr and defaults.stage1 is None
 
 

@@ -11,7 +11,7 @@ from ..freezing import AVERAGE_MODES
 from ..errors import cli_errors
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-combine",
         description="TreLM stage 3: lower half (layers[:k]) from the transfer_lower (2b) checkpoint, upper half "
@@ -39,7 +39,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 @cli_errors
 def cli_main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from ..combine import combine  # heavy imports (fairseq) only after --help
 
     record = combine(args.upper, args.lower, args.output, parent_path=args.parent,

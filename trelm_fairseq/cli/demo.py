@@ -12,7 +12,7 @@ from ..errors import TreLMError, cli_errors
 from ..preprocess.vocab import vocab_size_arg
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-demo",
         description="The main job: TreLM transfer of the embedded English model to a target language, "
@@ -41,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 @cli_errors
 def cli_main(argv=None) -> None:
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.scale <= 0 or args.seeds < 1:
         raise TreLMError("--scale must be > 0 and --seeds >= 1")
     args.work = args.work or os.path.join("runs", args.lang)

@@ -14,7 +14,7 @@ import sys
 from ..errors import TreLMError, cli_errors
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-import",
         description=__doc__.split("\n\n", 1)[1] if "\n\n" in __doc__ else __doc__,
@@ -33,7 +33,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 @cli_errors
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.encode or args.encode_out:
         if not (args.encode and args.encode_out):
             raise TreLMError("--encode IN and --encode-out OUT go together")

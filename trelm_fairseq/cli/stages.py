@@ -21,7 +21,7 @@ Outputs: OUT/<key>-<name>/ per stage (checkpoints, train.log, stage_done.json) a
 """
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-stages",
         description="Run the TreLM training schedule with fairseq-train, resumably.",
@@ -85,7 +85,7 @@ def cli_main(argv=None):
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from ..language_pair import langs_from_prepare
     from ..stages import PAPER_UPDATES, StagePlan, run_all
 

@@ -34,7 +34,7 @@ OUT/summary.json and OUT/summary.md.  Re-running resumes: finished stages are sk
 """
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trelm-sweep",
         description="Sweep the TreLM schedule over hyper-parameters and languages (SLURM or local).",
@@ -78,7 +78,7 @@ def _run_here(args, config, sweep) -> None:
 
 @cli_errors
 def cli_main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     config = load_config(args.config)
     sweep = build_sweep(config, args.out).select(args.only)
     if args.list:
