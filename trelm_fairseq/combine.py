@@ -251,6 +251,29 @@ def combine_state_dicts(upper: Dict, lower: Dict, groups: Dict[str, str],
     return out
 
 
+def _check_parent(upper: Parent, lower: Parent, parent_path: Optional[str], groups: Dict[str, str], log):
+    """With --parent: both halves descend from it (their frozen groups unchanged); returns
+    (the parent or None, {stage: groups checked})."""
+    if parent_path is None:
+        log("combine: warning: no --parent given, cannot check that 2a and 2b share their stage-1 checkpoint")
+        return None, {}
+    log(f"combine: checking both descend from --parent {parent_path}")
+    parent = Parent(parent_path, "--parent")
+    check_compatible(upper, parent)
+    return parent, {child.stage: check_descends(child, parent, groups) for child in (upper, lower)}
+
+
+def _next_stage_task(upper: Parent) -> Dict:
+    """cfg.task of the combined checkpoint: it must name a stage the task accepts (fairseq
+    rebuilds the task from it in load_model_ensemble), so the stage it is made for; that it
+    was combined goes to the meta."""
+    task_cfg = dict(task_config(upper.state))
+    task_cfg.setdefault("_name", "trelm_transfer")
+    task_cfg["stage"] = NEXT_STAGE
+    task_cfg["freeze"] = None
+    return task_cfg
+
+
 def combine(
     upper_path: str,
     lower_path: str,
@@ -277,17 +300,7 @@ def combine(
     if heads:
         log(f"combine: dropping classification heads {heads} (transfer stages do not train heads)")
 
-    checked = {}
-    parent = None
-    if parent_path is not None:
-        log(f"combine: checking both descend from --parent {parent_path}")
-        parent = Parent(parent_path, "--parent")
-        check_compatible(upper, parent)
-        for child in (upper, lower):
-            checked[child.stage] = check_descends(child, parent, groups)
-    else:
-        log("combine: warning: no --parent given, cannot check that 2a and 2b share their stage-1 checkpoint")
-
+    parent, checked = _check_parent(upper, lower, parent_path, groups, log)
     rule = combine_rule(frozen_groups(upper.state, UPPER_STAGE), frozen_groups(lower.state, LOWER_STAGE), average)
     combined = combine_state_dicts(upper.model, lower.model, groups, rule)
     counts = {g: sum(1 for gg in groups.values() if gg == g) for g in rule}
@@ -298,12 +311,6 @@ def combine(
     model = build_model(upper.cfg, _dummy_dictionary(upper.vocab_rows))
     model.load_state_dict(combined, strict=True)
 
-    # cfg.task must name a stage the task accepts (fairseq rebuilds the task from it in
-    # load_model_ensemble): the stage this checkpoint is made for.  "combine" goes to the meta.
-    task_cfg = dict(task_config(upper.state))
-    task_cfg.setdefault("_name", "trelm_transfer")
-    task_cfg["stage"] = NEXT_STAGE
-    task_cfg["freeze"] = None
     provenance = {
         "upper": upper.provenance(),
         "lower": lower.provenance(),
@@ -320,7 +327,7 @@ def combine(
         # the dummy dictionary's fingerprint would be meaningless: keep the parents' if known
         "dictionary_fingerprint": _vocab_fingerprint(upper) or _vocab_fingerprint(lower),
     }
-    save_checkpoint(out_path, model, upper.cfg, task_cfg=task_cfg, meta=meta)
+    save_checkpoint(out_path, model, upper.cfg, task_cfg=_next_stage_task(upper), meta=meta)
     log(f"combine: wrote {out_path}")
     return provenance
 
