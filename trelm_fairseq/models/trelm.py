@@ -216,6 +216,50 @@ class TreLMEncoder(FairseqEncoder):
             x = x + self.embed_tokens(tokens)
         return x
 
+    def _lower_half(self, src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens) -> Tensor:
+        """Embeddings and layers [0, k): T x B x C.  Without autograd up to the frozen prefix
+        (no_grad_prefix), where nothing below needs a gradient."""
+        k = self.tri_layer_position
+        n_frozen = min(self.no_grad_prefix, k) if self.no_grad_prefix is not None else 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix is None):
+            x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids))
+            x = self.dropout(x)
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).transpose(0, 1)  # T x B x C
+            if return_all_hiddens:
+                inner_states.append(x)
+            for layer in self.layers[:n_frozen]:
+                x = layer(x, encoder_padding_mask=mask)
+                if return_all_hiddens:
+                    inner_states.append(x)
+        for layer in self.layers[n_frozen:k]:
+            x = layer(x, encoder_padding_mask=mask)
+            if return_all_hiddens:
+                inner_states.append(x)
+        return x
+
+    def _reorder(self, x, mask, padding_mask, src_tokens, lang_ids, gather_index, tgt_tokens, tgt_lang_ids):
+        """The TRILayer: into the target's word order (with a gather index: parallel input),
+        else the identity order; returns its states, their padding mask and the attention mask
+        (None without padding: recomputed only when the order changed, a host sync)."""
+        if gather_index is not None:
+            if tgt_tokens is None:
+                raise ValueError("a gather index needs tgt_tokens (target order, length and padding)")
+            tgt_padding_mask = tgt_tokens.eq(self.padding_idx)
+            x, _ = self.tri_layer(
+                x,
+                mask,
+                gather_index=gather_index,
+                tgt_padding_mask=tgt_padding_mask,
+                tgt_input_embedding=self.input_embedding(tgt_tokens, tgt_lang_ids, with_tokens=False),
+            )
+            return x, tgt_padding_mask, (tgt_padding_mask if tgt_padding_mask.any() else None)
+        # identity path: the sentence is already in its own order; the authors add its
+        # language + position embeddings here too, so CdLM and MLM inputs look alike
+        emb = None if self.cfg.tri_layer_embed_on_gather_only else self.input_embedding(
+            src_tokens, lang_ids, with_tokens=False)
+        x, _ = self.tri_layer(x, mask, tgt_input_embedding=emb, tgt_padding_mask=padding_mask)
+        return x, padding_mask, mask
+
     def extract_features(
         self,
         src_tokens: Tensor,
@@ -227,47 +271,17 @@ class TreLMEncoder(FairseqEncoder):
     ):
         padding_mask = src_tokens.eq(self.padding_idx)
         mask = padding_mask if padding_mask.any() else None
-        k = self.tri_layer_position
-        n_frozen = min(self.no_grad_prefix, k) if self.no_grad_prefix is not None else 0
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix is None):
-            x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids))
-            x = self.dropout(x)
-            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).transpose(0, 1)  # T x B x C
-            inner_states = [x] if return_all_hiddens else []
-            for layer in self.layers[:n_frozen]:
-                x = layer(x, encoder_padding_mask=mask)
-                if return_all_hiddens:
-                    inner_states.append(x)
-        for layer in self.layers[n_frozen:k]:
-            x = layer(x, encoder_padding_mask=mask)
+        inner_states: List[Tensor] = []
+        x = self._lower_half(src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens)
+        lower_out, lower_padding_mask = x, padding_mask
+        if self.tri_layer is not None:
+            x, padding_mask, mask = self._reorder(x, mask, padding_mask, src_tokens, lang_ids, gather_index,
+                                                  tgt_tokens, tgt_lang_ids)
             if return_all_hiddens:
                 inner_states.append(x)
-        lower_out, lower_padding_mask = x, padding_mask
-
-        if gather_index is not None:
-            if self.tri_layer is None:
-                raise ValueError("a gather index (parallel input) needs a model with a TRILayer (--tri-layer)")
-            if tgt_tokens is None:
-                raise ValueError("a gather index needs tgt_tokens (target order, length and padding)")
-            padding_mask = tgt_tokens.eq(self.padding_idx)
-            x, _ = self.tri_layer(
-                x,
-                mask,
-                gather_index=gather_index,
-                tgt_padding_mask=padding_mask,
-                tgt_input_embedding=self.input_embedding(tgt_tokens, tgt_lang_ids, with_tokens=False),
-            )
-            mask = padding_mask if padding_mask.any() else None
-        elif self.tri_layer is not None:
-            # identity path: the sentence is already in its own order; the authors add its
-            # language + position embeddings here too, so CdLM and MLM inputs look alike
-            emb = None if self.cfg.tri_layer_embed_on_gather_only else self.input_embedding(
-                src_tokens, lang_ids, with_tokens=False)
-            x, _ = self.tri_layer(x, mask, tgt_input_embedding=emb, tgt_padding_mask=padding_mask)
-        if self.tri_layer is not None and return_all_hiddens:
-            inner_states.append(x)
-
-        for layer in self.layers[k:]:
+        elif gather_index is not None:
+            raise ValueError("a gather index (parallel input) needs a model with a TRILayer (--tri-layer)")
+        for layer in self.layers[self.tri_layer_position:]:
             x = layer(x, encoder_padding_mask=mask)
             if return_all_hiddens:
                 inner_states.append(x)
