@@ -19,7 +19,6 @@ from .errors import install_fairseq_excepthook, running_fairseq_cli  # noqa: E40
 
 __version__ = "0.1.0"
 
-_REGISTERING_MODULES = ("models", "modules", "data", "tasks", "criterions", "optim")
 _registered = False
 
 
