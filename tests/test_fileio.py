@@ -146,3 +146,61 @@ def test_write_read_round_trip(tmp_path_factory, lines):
     stats = ReadStats()
     assert fileio.read_lines(path, stats=stats) == [line for line in lines if line]
     assert stats.empty == sum(1 for line in lines if not line)
+
+
+def test_atomic_output_and_folder_replace_only_on_success(tmp_path):
+    target = tmp_path / "out.npz"
+    with fileio.atomic_output(str(target), suffix=".npz") as tmp:
+        assert tmp.endswith(".npz") and not target.exists()
+        open(tmp, "wb").write(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_output(str(target)) as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("tool crashed")
+    assert target.read_bytes() == b"new"
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "old.idx").write_text("old")
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_folder(str(folder)) as tmp:
+            open(os.path.join(tmp, "train.bin"), "w").write("half")
+            raise RuntimeError("fairseq-preprocess failed")
+    assert sorted(p.name for p in folder.iterdir()) == ["old.idx"]
+    with fileio.atomic_folder(str(folder)) as tmp:
+        open(os.path.join(tmp, "train.bin"), "w").write("new")
+    assert sorted(p.name for p in folder.iterdir()) == ["train.bin"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~_umask()  # not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "out.npz"]  # no temporary left
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_run_logged_streams_logs_and_returns_the_output(tmp_path):
+    log = tmp_path / "logs" / "cmd.log"
+    seen = []
+    rc, out = fileio.run_logged(["sh", "-c", "echo one; echo two >&2; printf '\\377\\n'; exit 3"],
+                                str(log), seen.append)
+    assert rc == 3 and out.splitlines()[:2] == ["one", "two"] and seen[:2] == ["one", "two"]
+    text = log.read_text(encoding="utf-8")
+    assert text.startswith("=== ") and "one\ntwo\n" in text and text.endswith("=== exit 3\n")
+    rc, out = fileio.run_logged(["sh", "-c", "echo quiet"], keep_output=False)
+    assert (rc, out) == (0, "")
+
+
+def test_read_and_cached_json_name_a_damaged_record(tmp_path):
+    path = tmp_path / "step.json"
+    calls = []
+    assert fileio.cached_json(str(path), lambda: calls.append(1) or {"n": 1}) == {"n": 1}
+    assert fileio.cached_json(str(path), lambda: calls.append(1) or {"n": 2}) == {"n": 1} and calls == [1]
+    assert fileio.cached_json(str(path), lambda: {"n": 3}, valid=lambda r: r["n"] == 3) == {"n": 3}
+    path.write_text("{half")
+    with pytest.raises(TreLMError, match=r"step\.json: unreadable stage marker \(not valid JSON.*delete it to redo"):
+        fileio.cached_json(str(path), dict, what="stage marker", remedy="delete it to redo the stage")
+    with pytest.raises(TreLMError, match="nope.json: run record not found"):
+        fileio.read_json(str(tmp_path / "nope.json"), "run record")

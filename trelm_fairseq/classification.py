@@ -20,9 +20,7 @@ dictionary (label).
 import os
 import random
 import re
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -109,9 +107,7 @@ def _build_setting(final: str, where: Dict[str, Tuple[str, str]], rows, spm, low
                    dict_path: str) -> Dict:
     """Encode and binarize one setting's splits into a temporary folder next to ``final``,
     then put it in place of ``final``; returns the setting's counts."""
-    out = os.path.dirname(final)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final)}-", dir=out)
-    try:
+    with fileio.atomic_folder(final) as tmp:
         label_dict = os.path.join(tmp, "label.dict.txt")
         fileio.write_lines(label_dict, [f"{label} 1" for label in LABELS])
         counts = {}
@@ -122,12 +118,6 @@ def _build_setting(final: str, where: Dict[str, Tuple[str, str]], rows, spm, low
             counts[split] = {"lang": lang, "n": len(texts), "labels": dict(Counter(labels))}
         _binarize(os.path.join(tmp, "text"), os.path.join(tmp, "input0"), dict_path)
         _binarize(os.path.join(tmp, "label"), os.path.join(tmp, "label"), label_dict)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
 
 

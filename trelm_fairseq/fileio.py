@@ -15,8 +15,9 @@ Input contract (one sentence or paragraph per line, UTF-8):
 - kept lines are whitespace-normalised: stripped, inner runs of whitespace (tabs included)
   become one space, so every line is safe to put in a TSV column.
 
-Writers go through `atomic_write` (an open file) or `atomic_output` (a temporary path,
-for tools that write by name): the data lands in a temporary file next to the destination
+Writers go through `atomic_write` (an open file), `atomic_output` (a temporary path, for
+tools that write by name) or `atomic_folder` (a temporary folder, for tools that write a
+whole folder): the data lands in a temporary file next to the destination
 and is renamed over it only when complete, so a crash or an exception never leaves a
 half-written file behind; write failures (disk full, read-only folder) become a TreLMError
 naming the file.  `run_logged` is the one way to run a command and keep its output.
@@ -27,6 +28,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -240,6 +242,35 @@ def atomic_output(path: str, suffix: str = ""):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        cause = _write_failure(e)
+        if cause is not None:
+            raise write_error(path, cause) from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str):
+    """Yield a temporary folder next to `path` to fill (for tools that write a whole folder);
+    when the block succeeds it takes the place of `path` (an old folder there is removed),
+    otherwise it is removed and `path` is left as it was."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from e
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual mode
+        if os.path.isdir(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         cause = _write_failure(e)
         if cause is not None:
             raise write_error(path, cause) from e

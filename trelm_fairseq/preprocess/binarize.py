@@ -12,8 +12,6 @@ sentence lengths are checked against the encoded text (pieces + ``</s>``).
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Sequence
 
 from .. import fileio
@@ -81,19 +79,6 @@ def _run_preprocess(argv: Sequence[str], destdir: str, what: str) -> None:
                 h.close()
 
 
-def _replace_dir(tmp: str, final: str) -> None:
-    """Swap a finished temp directory in for ``final`` (fairseq-preprocess writes a whole
-    folder of .bin/.idx pairs: fileio's atomic writers are for single files)."""
-    if os.path.isdir(final):
-        trash = final + f".old-{os.getpid()}"
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(tmp, final)
-
-
 def _tidy(destdir: str) -> None:
     """Drop fairseq's copies of the dictionary and its log: <data>/dict.txt is the one."""
     for name in os.listdir(destdir):
@@ -138,9 +123,10 @@ def binarize_all(data: str, src: str, tgt: str, workers: int = 2) -> Dict:
         argv += [f"--{split}pref", os.path.join(work, "tok", f"para.{split}")]
     jobs.append(("para", argv, os.path.join(data, "para")))
 
-    os.makedirs(data, exist_ok=True)
-    tmps = {what: tempfile.mkdtemp(prefix=".tmp-bin-", dir=data) for what, _, _ in jobs}
-    try:
+    # each output folder is written in a temporary folder that replaces it only when every
+    # job ran and every count checked out (fileio.atomic_folder); else all are removed
+    with contextlib.ExitStack() as stack:
+        tmps = {what: stack.enter_context(fileio.atomic_folder(final)) for what, _, final in jobs}
         for what, argv, _ in jobs:
             _run_preprocess(argv, tmps[what], what)
         counts: Dict = {"mono": {}, "para": {}}
@@ -157,13 +143,8 @@ def binarize_all(data: str, src: str, tgt: str, workers: int = 2) -> Dict:
             if n_s != n_t:
                 raise TreLMError(f"para/{split}: {n_s} {src} sentences but {n_t} {tgt} sentences")
             counts["para"][split] = n_s
-        for what, _, final in jobs:
+        for what in tmps:
             _tidy(tmps[what])
-            _replace_dir(tmps[what], final)
-    finally:
-        for t in tmps.values():
-            if os.path.isdir(t):
-                shutil.rmtree(t, ignore_errors=True)
     counts["unk"] = unk_counts(data, src, tgt, dictionary)
     return counts
 

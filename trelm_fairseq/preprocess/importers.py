@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -36,7 +35,7 @@ import torch
 
 from ..checkpoint import MASK, build_model, model_config, save_checkpoint
 from ..errors import TreLMError
-from ..fileio import write_text
+from ..fileio import atomic_folder, write_text
 from .source_tokenizer import (
     DESCRIPTOR, ROLES, TOKENIZER_FILES, TOKENIZER_SUBDIR, detect_kind, lowercases, model_family, read_json,
     special_tokens,
@@ -645,33 +644,18 @@ def _permute_rows(value, order, fresh, key, source):
 
 
 # ----- output ------------------------------------------------------------------
-def _folder_mode(path: str) -> None:
-    """mkdtemp makes a private folder; give tokenizer/ the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-
-
 def _write_tokenizer(source: Source, out_dir: str) -> bool:
     """<out>/tokenizer/: the source tokenizer files and the descriptor, built in a temporary
-    folder that replaces the old one when complete (fileio's atomic writers are for files)."""
+    folder that replaces the old one when complete."""
     final = os.path.join(out_dir, TOKENIZER_SUBDIR)
     if source.tokenizer is None:
         return False
-    tmp = tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=out_dir)
-    try:
+    with atomic_folder(final) as tmp:
         for name in TOKENIZER_FILES:
             p = os.path.join(source.folder, name)
             if os.path.isfile(p):
                 shutil.copy2(p, os.path.join(tmp, name))
         write_text(os.path.join(tmp, DESCRIPTOR), json.dumps(source.tokenizer, indent=2))
-        _folder_mode(tmp)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     return True
 
 
