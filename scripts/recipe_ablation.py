@@ -20,7 +20,8 @@ Knobs (the "previous" value first, the authors' second):
     mlm_lang      --transfer-mlm-lang predicted             vs   target
     pooling       --lm-pooling sum-of-means                 vs   pooled (measured worse: the
                   default stayed sum-of-means, so "authors" here is the default + pooled)
-    identity_emb  --tri-layer-embed-on-gather-only          vs   embeddings on the identity path too
+    identity_emb  no embeddings on the identity path        vs   --tri-layer-identity-embed (no
+                  measured effect: the default stayed off, it cannot be exported to transformers)
     tri_copy      TRILayer copies layers[k-1]               vs   layers[k]
     combine       trelm-combine --average all               vs   trained
 A config named after a knob is "previous" with that one knob set to the authors' value;
@@ -88,7 +89,8 @@ def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
     src = k if c["tri_copy"] else k - 1
     for name in [n for n in model if n.startswith("encoder.tri_layer.layer.")]:
         model[name] = model[f"encoder.layers.{src}." + name[len("encoder.tri_layer.layer."):]].clone()
-    cfg["tri_layer_embed_on_gather_only"] = not c["identity_emb"]
+    cfg.pop("tri_layer_embed_on_gather_only", None)  # the flag's earlier, inverted name
+    cfg["tri_layer_identity_embed"] = c["identity_emb"]
     if c["lang_std"] > 0:
         gen = torch.Generator().manual_seed(seed)
         rows = model["encoder.embed_langs.weight"].clone()

@@ -197,16 +197,24 @@ def test_command_line_flags_reach_the_task_config():
         "--freeze", "none", "--arch", "trelm_tiny", "--tri-layer", "--criterion", "trelm_loss",
         "--adv-weight", "0.05", "--adv-pooling", "token", "--mlm-weight", "0.5",
         # the previous recipe's options
-        "--transfer-mlm-lang", "predicted", "--lm-pooling", "sum-of-means", "--tri-layer-embed-on-gather-only",
+        "--transfer-mlm-lang", "predicted", "--lm-pooling", "sum-of-means", "--tri-layer-identity-embed",
     ])
     cfg = convert_namespace_to_omegaconf(args)
     assert cfg.task.transfer_mlm_lang == "predicted" and cfg.criterion.lm_pooling == "sum-of-means"
-    assert cfg.model.tri_layer_embed_on_gather_only is True
+    assert cfg.model.tri_layer_identity_embed is True
     # the stage runner passes a checkpoint's model flags on, the boolean one as a bare flag
     from trelm_fairseq.stages import arch_args
 
-    assert arch_args(model_config("trelm_tiny", tri_layer=True, tri_layer_embed_on_gather_only=True)) == [
-        "--arch", "trelm_tiny", "--tri-layer", "--tri-layer-embed-on-gather-only"]
+    assert arch_args(model_config("trelm_tiny", tri_layer=True, tri_layer_identity_embed=True)) == [
+        "--arch", "trelm_tiny", "--tri-layer", "--tri-layer-identity-embed"]
+    # the flag's earlier, inverted name in a checkpoint of 2026-12-01 (False: embeddings added)
+    assert model_config("trelm_tiny", tri_layer_embed_on_gather_only=False).tri_layer_identity_embed is True
+    assert model_config("trelm_tiny", tri_layer_embed_on_gather_only=True).tri_layer_identity_embed is False
+    assert model_config("trelm_tiny").tri_layer_identity_embed is False  # older ones: nothing added
+    from trelm_fairseq.checkpoint import checkpoint_model_config
+
+    legacy = {"cfg": {"model": {"_name": "trelm_tiny", "tri_layer": True, "tri_layer_embed_on_gather_only": False}}}
+    assert checkpoint_model_config(legacy).tri_layer_identity_embed is True
     assert arch_args(model_config("trelm_tiny", tri_layer=True)) == ["--arch", "trelm_tiny", "--tri-layer"]
     assert cfg.task.stage == "transfer_lower" and cfg.task.freeze == "none" and cfg.task.langs == "en,tr"
     assert cfg.criterion.adv_weight == 0.05 and cfg.criterion.adv_pooling == "token"

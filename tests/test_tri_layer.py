@@ -80,9 +80,9 @@ def test_identity_gather_with_zero_embedding_equals_plain_layer():
 
 
 def test_identity_path_equals_encoder_with_extra_layer_in_place():
-    """No gather index and --tri-layer-embed-on-gather-only (the previous behaviour): the
-    TRILayer is an ordinary layer after layer k."""
-    model = _model(tri_layer_embed_on_gather_only=True)
+    """No gather index (and no --tri-layer-identity-embed, the default): the TRILayer is an
+    ordinary layer after layer k, which is what makes the model exportable."""
+    model = _model()
     k = model.encoder.tri_layer_position
     plain = _model(seed=5, tri_layer=False, encoder_layers=5)
     layers = list(model.encoder.layers[:k]) + [model.encoder.tri_layer.layer] + list(model.encoder.layers[k:])
@@ -150,11 +150,12 @@ def test_language_ids_reach_the_embeddings_and_null_slot_learns():
     assert model.encoder.embed_langs.weight.grad[1].abs().sum() > 0
 
 
-def test_identity_path_adds_language_and_position_embeddings_by_default():
-    """The authors' identity path: lower-half output + the sentence's own language and
-    position embeddings (pads zeroed), then the TRILayer's transformer layer."""
-    model = _model()
-    assert model.cfg.tri_layer_embed_on_gather_only is False
+def test_identity_path_adds_language_and_position_embeddings_when_asked():
+    """The authors' identity path (--tri-layer-identity-embed): lower-half output + the
+    sentence's own language and position embeddings (pads zeroed), then the TRILayer's
+    transformer layer.  Off by default (no measured effect; not exportable)."""
+    assert _model().cfg.tri_layer_identity_embed is False
+    model = _model(tri_layer_identity_embed=True)
     enc = model.encoder
     tokens = torch.tensor([[0, 5, 6, 7, 8, 2], [0, 9, 10, 2, 1, 1]])
     lang = torch.tensor([1, 0])
@@ -168,7 +169,7 @@ def test_identity_path_adds_language_and_position_embeddings_by_default():
     keep = ~pad
     assert torch.allclose(out[keep], y.transpose(0, 1)[keep], atol=1e-5)
     # and the language really matters on this path (it did not before: only at the input)
-    previous = _model(tri_layer_embed_on_gather_only=True)
+    previous = _model()
     previous.load_state_dict(model.state_dict())
     assert not torch.allclose(out[keep], previous(tokens, features_only=True, lang_ids=lang)[0][keep], atol=1e-4)
 

@@ -23,7 +23,7 @@ from fairseq.models import ARCH_CONFIG_REGISTRY
 
 from . import fileio
 from .errors import TreLMError
-from .models.trelm import TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
+from .models.trelm import LEGACY_IDENTITY_FLAG, TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
 MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
 # Model fields that fix tensor shapes and meaning (dropout and the like may differ): passed
@@ -38,7 +38,7 @@ SHAPE_FIELDS = (
     "max_positions",
     "layernorm_eps",
     "n_langs",
-    "tri_layer_embed_on_gather_only",
+    "tri_layer_identity_embed",
 )
 STRUCTURE_FIELDS = SHAPE_FIELDS + ("tri_layer",)
 # The criterion recorded with a task in checkpoints written here.
@@ -191,7 +191,7 @@ def checkpoint_model_config(state: Dict, path: str = "<checkpoint>") -> argparse
     arch = raw.get("arch") or raw.get("_name")
     if arch is None or not str(arch).startswith("trelm"):
         raise TreLMError(f"{path}: model is '{arch}', expected a trelm model")
-    fields = {k: v for k, v in raw.items() if k in MODEL_FIELDS and v is not None}
+    fields = {k: v for k, v in raw.items() if k in MODEL_FIELDS + (LEGACY_IDENTITY_FLAG,) and v is not None}
     return model_config(str(arch), **fields)
 
 

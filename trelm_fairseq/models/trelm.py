@@ -87,11 +87,12 @@ class TreLMConfig(FairseqDataclass):
     tri_layer_position: int = field(
         default=-1, metadata={"help": "number of layers below the TRILayer; -1 means encoder_layers // 2"}
     )
-    tri_layer_embed_on_gather_only: bool = field(
+    tri_layer_identity_embed: bool = field(
         default=False,
-        metadata={"help": "add the language + position embeddings at the TRILayer only on the CdLM (gather) "
-                          "path; by default they are added on the identity path too (monolingual input, "
-                          "fine-tuning, inference), as in the authors' code"},
+        metadata={"help": "also add the sentence's language + position embeddings at the TRILayer on the "
+                          "identity path (monolingual input, fine-tuning, inference), as the authors' code "
+                          "does; by default only the CdLM (gather) path adds them. No measured effect "
+                          "(docs/main-job.md), and a model with it cannot be exported to transformers"},
     )
 
 
@@ -254,9 +255,9 @@ class TreLMEncoder(FairseqEncoder):
             )
             return x, tgt_padding_mask, (tgt_padding_mask if tgt_padding_mask.any() else None)
         # identity path: the sentence is already in its own order; the authors add its
-        # language + position embeddings here too, so CdLM and MLM inputs look alike
-        emb = None if self.cfg.tri_layer_embed_on_gather_only else self.input_embedding(
-            src_tokens, lang_ids, with_tokens=False)
+        # language + position embeddings here too (tri_layer_identity_embed)
+        emb = self.input_embedding(src_tokens, lang_ids, with_tokens=False) if \
+            self.cfg.tri_layer_identity_embed else None
         x, _ = self.tri_layer(x, mask, tgt_input_embedding=emb, tgt_padding_mask=padding_mask)
         return x, padding_mask, mask
 
@@ -449,6 +450,9 @@ def check_state_fits(model: nn.Module, state_dict, strict: bool = True) -> None:
         )
 
 
+LEGACY_IDENTITY_FLAG = "tri_layer_embed_on_gather_only"  # tri_layer_identity_embed, inverted
+
+
 def base_architecture(args):
     """Fill every model field that is not set (used by all named architectures)."""
     args.encoder_layers = safe_getattr(args, "encoder_layers", 12)
@@ -467,7 +471,10 @@ def base_architecture(args):
     args.default_lang_id = safe_getattr(args, "default_lang_id", 0)
     args.tri_layer = safe_getattr(args, "tri_layer", False)
     args.tri_layer_position = safe_getattr(args, "tri_layer_position", -1)
-    args.tri_layer_embed_on_gather_only = safe_getattr(args, "tri_layer_embed_on_gather_only", False)
+    # checkpoints of 2026-12-01 carry the inverted flag tri_layer_embed_on_gather_only (False: the
+    # identity path added the embeddings); older ones neither (it added nothing)
+    legacy = safe_getattr(args, LEGACY_IDENTITY_FLAG, None)
+    args.tri_layer_identity_embed = safe_getattr(args, "tri_layer_identity_embed", legacy is False)
 
 
 

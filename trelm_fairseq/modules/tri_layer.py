@@ -6,7 +6,7 @@ slot for unaligned target tokens), adds target language + position embeddings
 and runs an ordinary transformer layer under the *target* padding mask.
 Without a gather index the order is the identity: the sentence's own language +
 position embeddings are added when given (the authors' code does; the model's
-``tri_layer_embed_on_gather_only`` leaves them out) and the layer runs in place.
+``tri_layer_identity_embed``, off by default) and the layer runs in place.
 """
 from typing import Optional
 
