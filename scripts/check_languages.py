@@ -26,7 +26,8 @@ from trelm_fairseq import fileio
 from trelm_fairseq.cli import fetch_corpus
 from trelm_fairseq.cli import prepare as prepare_cli
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.preprocess import corpora, languages
+from trelm_fairseq import languages
+from trelm_fairseq.preprocess import corpora
 from trelm_fairseq.preprocess import vocab as V
 from trelm_fairseq.preprocess.layout import SPLITS
 

@@ -10,7 +10,8 @@ import pytest
 from _prep_helpers import fake_cached_manpage, fake_cached_package
 from trelm_fairseq.cli import fetch_corpus
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.preprocess import corpora, languages
+from trelm_fairseq import languages
+from trelm_fairseq.preprocess import corpora
 from trelm_fairseq.preprocess import libreoffice_help as lh
 from trelm_fairseq.preprocess.manpages import groff_paragraphs, manpage_paragraphs
 

@@ -22,7 +22,8 @@ from test_main_job import _report as demo_report  # noqa: E402
 from trelm_fairseq.errors import TreLMError  # noqa: E402
 from trelm_fairseq.cli.demo import build_parser as demo_parser  # noqa: E402
 from trelm_fairseq.comparison import vocab_line, write_report  # noqa: E402
-from trelm_fairseq.preprocess import corpora, languages  # noqa: E402
+from trelm_fairseq import languages  # noqa: E402
+from trelm_fairseq.preprocess import corpora  # noqa: E402
 from trelm_fairseq.cli import fetch_corpus  # noqa: E402
 from trelm_fairseq.cli import prepare as prepare_cli  # noqa: E402
 from trelm_fairseq.preprocess import prepare as P  # noqa: E402

@@ -36,7 +36,7 @@ def python(code, cwd=None, env=None, registered=False):
 def test_preprocessing_modules_do_not_import_fairseq():
     out = python("""
         import os, sys
-        import trelm_fairseq.preprocess.corpora, trelm_fairseq.preprocess.languages
+        import trelm_fairseq.preprocess.corpora, trelm_fairseq.languages
         import trelm_fairseq.preprocess.libreoffice_help, trelm_fairseq.preprocess.manpages
         import trelm_fairseq
         print(sorted(m for m in ("fairseq", "fairseq_cli", "torch") if m in sys.modules))

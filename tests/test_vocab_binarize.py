@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _prep_helpers import write_synthetic_corpus  # noqa: E402
 
 from trelm_fairseq.errors import TreLMError  # noqa: E402
-from trelm_fairseq.preprocess import languages, vocab as V  # noqa: E402
+from trelm_fairseq import languages  # noqa: E402
+from trelm_fairseq.preprocess import vocab as V  # noqa: E402
 from trelm_fairseq.checkpoint import load_dictionary  # noqa: E402
 from trelm_fairseq.preprocess.binarize import binarize_all, decode_dataset  # noqa: E402
 

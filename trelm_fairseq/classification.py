@@ -68,7 +68,7 @@ def data_lowercase(data: str) -> bool:
 
 
 def _encode(rows: Sequence[Tuple[str, str]], spm, lang: str, lower: bool) -> Tuple[List[str], List[str]]:
-    from .preprocess.languages import normalize_line
+    from .languages import normalize_line
 
     texts = [" ".join(spm.encode(normalize_line(t, lang, lower), out_type=str)) for _, t in rows]
     return texts, [label for label, _ in rows]

@@ -8,7 +8,7 @@ import sys
 from .. import fileio
 from ..errors import cli_errors
 from ..preprocess.align import align_data
-from ..preprocess.languages import check_language
+from ..languages import check_language
 from ..preprocess.progress import Timer
 
 

@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from ..errors import cli_errors
-from ..preprocess import corpora, languages
+from .. import languages
+from ..preprocess import corpora
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import sys
 from .. import fileio
 from ..errors import cli_errors
 from ..preprocess import vocab as V
-from ..preprocess.languages import check_language
+from ..languages import check_language
 from ..preprocess.progress import Timer, log
 
 

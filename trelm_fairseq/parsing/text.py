@@ -35,11 +35,11 @@ def turkish_lower(text: str) -> str:
 
 
 def lowercase_function(lang: str = "tr"):
-    """Language-aware lower-casing: ``preprocess.languages.lower`` (the one the
+    """Language-aware lower-casing: ``languages.lower`` (the one the
     vocabulary step uses) when present, else Turkish rules for tr/az and
     ``str.lower`` otherwise."""
     try:
-        from ..preprocess.languages import lower
+        from ..languages import lower
     except ImportError:  # pragma: no cover - the preprocess package ships it
         base = lang.strip().lower().replace("_", "-").split("-")[0]
         return turkish_lower if base in ("tr", "az") else str.lower

@@ -54,7 +54,7 @@ import numpy as np
 from .. import fileio
 from ..errors import TreLMError
 from ..modules.tri_layer import NULL_ALIGNMENT
-from .languages import lower, spaces_between_words
+from ..languages import lower, spaces_between_words
 from .layout import SPLITS, tok_path
 from .progress import Timer, log
 

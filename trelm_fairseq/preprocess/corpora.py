@@ -54,7 +54,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq import fileio
-from trelm_fairseq.preprocess import languages
+from trelm_fairseq import languages
 from trelm_fairseq.preprocess.layout import SPLITS
 from trelm_fairseq.fileio import ReadStats, has_letter
 DEFAULT_MAX_CHARS = 2000

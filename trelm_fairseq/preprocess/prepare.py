@@ -35,7 +35,7 @@ from ..errors import TreLMError
 from ..fileio import cached_json, file_sha256, read_json, write_json
 from . import align as align_mod
 from . import vocab as vocab_mod
-from .languages import check_language
+from ..languages import check_language
 from .layout import SPLITS
 from .progress import Timer, log
 

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TreLMError
 from .. import fileio
-from .languages import normalize_line
+from ..languages import normalize_line
 from .layout import SPLITS, text_path, tok_path
 from .progress import Timer, log
 CJK_LANGS = {"zh", "zh-cn", "zh-tw", "zh-hans", "zh-hant", "ja", "ko"}
