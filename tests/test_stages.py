@@ -240,3 +240,41 @@ def test_real_fairseq_train_end_to_end(tmp_path):
 
     text = quiet_run(plan())
     assert text.count("finished, skipping") == 5
+
+
+def test_run_directory_is_relocatable(data_dir, tmp_path, fake):
+    """Markers record paths relative to the run directory: a moved run resumes from its own
+    files, a copied one never reads the original's, and a marker of the older absolute form
+    maps into the run directory it sits in."""
+    import shutil
+
+    first = tmp_path / "first"
+    quiet_run(fake_plan(data_dir, first), stages="1,2a")
+    marker = json.loads((first / "2a-transfer_upper" / "stage_done.json").read_text())
+    assert marker["checkpoint"] == os.path.join("2a-transfer_upper", "checkpoint_last.pt")
+
+    moved = tmp_path / "moved"
+    shutil.move(str(first), str(moved))  # the original is gone: anything reading it would fail
+    plan = fake_plan(data_dir, moved)
+    assert plan.stages["2b"].start_checkpoint() == str(moved / "1-commonality" / "checkpoint_last.pt")
+    quiet_run(plan)
+    assert all(s.done() for s in plan.stages.values())
+    combine = json.loads((moved / "3-combine" / "stage_done.json").read_text())
+    assert combine["parents"]["2a"] == os.path.join("2a-transfer_upper", "checkpoint_last.pt")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(str(moved), str(copy))
+    for s in fake_plan(data_dir, copy).stages.values():
+        assert s.output_checkpoint().startswith(str(copy) + os.sep)
+
+    # a marker written before paths were relative: absolute, into wherever the run was then
+    m = copy / "4-language_specific" / "stage_done.json"
+    old = json.loads(m.read_text())
+    old["checkpoint"] = "/elsewhere/run/4-language_specific/checkpoint_last.pt"
+    m.write_text(json.dumps(old))
+    assert fake_plan(data_dir, copy).stages["4"].output_checkpoint() == str(
+        copy / "4-language_specific" / "checkpoint_last.pt")
+    old["checkpoint"] = "/elsewhere/some/other.pt"
+    m.write_text(json.dumps(old))
+    with pytest.raises(TreLMError, match=r"stage_done\.json: records /elsewhere/some/other\.pt, outside the run"):
+        fake_plan(data_dir, copy).stages["4"].output_checkpoint()

@@ -209,6 +209,25 @@ class StagePlan:
                 )
         return [k for k in self.specs if k in keys]
 
+    # ----- paths inside the run directory ----------------------------------
+    def relative(self, path: str) -> str:
+        """How a marker records a path: relative to the run directory, so that a run copied or
+        moved elsewhere reads its own checkpoints (never the original's)."""
+        return os.path.relpath(path, self.out)
+
+    def resolve(self, recorded: str, marker: str) -> str:
+        """A path a marker recorded, under the run directory as it is now.  Markers written
+        before paths were relative hold absolute paths: one of this run's stage folders
+        (``<key>-<name>/<file>``) maps into this run directory, wherever the run was then;
+        anything else would read outside the run: an error."""
+        if not os.path.isabs(recorded):
+            return os.path.join(self.out, recorded)
+        folder, name = os.path.split(recorded)
+        if os.path.basename(folder) in {s.dirname for s in self.specs.values()}:
+            return os.path.join(self.out, os.path.basename(folder), name)
+        raise TreLMError(f"{marker}: records {recorded}, outside the run directory {self.out}: delete the "
+                         "marker to redo that stage, or restore the run directory it came from")
+
     # ----- commands --------------------------------------------------------
     def trainer_command(self) -> List[str]:
         return list(self.trainer) if self.trainer else [sys.executable, "-m", "fairseq_cli.train"]
@@ -313,7 +332,7 @@ class Stage:
         """The checkpoint the next stage starts from (recorded in the marker once finished)."""
         m = self.marker()
         if m is not None and m.get("checkpoint"):
-            return m["checkpoint"]
+            return self.plan.resolve(m["checkpoint"], self.marker_path)
         if self.is_training and self.plan.restore_from == "best":
             return os.path.join(self.dir, "checkpoint_best.pt")
         return self.last_checkpoint
@@ -382,12 +401,14 @@ def _check_ready(stage: Stage) -> None:
 
 
 def stage_record(stage: Stage) -> Dict:
-    """One row of the summary (from the marker when the stage is finished)."""
+    """One row of the summary (from the marker when the stage is finished); its checkpoint
+    is a path under the run directory as it is now."""
     m = stage.marker()
     row = {"stage": stage.key, "name": stage.name, "status": stage.state()}
     if m is not None:
-        for k in ("updates", "train_loss", "valid_loss", "seconds", "checkpoint"):
+        for k in ("updates", "train_loss", "valid_loss", "seconds"):
             row[k] = m.get(k)
+        row["checkpoint"] = stage.output_checkpoint()
     else:
         row.update(updates=None, train_loss=None, valid_loss=None, seconds=None, checkpoint=None)
     row["planned_updates"] = stage.updates if stage.is_training else None
@@ -509,9 +530,9 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
             with open(stage.log_path, encoding="utf-8", errors="replace") as f:
                 stats = parse_fairseq_log(f)
         record.update(
-            checkpoint=best if use_best else last,
-            last_checkpoint=last,
-            best_checkpoint=best if os.path.isfile(best) else None,
+            checkpoint=stage.plan.relative(best if use_best else last),
+            last_checkpoint=stage.plan.relative(last),
+            best_checkpoint=stage.plan.relative(best) if os.path.isfile(best) else None,
             updates=_updates_of(last),
             planned_updates=stage.updates,
             train_loss=stats.get("train", {}).get("loss"),
@@ -520,8 +541,8 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
             valid=stats.get("valid"),
         )
     else:
-        record.update(checkpoint=last, updates=None, train_loss=None, valid_loss=None,
-                      parents={p.key: p.output_checkpoint() for p in stage.parents})
+        record.update(checkpoint=stage.plan.relative(last), updates=None, train_loss=None, valid_loss=None,
+                      parents={p.key: stage.plan.relative(p.output_checkpoint()) for p in stage.parents})
     return record
 
 
