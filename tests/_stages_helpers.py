@@ -13,6 +13,7 @@ runner relies on, the way fairseq-train does:
 
 Every call appends a record to ``$FAKE_CALLS`` (json lines).  ``FAKE_FAIL_STAGE=<stage>`` with
 ``FAKE_FAIL_AT=<n>`` stops that stage after n updates (checkpoint saved) and exits 3.
+``FAKE_FAIL_MESSAGE`` is printed before that exit (e.g. fairseq's words for a diverged loss).
 ``FAKE_SLEEP`` seconds are slept while "training" (to see 2a and 2b overlap).
 """
 import argparse
@@ -87,6 +88,8 @@ def _main(argv):
               "start_updates": start, "end_updates": end, "t0": t0, "t1": time.time(), "argv": argv}
     with open(os.environ["FAKE_CALLS"], "a") as f:
         f.write(json.dumps(record) + "\n")
+    if fail and os.environ.get("FAKE_FAIL_MESSAGE"):
+        print(os.environ["FAKE_FAIL_MESSAGE"], flush=True)
     return 3 if fail else 0
 
 

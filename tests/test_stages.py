@@ -278,3 +278,36 @@ def test_run_directory_is_relocatable(data_dir, tmp_path, fake):
     m.write_text(json.dumps(old))
     with pytest.raises(TreLMError, match=r"stage_done\.json: records /elsewhere/some/other\.pt, outside the run"):
         fake_plan(data_dir, copy).stages["4"].output_checkpoint()
+
+
+def test_init_checkpoint_of_another_vocabulary_of_the_same_size_is_refused(data_dir, tmp_path):
+    """Two language pairs prepared with --vocab-size auto both get 16000 pieces: the row count
+    cannot tell their init checkpoints apart, the recorded dictionary fingerprint does."""
+    from trelm_fairseq.stages import check_checkpoint_fits
+
+    plan = fake_plan(data_dir, tmp_path / "out")
+    init = str(data_dir / "init" / "model.pt")
+    symbols = [f"w{i}" for i in range(20)]
+    (data_dir / "dict.txt").write_text("".join(f"{s} 1\n" for s in symbols))
+    check_checkpoint_fits(plan, init, "where stage 1 starts")  # its own vocabulary
+    (data_dir / "dict.txt").write_text("".join(f"{s} 1\n" for s in reversed(symbols)))
+    with pytest.raises(TreLMError, match=r"model\.pt \(where stage 1 starts\): made for another vocabulary than "
+                                         r".*dict\.txt \(same size, other symbols"):
+        check_checkpoint_fits(plan, init, "where stage 1 starts")
+
+
+def test_a_diverged_or_out_of_memory_stage_says_what_to_change(data_dir, tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL_STAGE", "commonality")
+    monkeypatch.setenv("FAKE_FAIL_AT", "2")
+    monkeypatch.setenv("FAKE_FAIL_MESSAGE", "FloatingPointError: gradients are Nan/Inf")
+    with pytest.raises(StageFailed, match=r"The loss diverged at update 2 \(non-finite gradients\): a rerun "
+                                          r"would repeat it; lower the learning rate .*checkpoint_last\.pt "
+                                          r"\(update 2\)"):
+        quiet_run(fake_plan(data_dir, tmp_path / "a"), stages="1")
+    monkeypatch.setenv("FAKE_FAIL_MESSAGE", "RuntimeError: DefaultCPUAllocator: can't allocate memory")
+    with pytest.raises(StageFailed, match=r"ran out of memory: lower --max-tokens"):
+        quiet_run(fake_plan(data_dir, tmp_path / "b"), stages="1")
+    monkeypatch.delenv("FAKE_FAIL_MESSAGE")
+    with pytest.raises(StageFailed, match=r"exited 3; see .*train\.log\. Run again to resume from the stage's "
+                                          r"checkpoint_last\.pt \(update 2\)\.$"):
+        quiet_run(fake_plan(data_dir, tmp_path / "c"), stages="1")

@@ -378,6 +378,45 @@ class StageFailed(TreLMError):
     """A stage's command exited non-zero; its checkpoints stay for a resume."""
 
 
+# fairseq's words for failures a plain rerun would only repeat, and what to change instead
+_DIVERGED = ("FloatingPointError", "gradients are Nan/Inf", "Minimum loss scale reached")
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "OutOfMemoryError")
+
+
+def _what_to_do(stage: Stage) -> str:
+    """The advice for a failed training stage, from the end of its log."""
+    try:
+        with open(stage.log_path, encoding="utf-8", errors="replace") as f:
+            tail = f.readlines()[-200:]
+    except OSError:
+        tail = []
+    text = "".join(tail)
+    resume = "Run again to resume from the stage's checkpoint_last.pt"
+    from .checkpoint import checkpoint_num_updates
+
+    saved = checkpoint_num_updates(stage.last_checkpoint) if os.path.isfile(stage.last_checkpoint) else None
+    if saved is not None:
+        resume += f" (update {saved})"
+    if any(word in text for word in _DIVERGED):
+        updates = [u for u in (_update_of(line) for line in tail) if u is not None]
+        at = f" at update {updates[-1]}" if updates else ""
+        return (f"The loss diverged{at} (non-finite gradients): a rerun would repeat it; lower the learning "
+                "rate (--lr) or give the stage more warm-up (--warmup-updates), then run again. " + resume + ".")
+    if any(word in text for word in _OUT_OF_MEMORY):
+        return "It ran out of memory: lower --max-tokens (raise --update-freq to keep the batch), then run again. " \
+               + resume + "."
+    return resume + "."
+
+
+def _update_of(line: str) -> Optional[int]:
+    """The update number of a fairseq train_inner log line (json or simple format), if any."""
+    if "train_inner" not in line:
+        return None
+    stats = parse_fairseq_log([line.replace("train_inner", "train")]).get("train", {})
+    value = stats.get("update") or stats.get("num_updates")
+    return int(value) if value is not None else None
+
+
 def _run_command(stage: Stage, cmd: List[str], say: Callable[[str], None], echo: bool) -> int:
     on_line = (lambda line: say(f"[{stage.key}] {line}")) if echo else None
     rc, _ = run_logged(cmd, stage.log_path, on_line, keep_output=False)
@@ -479,10 +518,8 @@ def _execute(stage: Stage, say, echo: bool) -> Dict:
         say(f"   $ {shlex.join(cmd)}")
         rc = _run_command(stage, cmd, say, echo)
         if rc != 0:
-            raise StageFailed(
-                f"stage {key} ({stage.name}) failed: {cmd[0]} exited {rc}; see {stage.log_path}. "
-                "Run again to resume from the stage's checkpoint_last.pt."
-            )
+            raise StageFailed(f"stage {key} ({stage.name}) failed: {cmd[0]} exited {rc}; see {stage.log_path}. "
+                              + _what_to_do(stage))
     seconds = time.time() - t0
     record = _finish(stage, state, seconds)
     if stage.is_training:
