@@ -28,6 +28,8 @@ setup(
             "trelm-map-embeddings=trelm_fairseq.cli.map_embeddings:cli_main",
             "trelm-prepare=trelm_fairseq.cli.prepare:cli_main",
             "trelm-probe=trelm_fairseq.cli.probe:cli_main",
+            "trelm-fill-mask=trelm_fairseq.cli.fill_mask:cli_main",
+            "trelm-export=trelm_fairseq.cli.export:cli_main",
         ],
     },
 )

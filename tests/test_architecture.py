@@ -14,7 +14,7 @@ PACKAGE = os.path.join(ROOT, "trelm_fairseq")
 LAYERS = (
     (0, "shelf", r"^(errors|fileio|languages|language_pair|scheduler)$"),
     (1, "plugin core", r"^(models|modules|data|tasks|criterions|optim)(\.|$)|^(freezing|checkpoint)$"),
-    (2, "pipelines", r"^(preprocess|parsing|sweep|comparison)(\.|$)|^(stages|combine|classification|probes)$"),
+    (2, "pipelines", r"^(preprocess|parsing|sweep|comparison|export)(\.|$)|^(stages|combine|classification|probes)$"),
     (3, "commands", r"^cli(\.|$)"),
 )
 

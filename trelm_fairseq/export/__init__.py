@@ -1,0 +1,199 @@
+"""``trelm-export``: a trelm checkpoint + its data directory -> a Hugging Face model directory
+that ``transformers`` loads offline with its stock classes (no ``trust_remote_code``):
+
+    config.json, model.safetensors       BERT or RoBERTa with the MLM head (model.py)
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json
+                                         trelm's normalisation + sentencepiece + fairseq ids (tokenizer.py)
+    README.md                            model card (card.py)
+    export.json                          what was exported and the export check's figures
+
+Everything is checked before anything is written, and the directory is written into a
+temporary folder renamed into place (fileio.atomic_folder).  Before the rename the export is
+loaded back with transformers and compared with the fairseq model on sentences of the data's
+valid split (hidden states and MLM logits, tokenizer ids against trelm's own encoding): a
+difference above ``TOLERANCE`` is an error and nothing is written.
+"""
+import os
+from typing import Callable, Dict, List, Optional, Union
+
+from ..errors import TreLMError
+from ..fileio import atomic_folder, read_json, read_lines, write_json, write_text
+from ..languages import normalize_line
+from .card import find_stages, model_card, usage_lines
+from .model import LAYOUTS  # noqa: F401
+
+TOLERANCE = 1e-4
+CHECK_SENTENCES = 8
+
+
+def _data_record(data: str) -> Dict:
+    path = os.path.join(data, "prepare.json")
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: not found: expected a data directory prepared by trelm-prepare (its record says "
+                         "which languages and whether the text was lower-cased)")
+    record = read_json(path, "trelm-prepare record")
+    if not isinstance(record, dict) or not record.get("langs"):
+        raise TreLMError(f"{path}: no 'langs' field: expected trelm-prepare's record of this data directory")
+    return record
+
+
+def resolve_lowercase(option: str, prepare: Dict, data: str) -> bool:
+    """Whether trelm-prepare lower-cased the text (prepare.json vocab.lowercase), or the override."""
+    if option in ("yes", "no"):
+        return option == "yes"
+    if option != "auto":
+        raise TreLMError(f"--lowercase {option}: expected auto, yes or no")
+    lower = (prepare.get("vocab") or {}).get("lowercase")
+    if lower is None:
+        raise TreLMError(f"{os.path.join(data, 'prepare.json')}: no vocab.lowercase: cannot tell whether the text was "
+                         "lower-cased before sentencepiece; pass --lowercase yes or no")
+    return bool(lower)
+
+
+def trelm_encode(sp, dictionary, line: str, lang: str, lower_case: bool) -> List[int]:
+    """trelm's ids of a raw sentence: normalize_line, sentencepiece pieces, dictionary ids
+    (unknown pieces -> <unk>), </s> appended (fairseq-preprocess), <s> prepended (the tasks)."""
+    pieces = sp.encode(normalize_line(line, lang, lower_case), out_type=str)
+    return [dictionary.bos()] + [dictionary.index(p) for p in pieces] + [dictionary.eos()]
+
+
+def valid_sentences(data: str, lang: str, n: int = CHECK_SENTENCES) -> List[str]:
+    """Up to n sentences of the language's valid split: the raw corpus text when trelm-prepare
+    fetched it, else the normalised text it wrote; a few fixed sentences when neither is there."""
+    from ..preprocess.layout import text_path
+
+    work = os.path.join(data, "work")
+    for path in (os.path.join(data, "corpus", f"valid.{lang}"), os.path.join(data, "corpus", f"mono.{lang}.valid"),
+                 text_path(work, "para", "valid", lang), text_path(work, "mono", "valid", lang)):
+        if os.path.isfile(path):
+            lines = [ln for ln in read_lines(path) if 3 <= len(ln.split()) <= 40]
+            if lines:
+                return lines[:n]
+    return ["İstanbul ve IŞIK 123 😀", "  a  short   test  ", "one more sentence"][:n]
+
+
+def masked_example(sentences: List[str]) -> Dict:
+    """A real sentence with one word replaced by <mask> (for the card and the demo)."""
+    for s in sentences:
+        words = s.split()
+        if 4 <= len(words) <= 14:
+            cands = [i for i, w in enumerate(words) if i > 0 and w.isalpha() and len(w) >= 3]
+            if cands:
+                i = cands[len(cands) // 2]
+                return {"sentence": s, "word": words[i], "masked": " ".join(words[:i] + ["<mask>"] + words[i + 1:])}
+    words = (sentences or ["a b"])[0].split()
+    return {"sentence": " ".join(words), "word": words[-1], "masked": " ".join(words[:-1] + ["<mask>"])}
+
+
+def _results(results: Union[None, str, Dict]):
+    if results is None or isinstance(results, dict):
+        return results, None
+    return read_json(results, "results file"), results
+
+
+def _check(tmp: str, model, lang_id: int, sentences: List[str], sp, dictionary, lang: str, lower: bool,
+           max_len: int, masked: str) -> Dict:
+    """Load the written folder with transformers' stock classes and compare it with the fairseq model."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+    from transformers.utils import logging as hf_logging
+
+    from .model import compare
+
+    hf_logging.set_verbosity_error()
+    tok = AutoTokenizer.from_pretrained(tmp)
+    hf_model = AutoModelForMaskedLM.from_pretrained(tmp)
+    ids = []
+    for s in sentences:
+        ours, theirs = trelm_encode(sp, dictionary, s, lang, lower), tok(s)["input_ids"]
+        if ours != theirs:
+            raise TreLMError(f"export check: the exported tokenizer gives {theirs[:12]}... for {s!r}, trelm's encoding "
+                             f"{ours[:12]}...: please report this sentence")
+        ids.append(ours[:max_len])
+    d_hidden, d_logits, scale = compare(model.encoder, hf_model, ids, lang_id, dictionary.pad())
+    if not (d_hidden <= TOLERANCE and d_logits <= TOLERANCE):
+        raise TreLMError(f"export check: the exported model differs from the checkpoint by {d_hidden:.2e} (hidden "
+                         f"states) / {d_logits:.2e} (MLM logits), expected <= {TOLERANCE}: nothing was written")
+    with torch.no_grad():
+        fill = pipeline("fill-mask", model=hf_model, tokenizer=tok, top_k=3)(masked)
+    return {"sentences": len(ids), "max_abs_diff_hidden": d_hidden, "max_abs_diff_logits": d_logits,
+            "max_abs_logit": scale, "tolerance": TOLERANCE,
+            "fill_mask": [{"token_str": p["token_str"], "score": float(p["score"])} for p in fill]}
+
+
+def export_model(checkpoint: str, data: str, out: str, lang: Optional[str] = None,
+                 results: Union[None, str, Dict] = None, force: bool = False, layout: str = "auto",
+                 lowercase: str = "auto", check: bool = True, log: Callable[[str], None] = lambda m: None) -> Dict:
+    """Export ``checkpoint`` (a trelm checkpoint made with ``data``'s dict.txt) for language
+    ``lang`` (default: the data's target language) into the folder ``out``; returns the record
+    written to ``out/export.json``.  TreLMError (naming the file and what was expected) for bad
+    input; nothing is written then."""
+    import sentencepiece as spm
+    from safetensors.torch import save_file
+
+    from ..checkpoint import checkpoint_model_config, load_checkpoint, load_dictionary, load_model
+    from . import model as M
+    from . import tokenizer as T
+
+    out = os.path.abspath(out)
+    if os.path.lexists(out) and not (force and os.path.isdir(out)):
+        raise TreLMError(f"{out}: exists{' and is not a directory' if not os.path.isdir(out) else ''}: expected a new "
+                         "output directory (--force replaces an existing one)")
+    prepare = _data_record(data)
+    langs = list(prepare["langs"])
+    lang = lang or prepare.get("tgt") or langs[-1]
+    lower = resolve_lowercase(lowercase, prepare, data)
+    dict_path, spm_path = os.path.join(data, "dict.txt"), os.path.join(data, "spm.model")
+    dictionary = load_dictionary(dict_path, hint="written by trelm-prepare")
+    proto = T.read_spm(spm_path)
+    T.check_matches(proto, dictionary.symbols, spm_path, dict_path)
+
+    state = load_checkpoint(checkpoint)
+    cfg = checkpoint_model_config(state, checkpoint)  # a non-trelm model is an error here
+    M.check_representable(cfg, checkpoint)
+    rows = state["model"].get("encoder.embed_tokens.weight")
+    if rows is None:
+        raise TreLMError(f"{checkpoint}: no encoder.embed_tokens.weight: expected a trelm checkpoint")
+    if rows.size(0) != len(dictionary):
+        raise TreLMError(f"{checkpoint}: {rows.size(0)} embedding rows, but {dict_path} gives {len(dictionary)} "
+                         "symbols (its symbols + <s> <pad> </s> <unk> + <mask>): expected a checkpoint trained on "
+                         "this data directory")
+    del state
+    layout = M.choose_layout(cfg, layout, checkpoint)
+    lang_id = M.language_id(langs, lang, cfg.n_langs, checkpoint, os.path.join(data, "prepare.json"))
+    model, _ = load_model(checkpoint, dictionary)
+    model.eval()
+    config = M.hf_config(cfg, model.encoder, layout, lang, checkpoint)
+    weights = M.hf_state_dict(model.encoder, layout, lang_id)
+    tok = T.build_tokenizer(proto, dictionary.symbols, lang, lower)
+    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    sentences = valid_sentences(data, lang)
+    example = masked_example(sentences)
+    results_obj, results_path = _results(results)
+    corpus_json = os.path.join(data, "corpus", "corpus.json")
+    source_cfg = os.path.join(prepare.get("source_model") or "", "config.json")
+    info = {
+        "checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "out": out, "lang": lang,
+        "lang_id": lang_id, "layout": layout, "lowercase": lower, "config": config,
+        "tri_layer_position": config["trelm"]["tri_layer_position"], "example": example,
+        "prepare": prepare, "stages": find_stages(checkpoint), "results": results_obj,
+        "results_source": results_path or ("the main job's report" if results_obj else None),
+        "corpus": read_json(corpus_json, "corpus record") if os.path.isfile(corpus_json) else None,
+        "source_name": (read_json(source_cfg).get("_name_or_path") if os.path.isfile(source_cfg) else None),
+        "usage": usage_lines(out, example["masked"]),
+    }
+    log(f"exporting {checkpoint} ({layout} layout, {config['num_hidden_layers']} layers, language {lang} = row "
+        f"{lang_id}, lower-case {lower}) to {out}")
+    with atomic_folder(out) as tmp:
+        write_json(os.path.join(tmp, "config.json"), config)
+        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        T.write_tokenizer(tok, tmp, cfg.max_positions)
+        if check:
+            info["check"] = _check(tmp, model, lang_id, sentences, sp, dictionary, lang, lower, cfg.max_positions,
+                                   example["masked"])
+            log(f"export check: max abs difference {info['check']['max_abs_diff_hidden']:.2e} (hidden states), "
+                f"{info['check']['max_abs_diff_logits']:.2e} (MLM logits) on {info['check']['sentences']} sentences")
+        write_text(os.path.join(tmp, "README.md"), model_card(info))
+        record = {k: v for k, v in info.items() if k not in ("prepare", "stages", "results", "corpus")}
+        write_json(os.path.join(tmp, "export.json"), record)
+    return record
