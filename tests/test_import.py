@@ -338,3 +338,38 @@ def test_errors_name_the_file(hf_bert, tmp_path):
     torch.save({"model": {}}, fs / "model.pt")
     with pytest.raises(TreLMError, match="dict.txt"):
         read_source(str(fs))
+
+
+# ----- issue 16: a Latin-1 byte deep in the text, a repeated dict.txt symbol ---------------
+def test_encode_names_the_line_and_byte_offset_of_a_non_utf8_byte(minilm_out, tmp_path, capsys):
+    src = tmp_path / "latin1.txt"
+    lines = [f"line {i} is fine".encode() for i in range(1, 250)]
+    lines[199] = b"caf\xe9 au lait"  # line 200, Latin-1
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    offset = sum(len(x) + 1 for x in lines[:199]) + 3
+    out = tmp_path / "latin1.tok"
+    with pytest.raises(SystemExit) as e:
+        cli.main([minilm_out, "--encode", str(src), "--encode-out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"error: {src}:200: not UTF-8: byte 0xe9 at byte offset {offset} of the file" in err
+    assert "iconv" in err and "after line 0" not in err
+    assert sorted(os.listdir(tmp_path)) == ["latin1.txt"]  # no output, no temporary file
+
+
+def test_repeated_symbol_in_a_source_dict_names_both_lines(hf_bert, tmp_path):
+    from trelm_fairseq.preprocess.importers import check_source_dictionary
+
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    symbols = [f"w{i}" for i in range(10)]
+    symbols[8] = "w3"
+    (fs / "dict.txt").write_text("".join(f"{s} {100 - i}\n" for i, s in enumerate(symbols)), encoding="utf-8")
+    torch.save({"model": {}}, fs / "model.pt")
+    want = rf"{fs}/dict.txt: symbol 'w3' on lines 4 and 9: every symbol must appear once in a dict.txt"
+    for path in (fs, fs / "model.pt"):
+        with pytest.raises(TreLMError, match=want):
+            check_source_dictionary(str(path))  # trelm-prepare's up-front check
+        with pytest.raises(TreLMError, match=want):
+            read_source(str(path))  # trelm-import, before reading the checkpoint
+    check_source_dictionary(str(hf_bert[0]))  # a Hugging Face folder: no dict.txt to check

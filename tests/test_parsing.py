@@ -7,6 +7,7 @@ import argparse
 import io
 import itertools
 import json
+import re
 import os
 import subprocess
 import sys
@@ -497,3 +498,117 @@ def test_fairseq_train_from_trelm_checkpoint_then_parse_eval(tiny, tmp_path, one
     with pytest.raises(SystemExit) as e:
         parse_eval.cli_main(["--checkpoint", str(tmp_path / "trelm.pt"), "--data", tiny.data])
     assert e.value.code == 2
+
+
+# --------------------------------------------------------------------------
+# a model of few positions (issue 16, item 11): prepare skips what does not fit, the task
+# skips with a count instead of crashing, trelm-parse-eval names only options it has
+# --------------------------------------------------------------------------
+
+def _short_trelm_checkpoint(path, dictionary, positions):
+    from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
+
+    cfg = model_config("trelm_tiny", max_positions=positions)
+    save_checkpoint(str(path), build_model(cfg, dictionary), cfg)
+    return str(path)
+
+
+def test_prepare_takes_the_model_positions_and_skips_longer_sentences(tiny, tmp_path, capsys):
+    from trelm_fairseq.cli import parse_prepare
+
+    # the tiny treebank: train 2 x [20, 14, 29, 14, 20, 19] positions, valid [20, 14, 29], test [14, 20, 19]
+    assert tiny.info["max_positions"] == 512 and tiny.info["max_positions_from"].startswith("default")
+    assert all(v["skipped_long"] == 0 for v in tiny.info["splits"].values())
+    ck = _short_trelm_checkpoint(tmp_path / "short.pt", _task(tiny.data).dictionary, 16)
+    out = tmp_path / "p16"
+    base = ["--spm", str(tiny.raw / "spm.model"), "--dict", str(tiny.raw / "dict.txt")] + [
+        a for s in ("train", "valid", "test") for a in (f"--{s}", tiny.conllu[s])]
+    parse_prepare.cli_main(["--out", str(out), "--checkpoint", ck] + base)
+    info = json.load(open(out / "prepare.json"))
+    assert info["max_positions"] == 16 and info["max_positions_from"] == f"the model of {ck}"
+    assert {s: (v["sentences"], v["skipped_long"]) for s, v in info["splits"].items()} == \
+        {"train": (4, 8), "valid": (1, 2), "test": (1, 2)}
+    assert [s.sent_id for s in read_conllu(str(out / "test.conllu"))] == ["s4"]  # gold = what is encoded
+    assert "warning: train: skipped 8 of 12 sentences longer than 16 subwords" in capsys.readouterr().err
+    # a trelm-prepare data directory: its init/model.pt; --max-positions overrides
+    vocab = tmp_path / "vocab"
+    (vocab / "init").mkdir(parents=True)
+    for f in ("spm.model", "dict.txt"):
+        (vocab / f).write_bytes((tiny.raw / f).read_bytes())
+    _short_trelm_checkpoint(vocab / "init" / "model.pt", _task(tiny.data).dictionary, 20)
+    rest = [a for s in ("train", "valid", "test") for a in (f"--{s}", tiny.conllu[s])]
+    parse_prepare.cli_main(["--out", str(tmp_path / "p20"), "--vocab-dir", str(vocab)] + rest)
+    info = json.load(open(tmp_path / "p20" / "prepare.json"))
+    assert info["max_positions"] == 20 and info["splits"]["train"]["skipped_long"] == 2
+    parse_prepare.cli_main(["--out", str(tmp_path / "p30"), "--vocab-dir", str(vocab), "--max-positions", "30"] + rest)
+    info = json.load(open(tmp_path / "p30" / "prepare.json"))
+    assert (info["max_positions"], info["max_positions_from"], info["splits"]["train"]["skipped_long"]) == \
+        (30, "--max-positions", 0)
+    # nothing fits: a clear error, exit 2, nothing written
+    with pytest.raises(SystemExit) as e:
+        parse_prepare.cli_main(["--out", str(tmp_path / "p8"), "--max-positions", "8"] + base)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: split 'train': all 12 sentences are longer than 8 subwords" in err and "Traceback" not in err
+    assert not (tmp_path / "p8" / "prepare.json").exists()
+
+
+def test_task_skips_over_long_sentences_with_a_count(tiny, caplog):
+    task = _task(tiny.data)
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    with caplog.at_level("WARNING"):
+        itr = task.get_batch_iterator(ds, max_sentences=8, max_positions=20, ignore_invalid_inputs=False)
+    assert sum(len(b["id"]) for b in itr.next_epoch_itr(shuffle=False)) == 2
+    assert (f"{tiny.data}/valid: 1 of 3 sentences are longer than 20 positions (<s> and </s> included; "
+            "--max-positions 128 and the model's, the smaller), the longest 29, first sentence #2: skipped") in caplog.text
+    with pytest.raises(TreLMError, match=r"valid: 3 of 3 sentences are longer than 10 positions .*no sentence left"):
+        task.get_batch_iterator(ds, max_sentences=8, max_positions=10, disable_iterator_cache=True)
+    task.strict_lengths = True  # trelm-parse-eval: every sentence or an error saying what to do
+    with pytest.raises(TreLMError, match=r"prepare the data for this model: trelm-parse-prepare --checkpoint"):
+        task.get_batch_iterator(ds, max_sentences=8, max_positions=20, disable_iterator_cache=True)
+
+
+def test_fairseq_train_and_parse_eval_on_a_model_of_few_positions(tiny, tmp_path, one_thread, capsys):
+    """fairseq-train --task trelm_parsing from a 20-position model on data prepared for 512:
+    over-long sentences skipped with a count (fairseq stopped with 'Size of sample #2 is
+    invalid'); trelm-parse-eval names only options that exist; data prepared for the model
+    evaluates."""
+    from trelm_fairseq.cli import parse_eval, parse_prepare
+
+    ck = _short_trelm_checkpoint(tmp_path / "short.pt", _task(tiny.data).dictionary, 20)
+    save = tmp_path / "ck"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.train", tiny.data, "--user-dir", os.path.dirname(trelm_fairseq.__file__),
+        "--task", "trelm_parsing", "--arch", "trelm_parser_tiny", "--max-positions", "20",
+        "--criterion", "trelm_parsing", "--optimizer", "adam", "--lr", "3e-3", "--batch-size", "4", "--max-epoch", "1",
+        "--restore-file", ck, "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+        "--save-dir", str(save), "--no-epoch-checkpoints", "--cpu", "--num-workers", "0", "--seed", "1",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-3000:]
+    assert "Size of sample" not in logs
+    assert f"{tiny.data}/valid: 1 of 3 sentences are longer than 20 positions" in logs
+    assert f"{tiny.data}/train: 2 of 12 sentences are longer than 20 positions" in logs
+
+    with pytest.raises(SystemExit) as e:
+        parse_eval.cli_main(["--checkpoint", str(save / "checkpoint_last.pt"), "--data", tiny.data, "--split", "valid",
+                             "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {tiny.data}/valid: 1 of 3 sentences are longer than 20 positions" in err
+    assert "skip-invalid-size" not in err and "Traceback" not in err
+    options = {o for a in parse_eval.build_parser()._actions for o in a.option_strings}
+    prepare_options = {o for a in parse_prepare.build_parser()._actions for o in a.option_strings}
+    suggested = set(re.findall(r"--[a-z-]+", err.split("sentence #", 1)[1]))
+    assert suggested and suggested <= options | prepare_options, suggested
+    # the data prepared for this model: every sentence evaluated
+    fit = tmp_path / "fit"
+    parse_prepare.cli_main(["--out", str(fit), "--checkpoint", ck, "--spm", str(tiny.raw / "spm.model"), "--dict",
+                            str(tiny.raw / "dict.txt")] + [a for s in ("train", "valid", "test")
+                                                           for a in (f"--{s}", tiny.conllu[s])])
+    result = parse_eval.main(["--checkpoint", str(save / "checkpoint_last.pt"), "--data", str(fit), "--split", "valid",
+                              "--quiet"])
+    assert result["sentences"] == 2

@@ -28,11 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="trelm_parser checkpoint (fairseq-train --task trelm_parsing)")
     p.add_argument("--data", required=True, help="data directory (trelm-parse-prepare)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--decoder", choices=DECODERS, default="eisner", help="eisner (projective tree) or greedy")
+    p.add_argument("--decoder", choices=DECODERS, default="eisner", help="eisner (projective tree) or greedy (default eisner)")
     p.add_argument("--multi-root", action="store_true", help="allow several words attached to ROOT (eisner)")
     p.add_argument("--output-prefix", help="output files PREFIX.conllu and PREFIX.json "
                    "(default: <checkpoint dir>/<checkpoint stem>.<split>)")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per batch (default 32)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p

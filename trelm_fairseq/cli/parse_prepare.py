@@ -10,7 +10,7 @@ import os
 
 from ..errors import TreLMError, cli_errors
 from ..parsing import treebank
-from ..parsing.prepare import SPLITS, prepare
+from ..parsing.prepare import DEFAULT_MAX_POSITIONS, SPLITS, prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="CoNLL-U treebank -> binarized data directory for the trelm_parsing task "
         "(default: the turkish-treebanks package, fixed seeded split).",
     )
-    p.add_argument("--out", required=True, help="output data directory")
+    p.add_argument("--out", required=True, help="output data directory (required)")
     p.add_argument("--vocab-dir", help="directory with spm.model and dict.txt (trelm-prepare output)")
     p.add_argument("--spm", help="sentencepiece model of the trelm model (default: VOCAB_DIR/spm.model)")
     p.add_argument("--dict", help="fairseq dict.txt of the trelm model (default: VOCAB_DIR/dict.txt)")
@@ -27,14 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", help="CoNLL-U validation file")
     p.add_argument("--test", help="CoNLL-U test file")
     p.add_argument("--seed", type=int, default=treebank.DEFAULT_SEED, help="split seed (default 1)")
-    p.add_argument("--valid-fraction", type=float, default=treebank.DEFAULT_VALID_FRACTION)
-    p.add_argument("--test-fraction", type=float, default=treebank.DEFAULT_TEST_FRACTION)
+    p.add_argument("--valid-fraction", type=float, default=treebank.DEFAULT_VALID_FRACTION,
+                   help="share of the turkish-treebanks sentences in the valid split (without --train; "
+                   f"default {treebank.DEFAULT_VALID_FRACTION})")
+    p.add_argument("--test-fraction", type=float, default=treebank.DEFAULT_TEST_FRACTION,
+                   help="share of the turkish-treebanks sentences in the test split (without --train; "
+                   f"default {treebank.DEFAULT_TEST_FRACTION})")
     p.add_argument("--lowercase", choices=["auto", "yes", "no"], default="auto",
                    help="lower-case the text with the language's rules (Turkish: I->ı, İ->i); auto: as the "
                    "vocabulary step did (work/vocab.json beside dict.txt), else when the dictionary has no "
-                   "upper-case symbol (an uncased vocabulary)")
+                   "upper-case symbol (an uncased vocabulary); default auto")
     p.add_argument("--lang", default="tr", help="language of the treebank, for lower-casing rules (default tr)")
-    p.add_argument("--max-positions", type=int, default=512, help="warn about sentences longer than this")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="the trelm checkpoint the parser will be fine-tuned from: sentences longer than its "
+                   "max positions are skipped (default: VOCAB_DIR/init/model.pt, or init/model.pt beside --dict)")
+    p.add_argument("--max-positions", type=int,
+                   help="skip sentences longer than this many subwords, <s> and </s> included (default: the "
+                   f"model's max positions, see --checkpoint; {DEFAULT_MAX_POSITIONS} without a model)")
     return p
 
 
@@ -47,7 +56,7 @@ def cli_main(argv=None):
         raise TreLMError("give --vocab-dir, or both --spm and --dict")
     conllu = {s: getattr(args, s) for s in SPLITS if getattr(args, s)}
     prepare(args.out, spm_model, dict_path, conllu or None, args.seed, args.valid_fraction,
-            args.test_fraction, args.lowercase, args.max_positions, args.lang)
+            args.test_fraction, args.lowercase, args.max_positions, args.lang, checkpoint=args.checkpoint)
 
 
 if __name__ == "__main__":

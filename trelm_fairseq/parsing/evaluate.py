@@ -61,24 +61,20 @@ def load_parser(checkpoint: str, data: str):
 
 
 def _batch_iterator(task, model, dataset, data: str, split: str, batch_size: int):
-    """The split's batches in order; a sentence longer than the model's positions is an error."""
+    """The split's batches in order; a sentence longer than the model's positions is an
+    error naming the split and what to do (the task's filter_indices_by_size, strict)."""
     from fairseq import utils
 
     max_positions = utils.resolve_max_positions(task.max_positions(), model.max_positions())
-    try:
-        return task.get_batch_iterator(
-            dataset=dataset,
-            max_tokens=None,
-            max_sentences=batch_size,
-            max_positions=max_positions,
-            ignore_invalid_inputs=False,  # a too-long sentence is an error, never silently skipped
-            required_batch_size_multiple=1,
-        ).next_epoch_itr(shuffle=False)
-    except Exception as e:
-        if "is invalid" not in str(e):
-            raise
-        raise TreLMError(f"{data}/{split}: a sentence is longer than the model's {max_positions} positions "
-                         f"(<s> and </s> included): {e}") from None
+    task.strict_lengths = True  # every sentence of the split is evaluated, never silently skipped
+    return task.get_batch_iterator(
+        dataset=dataset,
+        max_tokens=None,
+        max_sentences=batch_size,
+        max_positions=max_positions,
+        ignore_invalid_inputs=False,
+        required_batch_size_multiple=1,
+    ).next_epoch_itr(shuffle=False)
 
 
 def predict(model, itr, decoder: str, single_root: bool, device: str, split: str, n_sentences: int,

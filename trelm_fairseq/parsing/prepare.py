@@ -25,6 +25,13 @@ written with ``MMapIndexedDatasetBuilder``, one item per sentence)::
     {split}.labels.*              per word: gold relation id
     {split}.punct.*               per word: 1 = punctuation (not scored), see parsing/conll.py
     prepare.json                  options and counts; written last (a complete directory has it)
+
+Sentences longer than the model's positions (``<s>`` + subwords + ``</s>``) are skipped,
+with a count per split in the log and in prepare.json (``skipped_long``): truncating one
+would cut words, and the heads pointing at them, out of its tree.  The model's positions
+come from ``--checkpoint`` (the trelm checkpoint the parser is fine-tuned from), else
+``init/model.pt`` beside the dictionary (a trelm-prepare data directory), else 512;
+``--max-positions`` overrides them.
 """
 import json
 import os
@@ -47,6 +54,7 @@ from ..modules.eisner import is_projective
 from .text import SubwordEncoder
 
 SPLITS = treebank.SPLITS
+DEFAULT_MAX_POSITIONS = 512  # without a model to read it from
 FIELDS = ("tokens", "first_subword", "wordpos", "heads", "labels", "punct")
 
 
@@ -154,16 +162,64 @@ def load_splits(conllu: Optional[Dict[str, str]], seed: int, valid_fraction: flo
     return splits, source
 
 
+def checkpoint_max_positions(path: str) -> int:
+    """max_positions of the model config stored in a trelm (or trelm_parser) checkpoint."""
+    from ..checkpoint import checkpoint_model_config, peek
+
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: checkpoint not found (--checkpoint: the trelm checkpoint the parser is "
+                         "fine-tuned from)")
+    state = peek(path)
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    model = cfg.get("model") if cfg is not None else None
+    value = model.get("max_positions") if model is not None else None
+    if value is None and isinstance(state, dict) and state.get("args") is not None:
+        value = getattr(state["args"], "max_positions", None)
+    if value is None:
+        value = checkpoint_model_config(state, path).max_positions
+    return int(value)
+
+
+def model_max_positions(checkpoint: Optional[str], dict_path: str) -> Tuple[int, str]:
+    """(max positions of the model the data is prepared for, where that number comes from):
+    the --checkpoint's model config, else the init checkpoint of the data directory that
+    holds ``dict_path`` (``init/model.pt`` beside it, written by trelm-prepare), else
+    DEFAULT_MAX_POSITIONS."""
+    if checkpoint:
+        return checkpoint_max_positions(checkpoint), f"the model of {checkpoint}"
+    init = os.path.join(os.path.dirname(os.path.abspath(dict_path)), "init", "model.pt")
+    if os.path.isfile(init):
+        return checkpoint_max_positions(init), f"the model of {init}"
+    return DEFAULT_MAX_POSITIONS, (f"default: no --checkpoint and no {init} (pass --checkpoint or --max-positions "
+                                   "for a model of other positions)")
+
+
+def fitting(sentences: Sequence[Sentence], encoder: SubwordEncoder, max_positions: int) -> List[int]:
+    """Indices of the sentences that fit ``max_positions`` (with the <s> the task prepends
+    and the final </s>)."""
+    return [k for k, s in enumerate(sentences) if len(encoder.encode(s).tokens) + 1 <= max_positions]
+
+
 def write_split(folder: str, name: str, sentences: Sequence[Sentence], encoder: SubwordEncoder,
                 label_ids: Dict[str, int], token_dtype, max_positions: int, log) -> Dict:
     """Encode one split and write its indexed datasets and CoNLL-U into ``folder``;
-    returns its counts (for prepare.json)."""
+    returns its counts (for prepare.json).  Sentences longer than ``max_positions``
+    subwords (<s> and </s> included) are skipped and counted: truncating one would cut
+    words, and heads pointing at them, out of its tree; the split's CoNLL-U holds the
+    kept sentences, so evaluation scores exactly what the model sees."""
+    keep = fitting(sentences, encoder, max_positions)
+    skipped = len(sentences) - len(keep)
+    if not keep:
+        raise TreLMError(f"split '{name}': all {len(sentences)} sentences are longer than {max_positions} "
+                         "subwords (<s> and </s> included): expected a model with more positions (--max-positions)")
+    if skipped:
+        log(f"warning: {name}: skipped {skipped} of {len(sentences)} sentences longer than {max_positions} "
+            "subwords (<s> and </s> included; the model's max positions)")
+        sentences = [sentences[k] for k in keep]
     enc = encode_split(sentences, encoder, label_ids, name, log)
     st = enc["stats"]
     st["sentence_ids_sha256"] = treebank.sentence_ids_digest(sentences)
-    st["too_long"] = sum(1 for a in enc["arrays"]["tokens"] if len(a) + 1 > max_positions)
-    if st["too_long"]:
-        log(f"warning: {name}: {st['too_long']} sentences exceed {max_positions} subwords")
+    st["skipped_long"] = skipped
     for f in FIELDS:
         _write_indexed(os.path.join(folder, f"{name}.{f}"), enc["arrays"][f],
                        token_dtype if f == "tokens" else np.int32)
@@ -178,12 +234,21 @@ def write_split(folder: str, name: str, sentences: Sequence[Sentence], encoder: 
 def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[str, str]] = None,
             seed: int = treebank.DEFAULT_SEED, valid_fraction: float = treebank.DEFAULT_VALID_FRACTION,
             test_fraction: float = treebank.DEFAULT_TEST_FRACTION, lowercase: str = "auto",
-            max_positions: int = 512, lang: str = "tr", log=None) -> Dict:
-    """Build the data directory; returns the content of prepare.json."""
+            max_positions: Optional[int] = None, lang: str = "tr", log=None,
+            checkpoint: Optional[str] = None) -> Dict:
+    """Build the data directory; returns the content of prepare.json.  ``max_positions``
+    (None: the model's, see ``model_max_positions``) bounds the sentences kept."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not os.path.isfile(spm_model):
         raise TreLMError(f"{spm_model}: sentencepiece model not found")
     dictionary = load_dictionary(dict_path, add_mask=False)
+    if max_positions is None:
+        max_positions, positions_why = model_max_positions(checkpoint, dict_path)
+    else:
+        positions_why = "--max-positions"
+    if max_positions < 3:
+        raise TreLMError(f"--max-positions {max_positions}: expected at least 3 (<s>, a subword, </s>)")
+    log(f"max positions {max_positions} ({positions_why}): longer sentences are skipped")
     do_lower, why = resolve_lowercase(lowercase, dictionary, dict_path)
     log(f"lower-case ({lang} rules): {do_lower} ({why})")
     splits, source = load_splits(conllu, seed, valid_fraction, test_fraction, log)
@@ -202,6 +267,8 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
         "dictionary": os.path.abspath(dict_path),
         "dictionary_size": len(dictionary),
         "num_labels": len(labels),
+        "max_positions": max_positions,
+        "max_positions_from": positions_why,
         "punctuation": "UPOS PUNCT or DEPREL p/punct (not scored)",
         "pooling": "first subword overlapping the word's character span; words inside one subword share it",
         "splits": {},

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..checkpoint import MASK, build_model, model_config, save_checkpoint
+from ..checkpoint import MASK, build_model, load_dictionary, model_config, save_checkpoint
 from ..errors import TreLMError
 from ..fileio import atomic_folder, write_text
 from .source_tokenizer import (
@@ -468,19 +468,37 @@ def _fairseq_vocab(dictionary, rows: int, dict_path: str, path: str) -> Tuple[Li
     return tokens, counts, dictionary.indices.get(MASK)  # in dict.txt
 
 
-def read_fairseq(path: str) -> Source:
-    from fairseq.data import Dictionary
+def source_dictionary_path(path: str) -> Optional[str]:
+    """The fairseq dict.txt a source model at ``path`` is read with (a model.pt, or a folder
+    with model.pt and no config.json: a fairseq or trelm model), else None (a Hugging Face
+    folder has its own vocabulary files)."""
+    if os.path.isfile(path) and path.endswith(".pt"):
+        return os.path.join(os.path.dirname(os.path.abspath(path)), "dict.txt")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
+            and os.path.isfile(os.path.join(path, "model.pt")):
+        return os.path.join(path, "dict.txt")
+    return None
 
+
+def check_source_dictionary(path: str) -> None:
+    """Up-front check of a source model's dict.txt (trelm-prepare, before its long steps):
+    missing, malformed or a symbol listed twice is a TreLMError naming the file (and both
+    line numbers); a Hugging Face folder passes (its vocabulary is checked on import)."""
+    dict_path = source_dictionary_path(path)
+    if dict_path is not None:
+        load_dictionary(dict_path, add_mask=False, what="source dictionary",
+                        hint=f"the dict.txt of the source model {path}")
+
+
+def read_fairseq(path: str) -> Source:
     folder = os.path.dirname(os.path.abspath(path))
     dict_path = os.path.join(folder, "dict.txt")
     if not os.path.isfile(dict_path):
         raise TreLMError(f"{dict_path}: not found: a fairseq model.pt needs the dict.txt it was trained with beside it")
+    dictionary = load_dictionary(dict_path, add_mask=False, what="source dictionary",
+                                 hint=f"the dict.txt beside {path}")  # a repeated symbol: both line numbers
     state = _load_fairseq_checkpoint(path)
     args = _fairseq_model_args(state, path)
-    try:
-        dictionary = Dictionary.load(dict_path)
-    except Exception as e:
-        raise TreLMError(f"{dict_path}: not a valid fairseq dictionary: {e}") from None
 
     src = _Tensors(path, _upgrade_fairseq_keys(state["model"]))
     layers = int(args.encoder_layers)

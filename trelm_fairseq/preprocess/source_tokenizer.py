@@ -29,7 +29,7 @@ import sys
 from typing import Dict, Iterable, List, Optional
 
 from ..errors import TreLMError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, iter_raw_lines
 
 # Where ``trelm-import`` copies the source tokenizer inside its output folder,
 # and the descriptor it writes there.
@@ -247,18 +247,17 @@ def encode_file(tokenizer: SourceTokenizer, in_path: str, out_path: str, chunk: 
     if not os.path.isfile(in_path):
         raise TreLMError(f"{in_path}: input text file not found")
     n = 0
-    try:
-        with open(in_path, encoding="utf-8", newline="\n") as fin, atomic_write(out_path) as fout:
-            buf: List[str] = []
-            for line in fin:
-                buf.append(line)
-                if len(buf) >= chunk:
-                    n += _flush(tokenizer, buf, fout)
-                    if log:
-                        print(f"[trelm-import] encoded {n} lines", file=log, flush=True)
-            n += _flush(tokenizer, buf, fout)
-    except UnicodeDecodeError as e:
-        raise TreLMError(f"{in_path}: after line {n}: not UTF-8 text ({e.reason})") from None
+    # fileio's reader: a byte that is not UTF-8 is named with its line and byte offset (the
+    # lines before it may still sit in the batch, so the count of encoded lines cannot say)
+    with atomic_write(out_path) as fout:
+        buf: List[str] = []
+        for _, line in iter_raw_lines(in_path):
+            buf.append(line)
+            if len(buf) >= chunk:
+                n += _flush(tokenizer, buf, fout)
+                if log:
+                    print(f"[trelm-import] encoded {n} lines", file=log, flush=True)
+        n += _flush(tokenizer, buf, fout)
     if log:
         print(f"[trelm-import] wrote {out_path}: {n} lines", file=log, flush=True)
     return n

@@ -7,7 +7,13 @@ ROOT = ``<s>``.  Validation decodes (Eisner by default) and reports UAS / LAS
 with punctuation excluded (the criterion logs them).
 
 Evaluation splits are batched with ``required_batch_size_multiple = 1`` whatever
-the command line says, so no sentence is ever left out of a valid/test pass.
+the command line says, so no sentence is ever left out of a valid/test pass for the
+batch size.  Sentences longer than the positions (``--max-positions`` and the model's,
+the smaller; ``<s>`` and ``</s>`` included) are skipped with a logged count per split,
+in training and validation alike (fairseq would stop at the first one in validation);
+a split with no sentence left is an error.  trelm-parse-prepare already leaves them out
+for the model it prepares for; ``strict_lengths = True`` (trelm-parse-eval) makes any
+over-long sentence an error instead.
 """
 import logging
 import os
@@ -84,6 +90,7 @@ class TreLMParsingTask(FairseqTask):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.labels = labels
+        self.strict_lengths = False  # True: an over-long sentence is an error (evaluation), not skipped
 
     @classmethod
     def load_dictionary(cls, filename):
@@ -157,6 +164,31 @@ class TreLMParsingTask(FairseqTask):
         logger.info("loaded %d sentences (%d words) from %s", n, int(words["heads"].sizes.sum()), split)
         self.datasets[split] = dataset
         return dataset
+
+    def _split_name(self, dataset) -> str:
+        return next((name for name, ds in self.datasets.items() if ds is dataset), "dataset")
+
+    def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+        """Sentences longer than ``max_positions`` (<s> and </s> included) skipped with a
+        logged count (fairseq raises "Size of sample #N is invalid" for evaluation splits)."""
+        n = len(indices)
+        indices, ignored = dataset.filter_indices_by_size(indices, max_positions)
+        if len(ignored) == 0:
+            return indices
+        split = self._split_name(dataset)
+        data = utils.split_paths(self.cfg.data)[0]
+        longest = int(max(dataset.size(i) for i in ignored))
+        where = (f"{data}/{split}: {len(ignored)} of {n} sentences are longer than {max_positions} positions "
+                 f"(<s> and </s> included; --max-positions {self.cfg.max_positions} and the model's, the smaller), "
+                 f"the longest {longest}, first sentence #{ignored[0]}")
+        if self.strict_lengths:
+            raise TreLMError(f"{where}: prepare the data for this model: trelm-parse-prepare --checkpoint "
+                             f"<the trelm checkpoint> (or --max-positions {max_positions}) skips them")
+        if len(indices) == 0:
+            raise TreLMError(f"{where}: no sentence left: expected a model with more positions, or data "
+                             "prepared for this one (trelm-parse-prepare --checkpoint)")
+        logger.warning("%s: skipped", where)
+        return indices
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         if dataset is not self.datasets.get("train"):
