@@ -138,3 +138,44 @@ def test_report_without_parsing_says_so(tmp_path):
     comparison.write_report(report, str(tmp_path))
     md = (tmp_path / "results.md").read_text()
     assert "No parsing: no treebank is packaged for de." in md and "UAS/LAS: test split" not in md
+
+
+def test_export_step_records_the_folder_and_prints_the_three_lines(tmp_path):
+    """The job's last step exports the TreLM checkpoint with trelm-export (faked here; the export
+    itself is tested in test_export.py) and the report and console show how to load it."""
+    calls = []
+
+    def fake_export(checkpoint, data, out, **kwargs):
+        calls.append((checkpoint, data, out, kwargs))
+        usage = ["from transformers import pipeline", f'fill = pipeline("fill-mask", model="{out}")',
+                 'print(fill("Dosya <mask> seçin."))']
+        return {"out": out, "layout": "roberta", "usage": usage, "example": {"masked": "Dosya <mask> seçin."},
+                "check": {"max_abs_diff_hidden": 2.5e-6, "max_abs_diff_logits": 7.0e-6}}
+
+    report = _report()
+    export = comparison.export_trelm("ck.pt", "data", str(tmp_path), "tr", report, export=fake_export)
+    (checkpoint, data, out, kwargs), = calls
+    assert (checkpoint, data, out) == ("ck.pt", "data", str(tmp_path / "hf"))
+    assert kwargs["lang"] == "tr" and kwargs["force"] and kwargs["results"] is report
+    assert export["dir"] == str(tmp_path / "hf") and export["max_abs_diff_logits"] == 7.0e-6
+    block = comparison.usage_block(export).splitlines()
+    assert block[-3:] == export["usage"] and str(tmp_path / "hf") in block[0]
+    report["export"] = export
+    comparison.write_report(report, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "## Using the transferred model" in md and 'fill = pipeline("fill-mask"' in md and "7.0e-06" in md
+    assert json.loads((tmp_path / "results.json").read_text())["export"]["dir"] == str(tmp_path / "hf")
+
+
+def test_export_refused_does_not_fail_the_job(tmp_path):
+    from trelm_fairseq.errors import TreLMError
+
+    def refuse(checkpoint, *a, **k):
+        raise TreLMError(f"{checkpoint}: tri_layer_identity_embed=True ...")
+
+    export = comparison.export_trelm("ck.pt", "data", str(tmp_path), "tr", export=refuse)
+    assert export["dir"] is None and "tri_layer_identity_embed" in export["error"]
+    assert "was not exported" in comparison.usage_block(export)
+    report = dict(_report(), export=export)
+    comparison.write_report(report, str(tmp_path))
+    assert "Not exported: ck.pt: tri_layer_identity_embed" in (tmp_path / "results.md").read_text()

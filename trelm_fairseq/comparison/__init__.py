@@ -20,16 +20,20 @@ Steps (each resumable: a re-run skips what is finished):
     Tr only) and module classification of help paragraphs (target-language training, and
     zero-shot: English training, target-language test)
  4. report: <results>/results.md, results.json, mlm_loss.png; the table is printed.
+ 5. the TreLM model's final checkpoint exported for transformers into <results>/hf
+    (trelm-export: BERT / RoBERTa classes, fast tokenizer, model card); the three lines of
+    transformers code that load it and fill a mask in the target language are printed.
 
 Modules: budgets (the models, Budgets), commands (running the package's tools), surgery
 (checkpoint surgery), pretraining (stage plans), curves (target MLM loss, time to quality),
-finetune (downstream fine-tuning launchers), downstream (step 3), report, job (the steps in
-order).  The command line is trelm_fairseq/cli/demo.py.
+finetune (downstream fine-tuning launchers), downstream (step 3), report, publish (step 5),
+job (the steps in order).  The command line is trelm_fairseq/cli/demo.py.
 """
 from .budgets import MODEL_TITLES, MODELS, PARSING_LANGS, Budgets, budgets_from_args  # noqa: F401
 from .curves import target_curves, time_to_quality, valid_curve, validate_target_mlm  # noqa: F401
 from .finetune import finetune_classifier, finetune_parser, prune_checkpoints  # noqa: F401
 from .job import run_job  # noqa: F401
 from .pretraining import plan_for  # noqa: F401
+from .publish import export_trelm, usage_block  # noqa: F401
 from .report import mean_std, plot_curves, results_table, vocab_line, write_report  # noqa: F401
 from .surgery import derived_init, model_shape_args, with_transfer_cfg  # noqa: F401

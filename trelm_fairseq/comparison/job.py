@@ -11,6 +11,7 @@ from .commands import BIN, run, say
 from .curves import target_curves, time_to_quality
 from .downstream import evaluate_downstream
 from .pretraining import final_checkpoints, model_plans, pretrain
+from .publish import export_trelm, usage_block
 from .report import vocab_line, write_report
 
 
@@ -60,14 +61,18 @@ def run_job(args) -> Dict:
     t0 = time.time()
     cls_counts, downstream = evaluate_downstream(checkpoints, data, work, lang, b, seeds)
     timings["downstream"] = time.time() - t0
-    timings["total"] = time.time() - t_job
 
-    # 4. report
+    # 4. report, with the TreLM model exported for transformers (its model card quotes the results)
     report = {
         "lang": lang, "seeds": seeds, "budgets": asdict(b), "pretrain_budget_updates": b.pretrain_total,
         "pretraining": pretraining, "checkpoints": checkpoints, "downstream": downstream, "curves": curves,
         "time_to_quality": time_to_quality(curves, b.pretrain_total),
         "classification_data": cls_counts, "timings_seconds": timings, "prepare": prepare,
     }
+    t0 = time.time()
+    report["export"] = export_trelm(checkpoints["trelm"], data, results, lang, report)
+    timings["export"] = time.time() - t0
+    timings["total"] = time.time() - t_job
     write_report(report, results)
+    say(usage_block(report["export"]))
     return report

@@ -69,6 +69,22 @@ def _stage_rows(pretraining: Dict) -> List[str]:
             for m, p in pretraining.items() for r in p["stages"]]
 
 
+def _export_lines(export: Optional[Dict]) -> List[str]:
+    """The section on the exported model (trelm-export into <results>/hf), when the job made one."""
+    if not export:
+        return []
+    if not export.get("dir"):
+        return ["## Using the transferred model", "", f"Not exported: {export.get('error')}", ""]
+    diff = ""
+    if export.get("max_abs_diff_hidden") is not None:
+        diff = (f" Max abs difference to the fairseq model on valid sentences: {export['max_abs_diff_hidden']:.1e} "
+                f"(hidden states), {export['max_abs_diff_logits']:.1e} (MLM logits).")
+    return ["## Using the transferred model", "",
+            f"The TreLM model's final checkpoint, exported for `transformers` ({export.get('layout')} classes, "
+            f"tokenizer and model card included): `{export['dir']}`.{diff}", "",
+            "```python", *export["usage"], "```", ""]
+
+
 def results_markdown(report: Dict, plot: Optional[str]) -> str:
     """results.md: the table and how it was measured, time to quality, stages, wall-clock."""
     md = [
@@ -103,6 +119,7 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "|---|---|---|---|---|",
         *_stage_rows(report["pretraining"]),
         "",
+        *_export_lines(report.get("export")),
         "## Wall-clock (s)",
         "",
         "| step | seconds |",
