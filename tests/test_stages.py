@@ -311,3 +311,30 @@ def test_a_diverged_or_out_of_memory_stage_says_what_to_change(data_dir, tmp_pat
     with pytest.raises(StageFailed, match=r"exited 3; see .*train\.log\. Run again to resume from the stage's "
                                           r"checkpoint_last\.pt \(update 2\)\.$"):
         quiet_run(fake_plan(data_dir, tmp_path / "c"), stages="1")
+
+
+def test_two_runs_on_the_same_stage_do_not_both_write_it(data_dir, tmp_path, fake, monkeypatch):
+    """A second trelm-stages (or sweep job) on a stage that is being trained stops at once,
+    naming the holder; once the first is gone, the stage runs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    plan = fake_plan(data_dir, out)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from trelm_fairseq.fileio import exclusive\n"
+        "with exclusive(sys.argv[2], 'trelm-stages stage 1 (commonality)'):\n"
+        "    print('held', flush=True); time.sleep(60)"),
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(out / "1-commonality")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TreLMError, match=rf"1-commonality: in use by trelm-stages stage 1 \(commonality\) "
+                                             rf"\(pid {holder.pid}\); wait for it to finish"):
+            quiet_run(plan, stages="1")
+        assert not plan.stages["1"].done() and read_calls(fake) == []  # nothing was started
+    finally:
+        holder.kill()
+        holder.wait()
+    quiet_run(plan, stages="1")  # the kernel released the killed holder's lock
+    assert plan.stages["1"].done()

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .fileio import cached_json, read_json, run_logged, write_json
+from .fileio import cached_json, exclusive, read_json, run_logged, write_json
 from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
@@ -461,7 +461,9 @@ def run_stage(plan: StagePlan, key: str, log: Callable[[str], None] = print, ech
     say = printer(log)
     if stage.done():
         _say_finished(stage, say)
-    return cached_json(stage.marker_path, lambda: _execute(stage, say, echo), None, *MARKER_WHAT)
+        return stage.marker()
+    with exclusive(stage.dir, f"trelm-stages stage {key} ({stage.name})"):  # one writer per stage folder
+        return cached_json(stage.marker_path, lambda: _execute(stage, say, echo), None, *MARKER_WHAT)
 
 
 def _say_finished(stage: Stage, say) -> None:
