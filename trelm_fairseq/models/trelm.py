@@ -353,6 +353,27 @@ class TreLMModel(FairseqEncoderModel):
             x = self.classification_heads[classification_head_name](x)
         return x, extra
 
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file=None, data_name_or_path=None, lang=None,
+                        data=None, lower_case=None, **kwargs):
+        """A ``TreLMHubInterface`` (eval mode) with ``encode`` / ``decode`` / ``extract_features`` /
+        ``fill_mask``, as fairseq's ``RobertaModel.from_pretrained``: ``model_name_or_path`` is a
+        run directory (trelm-stages / trelm-demo output: its last stage's checkpoint and the data
+        directory of its plan) or a checkpoint (``data``: its trelm-prepare data directory);
+        ``checkpoint_file`` picks another finished stage (key or name) or file; ``lang`` is the
+        default language of the texts (default: the target language).  models/hub_interface.py."""
+        if kwargs:
+            raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
+        if data is not None and data_name_or_path is not None and data != data_name_or_path:
+            raise TypeError("from_pretrained: give the data directory once (data= or data_name_or_path=)")
+        # through the package (its __init__ imports every models/ module): hub_interface uses
+        # checkpoint.py, which imports this module, so this one names no module above it
+        from trelm_fairseq import models
+
+        return models.hub_interface.from_pretrained(
+            model_name_or_path, checkpoint_file=checkpoint_file, data=data or data_name_or_path, lang=lang,
+            lower_case=lower_case)
+
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         logits = net_output[0].float()
         return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)
