@@ -58,7 +58,8 @@ def make_data(root, lower=True, seed=0):
     return root
 
 
-def make_checkpoint(path, data, tri_layer=True, seed=0, **overrides):
+def make_checkpoint(path, data, tri_layer=True, seed=0, std=0.2, **overrides):
+    """A trelm checkpoint for ``data`` with every parameter random (linear weights N(0, std))."""
     torch.manual_seed(seed)
     d = load_dictionary(os.path.join(data, "dict.txt"))
     cfg = model_config(overrides.pop("arch", "trelm_tiny"), tri_layer=tri_layer, **overrides)
@@ -70,7 +71,7 @@ def make_checkpoint(path, data, tri_layer=True, seed=0, **overrides):
             elif name.endswith("weight") and ("norm" in name):
                 p.uniform_(0.5, 1.5)
             else:
-                p.normal_(0.0, 0.2)
+                p.normal_(0.0, std)
         model.encoder.embed_langs.weight[1].normal_(0.0, 1.0)  # the target row, folded in
     save_checkpoint(path, model, cfg)
     return path
@@ -128,6 +129,8 @@ def max_differences(ckpt, data, out, lang_id=1):
     d_base = (feats - base).abs()[keep].max().item()
     d_logits = (logits - out_mlm.logits).abs()[keep].max().item()
     assert logits[keep].abs().max() > 1.0  # not a degenerate comparison
+    print(f"\n(largest |logit| {logits[keep].abs().max().item():.1f}, "
+          f"largest |hidden| {feats[keep].abs().max().item():.1f})")
     return max(d_hidden, d_base), d_logits
 
 
@@ -189,7 +192,7 @@ def test_tokenizer_gives_trelm_ids(data_lower, data_cased, tmp_path, lower):
 def test_minilm_size_model(tmp_path):
     """6 layers, 384 wide, 12 heads, BERT LayerNorm eps, a TRILayer (trelm_minilm), random weights."""
     data = make_data(str(tmp_path / "data"))
-    ckpt = make_checkpoint(str(tmp_path / "model.pt"), data, arch="trelm_minilm")
+    ckpt = make_checkpoint(str(tmp_path / "model.pt"), data, arch="trelm_minilm", std=0.05)
     out = str(tmp_path / "hf")
     export_model(ckpt, data, out)
     d_hidden, d_logits = max_differences(ckpt, data, out)

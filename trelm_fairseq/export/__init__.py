@@ -57,7 +57,7 @@ def trelm_encode(sp, dictionary, line: str, lang: str, lower_case: bool) -> List
     return [dictionary.bos()] + [dictionary.index(p) for p in pieces] + [dictionary.eos()]
 
 
-def valid_sentences(data: str, lang: str, n: int = CHECK_SENTENCES) -> List[str]:
+def valid_sentences(data: str, lang: str, n: int = 4 * CHECK_SENTENCES) -> List[str]:
     """Up to n sentences of the language's valid split: the raw corpus text when trelm-prepare
     fetched it, else the normalised text it wrote; a few fixed sentences when neither is there."""
     from ..preprocess.layout import text_path
@@ -73,15 +73,21 @@ def valid_sentences(data: str, lang: str, n: int = CHECK_SENTENCES) -> List[str]
 
 
 def masked_example(sentences: List[str]) -> Dict:
-    """A real sentence with one word replaced by <mask> (for the card and the demo)."""
-    for s in sentences:
+    """A real sentence with one word replaced by <mask> (for the card and the demo): a plain
+    sentence of 5-14 words (starts with a letter, ends with a full stop, mostly words), its
+    longest inner word masked."""
+    def plain(s: str) -> bool:
         words = s.split()
-        if 4 <= len(words) <= 14:
-            cands = [i for i, w in enumerate(words) if i > 0 and w.isalpha() and len(w) >= 3]
-            if cands:
-                i = cands[len(cands) // 2]
-                return {"sentence": s, "word": words[i], "masked": " ".join(words[:i] + ["<mask>"] + words[i + 1:])}
-    words = (sentences or ["a b"])[0].split()
+        wordy = sum(w.strip(".,;:!?\"'()").isalpha() for w in words)
+        return 5 <= len(words) <= 14 and s[0].isalpha() and s.endswith(".") and wordy >= 0.8 * len(words)
+
+    for s in sorted(sentences, key=lambda x: not plain(x)):
+        words = s.split()
+        inner = [i for i in range(1, len(words) - 1) if words[i].isalpha() and len(words[i]) >= 3]
+        if len(words) >= 3 and inner:
+            i = max(inner, key=lambda j: len(words[j]))
+            return {"sentence": s, "word": words[i], "masked": " ".join(words[:i] + ["<mask>"] + words[i + 1:])}
+    words = (sentences or ["a b"])[0].split() or ["a"]
     return {"sentence": " ".join(words), "word": words[-1], "masked": " ".join(words[:-1] + ["<mask>"])}
 
 
@@ -101,6 +107,7 @@ def _check(tmp: str, model, lang_id: int, sentences: List[str], sp, dictionary, 
     from .model import compare
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(tmp)
     hf_model = AutoModelForMaskedLM.from_pretrained(tmp)
     ids = []
@@ -189,8 +196,8 @@ def export_model(checkpoint: str, data: str, out: str, lang: Optional[str] = Non
         save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         T.write_tokenizer(tok, tmp, cfg.max_positions)
         if check:
-            info["check"] = _check(tmp, model, lang_id, sentences, sp, dictionary, lang, lower, cfg.max_positions,
-                                   example["masked"])
+            info["check"] = _check(tmp, model, lang_id, sentences[:CHECK_SENTENCES], sp, dictionary, lang, lower,
+                                   cfg.max_positions, example["masked"])
             log(f"export check: max abs difference {info['check']['max_abs_diff_hidden']:.2e} (hidden states), "
                 f"{info['check']['max_abs_diff_logits']:.2e} (MLM logits) on {info['check']['sentences']} sentences")
         write_text(os.path.join(tmp, "README.md"), model_card(info))
