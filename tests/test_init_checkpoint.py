@@ -310,3 +310,17 @@ def test_cli_errors(dirs, tmp_path, capsys):
         map_embeddings.cli_main(["--help"])
     assert e.value.code == 0
     assert "--source-model" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- reproducibility
+def test_deterministic_runs_give_byte_identical_checkpoints(rotated, tmp_path):
+    """--deterministic = one fastText thread (it overrides --threads 2): the same inputs and
+    seed give the same init/model.pt, byte for byte (the checkpoint holds no timings)."""
+    src, data, cli, *_ = rotated
+    cli = [a if a != "1" or cli[i - 1] != "--threads" else "2" for i, a in enumerate(cli)]
+    assert cli[cli.index("--threads") + 1] == "2"
+    outs = [str(tmp_path / f"init{k}.pt") for k in (1, 2)]
+    reports = [run_cli(src, data, *cli, "--deterministic", "--out", out) for out in outs]
+    assert all(r["fasttext_threads"] == 1 and r["deterministic"] for r in reports)
+    assert open(outs[0], "rb").read() == open(outs[1], "rb").read()
+    assert "seconds" in reports[0] and "seconds" not in load_checkpoint(outs[0])["trelm"]["init"]

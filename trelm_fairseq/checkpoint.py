@@ -321,19 +321,38 @@ def check_fits(path: str, want, dict_path: str, what: str, source: str) -> None:
             )
 
 
-def unreadable_message(path: str, e: Exception) -> str:
-    """What went wrong with an unreadable checkpoint and what to do about it."""
+STAGE_MARKER = "stage_done.json"  # stages.MARKER: a finished trelm-stages stage's folder has it
+
+
+def unreadable_message(path: str, e: Exception, resuming: bool = False) -> str:
+    """What went wrong with an unreadable checkpoint and what to do about it, true where it is
+    printed: `resuming` is fairseq-train resuming its own checkpoint_last.pt (the plugin's
+    guard); otherwise our code reads the file (trelm-stages starting the next stage from a
+    finished stage's output, trelm-combine, evaluation)."""
     msg = (f"{path}: not a readable checkpoint (truncated or corrupted, e.g. the run was killed while "
            f"it was being written): {type(e).__name__}: {(str(e).splitlines() or [''])[0].rstrip('.')}")
-    if os.path.basename(path) == "checkpoint_last.pt":
-        intact = intact_checkpoints(os.path.dirname(os.path.abspath(path)), exclude=(path,))
-        if intact:
-            updates, newest = intact[0]
-            msg += (f". The newest intact checkpoint next to it is {newest} ({updates} updates): copy it over "
-                    f"{path} to resume from there (trelm-stages does this itself), or delete {path} to start "
-                    "the run over")
+    folder = os.path.dirname(os.path.abspath(path))
+    marker = os.path.join(folder, STAGE_MARKER)
+    intact = intact_checkpoints(folder, exclude=(path,))
+    newest = (f"the newest intact checkpoint next to it is {intact[0][1]} ({intact[0][0]} updates)" if intact
+              else "no intact checkpoint is next to it")
+    if os.path.isfile(marker):  # the output of a finished trelm-stages stage
+        if os.path.basename(path) == "checkpoint_last.pt" and intact:
+            msg += (f". It is the output of a finished trelm-stages stage and {newest}: delete {marker} and run "
+                    "trelm-stages again: it copies that checkpoint over this one and trains the stage to its "
+                    f"budget (or delete {folder} to redo the stage)")
         else:
-            msg += f". No intact checkpoint next to it: delete {path} to start the run over"
+            msg += (f". It is the output of a finished trelm-stages stage and {newest}: delete {folder} and run "
+                    "trelm-stages again to redo the stage")
+    elif os.path.basename(path) == "checkpoint_last.pt":
+        if intact and resuming:
+            msg += (f". The {newest[4:]}: copy it over {path} to resume from there (run the same command again), "
+                    f"or delete {path} to start the run over (trelm-stages makes this copy itself when it resumes "
+                    "an unfinished stage)")
+        elif intact:
+            msg += f". The {newest[4:]}: copy it over {path} to use that one instead, or re-create {path}"
+        else:
+            msg += f". No intact checkpoint is next to it: delete {path} to start the run over"
     else:
         msg += ": delete it and re-create it (or restore a copy)"
     return msg
@@ -355,7 +374,7 @@ def guard_fairseq_checkpoint_loading() -> None:
         except Exception as e:
             if isinstance(e, TreLMError) or not os.path.isfile(path) or checkpoint_num_updates(path) is not None:
                 raise  # not a damaged file: fairseq's own error
-            raise TreLMError(unreadable_message(path, e)) from e
+            raise TreLMError(unreadable_message(path, e, resuming=True)) from e
 
     load_checkpoint_to_cpu.trelm = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

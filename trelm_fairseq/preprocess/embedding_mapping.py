@@ -284,6 +284,8 @@ def run_adversarial(problem: MappingProblem, args, log) -> Dict:
 
 
 def _check_args(args) -> None:
+    if getattr(args, "deterministic", False):
+        args.threads = 1  # fastText's Hogwild threads are the only run-to-run difference
     if not args.no_mapping and not args.text and not args.load_vectors:
         raise TreLMError("--text: the tokenized training text is required (or --load-vectors, or --no-mapping)")
     if not 0 <= args.heldout < 1:
@@ -409,7 +411,10 @@ def write_init_checkpoint(args, v: Vocabularies, fill: torch.Tensor, out: str, r
     report["tri_layer_copy"] = args.tri_layer_copy
     report["seconds"] = seconds
     seconds["total"] = round(time.time() - t_start, 2)  # meta: up to the save
-    save_init_checkpoint(out, model, cfg, {"init": report, "source_model": report["source_model"],
+    # the checkpoint holds no timings (they are in the report and the log): with --deterministic
+    # the same inputs give the same bytes
+    figures = {k: v for k, v in report.items() if k != "seconds"}
+    save_init_checkpoint(out, model, cfg, {"init": figures, "source_model": report["source_model"],
                                            "source_fingerprint": report["source_fingerprint"]})
     seconds["checkpoint"] = round(time.time() - t0, 2)
     seconds["total"] = round(time.time() - t_start, 2)
@@ -440,6 +445,8 @@ def run(args) -> Dict:
         "copied": v.n_copied,
         "method": "none" if args.no_mapping else args.method,
         "seed": args.seed,
+        "fasttext_threads": None if args.no_mapping or args.load_vectors else args.threads,
+        "deterministic": bool(getattr(args, "deterministic", False)) or args.threads == 1,
     }
     fill = random_embeddings(n_new, v.source_emb, torch.Generator().manual_seed(args.seed))
     n_random = n_new - v.n_copied

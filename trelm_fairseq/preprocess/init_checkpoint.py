@@ -108,9 +108,10 @@ def load_source(source_model: str) -> Tuple[Dict, object, Dictionary, str]:
     if not os.path.isfile(path):
         raise TreLMError(f"{path}: source model checkpoint not found (expected --source-model DIR with "
                          "model.pt + dict.txt, e.g. written by trelm-import)")
+    # the dictionary first: it is cheap to check, the checkpoint may be big
+    old = load_dictionary(dict_path, add_mask=False, what="source dictionary", hint=f"expected next to {path}")
     state = load_checkpoint(path)
     cfg = checkpoint_model_config(state, path)
-    old = load_dictionary(dict_path, add_mask=False, what="source dictionary", hint=f"expected next to {path}")
     emb = state["model"].get("encoder.embed_tokens.weight")
     if emb is None:
         raise TreLMError(f"{path}: no encoder.embed_tokens.weight: not a trelm checkpoint")

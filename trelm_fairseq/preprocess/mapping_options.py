@@ -38,9 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the last lower layer (lower, the previous default)")
     p.add_argument("--target-lang-std", type=float, default=0.0,
                    help="std of the noise added to the target-language embedding row (a copy of row 0)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of fastText, the held-out split, the mapping and the random rows; the same seed "
+                        "gives the same init/model.pt only with one fastText thread (--deterministic)")
     p.add_argument("--threads", type=int, default=2,
-                   help="fastText and torch threads (fastText vectors are bit-reproducible only with 1 thread)")
+                   help="fastText and torch threads; with more than 1, fastText's lock-free (Hogwild) updates make "
+                        "every run's vectors, and so the mapped rows of init/model.pt, differ slightly (measured "
+                        "max abs 0.24-0.34 between two 2-thread runs)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-reproducible output: fastText (and torch) on 1 thread, so the same inputs and --seed "
+                        "give a byte-identical init/model.pt (slower fastText step); overrides --threads")
     p.add_argument("--device", default="cpu",
                    help="torch device for the mapping (e.g. cuda; fastText always runs on the CPU)")
     p.add_argument("--report-json", metavar="PATH", default=None, help="also write the report as JSON")
@@ -51,14 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fasttext_options(g) -> None:
-    g.add_argument("--ft-epochs", type=int, default=5)
+    g.add_argument("--ft-epochs", type=int, default=5, help="fastText training epochs over the text")
     g.add_argument("--ft-min-count", type=int, default=3, help="pieces seen fewer times get n-gram vectors only "
                    "and are left out of the mapping dictionaries")
     g.add_argument("--ft-minn", type=int, default=3, help="min character n-gram (0 with --ft-maxn 0: none)")
     g.add_argument("--ft-maxn", type=int, default=6, help="max character n-gram")
-    g.add_argument("--ft-lr", type=float, default=0.05)
-    g.add_argument("--ft-window", type=int, default=5)
-    g.add_argument("--ft-neg", type=int, default=5)
+    g.add_argument("--ft-lr", type=float, default=0.05, help="fastText learning rate")
+    g.add_argument("--ft-window", type=int, default=5, help="fastText context window (pieces each side)")
+    g.add_argument("--ft-neg", type=int, default=5, help="fastText negative samples per positive")
     g.add_argument("--save-vectors", metavar="PATH", default=None, help="write the fastText vectors (.npz)")
     g.add_argument("--load-vectors", metavar="PATH", default=None,
                    help="reuse vectors written by --save-vectors instead of training fastText")
@@ -67,7 +74,8 @@ def _add_fasttext_options(g) -> None:
 def _add_mapping_options(g) -> None:
     g.add_argument("--heldout", type=float, default=0.15,
                    help="fraction of shared tokens held out of all dictionaries to measure precision@1")
-    g.add_argument("--csls-k", type=int, default=10)
+    g.add_argument("--csls-k", type=int, default=10,
+                   help="neighbourhood size of CSLS (cross-domain similarity local scaling) retrieval")
     g.add_argument("--max-rank", type=int, default=5000,
                    help="most frequent rows used for induced dictionaries, the model-selection criterion and "
                         "the CSLS neighbourhoods of the evaluation (0 = all; cost grows with its square)")
