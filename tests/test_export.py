@@ -13,7 +13,6 @@ import stat
 import pytest
 import torch
 
-import fairseq  # noqa: F401
 import trelm_fairseq  # noqa: F401  (registers the model with fairseq)
 from trelm_fairseq.checkpoint import build_model, load_dictionary, load_model, model_config, save_checkpoint
 from trelm_fairseq.errors import TreLMError
@@ -200,6 +199,25 @@ def test_minilm_size_model(tmp_path):
     assert d_hidden <= TOL and d_logits <= TOL
 
 
+def test_model_card_has_data_stages_and_results(data_lower, tmp_path):
+    run = tmp_path / "run"
+    (run / "4-language_specific").mkdir(parents=True)
+    ckpt = make_checkpoint(str(run / "4-language_specific" / "checkpoint_last.pt"), data_lower)
+    stages = {"plan": {"budgets": {"1": 24, "2a": 24, "2b": 24, "3": 0, "4": 48}, "lr": 5e-4, "seed": 1},
+              "stages": [{"stage": "4", "name": "language_specific", "updates": 48, "valid_loss": 9.2,
+                          "seconds": 515.0}]}
+    (run / "stages.json").write_text(json.dumps(stages))
+    results = {"downstream": {"trelm": {"uas": {"mean": 49.56, "std": 0.0, "runs": [49.56]}}},
+               "time_to_quality": {"reached": True, "fraction": 0.9}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    export_model(ckpt, data_lower, str(tmp_path / "hf"), results=str(tmp_path / "results.json"), check=False)
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert '`{"1": 24, "2a": 24, "2b": 24, "3": 0, "4": 48}`' in card
+    assert "| 4 | language_specific | 48 | 9.2 | 515 |" in card and "| trelm | 49.56 |" in card
+    assert "parallel sentence pairs train / valid / test: 400 / 10 / 0" in card and "lower-cased: True" in card
+    assert "after 0.900 of its updates" in card
+
+
 def test_activation_decides_the_layout(data_lower, tmp_path):
     ckpt = make_checkpoint(str(tmp_path / "model.pt"), data_lower, activation_fn="relu")
     with pytest.raises(TreLMError, match="RobertaLMHead always applies exact GELU"):
@@ -226,7 +244,7 @@ def _leftovers(folder):
 def test_cli_writes_and_refuses_an_existing_output(data_lower, tmp_path):
     ckpt = make_checkpoint(str(tmp_path / "model.pt"), data_lower)
     out = tmp_path / "hf"
-    proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", out], check=False)
+    proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", out, "--no-check"], check=False)
     assert proc.returncode == 0, proc.stdout
     assert 'fill = pipeline("fill-mask", model=' in proc.stdout and "<mask>" in proc.stdout
     before = (out / "model.safetensors").read_bytes()

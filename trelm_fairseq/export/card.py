@@ -149,7 +149,7 @@ def model_card(info: Dict) -> str:
         "## Source model and languages",
         "",
         f"- source model: `{prepare.get('source_model') or 'unknown'}`"
-        + (f" ({info['source_name']})" if info.get("source_name") else ""),
+        + (f" (its config.json names `{info['source_name']}`)" if info.get("source_name") else ""),
         f"- languages of the transfer: {', '.join(langs)}; this export: `{lang}`",
         "",
         "## Data",
