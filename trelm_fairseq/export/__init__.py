@@ -66,7 +66,8 @@ def valid_sentences(data: str, lang: str, n: int = 4 * CHECK_SENTENCES) -> List[
     for path in (os.path.join(data, "corpus", f"valid.{lang}"), os.path.join(data, "corpus", f"mono.{lang}.valid"),
                  text_path(work, "para", "valid", lang), text_path(work, "mono", "valid", lang)):
         if os.path.isfile(path):
-            lines = [ln for ln in read_lines(path) if 3 <= len(ln.split()) <= 40]
+            # words, or characters for scripts without spaces (zh, ja, km)
+            lines = [ln for ln in read_lines(path) if 3 <= len(ln.split()) <= 40 or 6 <= len(ln) <= 120]
             if lines:
                 return lines[:n]
     return ["İstanbul ve IŞIK 123 😀", "  a  short   test  ", "one more sentence"][:n]
@@ -87,8 +88,9 @@ def masked_example(sentences: List[str]) -> Dict:
         if len(words) >= 3 and inner:
             i = max(inner, key=lambda j: len(words[j]))
             return {"sentence": s, "word": words[i], "masked": " ".join(words[:i] + ["<mask>"] + words[i + 1:])}
-    words = (sentences or ["a b"])[0].split() or ["a"]
-    return {"sentence": " ".join(words), "word": words[-1], "masked": " ".join(words[:-1] + ["<mask>"])}
+    s = (sentences or ["a b c"])[0]  # no spaced words (zh, ja, km): the middle character
+    i = len(s) // 2
+    return {"sentence": s, "word": s[i], "masked": s[:i] + "<mask>" + s[i + 1:]}
 
 
 def _results(results: Union[None, str, Dict]):
