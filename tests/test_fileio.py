@@ -40,8 +40,26 @@ def test_bom_crlf_and_whitespace_normalised(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(TreLMError, match="cannot open"):
+    with pytest.raises(TreLMError, match="nope.txt: file not found"):
         fileio.read_lines(str(tmp_path / "nope.txt"))
+
+
+def test_directory_where_a_file_is_expected(tmp_path):
+    """Every reader (and the up-front check) says "is a directory, expected a file", never
+    "not found" or an IsADirectoryError traceback."""
+    d = tmp_path / "corpus.en"
+    d.mkdir()
+    f = _write(tmp_path / "train.tr", b"x\n")
+    expected = f"{d}: is a directory, expected a file"
+    for call in (lambda: fileio.read_lines(str(d)), lambda: list(fileio.iter_raw_lines(str(d))),
+                 lambda: fileio.read_parallel(str(d), f), lambda: fileio.read_parallel(f, str(d)),
+                 lambda: fileio.read_json(str(d)), lambda: fileio.file_sha256(str(d)),
+                 lambda: fileio.check_input_file(str(d), "parallel file")):
+        with pytest.raises(TreLMError) as e:
+            call()
+        assert str(e.value).startswith(expected), str(e.value)
+    with pytest.raises(TreLMError, match="nope: parallel file not found"):
+        fileio.check_input_file(str(tmp_path / "nope"), "parallel file")
 
 
 def test_mismatched_parallel_counts_names_both_files(tmp_path):
@@ -204,3 +222,113 @@ def test_read_and_cached_json_name_a_damaged_record(tmp_path):
         fileio.cached_json(str(path), dict, what="stage marker", remedy="delete it to redo the stage")
     with pytest.raises(TreLMError, match="nope.json: run record not found"):
         fileio.read_json(str(tmp_path / "nope.json"), "run record")
+
+
+# ----- temporaries of dead runs ----------------------------------------------------------
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid  # reaped: no such process any more
+
+
+def test_temporaries_carry_the_pid_and_only_dead_runs_ones_are_removed(tmp_path):
+    import subprocess
+
+    with fileio.atomic_write(str(tmp_path / "dict.txt")) as f:
+        (name,) = [p for p in os.listdir(tmp_path) if p != "dict.txt"]
+        assert name.startswith(f".dict.txt.{os.getpid()}.") and name.endswith(".tmp")
+        assert fileio.temporary_owner(name) == os.getpid()
+        f.write("x\n")
+    with fileio.atomic_output(str(tmp_path / "m.npz"), suffix=".npz") as tmp:
+        assert fileio.temporary_owner(os.path.basename(tmp)) == os.getpid() and tmp.endswith(".tmp.npz")
+        open(tmp, "w").close()
+    with fileio.temporary_folder(str(tmp_path / "work" / "align")) as tmp:
+        assert os.path.basename(tmp).startswith(f".align.{os.getpid()}.")
+    assert not os.path.exists(tmp)
+
+    dead = _dead_pid()
+    sleeper = subprocess.Popen(["sleep", "30"])  # a live run of another process
+    try:
+        sub = tmp_path / "para"
+        sub.mkdir()
+        stale = [tmp_path / f".dict.txt.{dead}.ab12cd34.tmp", sub / f".en.{dead}.x_9ab0cd.tmp",
+                 tmp_path / f".model.pt.{dead}.abcdefgh.tmp.pt", tmp_path / f".tmp-{dead}-spm.train.txt",
+                 sub / f".en.{dead}.x_9ab0cd.tmp.old"]
+        live = [tmp_path / f".spm.txt.{os.getpid()}.ab12cd34.tmp", sub / f".gather.{sleeper.pid}.qwertyui.tmp"]
+        others = [tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / "checkpoint_1_4.pt.tmp",
+                  tmp_path / f".x.{dead}.short.tmp"]
+        for p in stale[:1] + stale[2:4] + live[:1] + others:
+            p.write_text("half")
+        for p in (stale[1], stale[4], live[1]):
+            p.mkdir()
+            (p / "train.bin").write_text("half")
+        removed = fileio.remove_stale_temporaries(str(tmp_path))
+        assert sorted(removed) == sorted(map(str, stale))
+        assert not any(p.exists() for p in stale)
+        assert all(p.exists() for p in live + others)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_sigkill_leaves_a_temporary_that_the_next_run_removes(tmp_path):
+    """A real kill: a process killed while writing (fileio's temporary file, and a temporary
+    folder) leaves them; the next trelm-fetch-corpus run on that folder removes them."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "corpus"
+    code = (f"import os, signal\nfrom trelm_fairseq import fileio\n"
+            f"with fileio.temporary_folder({str(out / 'work')!r}) as d:\n"
+            f"    open(os.path.join(d, 'big'), 'w').write('x' * 1000)\n"
+            f"    with fileio.atomic_write({str(out / 'train.en')!r}) as f:\n"
+            f"        f.write('half a line'); f.flush()\n"
+            f"        os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    assert proc.wait() == -signal.SIGKILL
+    left = sorted(p.name for p in out.iterdir())
+    assert len(left) == 2 and all(fileio.temporary_owner(n) == proc.pid for n in left), left
+
+    from trelm_fairseq.cli import fetch_corpus
+
+    src, tgt = tmp_path / "a.en", tmp_path / "a.tr"
+    src.write_text("".join(f"Sentence number {i} here\n" for i in range(40)), encoding="utf-8")
+    tgt.write_text("".join(f"Cümle numarası {i} burada\n" for i in range(40)), encoding="utf-8")
+    assert fetch_corpus.cli_main(["--lang", "tr", "--out", str(out), "--parallel", str(src), str(tgt)]) == 0
+    assert (out / "corpus.json").exists()
+    assert not [p for p in out.iterdir() if fileio.temporary_owner(p.name) is not None]
+
+
+def test_failed_writes_leave_no_half_made_folder_or_log(tmp_path, monkeypatch):
+    """A write that fails at once (read-only, disk full) removes the folders it created and an
+    empty log it opened."""
+    import errno
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), k.get("dir"))
+
+    with monkeypatch.context() as m:
+        m.setattr(fileio.tempfile, "mkstemp", refuse)
+        with pytest.raises(TreLMError, match="a/b/c.txt: write failed: Read-only file system"):
+            fileio.write_text(str(tmp_path / "a" / "b" / "c.txt"), "x")
+    assert not (tmp_path / "a").exists()
+
+    log = tmp_path / "logs" / "run.log"
+    real_open = open
+
+    def full_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if str(path) == str(log):
+            f.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return f
+
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", full_open)
+        with pytest.raises(TreLMError, match="run.log: write failed: No space left on device"):
+            fileio.run_logged(["true"], str(log))
+    assert not (tmp_path / "logs").exists()

@@ -36,8 +36,11 @@ def sha(path):
 
 
 def leftovers(folder):
-    """Temporary files of the atomic writers anywhere under folder."""
-    return [str(p) for p in Path(folder).rglob("*") if p.name.startswith(".tmp") or p.name.endswith(".tmp")]
+    """Temporary files / folders of the atomic writers anywhere under folder."""
+    from trelm_fairseq.fileio import temporary_owner
+
+    return [str(p) for p in Path(folder).rglob("*")
+            if p.name.startswith(".tmp") or p.name.endswith(".tmp") or temporary_owner(p.name) is not None]
 
 
 # ----- write faults: disk full mid-way, read-only folder ------------------------------
@@ -223,7 +226,7 @@ def test_prepare_disk_full_mid_way_leaves_no_half_written_file(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert e.value.code == 2 and "error: fairseq-preprocess failed for mono/en: OSError: [Errno 28] No space left" in err
     assert {p: sha(p) for p in (data / "mono").rglob("*") if p.is_file()} == before
-    assert not list(data.glob(".tmp*")) and not (data / ".prepare" / "binarize.json").exists()
+    assert leftovers(data) == [] and not (data / ".prepare" / "binarize.json").exists()
 
     # a read-only output folder: a clear error before anything is written
     with monkeypatch.context() as m:
@@ -242,6 +245,70 @@ def test_stage_marker_write_failure_is_clear(tmp_path, monkeypatch):
         with pytest.raises(TreLMError, match=r"stage_done\.json: write failed: No space left on device"):
             write_json(str(tmp_path / "stage_done.json"), {"x": "y" * 100})  # as stages writes its marker
     assert hits and not (tmp_path / "stage_done.json").exists() and leftovers(tmp_path) == []
+
+
+def test_align_disk_full_leaves_neither_direction(tmp_path, monkeypatch, capsys):
+    """The disk fills up while trelm-align writes the second direction's gather dataset: a
+    clear error naming it, exit 2, and no gather dataset of either direction (they are written
+    in one temporary folder and moved into para/ together), no temporary left."""
+    import fairseq.data.indexed_dataset as indexed
+    from trelm_fairseq.cli import align as align_cli
+    from trelm_fairseq.cli import prepare as prepare_cli
+    from trelm_fairseq.preprocess import prepare as P
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus", n_train=80, n_valid=8, n_test=8, n_mono=20)
+    data = tmp_path / "data"
+    P.run_prepare(prepare_cli.build_parser().parse_args(
+        ["--tgt", "tr", "--out", str(data), "--corpus-dir", str(corpus), "--vocab-size", "100", "--threads", "1",
+         "--no-init"]))
+    for p in (data / "para").glob("*.gather.*"):
+        p.unlink()  # as before the first alignment
+
+    real_open = open
+    hits = []
+
+    def full_disk_open(path, mode="r", *a, **k):  # fairseq's builder opens its .bin by name
+        f = real_open(path, mode, *a, **k)
+        if "w" in mode and "gather.tr-en" in str(path):
+            hits.append(str(path))
+            return _FullDisk(f, 20)
+        return f
+
+    argv = ["--data", str(data), "--tgt", "tr", "--threads", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(indexed, "open", full_disk_open, raising=False)
+        with pytest.raises(SystemExit) as e:
+            align_cli.cli_main(argv)
+    err = capsys.readouterr().err
+    assert hits and e.value.code == 2 and "Traceback" not in err, err
+    assert f"error: {data / 'para' / 'train.gather.tr-en.bin'}: write failed: No space left on device" in err
+    assert sorted((data / "para").glob("*.gather.*")) == []  # neither direction
+    assert leftovers(data) == []
+    assert align_cli.cli_main(argv) == 0  # space again: both directions of every split
+    assert len(list((data / "para").glob("*.gather.*"))) == 3 * 2 * 2
+
+
+def test_same_language_twice_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--src en --tgt en (trelm-fetch-corpus: --src-lang en --lang en): a clear error up front,
+    exit 2, no output folder, instead of a traceback in binarize and leftovers."""
+    from trelm_fairseq.cli import align, fetch_corpus, prepare, vocab
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus", n_train=20, n_valid=4, n_test=4, n_mono=5)
+    out = tmp_path / "out"
+    calls = {
+        "trelm-vocab": (vocab, ["--corpus-dir", str(corpus), "--src", "en", "--tgt", "EN", "--out", str(out)]),
+        "trelm-align": (align, ["--data", str(out), "--src", "en", "--tgt", "en"]),
+        "trelm-prepare": (prepare, ["--src", "en", "--tgt", "en", "--out", str(out), "--corpus-dir", str(corpus)]),
+        "trelm-fetch-corpus": (fetch_corpus, ["--lang", "en", "--out", str(out), "--parallel",
+                                              str(corpus / "train.en"), str(corpus / "train.tr")]),
+    }
+    for name, (module, argv) in calls.items():
+        with pytest.raises(SystemExit) as e:
+            module.cli_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err, (name, err)
+        assert "expected two different languages" in err, (name, err)
+        assert not out.exists(), name
 
 
 # ----- checkpoints of another architecture / vocabulary / stage -----------------------

@@ -1,4 +1,5 @@
 """One exception type for every user-facing error, and the CLI wrappers that print it."""
+import errno
 import functools
 import os
 import sys
@@ -9,8 +10,31 @@ class TreLMError(Exception):
     field and what was expected.  CLIs print it without a traceback and exit 2."""
 
 
+# errno values that only a write can give (read-only file system, disk full, quota,
+# file too large); a permission error can be a read's or a write's
+_WRITE_ONLY_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_PERMISSION_ERRNOS = {errno.EACCES, errno.EPERM}
+
+
+def file_system_error(e: BaseException):
+    """A TreLMError naming the file for an OSError of the file system that escaped the
+    writers (read-only folder, disk full, no permission), else None."""
+    if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+        e = e.__context__  # torch's zip writer wraps the OSError
+    if not isinstance(e, OSError) or e.errno not in _WRITE_ONLY_ERRNOS | _PERMISSION_ERRNOS:
+        return None
+    path = e.filename if e.filename is not None else "(a file)"
+    if e.errno in _WRITE_ONLY_ERRNOS:
+        return write_error(path, e)
+    return TreLMError(f"{path}: {e.strerror or e} (errno {e.errno}): fix the permissions of the file or its "
+                      "folder (or choose another output folder) and run again")
+
+
 def cli_errors(main):
-    """Decorator for console-script entry points: TreLMError -> message + exit 2."""
+    """Decorator for console-script entry points: TreLMError -> message + exit 2.  A write
+    the package did not route through fileio's writers (or a tool writing by name) that
+    fails on a read-only / full file system is reported the same way: one `error:` line
+    naming the file, exit 2, no traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -18,6 +42,12 @@ def cli_errors(main):
             return main(*args, **kwargs)
         except TreLMError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except (OSError, RuntimeError) as e:
+            err = file_system_error(e)
+            if err is None or os.environ.get("TRELM_TRACEBACK"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -21,12 +21,18 @@ whole folder): the data lands in a temporary file next to the destination
 and is renamed over it only when complete, so a crash or an exception never leaves a
 half-written file behind; write failures (disk full, read-only folder) become a TreLMError
 naming the file.  `run_logged` is the one way to run a command and keep its output.
+
+Temporaries carry the writing process's id: `.<name>.<pid>.<random>.tmp` (files and
+folders; `atomic_output(..., suffix)` appends the suffix a tool needs), so that
+`remove_stale_temporaries` can remove those of dead runs (killed, or the machine went
+down) and never a live process's.
 """
 import contextlib
 import errno
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -67,14 +73,33 @@ class ReadStats:
                 f"{self.too_long} over-long)")
 
 
+def open_for_reading(path: str, mode: str = "r", what: str = "file", **kwargs):
+    """``open(path, mode)`` for reading; TreLMError naming the file when it is missing, a
+    directory or unreadable."""
+    try:
+        return open(path, mode, **kwargs)
+    except IsADirectoryError as e:
+        raise TreLMError(f"{path}: is a directory, expected a file ({what})") from e
+    except FileNotFoundError as e:
+        raise TreLMError(f"{path}: {what} not found") from e
+    except OSError as e:
+        raise TreLMError(f"{path}: cannot open {what}: {e.strerror or e}") from e
+
+
+def check_input_file(path: str, what: str = "file") -> str:
+    """``path`` when it is an existing file; else TreLMError: not found, or a directory
+    where a file is expected."""
+    if os.path.isdir(path):
+        raise TreLMError(f"{path}: is a directory, expected a file ({what})")
+    if not os.path.isfile(path):
+        raise TreLMError(f"{path}: {what} not found")
+    return path
+
+
 def iter_raw_lines(path: str) -> Iterator[Tuple[int, str]]:
     """Yield (line number, decoded line without its newline), checking the encoding."""
     offset = 0
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise TreLMError(f"{path}: cannot open: {e.strerror}") from e
-    with f:
+    with open_for_reading(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start = 0
             if lineno == 1 and raw.startswith(_BOM):
@@ -184,12 +209,15 @@ def read_parallel(src_path: str, tgt_path: str, *, strict: bool = False,
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
-def _write_failure(e: BaseException) -> Optional[OSError]:
+def write_failure(e: BaseException) -> Optional[OSError]:
     """The OSError of a failed write behind `e`, if any (torch's zip writer re-raises it
     as a RuntimeError whose context is that OSError)."""
     if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
         e = e.__context__
     return e if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS else None
+
+
+_write_failure = write_failure  # the old private name
 
 
 def _umask() -> int:
@@ -198,14 +226,137 @@ def _umask() -> int:
     return mask
 
 
+# ----- temporaries: named after their process, removable once it is gone --------------
+
+# .<name>.<pid>.<8 random chars>.tmp[<suffix>...]  (mkstemp / mkdtemp's random part; an
+# atomic_folder's previous version is <temp>.old); the trainer-text prefix of older
+# trelm-vocab runs (.tmp-<pid>-spm.*) is recognised too
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
+_OLD_SPM_RE = re.compile(r"^\.tmp-(?P<pid>\d+)-spm\.")
+
+
+def temp_prefix(path: str) -> str:
+    """The name prefix of this process's temporaries for `path`: `.<name>.<pid>.`"""
+    return f".{os.path.basename(os.path.normpath(path))}.{os.getpid()}."
+
+
+def temporary_owner(name: str) -> Optional[int]:
+    """The process id in a temporary's file name (None: not one of our temporaries)."""
+    m = _TEMP_RE.match(name) or _OLD_SPM_RE.match(name)
+    return int(m.group("pid")) if m else None
+
+
+def process_alive(pid: int) -> bool:
+    """Is there a process `pid` on this machine (one we may not signal counts as alive)?"""
+    if pid <= 0:
+        return True  # never guess about odd ids
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str, log: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Remove, anywhere under `folder`, the temporary files and folders left by runs
+    whose process is gone (killed, machine restarted): those named
+    `.<name>.<pid>.<random>.tmp...` whose pid is not a live process.  A live process's
+    temporaries are kept (another run writing here now).  Returns the removed paths.
+
+    The pid is this machine's: on a folder shared between machines a temporary of a
+    run on another machine looks stale; do not run two machines on one output folder."""
+    removed: List[str] = []
+    if not os.path.isdir(folder):
+        return removed
+    for root, dirs, files in os.walk(folder):
+        for name in list(dirs) + files:
+            pid = temporary_owner(name)
+            if pid is None or pid == os.getpid() or process_alive(pid):
+                continue
+            path = os.path.join(root, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise write_error(path, e) from e
+            removed.append(path)
+            if name in dirs:
+                dirs.remove(name)  # do not walk into what is gone
+    if removed and log is not None:
+        log(f"removed {len(removed)} temporary file(s) / folder(s) of earlier runs that did not finish: "
+            + ", ".join(os.path.relpath(p, folder) for p in removed))
+    return removed
+
+
+def make_dirs(path: str) -> List[str]:
+    """`os.makedirs(path, exist_ok=True)`; returns the folders it created (outermost
+    first).  A failure (read-only, disk full) is a write error naming `path`, and the
+    folders this call created are removed again (nothing half-made)."""
+    path = os.path.abspath(path)
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    missing.reverse()
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        _remove_dirs(missing)
+        raise write_error(path, e) from e
+    return missing
+
+
+def _remove_dirs(created: Sequence[str]) -> None:
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)  # only when still empty
+
+
+def replace(src: str, dst: str) -> None:
+    """`os.replace(src, dst)`; a failure is a write error naming `dst`."""
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        raise write_error(dst, e) from e
+
+
+@contextlib.contextmanager
+def temporary_folder(near: str):
+    """A temporary folder next to `near` (its name carries this process's id), removed
+    when the block ends, however it ends.  Creating it on a read-only / full disk is a
+    write error naming `near`."""
+    parent = os.path.dirname(os.path.abspath(near))
+    created = make_dirs(parent)
+    try:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(near), suffix=".tmp")
+    except OSError as e:
+        _remove_dirs(created)
+        raise write_error(near, e) from e
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w"):
     """Open a temporary file next to `path`; rename it to `path` only on success."""
     directory = os.path.dirname(os.path.abspath(path))
+    created = make_dirs(directory)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=".tmp")
     except OSError as e:  # read-only folder, no permission
+        _remove_dirs(created)
         raise write_error(path, e) from e
     try:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
@@ -218,7 +369,8 @@ def atomic_write(path: str, mode: str = "w"):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        cause = _write_failure(e)
+        _remove_dirs(created)
+        cause = write_failure(e)
         if cause is not None:  # disk full, quota, I/O error
             raise write_error(path, cause) from e
         raise
@@ -226,14 +378,15 @@ def atomic_write(path: str, mode: str = "w"):
 
 @contextlib.contextmanager
 def atomic_output(path: str, suffix: str = ""):
-    """Yield a temporary path next to `path` (ending in `suffix`, for tools that pick
-    the format by extension); rename it to `path` only when the block succeeds."""
+    """Yield a temporary path next to `path` (ending in `suffix` after `.tmp`, for tools
+    that pick the format by extension); rename it to `path` only when the block succeeds."""
     directory = os.path.dirname(os.path.abspath(path))
+    created = make_dirs(directory)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix or ".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=".tmp" + suffix)
         os.close(fd)
     except OSError as e:
+        _remove_dirs(created)
         raise write_error(path, e) from e
     try:
         yield tmp
@@ -242,7 +395,8 @@ def atomic_output(path: str, suffix: str = ""):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        cause = _write_failure(e)
+        _remove_dirs(created)
+        cause = write_failure(e)
         if cause is not None:
             raise write_error(path, cause) from e
         raise
@@ -254,10 +408,11 @@ def atomic_folder(path: str):
     when the block succeeds it takes the place of `path` (an old folder there is removed),
     otherwise it is removed and `path` is left as it was."""
     parent = os.path.dirname(os.path.abspath(path))
+    created = make_dirs(parent)
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(path), suffix=".tmp")
     except OSError as e:
+        _remove_dirs(created)
         raise write_error(path, e) from e
     try:
         yield tmp
@@ -265,13 +420,18 @@ def atomic_folder(path: str):
         if os.path.isdir(path):
             old = tmp + ".old"
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous version back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        cause = _write_failure(e)
+        _remove_dirs(created)
+        cause = write_failure(e)
         if cause is not None:
             raise write_error(path, cause) from e
         raise
@@ -317,10 +477,8 @@ def write_json(path: str, obj) -> None:
 def read_json(path: str, what: str = "JSON file", remedy: str = "delete it or restore it"):
     """A JSON file's content; TreLMError naming the file when it is missing or not JSON."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_for_reading(path, encoding="utf-8", what=what) as f:
             return json.load(f)
-    except FileNotFoundError as e:
-        raise TreLMError(f"{path}: {what} not found") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TreLMError(f"{path}: unreadable {what} (not valid JSON: {e}); {remedy}") from e
 
@@ -344,7 +502,7 @@ def cached_json(path: str, compute: Callable[[], object],
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_for_reading(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
@@ -371,13 +529,22 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
     lines: List[str] = []
     logf = None
     if log_path:
+        # a log that cannot be made leaves nothing behind (no new folder, no empty log)
+        created = make_dirs(os.path.dirname(os.path.abspath(log_path)))
+        new_file = not os.path.exists(log_path)
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
             logf = open(log_path, "a", encoding="utf-8")
+            logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+            logf.flush()
         except OSError as e:
+            if logf is not None:
+                with contextlib.suppress(OSError):
+                    logf.close()
+            if new_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(log_path)
+            _remove_dirs(created)
             raise write_error(log_path, e) from e
-        logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
-        logf.flush()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", bufsize=1, env=command_env() if env is None else env, cwd=cwd)
@@ -389,12 +556,55 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
                     logf.write(line)
                 if on_line:
                     on_line(line.rstrip("\n"))
+        except BaseException:
+            proc.kill()  # the log cannot be kept (disk full) or we were interrupted: stop the command
+            raise
         finally:
             proc.stdout.close()
             rc = proc.wait()
         if logf:
             logf.write(f"=== exit {rc}\n")
+            logf.flush()
+    except OSError as e:
+        cause = write_failure(e) if logf is not None else None
+        if cause is not None:  # the log's disk filled up: say so, naming it
+            raise write_error(log_path, cause) from e
+        raise
     finally:
         if logf:
-            logf.close()
+            with contextlib.suppress(OSError):
+                logf.close()
     return rc, "".join(lines)
+
+
+LOCK_NAME = ".trelm.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str, what: str):
+    """Hold `folder` for this process while the block runs: a second run writing the same
+    folder (another trelm-prepare on the data directory, another trelm-stages or sweep job
+    on the same stage) stops at once with a TreLMError naming the holder, instead of both
+    writing the same files.  The lock is the kernel's (flock): a killed holder releases it."""
+    import fcntl
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        f = open(os.path.join(folder, LOCK_NAME), "a+", encoding="utf-8")
+    except OSError as e:
+        raise write_error(os.path.join(folder, LOCK_NAME), e) from e
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise TreLMError(f"{folder}: in use by {holder}; wait for it to finish (or stop it) before running "
+                             f"{what} on it again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what} (pid {os.getpid()})\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock

@@ -9,7 +9,8 @@ from .. import fileio
 from ..errors import cli_errors
 from ..preprocess.align import align_data
 from ..languages import check_language
-from ..preprocess.progress import Timer
+from ..preprocess.layout import check_pair
+from ..preprocess.progress import Timer, log
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,8 @@ def add_align_args(p: argparse.ArgumentParser) -> None:
 def cli_main(argv=None):
     args = build_parser().parse_args(argv)
     src, tgt = check_language(args.src, "source language"), check_language(args.tgt, "target language")
+    check_pair(src, tgt)
+    fileio.remove_stale_temporaries(args.data, log=log)  # of earlier runs that were killed
     with Timer("align") as t:
         stats = align_data(args.data, src, tgt, args.unit_src, args.unit_tgt, seed=args.align_seed,
                            samplers=args.samplers, rel_iterations=args.rel_iterations, threads=args.threads)

@@ -9,6 +9,7 @@ import os
 from ..comparison import Budgets, results_table, run_job
 from ..comparison.budgets import UPDATE_BUDGETS
 from ..errors import TreLMError, cli_errors
+from ..fileio import make_dirs
 from ..preprocess.vocab import vocab_size_arg
 
 
@@ -46,6 +47,8 @@ def cli_main(argv=None) -> None:
         raise TreLMError("--scale must be > 0 and --seeds >= 1")
     args.work = args.work or os.path.join("runs", args.lang)
     args.results = args.results or os.path.join("results", args.lang)
+    for folder in (args.results, args.work):  # a read-only / full disk: one clear error up front
+        make_dirs(folder)
     report = run_job(args)
     print()
     print(results_table(report))

@@ -10,6 +10,7 @@ import os
 import time
 
 from ..errors import TreLMError, cli_errors
+from ..fileio import make_dirs
 from ..sweep import (
     EXECUTORS,
     SUMMARY_MD,
@@ -93,6 +94,7 @@ def cli_main(argv=None):
     else:
         if args.executor == "slurm":
             require_slurm()
+        make_dirs(sweep.out)  # a read-only / full disk: one clear error before anything else
         prepare_dirs(sweep)
         _out(f"trelm-sweep: {len(sweep.runs)} run(s), {len(job_graph(sweep))} job(s), executor {args.executor} "
              f"-> {sweep.out}")

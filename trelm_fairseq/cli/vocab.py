@@ -9,6 +9,7 @@ from .. import fileio
 from ..errors import cli_errors
 from ..preprocess import vocab as V
 from ..languages import check_language
+from ..preprocess.layout import check_pair
 from ..preprocess.progress import Timer, log
 
 
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv=None):
     args = build_parser().parse_args(argv)
     src, tgt = check_language(args.src, "source language"), check_language(args.tgt, "target language")
+    check_pair(src, tgt)
+    fileio.remove_stale_temporaries(args.out, log=log)  # of earlier runs that were killed
     source_model = args.source_model or V.default_source_model()
     opts = V.vocab_options(args, src, tgt, source_model)
     log(f"lower-case: {opts['lowercase']} ({opts['lowercase_why']})")

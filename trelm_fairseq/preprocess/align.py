@@ -42,17 +42,15 @@ Coverage = fraction of tokens (without ``</s>``) that are aligned, per direction
 import hashlib
 import math
 import os
-import shutil
 import struct
 import subprocess
-import tempfile
 import unicodedata
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from .. import fileio
-from ..errors import TreLMError
+from ..errors import TreLMError, write_error
 from ..modules.tri_layer import NULL_ALIGNMENT
 from ..languages import lower, spaces_between_words
 from .layout import SPLITS, tok_path
@@ -307,17 +305,27 @@ def gather_rows(src_owner: Sequence[int], tgt_owner: Sequence[int], links: Itera
     return s2t, t2s
 
 
-def write_gather(prefix: str, rows: Sequence[Sequence[int]]) -> None:
+def write_gather(prefix: str, rows: Sequence[Sequence[int]], name: Optional[str] = None) -> None:
     """An int32 MMapIndexedDataset (prefix.bin/.idx), each written to a temporary file and
-    renamed (the .bin first) only when both are complete."""
+    renamed (the .bin first) only when both are complete.  A failed write (disk full) is a
+    TreLMError naming ``name`` (default ``prefix``) + .bin / .idx."""
     import torch
     from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
 
+    name = name or prefix
     with fileio.atomic_output(prefix + ".idx") as idx_tmp, fileio.atomic_output(prefix + ".bin") as bin_tmp:
-        builder = MMapIndexedDatasetBuilder(bin_tmp, dtype=np.int32)
-        for row in rows:
-            builder.add_item(torch.tensor(row, dtype=torch.int32))
-        builder.finalize(idx_tmp)
+        ext = ".bin"
+        try:
+            builder = MMapIndexedDatasetBuilder(bin_tmp, dtype=np.int32)
+            for row in rows:
+                builder.add_item(torch.tensor(row, dtype=torch.int32))
+            ext = ".idx"
+            builder.finalize(idx_tmp)
+        except (OSError, RuntimeError) as e:
+            cause = fileio.write_failure(e)
+            if cause is None:
+                raise
+            raise write_error(name + ext, cause) from e
 
 
 def check_gather(prefix: str, gather_len: Sequence[int], other_len: Sequence[int]) -> None:
@@ -385,9 +393,10 @@ def _split_units(data: str, split: str, src: str, tgt: str, units: Dict[str, str
 
 
 def _write_split(data: str, split: str, src: str, tgt: str, d: Dict, fwd: Sequence[List[Link]],
-                 rev: Sequence[List[Link]], sym_lines: List[str]) -> Dict:
-    """Symmetrise one split's links, write and check its two gather datasets; returns its
-    pair count and coverage per direction (symmetrised links appended to ``sym_lines``)."""
+                 rev: Sequence[List[Link]], sym_lines: List[str], stage: str) -> Dict:
+    """Symmetrise one split's links, write and check its two gather datasets in the
+    temporary folder ``stage`` (align_data moves them into para/); returns its pair count
+    and coverage per direction (symmetrised links appended to ``sym_lines``)."""
     s2t_rows, t2s_rows = [], []
     aligned_t = aligned_s = tok_t = tok_s = 0
     for k in range(d["n"]):
@@ -403,8 +412,8 @@ def _write_split(data: str, split: str, src: str, tgt: str, d: Dict, fwd: Sequen
         tok_s += len(so)
     for name, rows, own, other in ((f"{src}-{tgt}", s2t_rows, d["sizes"][tgt], d["sizes"][src]),
                                    (f"{tgt}-{src}", t2s_rows, d["sizes"][src], d["sizes"][tgt])):
-        prefix = os.path.join(data, "para", f"{split}.gather.{name}")
-        write_gather(prefix, rows)
+        prefix = os.path.join(stage, f"{split}.gather.{name}")
+        write_gather(prefix, rows, name=os.path.join(data, "para", f"{split}.gather.{name}"))
         check_gather(prefix, own, other)
     return {
         "pairs": d["n"],
@@ -416,6 +425,8 @@ def _write_split(data: str, split: str, src: str, tgt: str, d: Dict, fwd: Sequen
 def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: str = "auto", seed: Optional[int] = 1,
                samplers: int = 2, rel_iterations: float = 1.0, threads: int = 2, quiet: bool = False) -> Dict:
     """Align every parallel split of ``data`` and write its gather datasets."""
+    if src == tgt:
+        raise TreLMError(f"source and target language are both {src}: expected two different languages")
     work = os.path.join(data, "work")
     units = {src: resolve_unit(unit_src, src), tgt: resolve_unit(unit_tgt, tgt)}
     per_split = {split: _split_units(data, split, src, tgt, units) for split in SPLITS}
@@ -423,21 +434,28 @@ def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: 
     n_total = len(all_units[src])
     if n_total == 0:
         raise TreLMError(f"{data}: no parallel sentence pairs to align")
-    tmpdir = tempfile.mkdtemp(prefix=".tmp-align-", dir=work)
-    try:
+    # eflomal's files: a temporary folder named after this process (work/.align.<pid>....tmp)
+    with fileio.temporary_folder(os.path.join(work, "align")) as tmpdir:
         with Timer(f"eflomal ({n_total} pairs, {units[src]}/{units[tgt]} units)", quiet):
             fwd, rev, info = run_eflomal(all_units[src], all_units[tgt], tmpdir, seed=seed, samplers=samplers,
                                          rel_iterations=rel_iterations, threads=threads)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     stats: Dict = {"eflomal": info, "units": units, "splits": {}}
     offset = 0
     sym_lines: List[str] = []
-    for split in SPLITS:
-        n = per_split[split]["n"]
-        stats["splits"][split] = _write_split(data, split, src, tgt, per_split[split], fwd[offset:offset + n],
-                                              rev[offset:offset + n], sym_lines)
-        offset += n
+    # every gather dataset (both directions, every split) is written and checked in one
+    # temporary folder and moved into para/ only when all are: both directions or neither
+    para = os.path.join(data, "para")
+    with fileio.temporary_folder(os.path.join(para, "gather")) as stage:
+        for split in SPLITS:
+            n = per_split[split]["n"]
+            stats["splits"][split] = _write_split(data, split, src, tgt, per_split[split], fwd[offset:offset + n],
+                                                  rev[offset:offset + n], sym_lines, stage)
+            offset += n
+        for split in SPLITS:
+            for a, b in ((src, tgt), (tgt, src)):
+                for ext in (".bin", ".idx"):
+                    name = f"{split}.gather.{a}-{b}{ext}"
+                    fileio.replace(os.path.join(stage, name), os.path.join(para, name))
     fileio.write_lines(os.path.join(work, "align", "sym.moses"), sym_lines)
     stats["coverage"] = {k: stats["splits"]["train"][f"coverage_{k}"] for k in (f"{src}-{tgt}", f"{tgt}-{src}")}
     if not quiet:

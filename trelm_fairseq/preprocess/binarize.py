@@ -102,6 +102,8 @@ def verify_lengths(prefix: str, tok_file: str, dictionary=None) -> int:
 
 def binarize_all(data: str, src: str, tgt: str, workers: int = 2) -> Dict:
     """Binarize mono/<S>, mono/<T> and para/ under ``data``; returns sentence counts."""
+    if src == tgt:
+        raise TreLMError(f"source and target language are both {src}: expected two different languages")
     dict_path = os.path.join(data, "dict.txt")
     dictionary = load_dictionary(dict_path, add_mask=False, hint="run trelm-vocab first")
     work = os.path.join(data, "work")

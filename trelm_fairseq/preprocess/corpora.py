@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from trelm_fairseq.errors import TreLMError
+from trelm_fairseq.errors import TreLMError, write_error
 from trelm_fairseq import fileio
 from trelm_fairseq import languages
 from trelm_fairseq.preprocess.layout import SPLITS
@@ -295,6 +295,9 @@ class CorpusOptions:
 def _target_language(args) -> Tuple[Optional[languages.Language], str]:
     """(the target Language when the help corpus is used, else None; its code), checked."""
     src = args.src_lang
+    if args.lang.strip().lower() == src.strip().lower():
+        raise TreLMError(f"--src-lang {src} and --lang {args.lang}: expected two different languages "
+                         "(the source language and the target language)")
     if not (args.libreoffice or not (args.parallel or args.mono or args.mono_src)):
         code = args.lang.strip().lower()
         if not code or any(ch in code for ch in "./\\ \t") or code == src:
@@ -357,11 +360,14 @@ def _write_splits(out: str, src: str, code: str, pairs: List[Pair], para, mono_t
     """The text files of the splits (outputs of an earlier run that this one would not
     rewrite are removed first, corpus.json first of all); returns whether .module files
     were written."""
-    os.makedirs(out, exist_ok=True)
+    fileio.make_dirs(out)
     for name in layout_files(src, code):
         path = os.path.join(out, name)
         if os.path.isfile(path):
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except OSError as e:  # a read-only folder
+                raise write_error(path, e) from e
     has_modules = bool(pairs) and all(p[2] is not None for p in pairs)
     if pairs:
         for name in SPLITS:
@@ -382,6 +388,11 @@ def build_corpus(args) -> Dict:
     returns the report (corpus.json + the run's timings)."""
     src = args.src_lang
     lang, code = _target_language(args)
+    for paths in (args.parallel or []), [[f] for f in (args.mono or []) + (args.mono_src or [])]:
+        for group in paths:
+            for f in group:
+                fileio.check_input_file(f, "input text file")
+    fileio.remove_stale_temporaries(args.out, log=log)  # of earlier runs that were killed
     if args.cache_dir is None:
         args.cache_dir = default_cache_dir()
     report: Dict = {"lang": code, "src_lang": src, "seed": args.seed, "sources": [],

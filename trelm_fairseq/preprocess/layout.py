@@ -6,7 +6,17 @@
 """
 import os
 
+from ..errors import TreLMError
+
 SPLITS = ("train", "valid", "test")
+
+
+def check_pair(src: str, tgt: str, src_option: str = "--src", tgt_option: str = "--tgt") -> None:
+    """The rule of language_pair.parse_langs for two options: two different languages
+    (checked before a preprocessing command writes anything)."""
+    if src == tgt:
+        raise TreLMError(f"{src_option} {src} and {tgt_option} {tgt}: expected two different languages "
+                         "(the source language and the target language)")
 
 
 def _name(kind: str, split: str, lang: str) -> str:

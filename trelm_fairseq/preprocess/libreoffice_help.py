@@ -23,11 +23,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from trelm_fairseq import fileio
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.fileio import has_letter, normalize_space
 
@@ -53,13 +53,14 @@ def _run(cmd, cwd=None) -> subprocess.CompletedProcess:
 def download_deb(package: str, cache_dir: str, log=print) -> str:
     """Return the path of `<package>_*.deb` in `<cache_dir>/debs`, downloading it if absent."""
     deb_dir = os.path.join(cache_dir, "debs")
-    os.makedirs(deb_dir, exist_ok=True)
+    fileio.make_dirs(deb_dir)
+    fileio.remove_stale_temporaries(deb_dir)  # downloads of killed runs
     found = sorted(glob.glob(os.path.join(deb_dir, f"{package}_*.deb")))
     if found:
         return found[-1]
     log(f"downloading {package} (apt-get download) ...")
     # Download into a fresh directory first: a deb only appears in the cache when complete.
-    with tempfile.TemporaryDirectory(dir=deb_dir, prefix=".download-") as tmp:
+    with fileio.temporary_folder(os.path.join(deb_dir, "download")) as tmp:
         proc = _run(["apt-get", "download", package], cwd=tmp)
         debs = glob.glob(os.path.join(tmp, f"{package}_*.deb"))
         if proc.returncode != 0 or not debs:
@@ -69,7 +70,7 @@ def download_deb(package: str, cache_dir: str, log=print) -> str:
                 f"expected the package in the apt lists: run `apt-get update` first "
                 f"(check with `apt-cache policy {package}`)")
         dest = os.path.join(deb_dir, os.path.basename(debs[0]))
-        os.replace(debs[0], dest)
+        fileio.replace(debs[0], dest)
     return dest
 
 
@@ -83,13 +84,12 @@ def extract_deb(deb: str, package: str, cache_dir: str, log=print) -> str:
                 return dest
     log(f"extracting {os.path.basename(deb)} ...")
     shutil.rmtree(dest, ignore_errors=True)
-    os.makedirs(dest)
+    fileio.make_dirs(dest)
     proc = _run(["dpkg-deb", "-x", deb, dest])
     if proc.returncode != 0:
         raise TreLMError(f"dpkg-deb -x {deb} failed (exit {proc.returncode}): "
                          f"{proc.stderr.strip()} (delete the file to download it again)")
-    with open(marker, "w", encoding="utf-8") as f:
-        f.write(os.path.basename(deb) + "\n")
+    fileio.write_text(marker, os.path.basename(deb) + "\n")
     return dest
 
 

@@ -31,7 +31,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from ..errors import TreLMError
+from .. import fileio
+from ..errors import TreLMError, write_error
 from ..fileio import cached_json, file_sha256, read_json, write_json
 from . import align as align_mod
 from . import vocab as vocab_mod
@@ -58,9 +59,10 @@ def _files_under(data: str, rels: List[str]) -> Dict[str, int]:
     for rel in rels:
         p = os.path.join(data, rel)
         if os.path.isdir(p):
-            for root, _, files in os.walk(p):
+            for root, dirs, files in os.walk(p):
+                dirs[:] = [d for d in dirs if fileio.temporary_owner(d) is None]
                 for f in files:
-                    if f.startswith(".tmp"):
+                    if f.startswith(".tmp") or fileio.temporary_owner(f) is not None:
                         continue
                     full = os.path.join(root, f)
                     out[os.path.relpath(full, data)] = os.path.getsize(full)
@@ -105,7 +107,10 @@ class Steps:
         def run_step() -> Dict:
             ran.append(step)
             if os.path.exists(path):
-                os.unlink(path)  # a half-redone step must not look finished
+                try:
+                    os.unlink(path)  # a half-redone step must not look finished
+                except OSError as e:
+                    raise write_error(path, e) from e
             with Timer(step) as t:
                 stats = fn() or {}
             files = _files_under(self.data, outputs_fn() if outputs_fn else outputs)
@@ -212,11 +217,9 @@ def _checked_inputs(args):
         raise TreLMError(f"--max-pairs {args.max_pairs}: expected a positive number")
     for pair in args.parallel or []:
         for f in pair:
-            if not os.path.isfile(f):
-                raise TreLMError(f"{f}: parallel file not found")
+            fileio.check_input_file(f, "parallel file")
     for f in (args.mono or []) + (args.mono_src or []):
-        if not os.path.isfile(f):
-            raise TreLMError(f"{f}: monolingual file not found")
+        fileio.check_input_file(f, "monolingual file")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise TreLMError(f"{args.out}: --out exists and is not a directory")
     source_model = args.source_model or vocab_mod.default_source_model()
@@ -343,6 +346,7 @@ def run_prepare(args) -> Dict:
     data = args.out
     opts = vocab_mod.vocab_options(args, src, tgt, source_model)  # validates options, reads casing
     steps = Steps(data, args.force)
+    fileio.remove_stale_temporaries(data, log=log)  # of earlier runs that were killed
     log(f"{src}->{tgt} into {data}; lower-case: {opts['lowercase']} ({opts['lowercase_why']}); "
         f"max {opts['max_tokens']} pieces per sentence")
     corpus_dir = corpus_step(args, steps, src, tgt)

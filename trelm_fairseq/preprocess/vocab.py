@@ -36,7 +36,7 @@ import os
 import random
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..errors import TreLMError
+from ..errors import TreLMError, write_error
 from .. import fileio
 from ..languages import normalize_line
 from .layout import SPLITS, text_path, tok_path
@@ -446,39 +446,41 @@ def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
     if model_type not in ("unigram", "bpe"):
         raise TreLMError(f"--model-type {model_type}: expected unigram or bpe")
     lines, n_total = _training_lines(inputs, input_sentence_size, seed)
-    folder = os.path.dirname(os.path.abspath(model_prefix))
-    os.makedirs(folder, exist_ok=True)
-    # sentencepiece writes <prefix>.model and .vocab itself: both are trained under a
-    # temporary prefix and renamed when complete (fileio.atomic_output is for one path)
-    tmp_prefix = os.path.join(folder, f".tmp-{os.getpid()}-spm")
-    train_txt = tmp_prefix + ".train.txt"
-    fileio.write_lines(train_txt, lines)
+    # sentencepiece writes <prefix>.model and .vocab itself: both are trained in a temporary
+    # folder next to them (named after this process: a killed run's is removed by the next
+    # run) and renamed into place when complete
     spm_opts = dict(model_type=model_type, character_coverage=character_coverage, seed=seed, threads=threads)
     auto: Optional[Dict] = None
-    try:
-        if vocab_size == "auto":
-            def train(n: int) -> int:
-                _train_spm(train_txt, tmp_prefix, n, False, **spm_opts)
-                return load_spm(tmp_prefix + ".model").get_piece_size()
+    with fileio.temporary_folder(model_prefix) as tmpdir:
+        tmp_prefix = os.path.join(tmpdir, "spm")
+        train_txt = tmp_prefix + ".train.txt"
+        fileio.write_lines(train_txt, lines)
+        try:
+            if vocab_size == "auto":
+                def train(n: int) -> int:
+                    _train_spm(train_txt, tmp_prefix, n, False, **spm_opts)
+                    return load_spm(tmp_prefix + ".model").get_piece_size()
 
-            size, auto = auto_vocab_size(train, lambda: rare_pieces(tmp_prefix + ".model", lines, threads=threads))
-        else:
-            _train_spm(train_txt, tmp_prefix, vocab_size, True, **spm_opts)
-            size = vocab_size
-        _scrub_paths(tmp_prefix + ".model")
-        os.replace(tmp_prefix + ".model", model_prefix + ".model")
-        os.replace(tmp_prefix + ".vocab", model_prefix + ".vocab")
-    except (RuntimeError, OSError) as e:
-        msg = str(e)
-        hint = ""
-        if vocab_size != "auto" and ("Vocabulary size" in msg or "vocab_size" in msg):
-            hint = (" (the corpus is too small for this --vocab-size: choose a smaller one, or --vocab-size auto "
-                    "to size it to the corpus)")
-        raise TreLMError(f"sentencepiece training on {len(lines)} lines failed: {msg.strip()}{hint}") from None
-    finally:
-        for ext in (".train.txt", ".model", ".vocab"):
-            if os.path.exists(tmp_prefix + ext):
-                os.unlink(tmp_prefix + ext)
+                size, auto = auto_vocab_size(train, lambda: rare_pieces(tmp_prefix + ".model", lines,
+                                                                        threads=threads))
+            else:
+                _train_spm(train_txt, tmp_prefix, vocab_size, True, **spm_opts)
+                size = vocab_size
+        except (RuntimeError, OSError) as e:
+            if fileio.write_failure(e) is not None:  # the disk filled up under sentencepiece
+                raise write_error(model_prefix + ".model", fileio.write_failure(e)) from e
+            msg = str(e)
+            hint = ""
+            if vocab_size != "auto" and ("Vocabulary size" in msg or "vocab_size" in msg):
+                hint = (" (the corpus is too small for this --vocab-size: choose a smaller one, or --vocab-size "
+                        "auto to size it to the corpus)")
+            raise TreLMError(f"sentencepiece training on {len(lines)} lines failed: {msg.strip()}{hint}") from None
+        try:
+            _scrub_paths(tmp_prefix + ".model")
+        except OSError as e:
+            raise write_error(model_prefix + ".model", e) from e
+        fileio.replace(tmp_prefix + ".model", model_prefix + ".model")
+        fileio.replace(tmp_prefix + ".vocab", model_prefix + ".vocab")
     out = {"lines": len(lines), "lines_total": n_total, "vocab_size": size, "vocab_size_option": vocab_size,
            "vocab_size_rule": auto.pop("rule") if auto else f"--vocab-size {vocab_size}: used exactly",
            "model_type": model_type, "character_coverage": character_coverage, "seed": seed}
