@@ -35,7 +35,7 @@ import torch
 
 from ..checkpoint import MASK, build_model, load_dictionary, model_config, save_checkpoint
 from ..errors import TreLMError
-from ..fileio import atomic_folder, write_text
+from ..fileio import atomic_folder, make_dirs, write_text
 from .source_tokenizer import (
     DESCRIPTOR, ROLES, TOKENIZER_FILES, TOKENIZER_SUBDIR, detect_kind, lowercases, model_family, read_json,
     special_tokens,
@@ -707,7 +707,7 @@ def import_model(source_path: Optional[str], out_dir: str, n_langs: int = 2, for
         "notes": source.notes, "fairseq_args": fs_args,
         "do_lower_case": (source.tokenizer or {}).get("do_lower_case"),
     }
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)  # a read-only / full disk: a clear error naming the folder
     has_tok = _write_tokenizer(source, out_dir)
     summary["tokenizer"] = TOKENIZER_SUBDIR if has_tok else None
     write_text(dict_txt, "\n".join(dict_lines(vocab)) + "\n")
