@@ -39,25 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates-stage1", type=int, help="updates for stage 1 (default 20000)")
     p.add_argument("--updates-stage2", type=int, help="updates for each of stages 2a and 2b (default 20000)")
     p.add_argument("--updates-stage4", type=int, help="updates for stage 4 (default 80000)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every budget (and the warmup) by this")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every budget (and the warmup) by this (default 1.0)")
     p.add_argument("--lr", type=float, default=3e-5,
-                   help="peak learning rate (paper: 3e-5; tiny CPU demos need more, e.g. 1e-4..1e-3)")
+                   help="peak learning rate (default 3e-5, the paper's; tiny CPU demos need more, e.g. 1e-4..1e-3)")
     p.add_argument("--warmup", type=int, default=500, help="warmup updates at the paper budget (default 500)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--adam-eps", type=float, default=1e-6)
-    p.add_argument("--clip-norm", type=float, default=5.0)
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (per GPU)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--adam-eps", type=float, default=1e-6, help="AdamW epsilon (default 1e-6)")
+    p.add_argument("--clip-norm", type=float, default=5.0,
+                   help="clip the gradient norm to this (fairseq-train --clip-norm; 0 = no clipping; default 5.0)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (per GPU; default 4096)")
     p.add_argument("--tokens-per-sample", type=int,
                    help="longest sentence in tokens (default: the model's max positions, at most 512)")
-    p.add_argument("--update-freq", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--update-freq", type=int, default=1, help="gradient accumulation steps (default 1)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="fairseq-train --seed of every stage (batch order, masking, dropout; default 1)")
     p.add_argument("--save-interval-updates", type=int,
                    help="save (and validate) every N updates for mid-stage resume (default: max(100, budget/10))")
     p.add_argument("--restore-from", choices=("last", "best"), default="last",
-                   help="which checkpoint of a finished stage the next stage starts from")
+                   help="which checkpoint of a finished stage the next stage starts from (default last)")
     p.add_argument("--stage-args", action="append", default=[], metavar="KEY=ARGS",
                    help="extra fairseq-train args for one stage, e.g. --stage-args '2a=--adv-weight 0.1' "
-                   "(repeatable)")
+                   "(repeatable; default: none)")
     p.add_argument("--combine-average", choices=AVERAGE_MODES, default="trained",
                    help="stage 3's rule for embeddings, TRILayer and LM head (trelm-combine --average; default "
                         "%(default)s: average what both 2a and 2b trained, take the rest from the one that did)")
