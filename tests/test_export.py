@@ -27,7 +27,8 @@ WORDS = ["İstanbul", "Işık", "ılık", "şehir", "güzel", "çok", "büyük",
          "Σοφία", "ΟΔΟΣ", "café", "naïve"]
 TEXTS = [
     "İstanbul'da IŞIK var", "IŞIK ılık İzmir", "  leading, trailing  and   repeated   spaces  ",
-    "digits 12345 and 3.14 and ١٢٣", "emoji 😀😀 ok ☃ and 𝔘nknown ✈", "ΟΔΟΣ ΣΟΦΙΑΣ Σ", "tab\there\u00a0nbsp\u3000ideo",
+    "digits 12345 and 3.14 and ١٢٣", "emoji 😀😀 ok ☃ and 𝔘nknown ✈", "ΟΔΟΣ ΣΟΦΙΑΣ Σ",
+    "tab\there\u00a0nbsp\u3000ideo",
     "ﬁ ligature Ⅻ ＦＵＬＬ", "x\x1cy\x85z", "İ", "a \u200b b", "KEDİ ve KÖPEK", "", "   ",
 ]
 
@@ -112,7 +113,8 @@ def max_differences(ckpt, data, out, lang_id=1):
     model, _ = load_model(ckpt, d)
     model.eval()
     tok = AutoTokenizer.from_pretrained(out)
-    texts = ["İstanbul çok güzel", "IŞIK ılık İzmir deniz dağ ev kitap 2024", "kedi", "Ankara'da 15 öğrenci okul"]
+    texts = ["İstanbul çok güzel", "IŞIK ılık İzmir deniz dağ ev kitap 2024", "kedi",
+             "Ankara'da 15 öğrenci okul"]
     batch = tok(texts, padding=True, return_tensors="pt")
     tokens = batch["input_ids"]
     assert tokens.eq(1).any() and tokens[:, 0].eq(0).all()  # right-padded, <s> first
