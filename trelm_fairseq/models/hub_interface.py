@@ -35,8 +35,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt  # as a module: checkpoint.py imports models/, which imports this file
 from .. import fileio
-from ..checkpoint import MASK, build_model, checkpoint_model_config, load_checkpoint, load_dictionary
 from ..errors import TreLMError
 from ..language_pair import langs_from_prepare, parse_langs
 from ..languages import normalize_line
@@ -71,7 +71,7 @@ class TreLMHubInterface(nn.Module):
         self.checkpoint = checkpoint
         self.spm_model = spm_model
         self._sp, self._sp_glued = load_sentencepiece(spm_model)
-        self.mask_idx = dictionary.index(MASK)
+        self.mask_idx = dictionary.index(ckpt.MASK)
         self.lang = self.langs[-1]  # the transferred (target) language
         self.lang = self.check_lang(lang)
         # as RobertaHubInterface: a buffer that follows .to() and tells the device
@@ -172,15 +172,19 @@ class TreLMHubInterface(nn.Module):
             return []
         return self._ids((self._sp_glued if glued else self._sp).encode(text, out_type=str))
 
+    def _special_ids(self) -> List[int]:
+        d = self.dictionary
+        return sorted({d.bos(), d.pad(), d.eos(), d.unk(), self.mask_idx})
+
     def encode_masked(self, masked_input: str, lang: Optional[str] = None) -> torch.LongTensor:
         """``encode`` of a sentence with one ``<mask>``: the text before it is encoded as a
         sentence start; the mask is one id (it stands for a piece with the word marker when a
         space precedes it); the text after it starts a new word when a space follows the mask,
         else it continues the masked word (e.g. a full stop)."""
-        if masked_input.count(MASK) != 1:
-            raise TreLMError(f"expected exactly one {MASK} in the sentence, e.g. "
-                             f"'Bugün hava çok {MASK}.'; got {masked_input!r}")
-        before, after = self.normalize(masked_input, lang).split(MASK)
+        if masked_input.count(ckpt.MASK) != 1:
+            raise TreLMError(f"expected exactly one {ckpt.MASK} in the sentence, e.g. "
+                             f"'Bugün hava çok {ckpt.MASK}.'; got {masked_input!r}")
+        before, after = self.normalize(masked_input, lang).split(ckpt.MASK)
         d = self.dictionary
         ids = ([d.bos()] + self._span_ids(before.rstrip(), glued=False) + [self.mask_idx]
                + self._span_ids(after.strip(), glued=not after.startswith(" ")) + [d.eos()])
@@ -190,7 +194,8 @@ class TreLMHubInterface(nn.Module):
         """The ``topk`` most probable pieces for the one ``<mask>`` of ``masked_input``, as
         ``(filled sentence, probability, piece)`` (RobertaHubInterface.fill_mask's shape: the
         piece with a leading space when it starts a word; the probability is the model's
-        softmax over the whole dictionary at the masked position)."""
+        softmax over the whole dictionary at the masked position).  Unlike RoBERTa's, the
+        specials (``<s> <pad> </s> <unk> <mask>``) are never offered as fillers."""
         if topk < 1:
             raise TreLMError(f"fill_mask: topk={topk}, expected at least 1")
         lang = self.check_lang(lang)
@@ -200,14 +205,17 @@ class TreLMHubInterface(nn.Module):
         with torch.no_grad():
             logits, _ = self.model(tokens, features_only=False, lang_ids=self._lang_ids(tokens, lang))
         probs = logits[0, position].float().softmax(dim=-1)
-        values, indices = probs.topk(k=min(topk, probs.numel()))
+        candidates = probs.clone()
+        candidates[self._special_ids()] = -1.0  # <s> <pad> </s> <unk> <mask> fill no mask
+        values, indices = candidates.topk(k=min(topk, probs.numel() - len(self._special_ids())))
         out = []
         for value, index in zip(values.tolist(), indices.tolist()):
             token = d[index].replace(WORD_MARKER, " ")
-            if f" {MASK}" in masked_input:
-                filled = masked_input.replace(f" {MASK}", token)
+            mask = ckpt.MASK
+            if f" {mask}" in masked_input:
+                filled = masked_input.replace(f" {mask}", token)
             else:
-                filled = masked_input.replace(MASK, token.lstrip() if masked_input.startswith(MASK) else token)
+                filled = masked_input.replace(mask, token.lstrip() if masked_input.startswith(mask) else token)
             out.append((filled, value, token))
         return out
 
@@ -276,7 +284,8 @@ def run_checkpoint(run: str, which: Optional[str] = None) -> Tuple[str, Dict]:
         done = [f"{k} ({n})" for k, n in stages if os.path.isfile(os.path.join(run, f"{k}-{n}", STAGE_MARKER))]
         raise TreLMError(
             f"{run}: stage {key} ({name}) is not finished (no {marker_path}): finish the run with trelm-stages, "
-            f"or pass checkpoint_file=<a finished stage> (finished: {', '.join(done) or 'none'})")
+            f"or pick a finished stage (checkpoint_file=..., trelm-fill-mask --checkpoint; finished: "
+            f"{', '.join(done) or 'none'})")
     marker = fileio.read_json(marker_path, "stage marker", "delete it to redo the stage")
     recorded = marker.get("checkpoint") if isinstance(marker, dict) else None
     if not recorded:
@@ -290,7 +299,8 @@ def run_checkpoint(run: str, which: Optional[str] = None) -> Tuple[str, Dict]:
                      "restore it, or delete the marker and run trelm-stages to redo the stage")
 
 
-def locate(path: str, checkpoint_file: Optional[str] = None, data: Optional[str] = None) -> Tuple[str, Optional[str], Optional[Dict]]:
+def locate(path: str, checkpoint_file: Optional[str] = None,
+           data: Optional[str] = None) -> Tuple[str, Optional[str], Optional[Dict]]:
     """(checkpoint, data directory or None when still unknown, the run's plan or None)."""
     if os.path.isfile(path):
         return path, data, None
@@ -342,17 +352,19 @@ def data_lowercase(data: str) -> bool:
 
 def check_spm_matches(dictionary, sp, dict_path: str, spm_path: str) -> None:
     """Every dict.txt symbol is a piece of spm.model (trelm-vocab writes dict.txt from it)."""
-    missing = [s for s in dictionary.symbols[dictionary.nspecial:] if s != MASK and sp.piece_to_id(s) == sp.unk_id()]
+    missing = [s for s in dictionary.symbols[dictionary.nspecial:]
+               if s != ckpt.MASK and sp.piece_to_id(s) == sp.unk_id()]
     if missing:
         raise TreLMError(f"{dict_path}: {len(missing)} of {len(dictionary) - dictionary.nspecial - 1} symbols are not "
-                         f"pieces of {spm_path} (first {missing[0]!r}): expected the two files of one trelm-prepare run")
+                         f"pieces of {spm_path} (first {missing[0]!r}): expected the two files of one "
+                         "trelm-prepare run")
 
 
 def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str):
     """The TreLMModel of a checkpoint state with ``dictionary`` (+ its classification heads)."""
     from .trelm import check_state_fits
 
-    cfg = checkpoint_model_config(state, checkpoint)  # TreLMError for a non-trelm checkpoint
+    cfg = ckpt.checkpoint_model_config(state, checkpoint)  # TreLMError for a non-trelm checkpoint
     weights = state["model"]
     rows = weights.get("encoder.embed_tokens.weight")
     if rows is None:
@@ -362,7 +374,7 @@ def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str):
                          "symbols (with the specials and <mask>): expected the data directory the checkpoint was "
                          "trained on (data=...)")
     cfg.load_checkpoint_heads = True  # keep fine-tuned classification heads, as RoBERTa's hub does
-    model = build_model(cfg, dictionary)
+    model = ckpt.build_model(cfg, dictionary)
     own = model.state_dict()
     kept = {k: v for k, v in weights.items() if k in own or k.startswith("classification_heads.")}
     dropped = sorted(set(weights) - set(kept))
@@ -382,7 +394,7 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: Optional[str] = No
     """A TreLMHubInterface (eval mode, on the CPU) for a run directory or a checkpoint; see the module doc."""
     path = os.path.expanduser(str(model_name_or_path))
     checkpoint, data, plan = locate(path, checkpoint_file, data)
-    state = load_checkpoint(checkpoint)
+    state = ckpt.load_checkpoint(checkpoint)
     if data is None:
         data = recorded_data(state)
     if data is None:
@@ -391,7 +403,7 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: Optional[str] = No
     if not os.path.isdir(data):
         raise TreLMError(f"{data}: data directory not found: pass data=DATA_DIR (--data), the {PREPARED}")
     dict_path = os.path.join(data, "dict.txt")
-    dictionary = load_dictionary(dict_path, add_mask=True, hint=f"expected a {PREPARED}")
+    dictionary = ckpt.load_dictionary(dict_path, add_mask=True, hint=f"expected a {PREPARED}")
     spm_path = os.path.join(data, "spm.model")
     sp, _ = load_sentencepiece(spm_path)
     check_spm_matches(dictionary, sp, dict_path, spm_path)

@@ -43,6 +43,7 @@ from fairseq.tasks import FairseqTask, register_task
 from ..checkpoint import load_dictionary
 from ..errors import TreLMError
 from ..modules.tree_decoding import DECODERS
+from .trelm_transfer import AUTOCAST_BF16_HELP, AutocastBF16Steps
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class TreLMParsingConfig(FairseqDataclass):
     multi_root: bool = field(
         default=False, metadata={"help": "let Eisner decoding attach several words to ROOT (default: exactly one)"}
     )
+    autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
     seed: int = II("common.seed")
 
 
@@ -83,7 +85,7 @@ def load_labels(path: str) -> List[str]:
 
 
 @register_task("trelm_parsing", dataclass=TreLMParsingConfig)
-class TreLMParsingTask(FairseqTask):
+class TreLMParsingTask(AutocastBF16Steps, FairseqTask):
     cfg: TreLMParsingConfig
 
     def __init__(self, cfg: TreLMParsingConfig, dictionary: Dictionary, labels: List[str]):

@@ -39,6 +39,7 @@ The task config (``--stage``, ``--freeze``, ``--langs``) is saved in every
 checkpoint (``cfg.task``); ``trelm_fairseq.freezing.checkpoint_stage`` reads it.
 """
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import torch
 from omegaconf import II, MISSING
 
 from fairseq.data import (
@@ -107,6 +109,65 @@ atexit.register(_stop_prefetch_threads)
 
 CDLM_DIRECTION = {"transfer_upper": (0, 1), "transfer_lower": (1, 0)}  # (source, target) language index
 
+AUTOCAST_BF16_HELP = ("run the forward pass and the loss under torch.autocast(bfloat16) on the batch's device "
+                      "(CPU or GPU); weights, gradients and optimizer state stay fp32 (fairseq's --bf16 is "
+                      "for TPUs; do not combine with --fp16 / --bf16 / --amp). docs/performance.md")
+
+
+def _batch_device_type(sample, model) -> str:
+    """Device type of the first tensor of a (nested) batch, else of the model's parameters."""
+    stack = [sample]
+    while stack:
+        item = stack.pop()
+        if torch.is_tensor(item):
+            return item.device.type
+        if isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+    param = next(model.parameters(), None)
+    return param.device.type if param is not None else "cpu"
+
+
+class AutocastBF16Steps:
+    """Task mixin (before FairseqTask): with ``cfg.autocast_bf16`` train_step / valid_step run
+    the model + criterion call under ``torch.autocast(<batch device>, torch.bfloat16)`` and
+    leave everything else to fairseq: fp32 weights, fp32 gradients (autocast's casts are
+    differentiable), the fp32 optimizer.  FairseqTask.train_step's steps, otherwise unchanged."""
+
+    def _autocast(self, sample, model):
+        if not getattr(self.cfg, "autocast_bf16", False):
+            return contextlib.nullcontext()
+        param = next(model.parameters(), None)
+        if param is not None and param.dtype != torch.float32:
+            raise TreLMError(f"--autocast-bf16 keeps the weights in fp32, but the model's are {param.dtype}: "
+                             "drop --fp16 / --bf16 / --memory-efficient-fp16 / --memory-efficient-bf16")
+        return torch.autocast(device_type=_batch_device_type(sample, model), dtype=torch.bfloat16)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if not getattr(self.cfg, "autocast_bf16", False):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        from fairseq.optim.amp_optimizer import AMPOptimizer
+
+        if isinstance(optimizer, AMPOptimizer):
+            raise TreLMError("--autocast-bf16 and --amp both set the precision of the forward: choose one")
+        model.train()
+        model.set_num_updates(update_num)
+        with torch.autograd.profiler.record_function("forward"), self._autocast(sample, model):
+            loss, sample_size, logging_output = criterion(model, sample)
+        if ignore_grad:
+            loss *= 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
+        return loss, sample_size, logging_output
+
+    def valid_step(self, sample, model, criterion):
+        if not getattr(self.cfg, "autocast_bf16", False):
+            return super().valid_step(sample, model, criterion)
+        model.eval()
+        with torch.no_grad(), self._autocast(sample, model):
+            return criterion(model, sample)
+
 
 @dataclass
 class TreLMTransferConfig(FairseqDataclass):
@@ -138,11 +199,12 @@ class TreLMTransferConfig(FairseqDataclass):
                           "predicted = the language CdLM predicts (T in 2a, S in 2b; the previous default); "
                           "both = S and T"},
     )
+    autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
     seed: int = II("common.seed")
 
 
 @register_task("trelm_transfer", dataclass=TreLMTransferConfig)
-class TreLMTransferTask(FairseqTask):
+class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
     cfg: TreLMTransferConfig
 
     def __init__(self, cfg: TreLMTransferConfig, dictionary: Dictionary):
