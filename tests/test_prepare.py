@@ -153,3 +153,40 @@ def test_cli_exit_code_and_help(env, tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert out.returncode == 2 and "unknown language code 'klingon'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_misaligned_parallel_files_stop_before_anything_is_built(env, tmp_path, capsys):
+    """Equal line counts, one side out of step from line 120 (real help pairs): trelm-prepare
+    stops in the corpus step naming where the files part; trelm-fetch-corpus --alignment-check
+    warn goes on and records the finding in corpus.json."""
+    import json as _json
+
+    from trelm_fairseq.cli import fetch_corpus as cli_fetch
+    from trelm_fairseq.cli import prepare as cli_prepare
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "data", "help.en-tr.300.tsv"), encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f]
+    src, tgt = tmp_path / "mine.en", tmp_path / "mine.tr"
+    src.write_text("".join(s + "\n" for s, _ in rows), encoding="utf-8")
+    shifted = [t for _, t in rows]
+    shifted = shifted[:119] + shifted[120:] + [shifted[119]]  # line 120 deleted, another appended
+    tgt.write_text("".join(t + "\n" for t in shifted), encoding="utf-8")
+
+    out = tmp_path / "data"
+    with pytest.raises(SystemExit) as e:
+        cli_prepare.cli_main(["--src", "en", "--tgt", "tr", "--out", str(out), "--parallel", str(src), str(tgt),
+                              "--no-init", "--vocab-size", "200"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "parallel files look misaligned" in err and "--alignment-check warn" in err
+    assert f"out of step around line 12" in err and f"of {src}" in err
+    assert not (out / "dict.txt").exists() and not (out / "corpus" / "corpus.json").exists()
+
+    corpus = tmp_path / "corpus"
+    cli_fetch.cli_main(["--lang", "tr", "--out", str(corpus), "--parallel", str(src), str(tgt),
+                        "--alignment-check", "warn"])
+    printed = capsys.readouterr()
+    assert "warning: parallel files may be misaligned" in printed.out + printed.err
+    record = _json.loads((corpus / "corpus.json").read_text())
+    check = [x for x in record["sources"] if x["kind"] == "parallel-files"][0]["alignment_check"]
+    assert check["verdict"] == "misaligned" and check["mode"] == "warn" and check["shift"] == -1

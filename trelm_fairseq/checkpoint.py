@@ -313,11 +313,21 @@ def check_fits(path: str, want, dict_path: str, what: str, source: str) -> None:
             )
     rows = state["model"].get("encoder.embed_tokens.weight")
     if rows is not None and os.path.isfile(dict_path):
-        n = len(load_dictionary(dict_path))  # + <mask>, as the task loads it
-        if rows.size(0) != n:
+        dictionary = load_dictionary(dict_path)  # + <mask>, as the task loads it
+        if rows.size(0) != len(dictionary):
             raise TreLMError(
-                f"{path} ({what}): vocabulary of {rows.size(0)} rows, but {dict_path} gives {n} symbols "
-                "(with the specials and <mask>): expected a checkpoint made with this data directory's dict.txt"
+                f"{path} ({what}): vocabulary of {rows.size(0)} rows, but {dict_path} gives {len(dictionary)} "
+                "symbols (with the specials and <mask>): expected a checkpoint made with this data directory's "
+                "dict.txt"
+            )
+        # same size is not the same vocabulary (two language pairs prepared with --vocab-size auto
+        # both get 16000 pieces): the fingerprint our writers record says which symbols, in order
+        recorded = (state.get("trelm") or {}).get("dictionary_fingerprint")
+        if recorded and recorded != dictionary_fingerprint(dictionary):
+            raise TreLMError(
+                f"{path} ({what}): made for another vocabulary than {dict_path} (same size, other symbols: "
+                "another language pair or a re-made vocabulary?): expected the init checkpoint trelm-prepare "
+                "wrote for this data directory"
             )
 
 

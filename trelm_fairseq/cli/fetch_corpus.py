@@ -5,7 +5,7 @@ import sys
 
 from ..errors import cli_errors
 from .. import languages
-from ..preprocess import corpora
+from ..preprocess import corpora, pair_check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-words", type=int, default=corpora.DEFAULT_MAX_WORDS,
                    help="skip lines with more whitespace-separated words; 0: no limit "
                         "(default: %(default)s)")
+    p.add_argument("--alignment-check", choices=pair_check.MODES, default="error",
+                   help="--parallel files whose lines do not correspond (one side shuffled, a line missing on "
+                        "one side): error (stop, naming where the files part), warn (go on, recorded in "
+                        "corpus.json) or off (default: %(default)s)")
     p.add_argument("--strict", action="store_true",
                    help="empty or over-long lines in user files are an error instead of "
                         "being skipped and counted")

