@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .fileio import cached_json, exclusive, read_json, run_logged, write_json
+from .fileio import cached_json, exclusive, make_dirs, read_json, run_logged, write_json
 from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
@@ -647,7 +647,7 @@ def run_all(
         return [stage_record(plan.stages[k]) for k in keys]
 
     _check_selection(plan, keys)
-    os.makedirs(plan.out, exist_ok=True)
+    make_dirs(plan.out)  # a read-only or full disk: one clear error before anything runs
     say(f"trelm-stages: {', '.join(f'{k} ({plan.specs[k].name})' for k in keys)} -> {plan.out}")
     t0 = time.time()
     failures: Dict[str, BaseException] = {}

@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,6 +46,7 @@ import torch
 
 from ..checkpoint import load_dictionary
 from ..errors import TreLMError
+from .. import fileio
 from ..fileio import write_text
 from . import treebank
 from .conll import Sentence, format_sentences, read_conllu
@@ -276,22 +276,17 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
     # The whole set of files (indexed datasets written by fairseq's builder, by name) is
     # made in a temporary folder and moved in only when complete; prepare.json, written
     # last, marks the directory complete.  The folder is removed whatever happens.
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-prepare-", dir=out_dir)
-    try:
+    with fileio.temporary_folder(os.path.join(out_dir, "prepare")) as tmp:
         token_dtype = np.uint16 if len(dictionary) + 1 < 65500 else np.int32
         for s in SPLITS:
             info["splits"][s] = write_split(tmp, s, splits[s], encoder, label_ids, token_dtype, max_positions, log)
         shutil.copyfile(dict_path, os.path.join(tmp, "dict.txt"))
         shutil.copyfile(spm_model, os.path.join(tmp, "spm.model"))
-        with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as fh:
-            fh.write("".join(f"{lab} {c}\n" for lab, c in labels))
+        fileio.write_text(os.path.join(tmp, "labels.txt"), "".join(f"{lab} {c}\n" for lab, c in labels))
         if os.path.exists(os.path.join(out_dir, "prepare.json")):
             os.unlink(os.path.join(out_dir, "prepare.json"))  # incomplete until rewritten
         for name in sorted(os.listdir(tmp)):
-            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            fileio.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     write_text(os.path.join(out_dir, "prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     log(f"wrote {out_dir}")
     return info

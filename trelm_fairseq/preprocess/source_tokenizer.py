@@ -29,7 +29,7 @@ import sys
 from typing import Dict, Iterable, List, Optional
 
 from ..errors import TreLMError
-from ..fileio import atomic_write, iter_raw_lines
+from ..fileio import atomic_write, check_input_file, iter_raw_lines
 
 # Where ``trelm-import`` copies the source tokenizer inside its output folder,
 # and the descriptor it writes there.
@@ -244,8 +244,7 @@ def load_tokenizer(path: str) -> SourceTokenizer:
 def encode_file(tokenizer: SourceTokenizer, in_path: str, out_path: str, chunk: int = 10000,
                 log=sys.stderr) -> int:
     """Encode ``in_path`` line by line into ``out_path`` (written atomically); returns the line count."""
-    if not os.path.isfile(in_path):
-        raise TreLMError(f"{in_path}: input text file not found")
+    check_input_file(in_path, "input text file")
     n = 0
     # fileio's reader: a byte that is not UTF-8 is named with its line and byte offset (the
     # lines before it may still sit in the batch, so the count of encoded lines cannot say)
