@@ -23,15 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", default="en", help="source language (default en)")
     p.add_argument("--tgt", required=True, help="target language")
     add_align_args(p)
-    p.add_argument("--threads", type=int, default=2, help="threads (eflomal runs the two directions in parallel)")
+    p.add_argument("--threads", type=int, default=2, help="threads (eflomal runs the two directions in parallel; default: %(default)s)")
     return p
 
 
 def add_align_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("alignment")
     g.add_argument("--unit-src", choices=("auto", "word", "piece"), default="auto",
-                   help="source alignment units: whitespace words or pieces (auto: pieces for zh/ja/km)")
-    g.add_argument("--unit-tgt", choices=("auto", "word", "piece"), default="auto", help="target alignment units")
+                   help="source alignment units: whitespace words or pieces (auto: pieces for zh/ja/km; "
+                        "default: %(default)s)")
+    g.add_argument("--unit-tgt", choices=("auto", "word", "piece"), default="auto", help="target alignment units (default: %(default)s)")
     g.add_argument("--samplers", type=int, default=2, help="eflomal samplers (default %(default)s)")
     g.add_argument("--rel-iterations", type=float, default=1.0,
                    help="eflomal iterations relative to its default (5000/sqrt(pairs))")

@@ -24,12 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="results directory (default results/<lang>)")
     p.add_argument("--cache-dir", default=None, help="download cache (default $TRELM_CACHE or ~/.cache/trelm_fairseq)")
     p.add_argument("--source-model", default=None, help="source model (default: all-MiniLM-L6-v2 from PyPI)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every update budget (e.g. 20+ on a GPU)")
-    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per model (make eval uses 3)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every update budget (e.g. 20+ on a GPU; default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per model (make eval uses 3; default: %(default)s)")
     p.add_argument("--lr", type=float, default=Budgets.lr, help=f"pre-training learning rate (default {Budgets.lr})")
     p.add_argument("--finetune-lr", type=float, default=Budgets.finetune_lr,
                    help=f"parsing and classification fine-tuning learning rate (default {Budgets.finetune_lr})")
-    p.add_argument("--max-tokens", type=int, default=Budgets.max_tokens, help="tokens per pre-training batch")
+    p.add_argument("--max-tokens", type=int, default=Budgets.max_tokens, help="tokens per pre-training batch (default: %(default)s)")
     p.add_argument("--vocab-size", type=vocab_size_arg, default=Budgets.vocab_size,
                    help="joint sentencepiece vocabulary: auto (default; sized to the corpus, at most 16000) or a "
                         "number of pieces, used exactly")

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "alignments -> initialised checkpoint, into one data directory (docs/data-layout.md). "
                     "Finished steps are skipped on a re-run (markers in DATA/.prepare/); --force redoes all.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--src", default="en", help="source language (the source model's)")
+    p.add_argument("--src", default="en", help="source language (the source model's; default: %(default)s)")
     p.add_argument("--tgt", required=True, help="target language code, e.g. tr, de, zh-cn")
     p.add_argument("--out", required=True, metavar="DATA", help="data directory to write")
     g = p.add_argument_group("corpus (default: the LibreOffice help corpus, fetched with trelm-fetch-corpus)")
@@ -41,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_align_args(p)
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
     g.add_argument("--mapping", choices=("supervised", "adversarial", "none"), default="supervised",
-                   help="mapping used for the initial embeddings (none: random rows for new tokens)")
+                   help="mapping used for the initial embeddings (none: random rows for new tokens; "
+                        "default: %(default)s)")
     g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
                    help="also run and report the other mapping method (the adversarial one takes minutes "
                         "on CPU)")
-    g.add_argument("--map-args", default="", help="extra options for trelm-map-embeddings, e.g. '--ft-epochs 3'")
+    g.add_argument("--map-args", default="", help="extra options for trelm-map-embeddings, e.g. '--ft-epochs 3' or '--deterministic' (a "
+                        "bit-reproducible init/model.pt: fastText on one thread; default: none)")
     g.add_argument("--no-init", action="store_true",
                    help="stop after the alignments (no source-model import, no init/model.pt)")
     p.add_argument("--force", action="store_true", help="redo every step, even finished ones")

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-parallel", type=int,
                    help="local executors: jobs at a time (default: the config's max_parallel, else 1)")
     p.add_argument("--only", action="append", default=[], metavar="GLOB",
-                   help="only the runs whose name matches (repeatable), e.g. --only 'tr_*'")
+                   help="only the runs whose name matches (repeatable), e.g. --only 'tr_*' (default: every run)")
     p.add_argument("--list", action="store_true", help="list the runs of the grid and exit")
     p.add_argument("--summarize", action="store_true", help="only (re)write OUT/summary.json and summary.md")
     p.add_argument("--echo", action="store_true", help="echo fairseq's output (it always goes to train.log)")

@@ -19,11 +19,12 @@ def add_vocab_args(p: argparse.ArgumentParser) -> None:
                    help=f"sentencepiece vocabulary size: auto (default) = up to {V.AUTO_VOCAB_CAP} pieces, fewer when "
                         f"the corpus cannot support them (each piece should occur >= {V.AUTO_MIN_COUNT} times); an "
                         "integer is used exactly (an error if the corpus cannot reach it; the paper used 80000)")
-    g.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
+    g.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type (default: %(default)s)")
     g.add_argument("--character-coverage", type=float, default=None,
                    help="sentencepiece character coverage; default: 0.9995 when zh/ja/ko is involved, else 1.0")
     g.add_argument("--lowercase", choices=("auto", "yes", "no"), default="auto",
-                   help="lower-case both sides (Turkish rules for tr/az); auto: when the source model is uncased")
+                   help="lower-case both sides (Turkish rules for tr/az); auto: when the source model is uncased "
+                        "(default: %(default)s)")
     g.add_argument("--max-tokens", type=int, default=None,
                    help="max pieces per sentence; default: the source model's max positions - 2")
     g.add_argument("--long", choices=("skip", "truncate"), default="skip",
@@ -34,7 +35,7 @@ def add_vocab_args(p: argparse.ArgumentParser) -> None:
                    help="sentencepiece training threads; part of the result (float sums): same seed + same "
                         "--spm-threads = identical vocabulary (default %(default)s)")
     g.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
-    g.add_argument("--threads", type=int, default=2, help="threads / fairseq-preprocess workers")
+    g.add_argument("--threads", type=int, default=2, help="threads / fairseq-preprocess workers (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
