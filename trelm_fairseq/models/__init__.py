@@ -1,7 +1,4 @@
-# Import every module in this folder so that its fairseq registrations run.
-import importlib
-import pkgutil
-
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+# Import the modules whose decorators register models with fairseq.  hub_interface.py
+# registers nothing and is imported where it is used (TreLMModel.from_pretrained): it reads
+# checkpoints through checkpoint.py, which imports these modules.
+from . import trelm, trelm_parser  # noqa: F401

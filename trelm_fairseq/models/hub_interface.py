@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .. import checkpoint as ckpt  # as a module: checkpoint.py imports models/, which imports this file
+from ..checkpoint import MASK, build_model, checkpoint_model_config, load_checkpoint, load_dictionary
 from .. import fileio
 from ..errors import TreLMError
 from ..language_pair import langs_from_prepare, parse_langs
@@ -71,7 +71,7 @@ class TreLMHubInterface(nn.Module):
         self.checkpoint = checkpoint
         self.spm_model = spm_model
         self._sp, self._sp_glued = load_sentencepiece(spm_model)
-        self.mask_idx = dictionary.index(ckpt.MASK)
+        self.mask_idx = dictionary.index(MASK)
         self.lang = self.langs[-1]  # the transferred (target) language
         self.lang = self.check_lang(lang)
         # as RobertaHubInterface: a buffer that follows .to() and tells the device
@@ -181,10 +181,10 @@ class TreLMHubInterface(nn.Module):
         sentence start; the mask is one id (it stands for a piece with the word marker when a
         space precedes it); the text after it starts a new word when a space follows the mask,
         else it continues the masked word (e.g. a full stop)."""
-        if masked_input.count(ckpt.MASK) != 1:
-            raise TreLMError(f"expected exactly one {ckpt.MASK} in the sentence, e.g. "
-                             f"'Bugün hava çok {ckpt.MASK}.'; got {masked_input!r}")
-        before, after = self.normalize(masked_input, lang).split(ckpt.MASK)
+        if masked_input.count(MASK) != 1:
+            raise TreLMError(f"expected exactly one {MASK} in the sentence, e.g. "
+                             f"'Bugün hava çok {MASK}.'; got {masked_input!r}")
+        before, after = self.normalize(masked_input, lang).split(MASK)
         d = self.dictionary
         ids = ([d.bos()] + self._span_ids(before.rstrip(), glued=False) + [self.mask_idx]
                + self._span_ids(after.strip(), glued=not after.startswith(" ")) + [d.eos()])
@@ -211,7 +211,7 @@ class TreLMHubInterface(nn.Module):
         out = []
         for value, index in zip(values.tolist(), indices.tolist()):
             token = d[index].replace(WORD_MARKER, " ")
-            mask = ckpt.MASK
+            mask = MASK
             if f" {mask}" in masked_input:
                 filled = masked_input.replace(f" {mask}", token)
             else:
@@ -353,7 +353,7 @@ def data_lowercase(data: str) -> bool:
 def check_spm_matches(dictionary, sp, dict_path: str, spm_path: str) -> None:
     """Every dict.txt symbol is a piece of spm.model (trelm-vocab writes dict.txt from it)."""
     missing = [s for s in dictionary.symbols[dictionary.nspecial:]
-               if s != ckpt.MASK and sp.piece_to_id(s) == sp.unk_id()]
+               if s != MASK and sp.piece_to_id(s) == sp.unk_id()]
     if missing:
         raise TreLMError(f"{dict_path}: {len(missing)} of {len(dictionary) - dictionary.nspecial - 1} symbols are not "
                          f"pieces of {spm_path} (first {missing[0]!r}): expected the two files of one "
@@ -364,7 +364,7 @@ def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str):
     """The TreLMModel of a checkpoint state with ``dictionary`` (+ its classification heads)."""
     from .trelm import check_state_fits
 
-    cfg = ckpt.checkpoint_model_config(state, checkpoint)  # TreLMError for a non-trelm checkpoint
+    cfg = checkpoint_model_config(state, checkpoint)  # TreLMError for a non-trelm checkpoint
     weights = state["model"]
     rows = weights.get("encoder.embed_tokens.weight")
     if rows is None:
@@ -374,7 +374,7 @@ def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str):
                          "symbols (with the specials and <mask>): expected the data directory the checkpoint was "
                          "trained on (data=...)")
     cfg.load_checkpoint_heads = True  # keep fine-tuned classification heads, as RoBERTa's hub does
-    model = ckpt.build_model(cfg, dictionary)
+    model = build_model(cfg, dictionary)
     own = model.state_dict()
     kept = {k: v for k, v in weights.items() if k in own or k.startswith("classification_heads.")}
     dropped = sorted(set(weights) - set(kept))
@@ -394,7 +394,7 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: Optional[str] = No
     """A TreLMHubInterface (eval mode, on the CPU) for a run directory or a checkpoint; see the module doc."""
     path = os.path.expanduser(str(model_name_or_path))
     checkpoint, data, plan = locate(path, checkpoint_file, data)
-    state = ckpt.load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint)
     if data is None:
         data = recorded_data(state)
     if data is None:
@@ -403,7 +403,7 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: Optional[str] = No
     if not os.path.isdir(data):
         raise TreLMError(f"{data}: data directory not found: pass data=DATA_DIR (--data), the {PREPARED}")
     dict_path = os.path.join(data, "dict.txt")
-    dictionary = ckpt.load_dictionary(dict_path, add_mask=True, hint=f"expected a {PREPARED}")
+    dictionary = load_dictionary(dict_path, add_mask=True, hint=f"expected a {PREPARED}")
     spm_path = os.path.join(data, "spm.model")
     sp, _ = load_sentencepiece(spm_path)
     check_spm_matches(dictionary, sp, dict_path, spm_path)

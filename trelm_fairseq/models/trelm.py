@@ -366,11 +366,11 @@ class TreLMModel(FairseqEncoderModel):
             raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
         if data is not None and data_name_or_path is not None and data != data_name_or_path:
             raise TypeError("from_pretrained: give the data directory once (data= or data_name_or_path=)")
-        # through the package (its __init__ imports every models/ module): hub_interface uses
-        # checkpoint.py, which imports this module, so this one names no module above it
-        from trelm_fairseq import models
+        # imported here, as fairseq's RobertaModel.from_pretrained does: the hub interface reads
+        # checkpoints through checkpoint.py, which imports this module
+        from .hub_interface import from_pretrained
 
-        return models.hub_interface.from_pretrained(
+        return from_pretrained(
             model_name_or_path, checkpoint_file=checkpoint_file, data=data or data_name_or_path, lang=lang,
             lower_case=lower_case)
 
