@@ -35,7 +35,7 @@ source "$(dirname "$0")/_common.sh"
 "$PYTHON" -c '
 import sys
 from trelm_fairseq.errors import TreLMError
-from trelm_fairseq.preprocess.languages import get_language
+from trelm_fairseq.languages import get_language
 try:
     pkg = get_language(sys.argv[1]).manpages_package
 except TreLMError as e:

@@ -190,3 +190,32 @@ def test_misaligned_parallel_files_stop_before_anything_is_built(env, tmp_path, 
     record = _json.loads((corpus / "corpus.json").read_text())
     check = [x for x in record["sources"] if x["kind"] == "parallel-files"][0]["alignment_check"]
     assert check["verdict"] == "misaligned" and check["mode"] == "warn" and check["shift"] == -1
+
+
+def test_a_second_trelm_prepare_on_the_same_data_directory_stops_at_once(env, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from trelm_fairseq.cli import prepare as cli_prepare
+
+    data = tmp_path / "data"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from trelm_fairseq.fileio import exclusive\n"
+        "with exclusive(sys.argv[2], 'trelm-prepare'):\n"
+        "    print('held', flush=True); time.sleep(60)"), root, str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as e:
+            cli_prepare.cli_main(["--src", "en", "--tgt", "tr", "--out", str(data), "--no-init"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"{data}: in use by trelm-prepare (pid {holder.pid})" in err
+        assert sorted(p.name for p in data.iterdir()) == [".trelm.lock"]  # nothing else was written
+    finally:
+        holder.kill()
+        holder.wait()
+    from trelm_fairseq.fileio import exclusive
+
+    with exclusive(str(data), "trelm-prepare"):  # the killed holder's lock went with it
+        assert (data / ".trelm.lock").read_text().startswith("trelm-prepare (pid ")
+    assert (data / ".trelm.lock").read_text() == ""  # released: names no one

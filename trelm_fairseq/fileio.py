@@ -585,7 +585,8 @@ def exclusive(folder: str, what: str):
     """Hold `folder` for this process while the block runs: a second run writing the same
     folder (another trelm-prepare on the data directory, another trelm-stages or sweep job
     on the same stage) stops at once with a TreLMError naming the holder, instead of both
-    writing the same files.  The lock is the kernel's (flock): a killed holder releases it."""
+    writing the same files.  The lock is the kernel's (flock): a killed holder releases it;
+    the (then empty) lock file stays."""
     import fcntl
 
     try:
@@ -605,6 +606,9 @@ def exclusive(folder: str, what: str):
         f.truncate()
         f.write(f"{what} (pid {os.getpid()})\n")
         f.flush()
-        yield
+        try:
+            yield
+        finally:
+            f.truncate(0)  # names no one once released: the folder's content stays run-independent
     finally:
         f.close()  # releases the lock

@@ -352,21 +352,22 @@ def run_prepare(args) -> Dict:
     src, tgt, source_model = _checked_inputs(args)
     data = args.out
     opts = vocab_mod.vocab_options(args, src, tgt, source_model)  # validates options, reads casing
-    steps = Steps(data, args.force)
-    fileio.remove_stale_temporaries(data, log=log)  # of earlier runs that were killed
-    log(f"{src}->{tgt} into {data}; lower-case: {opts['lowercase']} ({opts['lowercase_why']}); "
-        f"max {opts['max_tokens']} pieces per sentence")
-    corpus_dir = corpus_step(args, steps, src, tgt)
-    data_steps(args, steps, src, tgt, corpus_dir, opts)
-    source_ckpt_dir = None
-    if not args.no_init:
-        source_ckpt_dir, import_key = import_step(args, steps, source_model)
-        embeddings_step(args, steps, src, tgt, source_ckpt_dir, import_key)
-    else:
-        drop_stale_init(data, steps.keys["vocab"])
-    summary = summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, steps)
-    summary["seconds"]["total_this_run"] = time.perf_counter() - t_start
-    write_json(os.path.join(data, "prepare.json"), summary)
+    with fileio.exclusive(data, "trelm-prepare"):  # one writer per data directory
+        steps = Steps(data, args.force)
+        fileio.remove_stale_temporaries(data, log=log)  # of earlier runs that were killed
+        log(f"{src}->{tgt} into {data}; lower-case: {opts['lowercase']} ({opts['lowercase_why']}); "
+            f"max {opts['max_tokens']} pieces per sentence")
+        corpus_dir = corpus_step(args, steps, src, tgt)
+        data_steps(args, steps, src, tgt, corpus_dir, opts)
+        source_ckpt_dir = None
+        if not args.no_init:
+            source_ckpt_dir, import_key = import_step(args, steps, source_model)
+            embeddings_step(args, steps, src, tgt, source_ckpt_dir, import_key)
+        else:
+            drop_stale_init(data, steps.keys["vocab"])
+        summary = summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, steps)
+        summary["seconds"]["total_this_run"] = time.perf_counter() - t_start
+        write_json(os.path.join(data, "prepare.json"), summary)
     print_summary(summary)
     return summary
 
