@@ -278,7 +278,7 @@ def test_bad_inputs(data_lower, tmp_path, monkeypatch):
     big = make_checkpoint(str(tmp_path / "other.pt"), data_lower, seed=1)
     n = len(load_dictionary(os.path.join(other_data, "dict.txt")))
     if n != len(load_dictionary(os.path.join(data_lower, "dict.txt"))):
-        fails(r"other\.pt: \d+ embedding rows, but .*dict\.txt gives", big, other_data, out)
+        fails(r"other\.pt: vocabulary of \d+ rows, but .*dict\.txt gives", big, other_data, out)
     # missing spm.model
     os.rename(os.path.join(other_data, "spm.model"), os.path.join(other_data, "spm.gone"))
     fails(r"spm\.model: sentencepiece model not found", ckpt, other_data, out)

@@ -199,14 +199,7 @@ def load_model(path: str, dictionary: Dictionary, strict: bool = True):
     """Build a TreLMModel from a checkpoint and a dictionary; returns (model, state)."""
     state = load_checkpoint(path)
     cfg = checkpoint_model_config(state, path)
-    emb = state["model"].get("encoder.embed_tokens.weight")
-    if emb is None:
-        raise TreLMError(f"{path}: no encoder.embed_tokens.weight: not a trelm checkpoint")
-    if emb.size(0) != len(dictionary):
-        raise TreLMError(
-            f"{path}: vocabulary of {emb.size(0)} rows does not match the dictionary's {len(dictionary)} "
-            "symbols (did you pass the dict.txt this checkpoint was made with? the masked-LM tasks add <mask>)"
-        )
+    check_vocabulary(state, path, dictionary)
     model = build_model(cfg, dictionary)
     model.load_state_dict(state["model"], strict=strict)
     return model, state
@@ -311,24 +304,28 @@ def check_fits(path: str, want, dict_path: str, what: str, source: str) -> None:
                 f"({name} {b}): expected a checkpoint of the same architecture (a different --arch, or an "
                 "init/model.pt re-made since this checkpoint was written?)"
             )
+    if "encoder.embed_tokens.weight" in state["model"] and os.path.isfile(dict_path):
+        check_vocabulary(state, f"{path} ({what})", load_dictionary(dict_path), dict_path,
+                         "a checkpoint made with this data directory's dict.txt")
+
+
+def check_vocabulary(state: Dict, where: str, dictionary: Dictionary, dict_path: str = "the dictionary",
+                     expected: str = "the dict.txt this checkpoint was made with") -> None:
+    """A checkpoint's embedding has one row per symbol of `dictionary` (dict.txt + the
+    specials + <mask>, as the tasks load it), and the same symbols when the checkpoint records
+    their fingerprint; else a TreLMError naming both (`where`: the checkpoint)."""
     rows = state["model"].get("encoder.embed_tokens.weight")
-    if rows is not None and os.path.isfile(dict_path):
-        dictionary = load_dictionary(dict_path)  # + <mask>, as the task loads it
-        if rows.size(0) != len(dictionary):
-            raise TreLMError(
-                f"{path} ({what}): vocabulary of {rows.size(0)} rows, but {dict_path} gives {len(dictionary)} "
-                "symbols (with the specials and <mask>): expected a checkpoint made with this data directory's "
-                "dict.txt"
-            )
-        # same size is not the same vocabulary (two language pairs prepared with --vocab-size auto
-        # both get 16000 pieces): the fingerprint our writers record says which symbols, in order
-        recorded = (state.get("trelm") or {}).get("dictionary_fingerprint")
-        if recorded and recorded != dictionary_fingerprint(dictionary):
-            raise TreLMError(
-                f"{path} ({what}): made for another vocabulary than {dict_path} (same size, other symbols: "
-                "another language pair or a re-made vocabulary?): expected the init checkpoint trelm-prepare "
-                "wrote for this data directory"
-            )
+    if rows is None:
+        raise TreLMError(f"{where}: no encoder.embed_tokens.weight: not a trelm checkpoint")
+    if rows.size(0) != len(dictionary):
+        raise TreLMError(f"{where}: vocabulary of {rows.size(0)} rows, but {dict_path} gives {len(dictionary)} "
+                         f"symbols (with the specials and <mask>): expected {expected}")
+    # same size is not the same vocabulary (two language pairs prepared with --vocab-size auto
+    # both get 16000 pieces): the fingerprint our writers record says which symbols, in order
+    recorded = (state.get("trelm") or {}).get("dictionary_fingerprint")
+    if recorded and recorded != dictionary_fingerprint(dictionary):
+        raise TreLMError(f"{where}: made for another vocabulary than {dict_path} (same size, other symbols: "
+                         f"another language pair or a re-made vocabulary?): expected {expected}")
 
 
 STAGE_MARKER = "stage_done.json"  # stages.MARKER: a finished trelm-stages stage's folder has it

@@ -137,10 +137,7 @@ def export_model(checkpoint: str, data: str, out: str, lang: Optional[str] = Non
     ``lang`` (default: the data's target language) into the folder ``out``; returns the record
     written to ``out/export.json``.  TreLMError (naming the file and what was expected) for bad
     input; nothing is written then."""
-    import sentencepiece as spm
-    from safetensors.torch import save_file
-
-    from ..checkpoint import checkpoint_model_config, load_checkpoint, load_dictionary, load_model
+    from ..checkpoint import load_model
     from . import model as M
     from . import tokenizer as T
 
@@ -148,61 +145,83 @@ def export_model(checkpoint: str, data: str, out: str, lang: Optional[str] = Non
     if os.path.lexists(out) and not (force and os.path.isdir(out)):
         raise TreLMError(f"{out}: exists{' and is not a directory' if not os.path.isdir(out) else ''}: expected a new "
                          "output directory (--force replaces an existing one)")
+    x = _checked_inputs(checkpoint, data, lang, lowercase, layout)
+    model, _ = load_model(checkpoint, x["dictionary"])
+    model.eval()
+    config = M.hf_config(x["cfg"], model.encoder, x["layout"], x["lang"], checkpoint)
+    info = _description(checkpoint, data, out, x, config, results)
+    log(f"exporting {checkpoint} ({x['layout']} layout, {config['num_hidden_layers']} layers, language {x['lang']} "
+        f"= row {x['lang_id']}, lower-case {x['lower']}) to {out}")
+    tok = T.build_tokenizer(x["proto"], x["dictionary"].symbols, x["lang"], x["lower"])
+    with atomic_folder(out) as tmp:
+        _write_model(tmp, model, config, x, tok, info, check, log)
+        write_text(os.path.join(tmp, "README.md"), model_card(info))
+        record = {k: v for k, v in info.items() if k not in ("prepare", "stages", "results", "corpus")}
+        write_json(os.path.join(tmp, "export.json"), record)
+    return record
+
+
+def _checked_inputs(checkpoint: str, data: str, lang: Optional[str], lowercase: str, layout: str) -> Dict:
+    """Everything the export needs from the data directory and the checkpoint, checked
+    before anything is built: the record of trelm-prepare, the language and casing, the
+    dictionary and sentencepiece model (matching each other and the checkpoint), the model
+    config (representable) and the layout."""
+    from ..checkpoint import check_vocabulary, checkpoint_model_config, load_checkpoint, load_dictionary
+    from . import model as M
+    from . import tokenizer as T
+
     prepare = _data_record(data)
     langs = list(prepare["langs"])
     lang = lang or prepare.get("tgt") or langs[-1]
-    lower = resolve_lowercase(lowercase, prepare, data)
     dict_path, spm_path = os.path.join(data, "dict.txt"), os.path.join(data, "spm.model")
     dictionary = load_dictionary(dict_path, hint="written by trelm-prepare")
     proto = T.read_spm(spm_path)
     T.check_matches(proto, dictionary.symbols, spm_path, dict_path)
-
     state = load_checkpoint(checkpoint)
     cfg = checkpoint_model_config(state, checkpoint)  # a non-trelm model is an error here
     M.check_representable(cfg, checkpoint)
-    rows = state["model"].get("encoder.embed_tokens.weight")
-    if rows is None:
-        raise TreLMError(f"{checkpoint}: no encoder.embed_tokens.weight: expected a trelm checkpoint")
-    if rows.size(0) != len(dictionary):
-        raise TreLMError(f"{checkpoint}: {rows.size(0)} embedding rows, but {dict_path} gives {len(dictionary)} "
-                         "symbols (its symbols + <s> <pad> </s> <unk> + <mask>): expected a checkpoint trained on "
-                         "this data directory")
-    del state
-    layout = M.choose_layout(cfg, layout, checkpoint)
-    lang_id = M.language_id(langs, lang, cfg.n_langs, checkpoint, os.path.join(data, "prepare.json"))
-    model, _ = load_model(checkpoint, dictionary)
-    model.eval()
-    config = M.hf_config(cfg, model.encoder, layout, lang, checkpoint)
-    weights = M.hf_state_dict(model.encoder, layout, lang_id)
-    tok = T.build_tokenizer(proto, dictionary.symbols, lang, lower)
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    sentences = valid_sentences(data, lang)
-    example = masked_example(sentences)
+    check_vocabulary(state, checkpoint, dictionary, dict_path, "a checkpoint trained on this data directory")
+    return {"prepare": prepare, "lang": lang, "lower": resolve_lowercase(lowercase, prepare, data),
+            "dictionary": dictionary, "proto": proto, "cfg": cfg, "layout": M.choose_layout(cfg, layout, checkpoint),
+            "lang_id": M.language_id(langs, lang, cfg.n_langs, checkpoint, os.path.join(data, "prepare.json")),
+            "sentences": valid_sentences(data, lang)}
+
+
+def _description(checkpoint: str, data: str, out: str, x: Dict, config: Dict, results) -> Dict:
+    """What export.json and the model card say about the export."""
+    example = masked_example(x["sentences"])
     results_obj, results_path = _results(results)
     corpus_json = os.path.join(data, "corpus", "corpus.json")
-    source_cfg = os.path.join(prepare.get("source_model") or "", "config.json")
-    info = {
-        "checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "out": out, "lang": lang,
-        "lang_id": lang_id, "layout": layout, "lowercase": lower, "config": config,
+    source_cfg = os.path.join(x["prepare"].get("source_model") or "", "config.json")
+    return {
+        "checkpoint": os.path.abspath(checkpoint), "data": os.path.abspath(data), "out": out, "lang": x["lang"],
+        "lang_id": x["lang_id"], "layout": x["layout"], "lowercase": x["lower"], "config": config,
         "tri_layer_position": config["trelm"]["tri_layer_position"], "example": example,
-        "prepare": prepare, "stages": find_stages(checkpoint), "results": results_obj,
+        "prepare": x["prepare"], "stages": find_stages(checkpoint), "results": results_obj,
         "results_source": results_path or ("the main job's report" if results_obj else None),
         "corpus": read_json(corpus_json, "corpus record") if os.path.isfile(corpus_json) else None,
         "source_name": (read_json(source_cfg).get("_name_or_path") if os.path.isfile(source_cfg) else None),
         "usage": usage_lines(out, example["masked"]),
     }
-    log(f"exporting {checkpoint} ({layout} layout, {config['num_hidden_layers']} layers, language {lang} = row "
-        f"{lang_id}, lower-case {lower}) to {out}")
-    with atomic_folder(out) as tmp:
-        write_json(os.path.join(tmp, "config.json"), config)
-        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        T.write_tokenizer(tok, tmp, cfg.max_positions)
-        if check:
-            info["check"] = _check(tmp, model, lang_id, sentences[:CHECK_SENTENCES], sp, dictionary, lang, lower,
-                                   cfg.max_positions, example["masked"])
-            log(f"export check: max abs difference {info['check']['max_abs_diff_hidden']:.2e} (hidden states), "
-                f"{info['check']['max_abs_diff_logits']:.2e} (MLM logits) on {info['check']['sentences']} sentences")
-        write_text(os.path.join(tmp, "README.md"), model_card(info))
-        record = {k: v for k, v in info.items() if k not in ("prepare", "stages", "results", "corpus")}
-        write_json(os.path.join(tmp, "export.json"), record)
-    return record
+
+
+def _write_model(tmp: str, model, config: Dict, x: Dict, tok, info: Dict, check: bool, log) -> None:
+    """config.json, model.safetensors and the tokenizer into ``tmp``; with ``check``, loaded
+    back with stock transformers classes and compared with the fairseq model (info["check"])."""
+    import sentencepiece as spm
+    from safetensors.torch import save_file
+
+    from . import model as M
+    from . import tokenizer as T
+
+    max_positions = x["cfg"].max_positions
+    write_json(os.path.join(tmp, "config.json"), config)
+    save_file(M.hf_state_dict(model.encoder, x["layout"], x["lang_id"]), os.path.join(tmp, "model.safetensors"),
+              metadata={"format": "pt"})
+    T.write_tokenizer(tok, tmp, max_positions)
+    if check:
+        sp = spm.SentencePieceProcessor(model_proto=x["proto"].SerializeToString())
+        info["check"] = _check(tmp, model, x["lang_id"], x["sentences"][:CHECK_SENTENCES], sp, x["dictionary"],
+                               x["lang"], x["lower"], max_positions, info["example"]["masked"])
+        log(f"export check: max abs difference {info['check']['max_abs_diff_hidden']:.2e} (hidden states), "
+            f"{info['check']['max_abs_diff_logits']:.2e} (MLM logits) on {info['check']['sentences']} sentences")

@@ -105,7 +105,6 @@ def model_card(info: Dict) -> str:
     """README.md from the export record ``info`` (see export.export_model)."""
     prepare, lang = info.get("prepare") or {}, info["lang"]
     langs = prepare.get("langs") or [lang]
-    check = info.get("check") or {}
     lines = [
         "---",
         "language:", *_yaml_list(sorted(set(langs) | {lang})),
@@ -132,20 +131,7 @@ def model_card(info: Dict) -> str:
         + (", lower-cased with the language's rules" if info["lowercase"] else "")
         + ", then sentencepiece's) and adds `<s> ... </s>` as trelm's tasks do.",
         "",
-        "## What was folded in",
-        "",
-        f"- the `{lang}` row (id {info['lang_id']}) of the language embedding: the token-type table "
-        "(type_vocab_size 1), so inputs need no language id;",
-        (f"- the TRILayer (after layer {info['tri_layer_position']}): one more encoder layer at that position, as "
-         "trelm runs it on monolingual input;" if info.get("tri_layer_position") is not None else
-         "- no TRILayer;"),
-        ("- fairseq's learned positions (padding offset 2) as they are: RoBERTa position ids;"
-         if info["layout"] == "roberta" else
-         "- fairseq's learned positions shifted by its padding offset (2) to BERT's position ids from 0 "
-         "(exact for right-padded input);"),
-        "- the MLM head (dense, activation, LayerNorm, output weight tied to the word embeddings + bias). No "
-        "pooler: `AutoModel`'s `pooler_output` is newly initialised, use the hidden states.",
-        "",
+        *_folded_lines(info, lang),
         "## Source model and languages",
         "",
         f"- source model: `{prepare.get('source_model') or 'unknown'}`"
@@ -165,15 +151,43 @@ def model_card(info: Dict) -> str:
         *_results_lines(info.get("results"), info.get("results_source") or "the main job's results"),
         "",
     ]
-    if check:
-        lines += [
-            f"Export check (`trelm-export`, {check['sentences']} `{lang}` sentences of the data's valid split, one "
-            f"right-padded batch): max abs difference to the fairseq model {check['max_abs_diff_hidden']:.2e} "
-            f"(final hidden states), {check['max_abs_diff_logits']:.2e} (MLM logits); tokenizer ids equal to trelm's "
-            f"encoding on all of them.",
-            "",
-        ]
-        if check.get("fill_mask"):
-            lines += [f"`fill(\"{info['example']['masked']}\")` top predictions: "
-                      + ", ".join(f"`{p['token_str']}` ({p['score']:.3f})" for p in check["fill_mask"]), ""]
+    lines += _check_lines(info, lang)
     return "\n".join(lines)
+
+def _folded_lines(info: Dict, lang: str) -> List[str]:
+    """What the export folded into stock BERT / RoBERTa parts."""
+    return [
+        "## What was folded in",
+        "",
+        f"- the `{lang}` row (id {info['lang_id']}) of the language embedding: the token-type table "
+        "(type_vocab_size 1), so inputs need no language id;",
+        (f"- the TRILayer (after layer {info['tri_layer_position']}): one more encoder layer at that position, as "
+         "trelm runs it on monolingual input;" if info.get("tri_layer_position") is not None else
+         "- no TRILayer;"),
+        ("- fairseq's learned positions (padding offset 2) as they are: RoBERTa position ids;"
+         if info["layout"] == "roberta" else
+         "- fairseq's learned positions shifted by its padding offset (2) to BERT's position ids from 0 "
+         "(exact for right-padded input);"),
+        "- the MLM head (dense, activation, LayerNorm, output weight tied to the word embeddings + bias). No "
+        "pooler: `AutoModel`'s `pooler_output` is newly initialised, use the hidden states.",
+        "",
+    ]
+
+
+def _check_lines(info: Dict, lang: str) -> List[str]:
+    """The export check's figures (and the example's top predictions), if it ran."""
+    check = info.get("check")
+    if not check:
+        return []
+    lines = [
+        f"Export check (`trelm-export`, {check['sentences']} `{lang}` sentences of the data's valid split, one "
+        f"right-padded batch): max abs difference to the fairseq model {check['max_abs_diff_hidden']:.2e} "
+        f"(final hidden states), {check['max_abs_diff_logits']:.2e} (MLM logits); tokenizer ids equal to trelm's "
+        f"encoding on all of them.",
+        "",
+    ]
+    if check.get("fill_mask"):
+        lines += [f"`fill(\"{info['example']['masked']}\")` top predictions: "
+                  + ", ".join(f"`{p['token_str']}` ({p['score']:.3f})" for p in check["fill_mask"]), ""]
+    return lines
+

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import MASK, build_model, checkpoint_model_config, load_checkpoint, load_dictionary
+from ..checkpoint import MASK, build_model, check_vocabulary, checkpoint_model_config, load_checkpoint, load_dictionary
 from .. import fileio
 from ..errors import TreLMError
 from ..language_pair import langs_from_prepare, parse_langs
@@ -366,13 +366,8 @@ def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str):
 
     cfg = checkpoint_model_config(state, checkpoint)  # TreLMError for a non-trelm checkpoint
     weights = state["model"]
-    rows = weights.get("encoder.embed_tokens.weight")
-    if rows is None:
-        raise TreLMError(f"{checkpoint}: no encoder.embed_tokens.weight: not a trelm checkpoint")
-    if rows.size(0) != len(dictionary):
-        raise TreLMError(f"{checkpoint}: vocabulary of {rows.size(0)} rows, but {dict_path} gives {len(dictionary)} "
-                         "symbols (with the specials and <mask>): expected the data directory the checkpoint was "
-                         "trained on (data=...)")
+    check_vocabulary(state, checkpoint, dictionary, dict_path,
+                     "the data directory the checkpoint was trained on (data=...)")
     cfg.load_checkpoint_heads = True  # keep fine-tuned classification heads, as RoBERTa's hub does
     model = build_model(cfg, dictionary)
     own = model.state_dict()
