@@ -217,7 +217,6 @@ def write_failure(e: BaseException) -> Optional[OSError]:
     return e if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS else None
 
 
-_write_failure = write_failure  # the old private name
 
 
 def _umask() -> int:
