@@ -228,3 +228,25 @@ def batches(task, split: str = "train", bsz: int = 16, n: int = 1):
     ds = task.dataset(split)
     ds.ordered_indices()  # RoundRobinZipDatasets needs it before indexing
     return [ds.collater([ds[i] for i in range(k * bsz, (k + 1) * bsz)]) for k in range(n)]
+
+
+def make_family(tmp) -> Dict[str, str]:
+    """A stage-1 checkpoint and 2a / 2b checkpoints descending from it (same weights), for
+    trelm-combine: {"parent" | "transfer_upper" | "transfer_lower": path}."""
+    from fairseq.data import Dictionary
+
+    from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
+
+    d = Dictionary()
+    for i in range(20):
+        d.add_symbol(f"w{i}")
+    d.add_symbol("<mask>")
+    cfg = model_config("trelm_tiny", tri_layer=True)
+    model = build_model(cfg, d)
+    paths = {}
+    for name, stage in (("parent", "commonality"), ("transfer_upper", "transfer_upper"),
+                        ("transfer_lower", "transfer_lower")):
+        paths[name] = tmp / f"{name}.pt"
+        save_checkpoint(str(paths[name]), model, cfg, {"_name": "trelm_transfer", "stage": stage, "data": "",
+                                                       "langs": "en,tr"})
+    return paths

@@ -28,6 +28,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus  # noqa: E402
 from _stages_helpers import HERE as FAKE_TRAINER  # noqa: E402
+from _transfer_helpers import make_family  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # console scripts that write no file (their output is printed)
@@ -131,22 +132,7 @@ def env(tmp_path_factory):
         "--tgt", "tr", "--out", str(data), "--corpus-dir", str(corpus), "--source-model", str(source),
         "--vocab-size", "100", "--threads", "1", "--mapping", "none"]))
 
-    # a stage-1 checkpoint and 2a / 2b checkpoints descending from it, for trelm-combine
-    from fairseq.data import Dictionary
-
-    from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
-
-    d = Dictionary()
-    for i in range(20):
-        d.add_symbol(f"w{i}")
-    d.add_symbol("<mask>")
-    cfg = model_config("trelm_tiny", tri_layer=True)
-    model = build_model(cfg, d)
-    fam = {}
-    for stage in ("commonality", "transfer_upper", "transfer_lower"):
-        fam[stage] = root / f"{stage}.pt"
-        save_checkpoint(str(fam[stage]), model, cfg, {"_name": "trelm_transfer", "stage": stage, "data": "",
-                                                      "langs": "en,tr"})
+    fam = make_family(root)  # a stage-1 checkpoint and 2a / 2b checkpoints descending from it, for trelm-combine
 
     # user files: a parallel pair and a monolingual file
     par_en, par_tr = root / "u.en", root / "u.tr"
@@ -230,7 +216,7 @@ def cases(env):
         "trelm-import --encode-out": (["--encode", str(env["text"]), "--encode-out", str(ro / "x.tok")],
                                       ro / "x.tok"),
         "trelm-combine": (["--upper", str(fam["transfer_upper"]), "--lower", str(fam["transfer_lower"]),
-                           "--parent", str(fam["commonality"]), "-o", str(ro / "c.pt")], ro / "c.pt"),
+                           "--parent", str(fam["parent"]), "-o", str(ro / "c.pt")], ro / "c.pt"),
         "trelm-stages": ([str(data), str(ro / "run"), "--langs", "en,tr", "--updates", "2", "--", "--cpu"],
                          ro / "run"),
         "trelm-parse-prepare": (["--out", str(ro / "parse"), "--vocab-dir", str(data)]

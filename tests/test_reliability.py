@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _cli import BIN, USER_DIR, cli_env  # noqa: E402
 from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus  # noqa: E402
 from _stages_helpers import trainer_command as fake_trainer_command  # noqa: E402
-from _transfer_helpers import make_task, make_tiny_data_dir  # noqa: E402
+from _transfer_helpers import make_family, make_task, make_tiny_data_dir  # noqa: E402
 
 import trelm_fairseq  # noqa: E402,F401  (registers)
 from fairseq.data import Dictionary  # noqa: E402
@@ -121,23 +121,6 @@ def test_checkpoint_save_disk_full_and_read_only(tmp_path, monkeypatch):
         with pytest.raises(TreLMError, match=r"new\.pt: write failed: Read-only file system"):
             save_checkpoint(str(tmp_path / "ck" / "new.pt"), model, cfg)
     assert not (tmp_path / "ck" / "new.pt").exists()
-
-
-def make_family(tmp):
-    """A stage-1 checkpoint and 2a / 2b checkpoints descending from it (same weights)."""
-    d = Dictionary()
-    for i in range(20):
-        d.add_symbol(f"w{i}")
-    d.add_symbol("<mask>")
-    cfg = model_config("trelm_tiny", tri_layer=True)
-    model = build_model(cfg, d)
-    paths = {}
-    for name, stage in (("parent", "commonality"), ("transfer_upper", "transfer_upper"),
-                        ("transfer_lower", "transfer_lower")):
-        paths[name] = tmp / f"{name}.pt"
-        save_checkpoint(str(paths[name]), model, cfg, {"_name": "trelm_transfer", "stage": stage, "data": "",
-                                                       "langs": "en,tr"})
-    return paths
 
 
 def test_combine_cli_corrupted_parent_and_full_disk(tmp_path, monkeypatch, capsys):
