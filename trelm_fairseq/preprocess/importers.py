@@ -69,9 +69,13 @@ LAYER_PARTS = tuple(ours for _, ours in HF_LAYER_MAP)
 TOKEN_ROW_KEYS = ("encoder.embed_tokens.weight", "encoder.lm_head.bias")
 
 
-def log(msg: str, stream=sys.stderr) -> None:
+STDERR = "stderr"  # the default stream: sys.stderr as it is when a line is printed (not at import)
+
+
+def log(msg: str, stream=STDERR) -> None:
+    """A progress line; ``stream`` None: silent."""
     if stream is not None:
-        print(f"[trelm-import] {msg}", file=stream, flush=True)
+        print(f"[trelm-import] {msg}", file=sys.stderr if stream == STDERR else stream, flush=True)
 
 
 @dataclass
@@ -679,7 +683,7 @@ def _write_tokenizer(source: Source, out_dir: str) -> bool:
 
 
 def import_model(source_path: Optional[str], out_dir: str, n_langs: int = 2, force: bool = False,
-                 seed: int = 1, stream=sys.stderr) -> Dict:
+                 seed: int = 1, stream=STDERR) -> Dict:
     """Convert ``source_path`` (default: the embedded all-MiniLM-L6-v2) into ``out_dir``:
     model.pt, dict.txt, tokenizer/ (the source tokenizer) and import.json (a summary)."""
     _check_n_langs(n_langs)  # before the (slow) read

@@ -241,8 +241,14 @@ def load_tokenizer(path: str) -> SourceTokenizer:
     return SourceTokenizer(path)
 
 
+def _stream(log):
+    """``log`` as a stream: "stderr" is sys.stderr as it is now (bound at call time, so that a
+    replaced sys.stderr, e.g. by a test, is honoured)."""
+    return sys.stderr if log == "stderr" else log
+
+
 def encode_file(tokenizer: SourceTokenizer, in_path: str, out_path: str, chunk: int = 10000,
-                log=sys.stderr) -> int:
+                log="stderr") -> int:
     """Encode ``in_path`` line by line into ``out_path`` (written atomically); returns the line count."""
     check_input_file(in_path, "input text file")
     n = 0
@@ -255,10 +261,10 @@ def encode_file(tokenizer: SourceTokenizer, in_path: str, out_path: str, chunk: 
             if len(buf) >= chunk:
                 n += _flush(tokenizer, buf, fout)
                 if log:
-                    print(f"[trelm-import] encoded {n} lines", file=log, flush=True)
+                    print(f"[trelm-import] encoded {n} lines", file=_stream(log), flush=True)
         n += _flush(tokenizer, buf, fout)
     if log:
-        print(f"[trelm-import] wrote {out_path}: {n} lines", file=log, flush=True)
+        print(f"[trelm-import] wrote {out_path}: {n} lines", file=_stream(log), flush=True)
     return n
 
 
