@@ -334,17 +334,23 @@ def temporary_folder(near: str):
     """A temporary folder next to `near` (its name carries this process's id), removed
     when the block ends, however it ends.  Creating it on a read-only / full disk is a
     write error naming `near`."""
-    parent = os.path.dirname(os.path.abspath(near))
-    created = make_dirs(parent)
-    try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(near), suffix=".tmp")
-    except OSError as e:
-        _remove_dirs(created)
-        raise write_error(near, e) from e
+    tmp, _ = _new_temp_folder(near)
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _new_temp_folder(near: str):
+    """(a new temporary folder next to `near`, named for this process; the parent folders this
+    call created).  A failure is a write error naming `near`, and nothing is left made."""
+    parent = os.path.dirname(os.path.abspath(near))
+    created = make_dirs(parent)
+    try:
+        return tempfile.mkdtemp(dir=parent, prefix=temp_prefix(near), suffix=".tmp"), created
+    except OSError as e:
+        _remove_dirs(created)
+        raise write_error(near, e) from e
 
 
 @contextlib.contextmanager
@@ -406,13 +412,7 @@ def atomic_folder(path: str):
     """Yield a temporary folder next to `path` to fill (for tools that write a whole folder);
     when the block succeeds it takes the place of `path` (an old folder there is removed),
     otherwise it is removed and `path` is left as it was."""
-    parent = os.path.dirname(os.path.abspath(path))
-    created = make_dirs(parent)
-    try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(path), suffix=".tmp")
-    except OSError as e:
-        _remove_dirs(created)
-        raise write_error(path, e) from e
+    tmp, created = _new_temp_folder(path)
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual mode
