@@ -140,6 +140,7 @@ def test_reversed_corpus_alignment_is_recovered(aligned):
     assert right_back / total_back > 0.9, right_back / total_back
     cov = aligned["stats"]["coverage"]
     assert cov["en-tr"] > 0.9 and cov["tr-en"] > 0.9
+    assert "coverage_warning" not in aligned["stats"]  # well aligned: no low-coverage warning
 
 
 def test_alignment_is_reproducible_with_a_seed(aligned, tmp_path):

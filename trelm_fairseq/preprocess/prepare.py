@@ -417,6 +417,8 @@ def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, s
         a = st["align"]
         out["alignment"] = {"coverage": a.get("coverage"), "splits": a.get("splits"), "units": a.get("units"),
                             "eflomal": a.get("eflomal")}
+        if a.get("coverage_warning"):
+            out["alignment"]["warning"] = a["coverage_warning"]
     if "embeddings" in st:
         e = st["embeddings"]
         out["mapping"] = {k: e.get(k) for k in ("method", "precision_at_1", "copied", "mapped", "random",
