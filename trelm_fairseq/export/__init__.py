@@ -18,7 +18,6 @@ from typing import Callable, Dict, List, Optional, Union
 
 from ..errors import TreLMError
 from ..fileio import atomic_folder, read_json, read_lines, write_json, write_text
-from ..languages import normalize_line
 from .card import find_stages, model_card, usage_lines
 from .model import LAYOUTS  # noqa: F401
 
@@ -48,13 +47,6 @@ def resolve_lowercase(option: str, prepare: Dict, data: str) -> bool:
         raise TreLMError(f"{os.path.join(data, 'prepare.json')}: no vocab.lowercase: cannot tell whether the text was "
                          "lower-cased before sentencepiece; pass --lowercase yes or no")
     return bool(lower)
-
-
-def trelm_encode(sp, dictionary, line: str, lang: str, lower_case: bool) -> List[int]:
-    """trelm's ids of a raw sentence: normalize_line, sentencepiece pieces, dictionary ids
-    (unknown pieces -> <unk>), </s> appended (fairseq-preprocess), <s> prepended (the tasks)."""
-    pieces = sp.encode(normalize_line(line, lang, lower_case), out_type=str)
-    return [dictionary.bos()] + [dictionary.index(p) for p in pieces] + [dictionary.eos()]
 
 
 def valid_sentences(data: str, lang: str, n: int = 4 * CHECK_SENTENCES) -> List[str]:
@@ -104,6 +96,8 @@ def _check(tmp: str, model, lang_id: int, sentences: List[str], sp, dictionary, 
     """Load the written folder with transformers' stock classes and compare it with the fairseq model."""
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    from ..models.hub_interface import sentence_ids  # the ids trelm itself gives a raw sentence
     from transformers.utils import logging as hf_logging
 
     from .model import compare
@@ -114,7 +108,7 @@ def _check(tmp: str, model, lang_id: int, sentences: List[str], sp, dictionary, 
     hf_model = AutoModelForMaskedLM.from_pretrained(tmp)
     ids = []
     for s in sentences:
-        ours, theirs = trelm_encode(sp, dictionary, s, lang, lower), tok(s)["input_ids"]
+        ours, theirs = sentence_ids(sp, dictionary, s, lang, lower), tok(s)["input_ids"]
         if ours != theirs:
             raise TreLMError(f"export check: the exported tokenizer gives {theirs[:12]}... for {s!r}, trelm's encoding "
                              f"{ours[:12]}...: please report this sentence")

@@ -51,6 +51,15 @@ DEFAULT_CHECKPOINT = "model.pt"  # fairseq's from_pretrained default
 PREPARED = "data directory written by trelm-prepare (docs/data-layout.md)"
 
 
+
+def sentence_ids(sp, dictionary, sentence: str, lang: str, lower_case: bool) -> List[int]:
+    """trelm's ids of a raw sentence, as trelm-prepare and the tasks make them: normalize_line,
+    sentencepiece pieces, dictionary ids (<unk> for a piece dict.txt lacks), <s> prepended (the
+    tasks) and </s> appended (fairseq-preprocess).  The hub interface and trelm-export's
+    tokenizer check both use it."""
+    pieces = sp.encode(normalize_line(sentence, lang, lower_case), out_type=str)
+    return [dictionary.bos()] + [dictionary.index(p) for p in pieces] + [dictionary.eos()]
+
 class TreLMHubInterface(nn.Module):
     """A trelm model with its vocabulary: raw text in, ids / features / filled masks out.
 
@@ -112,8 +121,8 @@ class TreLMHubInterface(nn.Module):
     def encode(self, sentence: str, lang: Optional[str] = None) -> torch.LongTensor:
         """``<s> pieces </s>`` as dictionary ids: the row the trelm tasks feed the model for
         this sentence (1-D LongTensor)."""
-        d = self.dictionary
-        return torch.tensor([d.bos()] + self._ids(self.pieces(sentence, lang)) + [d.eos()], dtype=torch.long)
+        return torch.tensor(sentence_ids(self._sp, self.dictionary, sentence, self.check_lang(lang), self.lower_case),
+                            dtype=torch.long)
 
     def decode(self, tokens: torch.Tensor) -> str:
         """Ids back to text: pieces joined, the word marker turned into spaces; ``<s>``, ``</s>``
