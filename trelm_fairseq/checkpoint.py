@@ -328,7 +328,24 @@ def check_vocabulary(state: Dict, where: str, dictionary: Dictionary, dict_path:
                          f"another language pair or a re-made vocabulary?): expected {expected}")
 
 
-STAGE_MARKER = "stage_done.json"  # stages.MARKER: a finished trelm-stages stage's folder has it
+# ----- a trelm-stages run directory ----------------------------------------------
+STAGE_MARKER = "stage_done.json"  # a finished stage's folder has it (stages.MARKER)
+RUN_SUMMARY = "stages.json"  # the run's plan and stage rows (stages.SUMMARY)
+
+
+def recorded_checkpoint(run: str, recorded: str, marker: str, stage_folders) -> str:
+    """A checkpoint path a stage marker recorded, under the run directory as it is now, so that a
+    moved or copied run reads its own files.  Markers record paths relative to the run; older
+    ones hold absolute paths: one in a stage folder of the run (``<key>-<name>/<file>``, one of
+    `stage_folders`) maps into this run directory, wherever the run was then; anything else
+    would read outside the run: an error naming the marker."""
+    if not os.path.isabs(recorded):
+        return os.path.join(run, recorded)
+    folder, name = os.path.split(recorded)
+    if os.path.basename(folder) in set(stage_folders):
+        return os.path.join(run, os.path.basename(folder), name)
+    raise TreLMError(f"{marker}: records {recorded}, outside the run directory {run}: delete the "
+                     "marker to redo that stage, or restore the run directory it came from")
 
 
 def unreadable_message(path: str, e: Exception, resuming: bool = False) -> str:

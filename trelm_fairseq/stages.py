@@ -32,10 +32,10 @@ from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
-MARKER = "stage_done.json"
+MARKER = "stage_done.json"  # = checkpoint.STAGE_MARKER (this module does not import torch / fairseq)
 MARKER_WHAT = ("stage marker", "delete it to redo the stage")  # what read_json says when it is damaged
 TRAIN_LOG = "train.log"
-SUMMARY = "stages.json"
+SUMMARY = "stages.json"  # = checkpoint.RUN_SUMMARY
 COMBINED = "checkpoint.pt"
 
 # Paper budgets (updates) per stage group, and the budget the paper's warmup refers to.
@@ -216,17 +216,11 @@ class StagePlan:
         return os.path.relpath(path, self.out)
 
     def resolve(self, recorded: str, marker: str) -> str:
-        """A path a marker recorded, under the run directory as it is now.  Markers written
-        before paths were relative hold absolute paths: one of this run's stage folders
-        (``<key>-<name>/<file>``) maps into this run directory, wherever the run was then;
-        anything else would read outside the run: an error."""
-        if not os.path.isabs(recorded):
-            return os.path.join(self.out, recorded)
-        folder, name = os.path.split(recorded)
-        if os.path.basename(folder) in {s.dirname for s in self.specs.values()}:
-            return os.path.join(self.out, os.path.basename(folder), name)
-        raise TreLMError(f"{marker}: records {recorded}, outside the run directory {self.out}: delete the "
-                         "marker to redo that stage, or restore the run directory it came from")
+        """A path a marker recorded, under the run directory as it is now
+        (checkpoint.recorded_checkpoint)."""
+        from .checkpoint import recorded_checkpoint  # torch and fairseq only when a stage runs
+
+        return recorded_checkpoint(self.out, recorded, marker, (s.dirname for s in self.specs.values()))
 
     # ----- commands --------------------------------------------------------
     def trainer_command(self) -> List[str]:

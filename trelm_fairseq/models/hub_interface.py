@@ -35,7 +35,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import MASK, build_model, check_vocabulary, checkpoint_model_config, load_checkpoint, load_dictionary
+from ..checkpoint import (
+    MASK,
+    RUN_SUMMARY,
+    STAGE_MARKER,
+    build_model,
+    check_vocabulary,
+    checkpoint_model_config,
+    load_checkpoint,
+    load_dictionary,
+    recorded_checkpoint,
+)
 from .. import fileio
 from ..errors import TreLMError
 from ..language_pair import langs_from_prepare, parse_langs
@@ -44,8 +54,6 @@ from ..languages import normalize_line
 logger = logging.getLogger(__name__)
 
 WORD_MARKER = "\u2581"  # sentencepiece's word-start marker
-RUN_SUMMARY = "stages.json"  # written by trelm-stages (stages.SUMMARY)
-STAGE_MARKER = "stage_done.json"  # stages.MARKER
 DEMO_RUN = "trelm"  # trelm-demo's TreLM run inside its work dir
 DEFAULT_CHECKPOINT = "model.pt"  # fairseq's from_pretrained default
 PREPARED = "data directory written by trelm-prepare (docs/data-layout.md)"
@@ -299,13 +307,11 @@ def run_checkpoint(run: str, which: Optional[str] = None) -> Tuple[str, Dict]:
     recorded = marker.get("checkpoint") if isinstance(marker, dict) else None
     if not recorded:
         raise TreLMError(f"{marker_path}: names no 'checkpoint'; delete it and run trelm-stages to redo the stage")
-    if os.path.isfile(recorded):
-        return recorded, plan
-    moved = os.path.join(folder, os.path.basename(recorded))  # the run directory was moved or copied
-    if os.path.isfile(moved):
-        return moved, plan
-    raise TreLMError(f"{marker_path}: its checkpoint {recorded} is missing (nor is it at {moved}): "
-                     "restore it, or delete the marker and run trelm-stages to redo the stage")
+    checkpoint = recorded_checkpoint(run, recorded, marker_path, (f"{k}-{n}" for k, n in stages))
+    if not os.path.isfile(checkpoint):
+        raise TreLMError(f"{marker_path}: its checkpoint {checkpoint} is missing: restore it, or delete the "
+                         "marker and run trelm-stages to redo the stage")
+    return checkpoint, plan
 
 
 def locate(path: str, checkpoint_file: Optional[str] = None,
