@@ -27,6 +27,10 @@ term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.
 Logged: loss (= lm_loss, the validation metric), cdlm_loss / mlm_loss (per
 predicted token) with perplexities, adv_loss (disc_ce), disc_acc -- losses in
 base 2 as in fairseq.  sample_size is 1 per batch: losses are already means.
+Also the FLOP ledger's count (trelm_fairseq.flops, from tensor shapes: no host
+sync): ``gflop`` summed over the logged updates (training FLOPs with the
+model's real frozen groups; forward only in validation) and ``pad`` (share of
+the counted side's positions that are padding).
 """
 import logging
 import math
@@ -39,6 +43,7 @@ from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from .. import flops as ledger
 from ..errors import TreLMError
 from ..modules.language_discriminator import LanguageDiscriminator, pool_states
 
@@ -106,8 +111,11 @@ class TreLMLoss(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         pad = self.padding_idx
         log = {"cdlm_loss": 0.0, "cdlm_ntokens": 0, "mlm_loss": 0.0, "mlm_ntokens": 0,
-               "adv_loss": 0.0, "adv_n": 0, "disc_correct": 0, "ntokens": 0, "nsentences": 0}
+               "adv_loss": 0.0, "adv_n": 0, "disc_correct": 0, "ntokens": 0, "nsentences": 0,
+               "flops": 0.0, "positions": 0}
         sums = {"cdlm": None, "mlm": None}
+        # a DDP wrapper forwards .encoder; requires_grad tells what really trains
+        shape, trains = ledger.Shape.of_model(model), ledger.trained_groups(model.encoder)
         feats, labels = [], []
         for _, batch in _parts(sample):
             net_input = batch["net_input"]
@@ -119,10 +127,17 @@ class TreLMLoss(FairseqCriterion):
                 logits.view(-1, logits.size(-1)).float(), target[predicted].view(-1), reduction="sum"
             )
             sums[kind] = loss if sums[kind] is None else sums[kind] + loss
+            n_predicted = int(predicted.sum())
             log[f"{kind}_loss"] += loss.item()
-            log[f"{kind}_ntokens"] += int(predicted.sum())
+            log[f"{kind}_ntokens"] += n_predicted
             log["ntokens"] += batch["ntokens"]
             log["nsentences"] += batch["nsentences"]
+            tgt = net_input["tgt_tokens"].shape if kind == "cdlm" else None
+            cost = ledger.part_flops(shape, trains, tuple(net_input["src_tokens"].shape), n_predicted,
+                                     tgt=tuple(tgt) if tgt is not None else None, training=model.training,
+                                     tokens=batch["ntokens"])
+            log["flops"] += cost.total
+            log["positions"] += cost.positions
             if self.discriminator is not None:
                 lang_ids = self._lang_ids(net_input, model)
                 f, y = pool_states(extra["lower_out"].transpose(0, 1), extra["lower_padding_mask"], lang_ids,
@@ -191,6 +206,10 @@ class TreLMLoss(FairseqCriterion):
                 metrics.log_derived(
                     f"{kind}_ppl", lambda meters, k=kind: utils.get_perplexity(meters[f"{k}_loss"].avg)
                 )
+        if total("flops") > 0:
+            metrics.log_scalar_sum("gflop", total("flops") / 1e9, round=1)
+        if total("positions") > 0:
+            metrics.log_scalar("pad", 1.0 - total("ntokens") / total("positions"), total("positions"), round=3)
         n = total("adv_n")
         if n > 0:
             metrics.log_scalar("adv_loss", total("adv_loss") / n / math.log(2), n, round=3)
