@@ -29,7 +29,9 @@ A config named after a knob is "previous" with that one knob set to the authors'
 "mlm_both+adv_token=1"): lang_std=X (the target-language embedding row set apart by
 N(0, X)), adv=X (--adv-weight X), adv_token=X (the same, per-token discriminator),
 mlm_both (--transfer-mlm-lang both), no_KNOB (that knob back to its previous value), lr=X (every stage's peak lr), s1=N / s2=N / s4=N
-(updates of stage 1 / each of 2a and 2b / stage 4 instead of the demo's 24 / 24 / 48).
+(updates of stage 1 / each of 2a and 2b / stage 4 instead of the demo's 24 / 24 / 48), warm=F
+(every stage's warm-up F times its budget instead of a tenth), end_lr=F (the polynomial decay
+ends at F times the peak lr instead of 0).
 "mlm_continued" is the main job's baseline (target MLM from the mapped init without the
 TRILayer, as many updates as the TreLM stages together), reported under "after 4".
 """
@@ -50,11 +52,12 @@ def config(name: str) -> Dict:
     """The knob settings of a config name; "+" joins modifiers, e.g. "mlm_both+adv_token=1"."""
     first = name.split("+")[0]
     c = dict(PREVIOUS if first in KNOBS or first == "previous" else AUTHORS)
-    c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None)
+    c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None,
+             warm=None, end_lr=None)
     for part in name.split("+"):
         key, _, value = part.partition("=")
-        if key in ("lr", "s1", "s2", "s4") and value:
-            c[key] = float(value) if key == "lr" else int(value)
+        if key in ("lr", "s1", "s2", "s4", "warm", "end_lr") and value:
+            c[key] = int(value) if key in ("s1", "s2", "s4") else float(value)
         elif part in KNOBS:
             c[part] = True
         elif part.startswith("no_") and part[3:] in KNOBS:  # leave one out of the authors' recipe
@@ -69,7 +72,7 @@ def config(name: str) -> Dict:
             c["mlm_both"] = True
         elif part not in ("previous", "authors"):
             raise SystemExit(f"unknown config {part!r}: expected previous, authors, one of {KNOBS}, lang_std=X, "
-                             "adv=X, adv_token=X, mlm_both, no_KNOB, lr=X, s1=N, s2=N or s4=N (joined by +)")
+                             "adv=X, adv_token=X, mlm_both, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F or end_lr=F (joined by +)")
     return c
 
 
@@ -114,8 +117,17 @@ def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budg
     stage_args = {} if c["freeze"] else {"2a": ["--freeze", "embeddings,lower"], "2b": ["--freeze", "upper,lm_head"]}
     plan = job_plan(os.path.basename(out), data, os.path.dirname(out), lang, budgets, seed, init=init)
     updates = dict(plan.updates, **{k[1]: c[k] for k in ("s1", "s2", "s4") if c[k]})
-    return dataclasses.replace(plan, extra_args=plan.extra_args + extra, stage_args=stage_args, updates=updates,
-                               lr=c["lr"] or budgets.lr, combine_average="trained" if c["combine"] else "all")
+    lr = c["lr"] or budgets.lr
+    if c["end_lr"] is not None:
+        extra += ["--end-learning-rate", str(c["end_lr"] * lr)]
+    plan = dataclasses.replace(plan, extra_args=plan.extra_args + extra, stage_args=stage_args, updates=updates,
+                               lr=lr, combine_average="trained" if c["combine"] else "all")
+    if c["warm"] is None:
+        return plan
+    # stage args come last on the command line, so they override the plan's warm-up
+    warm = {key: ["--warmup-updates", str(max(1, round(c["warm"] * plan.budget(key))))]
+            for key, spec in plan.specs.items() if spec.budget}
+    return dataclasses.replace(plan, stage_args={k: stage_args.get(k, []) + warm.get(k, []) for k in {*stage_args, *warm}})
 
 
 def drop_checkpoints(dirs: Iterable[str]) -> None:
@@ -129,7 +141,8 @@ def drop_checkpoints(dirs: Iterable[str]) -> None:
 def stage1_key(c: Dict, seed: int) -> str:
     """Configs that share this key have the same stage 1 (init and its options)."""
     return f"copy{'k' if c['tri_copy'] else 'k-1'}_id{int(c['identity_emb'])}_std{c['lang_std']}_" \
-           f"adv{c['adv_weight']}{c['adv_pooling'] or ''}_lr{c['lr']}_s1{c['s1']}_seed{seed}"
+           f"adv{c['adv_weight']}{c['adv_pooling'] or ''}_lr{c['lr']}_s1{c['s1']}_seed{seed}" + \
+           (f"_warm{c['warm']}" if c["warm"] is not None else "") + (f"_end{c['end_lr']}" if c["end_lr"] is not None else "")
 
 
 def report(results: str) -> str:
