@@ -127,6 +127,11 @@ def test_parse_fairseq_log_json_and_simple():
     ]
     stats = parse_fairseq_log(lines)
     assert stats["train"]["loss"] == 8.25 and stats["train"]["num_updates"] == 4
+    two_epochs = parse_fairseq_log([
+        '2026 | INFO | train | {"epoch": 1, "train_loss": "8.5", "train_gflop": "1.5"}',
+        '2026 | INFO | train | {"epoch": 2, "train_loss": "8.25", "train_gflop": "2.25"}',
+    ])
+    assert two_epochs["train"]["gflop"] == 2.25 and two_epochs["train"]["gflop_total"] == 3.75
     assert stats["valid"]["loss"] == 6.5 and stats["valid"]["num_updates"] == 8
 
 
@@ -228,6 +233,7 @@ def test_real_fairseq_train_end_to_end(tmp_path):
     for r in rows:
         if r["stage"] != "3":
             assert r["updates"] == 2 and r["train_loss"] > 0 and r["valid_loss"] > 0, r
+            assert r["gflop"] > 0, r  # the FLOP ledger's count, from the stage's log
     for key, stage in (("1-commonality", "commonality"), ("2a-transfer_upper", "transfer_upper"),
                        ("2b-transfer_lower", "transfer_lower"), ("4-language_specific", "language_specific")):
         assert load_checkpoint(str(out / key / "checkpoint_last.pt"))["cfg"]["task"]["stage"] == stage

@@ -87,8 +87,11 @@ def check_checkpoint_fits(plan: "StagePlan", path: str, what: str) -> None:
 
 
 def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """Last end-of-epoch 'train' and last 'valid' stats of a fairseq log (json or simple format)."""
+    """Last end-of-epoch 'train' and last 'valid' stats of a fairseq log (json or simple format);
+    the train stats' ``gflop_total`` sums the FLOP ledger's ``gflop`` over every end-of-epoch
+    line (the stage's training FLOPs; a resumed stage: the epochs its log saw finish)."""
     out: Dict[str, Dict[str, float]] = {}
+    gflop_total = 0.0
     for line in lines:
         for tag in ("train", "valid"):
             marker = f"| {tag} | "
@@ -117,6 +120,9 @@ def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
                     pass
             if "loss" in parsed:
                 out[tag] = parsed
+                if tag == "train":
+                    gflop_total += parsed.get("gflop", 0.0)
+                    parsed["gflop_total"] = gflop_total
     return out
 
 
@@ -439,11 +445,11 @@ def stage_record(stage: Stage) -> Dict:
     m = stage.marker()
     row = {"stage": stage.key, "name": stage.name, "status": stage.state()}
     if m is not None:
-        for k in ("updates", "train_loss", "valid_loss", "seconds"):
+        for k in ("updates", "train_loss", "valid_loss", "seconds", "gflop"):
             row[k] = m.get(k)
         row["checkpoint"] = stage.output_checkpoint()
     else:
-        row.update(updates=None, train_loss=None, valid_loss=None, seconds=None, checkpoint=None)
+        row.update(updates=None, train_loss=None, valid_loss=None, seconds=None, gflop=None, checkpoint=None)
     row["planned_updates"] = stage.updates if stage.is_training else None
     return row
 
@@ -570,6 +576,7 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
             planned_updates=stage.updates,
             train_loss=stats.get("train", {}).get("loss"),
             valid_loss=stats.get("valid", {}).get("loss"),
+            gflop=stats.get("train", {}).get("gflop_total"),
             train=stats.get("train"),
             valid=stats.get("valid"),
         )
@@ -589,11 +596,14 @@ def format_table(rows: List[Dict]) -> str:
     def fmt(v, spec="{:.3f}"):
         return "-" if v is None else spec.format(v)
 
-    lines = [f"{'stage':<6}{'name':<19}{'status':<8}{'updates':>8}{'train_loss':>12}{'valid_loss':>12}{'seconds':>10}"]
+    lines = [f"{'stage':<6}{'name':<19}{'status':<8}{'updates':>8}{'train_loss':>12}{'valid_loss':>12}{'seconds':>10}"
+             f"{'TFLOP':>10}"]
     for r in rows:
+        tflop = None if r.get("gflop") is None else r["gflop"] / 1e3
         lines.append(
             f"{r['stage']:<6}{r['name']:<19}{r['status']:<8}{fmt(r['updates'], '{:d}'):>8}"
             f"{fmt(r['train_loss']):>12}{fmt(r['valid_loss']):>12}{fmt(r['seconds'], '{:.1f}'):>10}"
+            f"{fmt(tflop, '{:.2f}'):>10}"
         )
     return "\n".join(lines)
 
