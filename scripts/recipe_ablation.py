@@ -186,7 +186,8 @@ def run_mlm_continued(args, budgets, langs, seed, probe) -> None:
     plan = job_plan(f"seed{seed}", args.data, work, langs[1], budgets, seed, init=init, graph="mlm")
     rows = run_all(plan, log=print, echo=False)
     probe("mlm_continued", seed, "init", init)
-    probe("mlm_continued", seed, "4", plan.stages["1"].output_checkpoint(), {"seconds": rows[0].get("seconds")})
+    probe("mlm_continued", seed, "4", plan.stages["1"].output_checkpoint(),
+          {"seconds": rows[0].get("seconds"), "gflop": rows[0].get("gflop")})
     if not args.keep_checkpoints:
         drop_checkpoints([plan.stages["1"].dir])
 
@@ -249,17 +250,18 @@ def main(argv=None) -> int:
             # stage 1 once per (init, seed): its own plan dir, linked into this config's
             shared_plan = plan_for(c, args.data, s1, init, langs[1], seed, budgets)
             t0 = time.time()
-            run_all(shared_plan, stages="1", log=print, echo=False)
+            row1 = run_all(shared_plan, stages="1", log=print, echo=False)[0]
             probe(name, seed, "init", init)
-            probe(name, seed, "1", shared_plan.stages["1"].output_checkpoint())
+            probe(name, seed, "1", shared_plan.stages["1"].output_checkpoint(),
+                  {"seconds": row1.get("seconds"), "gflop": row1.get("gflop")})
             own1 = plan.stages["1"].dir
             if not os.path.exists(own1):
                 os.makedirs(os.path.dirname(own1), exist_ok=True)
                 os.symlink(shared_plan.stages["1"].dir, own1)
             rows = run_all(plan, stages="2a,2b,3,4", log=print, echo=False)
-            seconds = {r["stage"]: r.get("seconds") for r in rows}
+            cost = {r["stage"]: {"seconds": r.get("seconds"), "gflop": r.get("gflop")} for r in rows}
             for key in ("2a", "2b", "3", "4"):
-                probe(name, seed, key, plan.stages[key].output_checkpoint(), {"seconds": seconds.get(key)})
+                probe(name, seed, key, plan.stages[key].output_checkpoint(), cost.get(key))
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {time.time() - t0:.0f}s", flush=True)
             if not args.keep_checkpoints:
                 drop_checkpoints(plan.stages[key].dir for key in ("2a", "2b", "3", "4"))
