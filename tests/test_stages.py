@@ -344,3 +344,38 @@ def test_two_runs_on_the_same_stage_do_not_both_write_it(data_dir, tmp_path, fak
         holder.wait()
     quiet_run(plan, stages="1")  # the kernel released the killed holder's lock
     assert plan.stages["1"].done()
+
+
+def test_planned_flops_follow_the_freezing_and_budget_flops_sets_the_scale(data_dir, tmp_path, capsys):
+    """The plan's FLOPs per update come from the FLOP ledger with each stage's frozen groups and
+    parts; --budget-flops picks the scale at which the planned total is the budget."""
+    from trelm_fairseq.cli.stages import cli_main
+
+    plan = fake_plan(data_dir, tmp_path / "out", updates={"1": 100, "2": 100, "4": 400}, max_tokens=256,
+                     tokens_per_sample=32)
+    per = {k: plan.update_flops(k).total for k in ("1", "2a", "2b", "4")}
+    # stage 1 trains neither half (two MLM parts); stage 4 everything (one MLM part)
+    assert per["1"] < 2 * per["4"]
+    frozen_bottom = fake_plan(data_dir, tmp_path / "o2", max_tokens=256, tokens_per_sample=32,
+                              stage_args={"2a": ["--freeze", "embeddings,lower"]}).update_flops("2a").total
+    assert frozen_bottom < per["2a"]  # a frozen bottom runs its forward only
+    both = fake_plan(data_dir, tmp_path / "o3", max_tokens=256, tokens_per_sample=32,
+                     extra_args=["--transfer-mlm-lang", "both"]).update_flops("2b")
+    assert both.tokens == 3 * 256 and both.total > per["2b"]  # CdLM + MLM S + MLM T
+    planned = plan.planned_flops()
+    assert planned == pytest.approx({k: plan.budget(k) * v for k, v in per.items()})
+    target = sum(planned.values()) / 4
+    scale = plan.scale_for_flops(target)
+    assert scale == pytest.approx(0.25)
+    with pytest.raises(TreLMError, match="positive number of FLOPs"):
+        plan.scale_for_flops(0)
+
+    cli_main([str(data_dir), str(tmp_path / "out"), "--langs", "en,tr", "--updates-stage1", "100",
+              "--updates-stage2", "100", "--updates-stage4", "400", "--max-tokens", "256",
+              "--tokens-per-sample", "32", "--budget-flops", str(target), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "--budget-flops" in out and "scale 0.25" in out and "--max-update 25 " in out and "--max-update 100 " in out
+    assert "planned training compute" in out
+    with pytest.raises(SystemExit) as e:
+        cli_main([str(data_dir), str(tmp_path / "out"), "--langs", "en,tr", "--scale", "2", "--budget-flops", "1e12"])
+    assert e.value.code == 2 and "not both" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .fileio import cached_json, exclusive, make_dirs, read_json, run_logged, write_json
@@ -176,6 +176,7 @@ class StagePlan:
                 raise TreLMError(f"stage_args for unknown stage '{key}': expected one of {list(self.specs)}")
         self.stages = OrderedDict((s.key, Stage(self, s)) for s in self.specs.values())
         self._model_cfg = None
+        self._vocab = None
 
     # ----- budgets -------------------------------------------------------
     def budget(self, key: str) -> int:
@@ -238,7 +239,10 @@ class StagePlan:
             from .checkpoint import checkpoint_model_config, load_checkpoint, model_config
 
             if os.path.isfile(self.init):
-                self._model_cfg = checkpoint_model_config(load_checkpoint(self.init), self.init)
+                state = load_checkpoint(self.init)
+                self._model_cfg = checkpoint_model_config(state, self.init)
+                emb = state.get("model", {}).get("encoder.embed_tokens.weight")
+                self._vocab = int(emb.shape[0]) if emb is not None else None
             elif self.arch:
                 self._model_cfg = model_config(self.arch)
             else:
@@ -254,6 +258,58 @@ class StagePlan:
     def sample_tokens(self) -> int:
         """--tokens-per-sample: as set, else the model's positions (at most 512)."""
         return self.tokens_per_sample or min(512, int(self.model_cfg().max_positions))
+
+    # ----- compute (the FLOP ledger) ------------------------------------------
+    def _last_option(self, key: str, name: str) -> Optional[str]:
+        """The value of a fairseq-train option as the stage's command line ends up with it."""
+        argv = list(self.extra_args) + list(self.stage_args.get(key, []))
+        value = None
+        for i, a in enumerate(argv):
+            if a == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(name + "="):
+                value = a.split("=", 1)[1]
+        return value
+
+    def update_flops(self, key: str):
+        """Planned training FLOPs of one update of a training stage (flops.Flops): full
+        sub-batches of --max-tokens in sentences of --tokens-per-sample, the stage's frozen
+        groups and parts as its command line sets them."""
+        from . import flops
+        from .checkpoint import load_dictionary
+        from .freezing import frozen_groups
+
+        spec = self.specs[key]
+        if spec.budget is None:
+            raise TreLMError(f"stage {key} ({spec.name}) trains nothing: it has no FLOPs per update")
+        cfg = self.model_cfg()
+        vocab = self._vocab or len(load_dictionary(os.path.join(self.data, "dict.txt"), add_mask=True))
+        shape = flops.Shape.of_config(cfg, vocab, tri_layer=self.graph == "trelm")
+        parts = list(flops.STAGE_PARTS[spec.name])
+        argv = list(self.extra_args) + list(self.stage_args.get(key, []))
+        if "cdlm" in parts:
+            if "--no-transfer-mlm" in argv:
+                parts.remove("mlm")
+            elif self._last_option(key, "--transfer-mlm-lang") == "both":
+                parts.append("mlm")
+        trains = flops.stage_trained_groups(frozen_groups(spec.name, self._last_option(key, "--freeze")))
+        per_update = flops.update_flops(shape, trains, parts, self.max_tokens, self.sample_tokens())
+        return per_update.scaled(self.update_freq)
+
+    def planned_flops(self) -> Dict[str, float]:
+        """{stage key: training FLOPs of its budget} (planned: full batches)."""
+        return {k: self.budget(k) * self.update_flops(k).total for k, s in self.specs.items() if s.budget}
+
+    def scale_for_flops(self, total: float) -> float:
+        """The --scale at which this schedule's planned training FLOPs equal ``total``: the
+        budget split over the stages in the schedule's own proportions of updates."""
+        if total <= 0:
+            raise TreLMError(f"--budget-flops {total:g}: expected a positive number of FLOPs")
+        at_one = replace(self, scale=1.0)
+        at_one._model_cfg, at_one._vocab = self._model_cfg, self._vocab
+        paper = sum(at_one.updates[s.budget] * at_one.update_flops(k).total
+                    for k, s in at_one.specs.items() if s.budget)
+        return total / paper
 
     def to_dict(self) -> Dict:
         d = {k: v for k, v in asdict(self).items() if k != "trainer"}

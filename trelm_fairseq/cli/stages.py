@@ -8,13 +8,16 @@ checkpoint_last.pt.
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 
 from ..freezing import AVERAGE_MODES
 from ..errors import TreLMError, cli_errors
 
 EPILOG = """\
 stages: 1 commonality, 2a transfer_upper, 2b transfer_lower, 3 combine, 4 language_specific.
-Budgets: paper defaults 20000 (1), 20000 (2a, 2b), 80000 (4) updates, times --scale.
+Budgets: paper defaults 20000 (1), 20000 (2a, 2b), 80000 (4) updates, times --scale; or
+--budget-flops X: the scale at which the schedule's planned training FLOPs (FLOP ledger, full
+batches, each stage's frozen groups at their real cost) come to X, split in the same proportions.
 Warmup: --warmup times --scale, at most a tenth of a stage's budget.
 Arguments after `--` go to every fairseq-train call unchanged (e.g. -- --cpu --num-workers 0).
 Outputs: OUT/<key>-<name>/ per stage (checkpoints, train.log, stage_done.json) and OUT/stages.json.
@@ -40,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates-stage2", type=int, help="updates for each of stages 2a and 2b (default 20000)")
     p.add_argument("--updates-stage4", type=int, help="updates for stage 4 (default 80000)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every budget (and the warmup) by this (default 1.0)")
+    p.add_argument("--budget-flops", type=float, metavar="X",
+                   help="total training FLOPs of the schedule, e.g. 2e15: sets --scale so that the planned FLOPs "
+                        "come to X (the stages keep their proportions of updates); not with --scale")
     p.add_argument("--lr", type=float, default=3e-5,
                    help="peak learning rate (default 3e-5, the paper's; tiny CPU demos need more, e.g. 1e-4..1e-3)")
     p.add_argument("--warmup", type=int, default=500, help="warmup updates at the paper budget (default 500)")
@@ -121,6 +127,14 @@ def cli_main(argv=None):
         stage_args=_stage_args(args.stage_args),
         combine_average=args.combine_average,
     )
+    if args.budget_flops is not None:
+        if args.scale != 1.0:
+            raise TreLMError("--budget-flops sets the scale itself: give --budget-flops or --scale, not both")
+        plan = replace(plan, scale=plan.scale_for_flops(args.budget_flops))
+        print(f"--budget-flops {args.budget_flops:.3g}: scale {plan.scale:.4g}", flush=True)
+    planned = plan.planned_flops()
+    print("planned training compute (full batches): " + ", ".join(f"{k} {v / 1e12:.3g}" for k, v in planned.items())
+          + f"; total {sum(planned.values()) / 1e12:.3g} TFLOP", flush=True)
     if not args.dry_run:
         from ..fileio import remove_stale_temporaries
 
