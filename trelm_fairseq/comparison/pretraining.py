@@ -38,8 +38,8 @@ def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) ->
 
 
 def pretrain(plans: Dict, timings: Dict[str, float]) -> Dict[str, Dict]:
-    """Run every plan (finished stages are skipped); per model its stage rows, updates and
-    seconds; each model's wall-clock goes to timings["pretrain_<name>"]."""
+    """Run every plan (finished stages are skipped); per model its stage rows, updates,
+    seconds and training FLOPs; each model's wall-clock goes to timings["pretrain_<name>"]."""
     from ..stages import run_all
 
     rows_of: Dict[str, Dict] = {}
@@ -47,8 +47,11 @@ def pretrain(plans: Dict, timings: Dict[str, float]) -> Dict[str, Dict]:
         t0 = time.time()
         say(f"pre-training '{name}' ({MODEL_TITLES[name]})")
         rows = run_all(plan, log=say, echo=False)
+        gflop = [r.get("gflop") for r in rows if r.get("updates")]
         rows_of[name] = {"stages": rows, "updates": sum(r.get("updates") or 0 for r in rows),
-                         "seconds": sum(r.get("seconds") or 0 for r in rows)}
+                         "seconds": sum(r.get("seconds") or 0 for r in rows),
+                         # the FLOP ledger's training FLOPs (None: a stage logged none, e.g. an older run)
+                         "gflop": sum(gflop) if gflop and None not in gflop else None}
         timings[f"pretrain_{name}"] = time.time() - t0
     return rows_of
 

@@ -44,13 +44,14 @@ def vocab_line(prepare: Optional[Dict]) -> str:
 
 
 def results_table(report: Dict) -> str:
-    rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | pre-training updates | pre-training s |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | pre-training updates | "
+            "pre-training TFLOP | pre-training s |",
+            "|---|---|---|---|---|---|---|---|"]
     for m in MODELS:
         d, p = report["downstream"].get(m, {}), report["pretraining"].get(m, {})
         rows.append(f"| {MODEL_TITLES[m]} | {_fmt(d.get('uas'))} | {_fmt(d.get('las'))} | "
                     f"{_fmt(d.get('cls_target'))} | {_fmt(d.get('cls_zeroshot'))} | {p.get('updates', 0)} | "
-                    f"{p.get('seconds', 0):.0f} |")
+                    f"{_tflop(p.get('gflop') if p else 0.0)} | {p.get('seconds', 0):.0f} |")
     return "\n".join(rows)
 
 
@@ -62,10 +63,15 @@ def _ttq_line(ttq: Dict) -> str:
             f"its best was {ttq.get('trelm_best_loss')}.")
 
 
+def _tflop(gflop: Optional[float]) -> str:
+    """Training FLOPs (the FLOP ledger's, logged by trelm_loss) in TFLOP, '-' when not logged."""
+    return "-" if gflop is None else f"{gflop / 1e3:.1f}"
+
+
 def _stage_rows(pretraining: Dict) -> List[str]:
     return [f"| {m} | {r['stage']} {r['name']} | {r.get('updates')} | "
             f"{r.get('valid_loss') if r.get('valid_loss') is not None else '-'} | "
-            f"{(r.get('seconds') or 0):.0f} |"
+            f"{_tflop(r.get('gflop'))} | {(r.get('seconds') or 0):.0f} |"
             for m, p in pretraining.items() for r in p["stages"]]
 
 
@@ -115,8 +121,8 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "curve above weights by masked token, hence small differences). Stages 2a/2b: CdLM + MLM summed; "
         "stage 1: MLM on both languages; stage 4 and the baselines: target MLM.",
         "",
-        "| model | stage | updates | valid loss | seconds |",
-        "|---|---|---|---|---|",
+        "| model | stage | updates | valid loss | TFLOP | seconds |",
+        "|---|---|---|---|---|---|",
         *_stage_rows(report["pretraining"]),
         "",
         *_export_lines(report.get("export")),
