@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from trelm_fairseq import flops
+
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
@@ -212,6 +214,10 @@ class Bench:
         self._i = 0
         self.params = sum(p.numel() for p in model.parameters())
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        # the FLOP ledger's count of each batch, with the groups that really train
+        shape, trains = ledger_shape(model, self.task), _trains(model)
+        pad = self.task.source_dictionary.pad()
+        self.flops = [flops.sample_flops(shape, trains, b, pad) for b in self.batches]
 
     @staticmethod
     def tokens(sample) -> int:
@@ -229,11 +235,19 @@ class Bench:
     def timed(self, n: int) -> Dict[str, float]:
         """Wall seconds and this process's CPU seconds for ``n`` steps.  On a shared CPU machine
         the CPU time is the robust figure: time slices lost to other processes do not count."""
+        first = self._i
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
         toks = sum(self.step() for _ in range(n))
         sync()
-        return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "tokens": toks, "steps": n}
+        work = sum(self.flops[(first + j) % len(self.batches)].total for j in range(n))
+        return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "tokens": toks,
+                "flops": work, "steps": n}
+
+    def padding_share(self) -> float:
+        """Share of padding in the positions fairseq counts (ntokens side) over the batches."""
+        total = sum(self.flops, flops.Flops())
+        return total.padding_share
 
     def state_bytes(self) -> Dict[str, int]:
         model = self.trainer.get_model()
@@ -252,6 +266,41 @@ class Bench:
         box = {}
         peak = measure_peak(lambda: box.update(tokens=self.step()))
         return peak, box["tokens"]
+
+
+def ledger_shape(model, task) -> "flops.Shape":
+    """The FLOP ledger's shape of a trelm model or of fairseq's RoBERTa (no TRILayer)."""
+    if hasattr(model.encoder, "tri_layer_position"):
+        return flops.Shape.of_model(model)
+    enc = model.encoder.sentence_encoder
+    layer = enc.layers[0]
+    return flops.Shape(layers=len(enc.layers), dim=layer.embed_dim, ffn=layer.fc1.out_features,
+                       vocab=len(task.source_dictionary), tri_layer_position=0, tri_layer=False)
+
+
+def _trains(model) -> Dict[str, bool]:
+    if hasattr(model, "parameter_groups"):
+        return flops.trained_groups(model)
+    return {}  # fairseq's RoBERTa: everything trains
+
+
+def matmul_peak(seconds: float = 1.0, n: int = 1024) -> float:
+    """FLOP/s of this process's fastest plain matmul (n x n, fp32 on CPU, bf16 on CUDA), best
+    of a few timed runs: the MFU reference, measured with the same threads as the benchmark."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    best = 0.0
+    for _ in range(3):
+        sync()
+        t0, k = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds / 3:
+            torch.mm(a, b)
+            k += 1
+        sync()
+        best = max(best, 2 * n ** 3 * k / (time.perf_counter() - t0))
+    return best
 
 
 def sync():
@@ -333,17 +382,19 @@ def quiet_logs():
 
 def interleaved(benches: List[Bench], reps: int, steps: int, warmup: int = 1) -> Dict[str, Dict[str, List[float]]]:
     """Per repetition: tokens per wall second ("wall") and per CPU second of this process
-    ("cpu"), configurations interleaved (A B C A B C ...) so that machine noise spreads evenly
+    ("cpu"), and the same for the ledger's FLOPs ("flops_wall", "flops_cpu"), configurations interleaved (A B C A B C ...) so that machine noise spreads evenly
     over them; ratios are best taken per repetition (paired)."""
     for b in benches:
         for _ in range(warmup):
             b.step()
-    out = {b.name: {"wall": [], "cpu": []} for b in benches}
+    out = {b.name: {"wall": [], "cpu": [], "flops_wall": [], "flops_cpu": []} for b in benches}
     for r in range(reps):
         for b in benches:
             t = b.timed(steps)
             out[b.name]["wall"].append(t["tokens"] / t["seconds"])
             out[b.name]["cpu"].append(t["tokens"] / max(t["cpu_seconds"], 1e-9))
+            out[b.name]["flops_wall"].append(t["flops"] / t["seconds"])
+            out[b.name]["flops_cpu"].append(t["flops"] / max(t["cpu_seconds"], 1e-9))
             log(f"  rep {r + 1}/{reps} {b.name:<28} {t['tokens'] / t['seconds']:8.0f} tok/s wall "
                 f"{t['tokens'] / max(t['cpu_seconds'], 1e-9):8.0f} tok/CPU-s ({t['steps']} steps, {t['seconds']:.1f}s)")
     return out

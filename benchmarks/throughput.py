@@ -17,7 +17,12 @@ Configurations (trelm_minilm shape: 6 layers, d=384, 12 heads, FFN 1536; 16k voc
 
 tokens/s counts fairseq's ntokens (what fairseq logs as wps): input tokens of MLM parts,
 target tokens of CdLM parts.  A trelm batch has one sub-batch per part, each up to --max-tokens.
-Targets (reported, not asserted): CdLM stages >= 0.9x baseline; peak step memory of the frozen stages below the baseline's.
+FLOP/s: the FLOP ledger's count of the same batches (trelm_fairseq/flops.py: matmuls, backward
+as the frozen groups really cost) per second; MFU: wall-clock FLOP/s over this process's
+measured matmul peak (_common.matmul_peak, same threads), meaningful on an otherwise idle
+machine; pad: share of padding in the counted side's positions.
+Targets (reported, not asserted): every stage >= 0.9x the baseline's FLOP/s and >= 60% MFU;
+peak step memory of the frozen stages below the baseline's.
 """
 import argparse
 import json
@@ -36,6 +41,7 @@ from _common import (  # noqa: E402
     log,
     machine,
     masked_lm_argv,
+    matmul_peak,
     median,
     quiet_logs,
     bench_data,
@@ -79,6 +85,8 @@ def main(argv=None):
         configs = [c for c in configs if c[0].startswith("baseline") or c[0] in keep or c[0].split()[0] in keep]
 
     log(f"machine: {machine()}")
+    peak_flops = matmul_peak()
+    log(f"matmul peak: {peak_flops / 1e9:.1f} GFLOP/s")
     with quiet_logs():
         benches = []
         for name, a in configs:
@@ -93,10 +101,15 @@ def main(argv=None):
             state = b.state_bytes()
             wall, cpu = median(speeds[b.name]["wall"]), median(speeds[b.name]["cpu"])
             ratio = paired_ratio(speeds, b.name, base_name, kind)
+            flops_wall = median(speeds[b.name]["flops_wall"])
+            flops_ratio = paired_ratio(speeds, b.name, base_name, "flops_" + kind)
+            mfu, pad = flops_wall / peak_flops, b.padding_share()
             results[b.name] = {"tokens_per_s": wall, "tokens_per_cpu_s": cpu, "reps": speeds[b.name],
-                               "vs_baseline": ratio, "params": b.params, "trainable": b.trainable,
+                               "vs_baseline": ratio, "flops_per_s": flops_wall, "flops_vs_baseline": flops_ratio,
+                               "mfu": mfu, "padding_share": pad, "params": b.params, "trainable": b.trainable,
                                "step_peak_bytes": peak, "step_tokens": step_tokens, **state, "argv": b.argv}
-            rows.append([b.name, f"{wall:.0f}", f"{cpu:.0f}", f"{ratio:.2f}x",
+            rows.append([b.name, f"{wall:.0f}", f"{cpu:.0f}", f"{ratio:.2f}x", f"{flops_wall / 1e9:.1f}",
+                         f"{flops_ratio:.2f}x", f"{100 * mfu:.0f}%", f"{100 * pad:.0f}%",
                          f"{b.trainable / 1e6:.1f}M / {b.params / 1e6:.1f}M",
                          f"{peak / 2**20:.0f}", f"{step_tokens}", f"{peak / 2**20 / step_tokens * 1000:.0f}",
                          f"{(state['params'] + state['optimizer_state']) / 2**20:.0f}"])
@@ -104,7 +117,9 @@ def main(argv=None):
     print(f"command: python benchmarks/throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"max_tokens {mt} per (sub-)batch, tokens_per_sample {tps}, {args.reps} interleaved reps x {args.steps} steps; "
           f"tokens/s = median over reps; 'vs baseline' = median of per-rep ratios\n")
-    print(table(rows, ["configuration", "tokens/s wall", "tokens/CPU-s", f"vs baseline ({kind})", "trainable / all params",
+    print(f"matmul peak of this process: {peak_flops / 1e9:.1f} GFLOP/s (fp32 1024x1024 on CPU, bf16 on CUDA)")
+    print(table(rows, ["configuration", "tokens/s wall", "tokens/CPU-s", f"vs baseline ({kind})", "GFLOP/s wall",
+                       f"FLOP/s vs baseline ({kind})", "MFU", "pad", "trainable / all params",
                        "step peak MiB", "step tokens", "MiB / 1k tokens", "params+opt MiB"]))
     ratios = []
     pairs = [("2a frozen bottom", "2a transfer_upper", "2a with a frozen bottom (previous default) vs the default 2a")]
@@ -117,7 +132,8 @@ def main(argv=None):
         print("\n" + "\n".join(ratios))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "max_tokens": mt, "tokens_per_sample": tps, "results": results}, f, indent=1)
+            json.dump({"machine": machine(), "max_tokens": mt, "tokens_per_sample": tps, "matmul_peak_flops": peak_flops,
+                       "results": results}, f, indent=1)
     if tmp is not None:
         tmp.cleanup()
 

@@ -165,6 +165,32 @@ STAGE_PARTS = {
 }
 
 
+def parts_of(sample):
+    """(name, sub-batch) pairs of a trelm_transfer batch ({part: sub-batch}) or of a plain
+    fairseq masked-LM batch (one part)."""
+    if "net_input" in sample:
+        return [("mlm", sample)]
+    return [(k, v) for k, v in sample.items() if v is not None and len(v) > 0]
+
+
+def batch_part_flops(shape: Shape, trains: Dict[str, bool], batch, predicted: int, training: bool = True) -> Flops:
+    """FLOPs of one sub-batch as fairseq collates it (a CdLM part has a gather index and
+    tgt_tokens); ``predicted``: the tokens its LM head scores."""
+    net_input = batch["net_input"]
+    tgt = net_input.get("tgt_tokens") if net_input.get("gather_index") is not None else None
+    return part_flops(shape, trains, tuple(net_input["src_tokens"].shape), predicted,
+                      tgt=tuple(tgt.shape) if tgt is not None else None, training=training,
+                      tokens=int(batch["ntokens"]))
+
+
+def sample_flops(shape: Shape, trains: Dict[str, bool], sample, pad: int, training: bool = True) -> Flops:
+    """FLOPs of a whole batch (every part); predicted tokens = the targets that are not ``pad``."""
+    total = Flops()
+    for _, batch in parts_of(sample):
+        total = total + batch_part_flops(shape, trains, batch, int(batch["target"].ne(pad).sum()), training)
+    return total
+
+
 def update_flops(shape: Shape, trains: Dict[str, bool], parts, tokens_per_part: int, seq_len: int,
                  mask_prob: float = 0.15) -> Flops:
     """Planned FLOPs of one update of full sub-batches: ``parts`` a sequence of "mlm" / "cdlm",

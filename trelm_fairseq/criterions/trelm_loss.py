@@ -73,13 +73,6 @@ class TreLMLossConfig(FairseqDataclass):
     )
 
 
-def _parts(sample):
-    """(name, sub-batch) pairs of a zipped batch or of a plain masked-LM batch."""
-    if "net_input" in sample:
-        return [("mlm", sample)]
-    return [(k, v) for k, v in sample.items() if v is not None and len(v) > 0]
-
-
 @register_criterion("trelm_loss", dataclass=TreLMLossConfig)
 class TreLMLoss(FairseqCriterion):
     def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
@@ -117,7 +110,7 @@ class TreLMLoss(FairseqCriterion):
         # a DDP wrapper forwards .encoder; requires_grad tells what really trains
         shape, trains = ledger.Shape.of_model(model), ledger.trained_groups(model.encoder)
         feats, labels = [], []
-        for _, batch in _parts(sample):
+        for _, batch in ledger.parts_of(sample):
             net_input = batch["net_input"]
             kind = "cdlm" if net_input.get("gather_index") is not None else "mlm"
             target = batch["target"]
@@ -132,10 +125,7 @@ class TreLMLoss(FairseqCriterion):
             log[f"{kind}_ntokens"] += n_predicted
             log["ntokens"] += batch["ntokens"]
             log["nsentences"] += batch["nsentences"]
-            tgt = net_input["tgt_tokens"].shape if kind == "cdlm" else None
-            cost = ledger.part_flops(shape, trains, tuple(net_input["src_tokens"].shape), n_predicted,
-                                     tgt=tuple(tgt) if tgt is not None else None, training=model.training,
-                                     tokens=batch["ntokens"])
+            cost = ledger.batch_part_flops(shape, trains, batch, n_predicted, training=model.training)
             log["flops"] += cost.total
             log["positions"] += cost.positions
             if self.discriminator is not None:
