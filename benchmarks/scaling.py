@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import Bench, interleaved, log, machine, median, quiet_logs, synthetic_data, table, timing_kind, trelm_argv  # noqa: E402
-from flops import ARCHS, Shape, stage_flops  # noqa: E402
+from flops import stage_flops  # noqa: E402
 
 
 def main(argv=None):
@@ -55,13 +55,12 @@ def main(argv=None):
                 benches.append(bench)
                 meta[name] = (L, b)
         speeds = interleaved(benches, args.reps, args.steps)
-        layers, d, ffn = ARCHS["minilm"]
         rows = []
         for bench in benches:
             L, b = meta[bench.name]
             peak, toks = bench.peak_step_bytes()
             wall, cpu = median(speeds[bench.name]["wall"]), median(speeds[bench.name][timing_kind()])
-            f = stage_flops(Shape(layers, d, ffn, args.vocab, L), args.stage)
+            f = stage_flops("minilm", args.vocab, L, args.stage)
             rows.append([str(L), str(b), str(toks), f"{wall:.0f}", f"{cpu:.0f}", f"{f / 1e6:.0f}",
                          f"{cpu * f / 1e9:.1f}", f"{peak / 2**20:.0f}", f"{peak / 2**20 / toks * 1000:.0f}"])
     print(f"machine: {machine()}")
