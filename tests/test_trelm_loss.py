@@ -174,3 +174,57 @@ def test_checkpoint_without_discriminator_state(paths):
             p.add_(1.0)
     crit.load_state_dict(other.state_dict())
     assert all(torch.equal(v, crit.state_dict()[k]) for k, v in other.state_dict().items())
+
+
+def _saved_bytes(fn):
+    """Bytes autograd keeps for the backward while ``fn`` runs (saved-tensor hooks; a tensor
+    saved twice, e.g. the projection weight by every chunk, counts once)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def test_chunked_lm_loss_equals_the_plain_one_and_bounds_the_logits_kept():
+    from fairseq.models.roberta.model import RobertaLMHead
+    from trelm_fairseq.modules import lm_head_loss
+
+    torch.manual_seed(0)
+    vocab, dim, n = 500, 16, 300
+    head = RobertaLMHead(dim, vocab, "gelu")
+    feats = torch.randn(n, dim, requires_grad=True)
+    target = torch.randint(0, vocab, (n,))
+    grads = {}
+    for chunk in (0, 64):
+        head.zero_grad()
+        feats.grad = None
+        loss, saved = _saved_bytes(lambda: lm_head_loss(head, feats, target, chunk))
+        loss.backward()
+        grads[chunk] = (loss.item(), saved, feats.grad.clone(), head.weight.grad.clone(), head.dense.weight.grad.clone())
+    (l0, saved0, g0, w0, d0), (l1, saved1, g1, w1, d1) = grads[0], grads[64]
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    for a, b in ((g0, g1), (w0, w1), (d0, d1)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    logits_bytes = n * vocab * 4
+    assert saved0 > logits_bytes  # the plain path keeps the full logits for the backward
+    assert saved1 < logits_bytes / 4  # chunked: no logits kept (recomputed one chunk at a time)
+    with torch.no_grad():  # validation: chunked without checkpointing, same value
+        assert lm_head_loss(head, feats, target, 64).item() == pytest.approx(l0, rel=1e-6)
+
+
+def test_criterion_with_small_chunks_gives_the_same_loss_and_gradients(paths):
+    task = make_task(paths["data"], "transfer_upper")
+    batch = batches(task, bsz=8)[0]
+    out = {}
+    for chunk in (0, 7):
+        model = load_init_model(paths, task)
+        loss, _, log = _criterion(task, adv_weight=0.0, lm_loss_chunk=chunk)(model, batch)
+        loss.backward()
+        out[chunk] = (log["loss"], model.encoder.embed_tokens.weight.grad.clone())
+    assert out[7][0] == pytest.approx(out[0][0], rel=1e-6)
+    assert torch.allclose(out[7][1], out[0][1], atol=1e-6, rtol=1e-4)

@@ -45,6 +45,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from .. import flops as ledger
 from ..errors import TreLMError
+from ..modules.chunked_lm_loss import lm_head_loss
 from ..modules.language_discriminator import LanguageDiscriminator, pool_states
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,21 @@ class TreLMLossConfig(FairseqDataclass):
     disc_input_dim: int = field(
         default=0, metadata={"help": "model hidden size (0: taken from the task's model)"}
     )
+    lm_loss_chunk: int = field(
+        default=8192,
+        metadata={"help": "predicted tokens per chunk of the LM head's vocabulary projection + cross-entropy: "
+                          "with more, chunks are checkpointed so that only one chunk's logits are held (one more "
+                          "projection forward in the backward); 0: all at once"},
+    )
 
 
 @register_criterion("trelm_loss", dataclass=TreLMLossConfig)
 class TreLMLoss(FairseqCriterion):
     def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
-                 disc_dropout=0.1, disc_input_dim=0, lm_pooling="sum-of-means"):
+                 disc_dropout=0.1, disc_input_dim=0, lm_pooling="sum-of-means", lm_loss_chunk=8192):
         super().__init__(task)
         self.mlm_weight = mlm_weight
+        self.lm_loss_chunk = int(lm_loss_chunk)
         self.lm_pooling = str(lm_pooling)
         self.adv_weight = adv_weight
         self.adv_pooling = str(adv_pooling)
@@ -107,18 +115,20 @@ class TreLMLoss(FairseqCriterion):
                "adv_loss": 0.0, "adv_n": 0, "disc_correct": 0, "ntokens": 0, "nsentences": 0,
                "flops": 0.0, "positions": 0}
         sums = {"cdlm": None, "mlm": None}
-        # a DDP wrapper forwards .encoder; requires_grad tells what really trains
-        shape, trains = ledger.Shape.of_model(model), ledger.trained_groups(model.encoder)
+        # the model behind a DDP wrapper (forwards still go through the wrapper, for its hooks);
+        # requires_grad tells the ledger what really trains
+        net = model
+        while hasattr(net, "module"):  # fairseq's proxy wraps a DDP that wraps the model
+            net = net.module
+        shape, trains = ledger.Shape.of_model(net), ledger.trained_groups(net.encoder)
         feats, labels = [], []
         for _, batch in ledger.parts_of(sample):
             net_input = batch["net_input"]
             kind = "cdlm" if net_input.get("gather_index") is not None else "mlm"
             target = batch["target"]
             predicted = target.ne(pad)
-            logits, extra = model(**net_input, masked_tokens=predicted)
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), target[predicted].view(-1), reduction="sum"
-            )
+            features, extra = model(**net_input, features_only=True)
+            loss = lm_head_loss(net.encoder.lm_head, features[predicted], target[predicted], self.lm_loss_chunk)
             sums[kind] = loss if sums[kind] is None else sums[kind] + loss
             n_predicted = int(predicted.sum())
             log[f"{kind}_loss"] += loss.item()
