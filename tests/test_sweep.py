@@ -352,3 +352,74 @@ def test_submitit_local_requeue_on_preemption_resumes(tiny, tmp_path, fake, monk
     assert json.loads((stage_dir / "stage_done.json").read_text())["updates"] == 2
     logs = "".join(p.read_text() for p in (tmp_path / "out" / "slurm").rglob("*.out"))
     assert "preempted or timed out" in logs and "requeued" in logs.lower()
+
+
+def _comparable(summary_path, out):
+    """A sweep summary without what differs between two equal sweeps: timings, times, resume
+    flags, and the output folder in paths."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()
+                    if k not in ("seconds", "finished_at", "resumed", "started_at", "updated")}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        if isinstance(x, str):
+            return x.replace(str(out), "<out>")
+        return x
+
+    return clean(json.loads(summary_path.read_text()))
+
+
+SWEEP = [sys.executable, "-m", "trelm_fairseq.cli.sweep"]
+
+
+def _sweep_env(tmp):
+    return dict(os.environ, FAKE_SLEEP="0.1", FAKE_CALLS=str(tmp / "calls.jsonl"), PYTHONWARNINGS="ignore",
+                OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, tmp_path_factory):
+    """The summary of a 2-point sweep (fake trainer) that nobody interrupted."""
+    tmp = tmp_path_factory.mktemp("sweep_ref")
+    out = tmp / "out"
+    cfg = write_config(tmp / "g.json", fake_config(tiny, out))
+    done = subprocess.run(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"], env=_sweep_env(tmp),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return _comparable(out / "summary.json", out)
+
+
+def test_a_sweep_killed_at_a_random_point_reruns_to_the_uninterrupted_summary(tiny, tmp_path, uninterrupted):
+    """SIGKILL the whole trelm-sweep process group when a randomly drawn one of its scheduler
+    events is printed (stages of both runs in flight, 2 at a time; the draw is in the failure
+    message, TRELM_KILL_AT=N repeats it), run it again: the summary equals an uninterrupted
+    sweep's, and no temporary file of the killed run is left."""
+    import random
+
+    kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, 15))  # a 2-point sweep prints ~24
+    env = _sweep_env(tmp_path)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "g.json", fake_config(tiny, out))
+    proc = subprocess.Popen(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    events, seen = [], []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if ": started" in line or ": done" in line:
+                events.append(line.strip())
+                if len(events) == kill_at:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"TRELM_KILL_AT={kill_at}: " + "".join(seen)[-3000:]
+
+    again = subprocess.run(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    where = f"TRELM_KILL_AT={kill_at}, killed after {events[-1]!r}"
+    assert again.returncode == 0, f"{where}:\n" + again.stdout[-3000:] + again.stderr[-3000:]
+    assert _comparable(out / "summary.json", out) == uninterrupted, where
+    leftovers = [str(p) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
+    assert leftovers == [], f"{where}: {leftovers}"
