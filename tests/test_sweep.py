@@ -249,6 +249,9 @@ def test_local_sweep_two_points_full_graph(tiny, tmp_path, fake, monkeypatch, ca
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "| run | lang | adv_weight | status | 1 train / valid | 2a train / valid |" in md
     assert "| tr_adv_weight0.5 | tr | 0.5 | done |" in md and "| 9.500 / 10.000 | 9.500 / 10.000 |" in md
+    assert summary["tr_adv_weight0"]["stages"]["1"]["gflop"] > 0  # real fairseq logs the ledger's count
+    assert summary["tr_adv_weight0"]["stages"]["2a"]["gflop"] is None  # the fake trainer does not
+    assert "| train TFLOP |" in md and "| 9.500 / 10.000 | - |" in md  # a total only when every stage has one
 
     # re-running skips everything finished
     cli_main([write_config(tmp_path / "g.json", cfg), "--executor", "local"])

@@ -120,8 +120,8 @@ def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
                     pass
             if "loss" in parsed:
                 out[tag] = parsed
-                if tag == "train":
-                    gflop_total += parsed.get("gflop", 0.0)
+                if tag == "train" and "gflop" in parsed:  # not logged by other criterions
+                    gflop_total += parsed["gflop"]
                     parsed["gflop_total"] = gflop_total
     return out
 

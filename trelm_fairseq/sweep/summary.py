@@ -15,7 +15,7 @@ from .runs import RUN_JSON
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 
-STAGE_COLUMNS = ("name", "status", "updates", "train_loss", "valid_loss", "seconds")
+STAGE_COLUMNS = ("name", "status", "updates", "train_loss", "valid_loss", "seconds", "gflop")
 
 
 def _plan_of(run_dir: str, info: Dict[str, Any]) -> StagePlan:
@@ -73,11 +73,19 @@ def _loss(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _tflop(r: Dict[str, Any], stage_keys: List[str]) -> str:
+    """The run's training FLOPs (the FLOP ledger's gflop of its stages) in TFLOP; '-' unless
+    every training stage logged them."""
+    gflop = [(r["stages"].get(k) or {}).get("gflop") for k in stage_keys]
+    return "-" if not gflop or None in gflop else f"{sum(gflop) / 1e3:.2f}"
+
+
 def _row_cells(r: Dict[str, Any], axes: List[str], stage_keys: List[str], ev_keys: List[str]) -> List[str]:
     cells = [r["name"], r["lang"], *[fmt_value(r["point"].get(a, "")) for a in axes], r["status"]]
     for k in stage_keys:
         s = r["stages"].get(k)
         cells.append("-" if s is None else f"{_loss(s['train_loss'])} / {_loss(s['valid_loss'])}")
+    cells.append(_tflop(r, stage_keys))
     results = flat((r.get("eval") or {}).get("results"))
     for k in ev_keys:
         v = results.get(k)
@@ -89,10 +97,11 @@ def summary_markdown(rows: List[Dict[str, Any]]) -> str:
     axes = list(OrderedDict((k, None) for r in rows for k in r["point"]))
     stage_keys = [k for k in TRAINING_KEYS if any(k in r["stages"] for r in rows)]
     ev_keys = sorted({k for r in rows if r.get("eval") for k in flat(r["eval"].get("results"))})
-    head = ["run", "lang", *axes, "status"] + [f"{k} train / valid" for k in stage_keys] + ev_keys
+    head = ["run", "lang", *axes, "status"] + [f"{k} train / valid" for k in stage_keys] + ["train TFLOP"] + ev_keys
     lines = ["# Sweep summary", "",
              "Final losses per training stage (fairseq's base-2 loss of the last train epoch / last "
-             "validation); '-' = not available.", "",
+             "validation); train TFLOP: the run's training FLOPs (trelm_fairseq/flops.py, logged by "
+             "trelm_loss); '-' = not available.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(_row_cells(r, axes, stage_keys, ev_keys)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
