@@ -172,6 +172,19 @@ def report(results: str) -> str:
                 "|---" * (len(stages) + 1) + "|"]
         out += [f"| {c} | " + " | ".join(cell(c, s, key, fmt) for s in stages) + " |" for c in configs]
         out.append("")
+    out += ["**training cost of all stages (the FLOP ledger's count from the stage logs; seconds on the shared "
+            "2-core machine)**", "", "| config | TFLOP | seconds | n |", "|---|---|---|---|"]
+    for c in configs:
+        per_seed = {}
+        for r in rows:
+            if r["config"] == c and r.get("gflop") is not None:
+                t = per_seed.setdefault(r["seed"], [0.0, 0.0])
+                t[0] += r["gflop"] / 1e3
+                t[1] += r.get("seconds") or 0.0
+        if per_seed:
+            tf, sec = zip(*per_seed.values())
+            out.append(f"| {c} | {statistics.mean(tf):.1f} | {statistics.mean(sec):.0f} | {len(per_seed)} |")
+    out.append("")
     return "\n".join(out)
 
 
