@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_vocab_args(p)
     add_align_args(p)
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
-    g.add_argument("--mapping", choices=("supervised", "adversarial", "none"), default="supervised",
-                   help="mapping used for the initial embeddings (none: random rows for new tokens; "
-                        "default: %(default)s)")
+    g.add_argument("--mapping", choices=("supervised", "adversarial", "focus", "none"), default="supervised",
+                   help="how new tokens are initialised (trelm-map-embeddings --method; focus: FOCUS-style sparse "
+                        "combinations of shared tokens; none: random rows; default: %(default)s)")
     g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
                    help="also run and report the other mapping method (the adversarial one takes minutes "
                         "on CPU)")

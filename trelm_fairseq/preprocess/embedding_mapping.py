@@ -15,7 +15,9 @@ Steps (TreLM method steps 1-2, see DESIGN.md):
      ridge least squares) or ``procrustes`` (orthogonal, MUSE's choice);
    * ``adversarial``: MUSE adversarial training from W = I (+ orthogonalisation
      after each mapping step), then Procrustes refinement on mutual CSLS nearest
-     neighbours.
+     neighbours;
+   or, instead of a map, ``focus`` (focus.py): each new token is a sparsemax-weighted
+   combination of the shared tokens' source rows, by fastText similarity.
    Quality: precision@1 (CSLS and plain nearest neighbour) for a held-out
    fraction of the shared tokens, which is kept out of the seed and refinement
    dictionaries; retrieval runs over the whole old vocabulary (minus special and
@@ -52,7 +54,7 @@ from fairseq.data import Dictionary
 from ..checkpoint import dictionary_fingerprint, load_dictionary
 from ..errors import TreLMError
 from ..fileio import atomic_output, write_json
-from . import muse
+from . import focus, muse
 from .init_checkpoint import (
     assemble_embeddings,
     build_init_model,
@@ -242,6 +244,8 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+# A method's figures ("info") go into the checkpoint, so they hold no timings: with --deterministic
+# the same inputs give the same bytes however busy the machine (timings: report["seconds"]).
 def run_supervised(problem: MappingProblem, args, log) -> Dict:
     t0 = time.time()
     if len(problem.seed_pairs) < 2:
@@ -256,9 +260,8 @@ def run_supervised(problem: MappingProblem, args, log) -> Dict:
                              args.max_rank, log, args.sup_solver, args.ridge)
         info["refinement"] = ref["history"]
     info.update(problem.evaluate(W, args.csls_k, args.max_rank))
-    info["seconds"] = round(time.time() - t0, 2)
     log(f"supervised: P@1 csls {_fmt(info['csls'])} nn {_fmt(info['nn'])} on {info['n']} held-out shared tokens "
-        f"({len(problem.seed_pairs)} seed pairs, {info['seconds']}s)")
+        f"({len(problem.seed_pairs)} seed pairs, {time.time() - t0:.2f}s)")
     return {"W": W, "info": info}
 
 
@@ -271,16 +274,29 @@ def run_adversarial(problem: MappingProblem, args, log) -> Dict:
         criterion_n=args.max_rank, seed=args.seed,
     )
     W, adv = muse.adversarial(problem.X, problem.Y, cfg, log=log)
-    info: Dict = {"before_refinement": problem.evaluate(W, args.csls_k, args.max_rank),
-                  "adversarial_seconds": round(adv["seconds"], 2)}
+    info: Dict = {"before_refinement": problem.evaluate(W, args.csls_k, args.max_rank)}
     W, ref = muse.refine(problem.X, problem.Y, W, args.refine_iterations, args.csls_k, args.max_rank,
                          problem.test_pairs[:, 0], problem.test_pairs[:, 1], None, args.max_rank, log)
     info["refinement"] = ref["history"]
     info.update(problem.evaluate(W, args.csls_k, args.max_rank))
-    info["seconds"] = round(time.time() - t0, 2)
     log(f"adversarial: P@1 csls {_fmt(info['csls'])} nn {_fmt(info['nn'])} on {info['n']} held-out shared tokens "
-        f"(before refinement: csls {_fmt(info['before_refinement']['csls'])}; {info['seconds']}s)")
+        f"(before refinement: csls {_fmt(info['before_refinement']['csls'])}; adversarial steps {adv['seconds']:.2f}s, "
+        f"all {time.time() - t0:.2f}s)")
     return {"W": W, "info": info}
+
+
+def run_focus(problem: MappingProblem, args, log, source_emb: torch.Tensor) -> Dict:
+    """FOCUS needs no map (focus.py); its figures: the held-out shared tokens predicted from the
+    seed tokens' source rows and retrieved as the mappings' are."""
+    t0 = time.time()
+    info = focus.evaluate(problem, source_emb, args.csls_k, args.max_rank, args.focus_temperature)
+    log(f"focus: P@1 csls {_fmt(info['csls'])} nn {_fmt(info['nn'])} on {info['n']} held-out shared tokens "
+        f"({len(problem.seed_pairs)} anchors, {time.time() - t0:.2f}s)")
+    return {"W": None, "info": info}
+
+
+# --evaluate-both: the method measured beside the chosen one
+OTHER_METHOD = {"supervised": "adversarial", "adversarial": "supervised", "focus": "supervised"}
 
 
 def _check_args(args) -> None:
@@ -288,6 +304,8 @@ def _check_args(args) -> None:
         args.threads = 1  # fastText's Hogwild threads are the only run-to-run difference
     if not args.no_mapping and not args.text and not args.load_vectors:
         raise TreLMError("--text: the tokenized training text is required (or --load-vectors, or --no-mapping)")
+    if args.focus_temperature <= 0:
+        raise TreLMError(f"--focus-temperature {args.focus_temperature}: expected a positive number")
     if not 0 <= args.heldout < 1:
         raise TreLMError(f"--heldout {args.heldout}: expected a fraction in [0, 1)")
     for name in ("ft_epochs", "threads", "csls_k", "adv_batch_size", "adv_hidden", "adv_dis_steps"):
@@ -363,15 +381,16 @@ def subword_vectors(args, new_dict: Dictionary, dim: int, log, seconds: Dict) ->
     return torch.from_numpy(ft), counts
 
 
-def run_methods(problem: MappingProblem, args, log, seconds: Dict) -> Dict[str, Dict]:
-    """Step 3: the chosen mapping method (and with --evaluate-both the other one): {method: {W, info}}."""
-    methods = [args.method]
-    if args.evaluate_both:
-        methods.append("adversarial" if args.method == "supervised" else "supervised")
+def run_methods(problem: MappingProblem, args, log, seconds: Dict, source_emb: torch.Tensor) -> Dict[str, Dict]:
+    """Step 3: the chosen method (and with --evaluate-both another one): {method: {W, info}}."""
+    methods = [args.method] + ([OTHER_METHOD[args.method]] if args.evaluate_both else [])
     results = {}
     for m in methods:
         t1 = time.time()
-        results[m] = (run_supervised if m == "supervised" else run_adversarial)(problem, args, log)
+        if m == "focus":
+            results[m] = run_focus(problem, args, log, source_emb)
+        else:
+            results[m] = (run_supervised if m == "supervised" else run_adversarial)(problem, args, log)
         seconds[m] = round(time.time() - t1, 2)
     return results
 
@@ -388,13 +407,22 @@ def map_new_tokens(args, v: Vocabularies, ft: torch.Tensor, counts: Counter, fil
         f"{len(problem.shared)} shared ({len(problem.seed_pairs)} seed, {len(problem.test_pairs)} held out)")
     report.update({"shared_with_vectors": len(problem.shared), "seed_pairs": len(problem.seed_pairs),
                    "heldout_pairs": len(problem.test_pairs)})
-    results = run_methods(problem, args, log, seconds)
+    results = run_methods(problem, args, log, seconds, v.source_emb)
     report["precision_at_1"] = {m: {k: r["info"][k] for k in ("csls", "nn", "n")} for m, r in results.items()}
     report["mapping"] = {m: {k: x for k, x in r["info"].items() if k not in ("csls", "nn", "n")}
                          for m, r in results.items()}
-    mapped = problem.map_all(ft, results[args.method]["W"])
     usable = ft.abs().sum(1) > 0  # no fastText information at all: keep the random row
-    fill[usable] = mapped[usable]
+    if args.method == "focus":
+        anchorable = torch.tensor([not is_reserved(sym) for sym in v.new_dict.symbols])
+        rows, info = focus.focus_rows(ft, v.corr, v.source_emb, usable, anchorable, args.focus_temperature)
+        report["focus"] = info
+        log(f"focus: {info['initialised']} new tokens from {info['anchors']} shared anchors "
+            f"(on average {info['mean_support']} anchors each)")
+        usable = usable & (v.corr < 0) & (info["anchors"] > 0)
+        fill[usable] = rows[usable]
+    else:
+        mapped = problem.map_all(ft, results[args.method]["W"])
+        fill[usable] = mapped[usable]
     report["scale"] = {"source_mean_norm": round(problem.src_mean.norm().item(), 6),
                        "source_centered_norm": round(problem.src_scale, 6)}
     return int(((v.corr < 0) & ~usable).sum())

@@ -24,9 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenized training text of both languages (space-separated pieces, one sentence a "
                         "line); required unless --no-mapping")
     p.add_argument("--out", metavar="PATH", default=None, help="output checkpoint (default DATA/init/model.pt)")
-    p.add_argument("--method", choices=("supervised", "adversarial"), default="supervised",
-                   help="mapping used for the initialisation")
-    p.add_argument("--evaluate-both", action="store_true", help="also run and evaluate the other method")
+    p.add_argument("--method", choices=("supervised", "adversarial", "focus"), default="supervised",
+                   help="how new tokens are initialised: a linear map from fastText space into the source "
+                        "embeddings, supervised by the shared tokens or MUSE-adversarial; or focus (FOCUS-style: a "
+                        "sparsemax-weighted combination of shared tokens' source rows by fastText similarity)")
+    p.add_argument("--evaluate-both", action="store_true",
+                   help="also run and evaluate another method (adversarial <-> supervised; focus: supervised)")
     p.add_argument("--no-mapping", action="store_true",
                    help="ablation: new tokens get N(0, source std) rows instead of mapped vectors")
     p.add_argument("--scheme", choices=SCHEMES, default="auto",
@@ -72,6 +75,9 @@ def _add_fasttext_options(g) -> None:
 
 
 def _add_mapping_options(g) -> None:
+    g.add_argument("--focus-temperature", type=float, default=1.0,
+                   help="--method focus: cosine similarities are divided by this before sparsemax (1: FOCUS's "
+                        "rule; lower: fewer shared tokens per new token)")
     g.add_argument("--heldout", type=float, default=0.15,
                    help="fraction of shared tokens held out of all dictionaries to measure precision@1")
     g.add_argument("--csls-k", type=int, default=10,
