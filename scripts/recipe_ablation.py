@@ -176,8 +176,9 @@ def report(results: str) -> str:
             "2-core machine)**", "", "| config | TFLOP | seconds | n |", "|---|---|---|---|"]
     for c in configs:
         per_seed = {}
+        finished = {r["seed"] for r in rows if r["config"] == c and r["stage"] == "4"}
         for r in rows:
-            if r["config"] == c and r.get("gflop") is not None:
+            if r["config"] == c and r.get("gflop") is not None and r["seed"] in finished:
                 t = per_seed.setdefault(r["seed"], [0.0, 0.0])
                 t[0] += r["gflop"] / 1e3
                 t[1] += r.get("seconds") or 0.0
