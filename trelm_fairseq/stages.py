@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .fileio import cached_json, exclusive, make_dirs, read_json, run_logged, write_json
@@ -305,11 +305,9 @@ class StagePlan:
         budget split over the stages in the schedule's own proportions of updates."""
         if total <= 0:
             raise TreLMError(f"--budget-flops {total:g}: expected a positive number of FLOPs")
-        at_one = replace(self, scale=1.0)
-        at_one._model_cfg, at_one._vocab = self._model_cfg, self._vocab
-        paper = sum(at_one.updates[s.budget] * at_one.update_flops(k).total
-                    for k, s in at_one.specs.items() if s.budget)
-        return total / paper
+        # FLOPs per update do not depend on the scale: the unscaled budgets' total is the divisor
+        unscaled = sum(self.updates[s.budget] * self.update_flops(k).total for k, s in self.specs.items() if s.budget)
+        return total / unscaled
 
     def to_dict(self) -> Dict:
         d = {k: v for k, v in asdict(self).items() if k != "trainer"}
