@@ -118,7 +118,7 @@ def test_half_precision_losses_stay_fp32(tiny, stage):
         loss, sample_size, log = crit(model, sample)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
         assert loss.item() == pytest.approx(ref_loss, rel=0.05), dtype
-        assert log["loss"] == pytest.approx(ref[2]["loss"], rel=0.05)
+        assert float(log["loss"]) == pytest.approx(float(ref[2]["loss"]), rel=0.05)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert grads and all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
@@ -199,9 +199,11 @@ class SyncAudit(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# Today's counts per training step (one batch, forward + backward), per stage.  They are a
-# ceiling: lower them when removing syncs (docs/performance.md lists where they come from).
-SYNC_CEILING = {"commonality": 14, "transfer_upper": 16, "transfer_lower": 16, "language_specific": 7}
+# Counts per training step (one batch, forward + backward), per stage: one per part of the
+# batch, the gather of its predicted positions (whose number sizes the gathered tensor).
+# Before the criterion kept its logged values as tensors and the model always passed its
+# padding mask they were 14 / 16 / 16 / 7 (docs/performance.md).
+SYNC_CEILING = {"commonality": 2, "transfer_upper": 2, "transfer_lower": 2, "language_specific": 1}
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -214,9 +216,10 @@ def test_sync_points_per_step_do_not_grow(tiny, stage):
     total = sum(audit.count.values())
     report = "\n".join(f"{n:3d} {op} at {where}" for (op, where), n in audit.count.most_common())
     assert 0 < total <= SYNC_CEILING[stage], f"{stage}: {total} sync points\n{report}"
-    # nothing in the backward pass or the frozen bottom synchronises
-    assert all(where.split(":")[0] in ("trelm_loss.py", "trelm.py", "tri_layer.py", "model.py")
-               for _, where in audit.count), report
+    # nothing in the model, the backward pass or the adversarial term synchronises: only the
+    # criterion's gathers of the predicted positions
+    assert all(op.startswith("aten.nonzero") and where.startswith("trelm_loss.py:")
+               for op, where in audit.count), report
 
 
 def test_trelm_adamw_in_fairseq_trainer(tiny):

@@ -116,7 +116,7 @@ def target_mlm_bits(model, data: str, langs: List[str], split: str = "valid", to
     loss, n = 0.0, 0
     for sample in batches:
         _, _, log = criterion(model, sample)
-        loss += log["mlm_loss"]
+        loss += float(log["mlm_loss"])  # a tensor (the criterion logs tensors)
         n += log["mlm_ntokens"]
     if n == 0:
         raise TreLMError(f"{data}/mono/{langs[1]}/{split}: no masked token to evaluate")

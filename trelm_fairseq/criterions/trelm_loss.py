@@ -27,6 +27,8 @@ term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.
 Logged: loss (= lm_loss, the validation metric), cdlm_loss / mlm_loss (per
 predicted token) with perplexities, adv_loss (disc_ce), disc_acc -- losses in
 base 2 as in fairseq.  sample_size is 1 per batch: losses are already means.
+Logged values stay tensors (read by fairseq after the step); the only host syncs
+in the forward are the gathers of the predicted positions, one per part.
 Also the FLOP ledger's count (trelm_fairseq.flops, from tensor shapes: no host
 sync): ``gflop`` summed over the logged updates (training FLOPs with the
 model's real frozen groups; forward only in validation) and ``pad`` (share of
@@ -126,12 +128,16 @@ class TreLMLoss(FairseqCriterion):
             net_input = batch["net_input"]
             kind = "cdlm" if net_input.get("gather_index") is not None else "mlm"
             target = batch["target"]
-            predicted = target.ne(pad)
+            # the predicted positions: one host sync per part (their number sizes the gather);
+            # the same rows, in the same order, as features[predicted] and target[predicted]
+            where = target.ne(pad).view(-1).nonzero().squeeze(1)
+            n_predicted = where.numel()
             features, extra = model(**net_input, features_only=True)
-            loss = lm_head_loss(net.encoder.lm_head, features[predicted], target[predicted], self.lm_loss_chunk)
+            loss = lm_head_loss(net.encoder.lm_head, features.reshape(-1, features.size(-1)).index_select(0, where),
+                                target.view(-1).index_select(0, where), self.lm_loss_chunk)
             sums[kind] = loss if sums[kind] is None else sums[kind] + loss
-            n_predicted = int(predicted.sum())
-            log[f"{kind}_loss"] += loss.item()
+            # logged values stay tensors: fairseq reads them after the step, not in its middle
+            log[f"{kind}_loss"] += loss.detach()
             log[f"{kind}_ntokens"] += n_predicted
             log["ntokens"] += batch["ntokens"]
             log["nsentences"] += batch["nsentences"]
@@ -167,7 +173,7 @@ class TreLMLoss(FairseqCriterion):
         total = lm_loss
         if feats:
             total = total + self._adversarial(torch.cat(feats), torch.cat(labels), log)
-        log["loss"] = lm_loss.item()
+        log["loss"] = lm_loss.detach()
         log["sample_size"] = 1
         return total, 1, log
 
@@ -182,14 +188,14 @@ class TreLMLoss(FairseqCriterion):
     def _adversarial(self, feats, labels, log):
         # the trainer casts the criterion to fp16/bf16 with the model: match its dtype
         logits = self.discriminator(feats.to(self.discriminator.net[0].weight.dtype)).float()
-        if labels.unique().numel() < 2:
-            # one language only: nothing to tell apart; keep the discriminator
-            # in the graph (DDP) without changing anything
-            return 0.0 * logits.sum()
-        ce = F.cross_entropy(logits, labels)
-        log["adv_loss"] = ce.item() * labels.numel()
-        log["adv_n"] = labels.numel()
-        log["disc_correct"] = int((logits.argmax(-1) == labels).sum())
+        # one language only (e.g. stage language_specific): nothing to tell apart, the term is
+        # zero but keeps the discriminator in the graph (DDP). A factor, not an "if": deciding on
+        # the host would make it wait for the device in the middle of the step.
+        two_langs = labels.ne(labels[0]).any()
+        ce = F.cross_entropy(logits, labels) * two_langs
+        log["adv_loss"] = ce.detach() * labels.numel()
+        log["adv_n"] = two_langs * labels.numel()
+        log["disc_correct"] = (logits.argmax(-1).eq(labels) & two_langs).sum()
         return ce
 
     @staticmethod

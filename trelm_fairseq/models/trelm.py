@@ -240,8 +240,7 @@ class TreLMEncoder(FairseqEncoder):
 
     def _reorder(self, x, mask, padding_mask, src_tokens, lang_ids, gather_index, tgt_tokens, tgt_lang_ids):
         """The TRILayer: into the target's word order (with a gather index: parallel input),
-        else the identity order; returns its states, their padding mask and the attention mask
-        (None without padding: recomputed only when the order changed, a host sync)."""
+        else the identity order; returns its states, their padding mask and the attention mask."""
         if gather_index is not None:
             if tgt_tokens is None:
                 raise ValueError("a gather index needs tgt_tokens (target order, length and padding)")
@@ -253,7 +252,7 @@ class TreLMEncoder(FairseqEncoder):
                 tgt_padding_mask=tgt_padding_mask,
                 tgt_input_embedding=self.input_embedding(tgt_tokens, tgt_lang_ids, with_tokens=False),
             )
-            return x, tgt_padding_mask, (tgt_padding_mask if tgt_padding_mask.any() else None)
+            return x, tgt_padding_mask, tgt_padding_mask
         # identity path: the sentence is already in its own order; the authors add its
         # language + position embeddings here too (tri_layer_identity_embed)
         emb = self.input_embedding(src_tokens, lang_ids, with_tokens=False) if \
@@ -271,7 +270,9 @@ class TreLMEncoder(FairseqEncoder):
         tgt_lang_ids=None,
     ):
         padding_mask = src_tokens.eq(self.padding_idx)
-        mask = padding_mask if padding_mask.any() else None
+        # always the mask, also when nothing is padded: "mask if mask.any() else None" would make
+        # the host wait for the device in the middle of the forward (an all-false mask changes nothing)
+        mask = padding_mask
         inner_states: List[Tensor] = []
         x = self._lower_half(src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens)
         lower_out, lower_padding_mask = x, padding_mask

@@ -67,5 +67,4 @@ class TRILayer(nn.Module):
         y = y + tgt_input_embedding
         y = y.masked_fill(tgt_padding_mask.unsqueeze(-1), 0.0)
         y = y.transpose(0, 1)
-        mask = tgt_padding_mask if tgt_padding_mask.any() else None
-        return self.layer(y, encoder_padding_mask=mask), tgt_padding_mask
+        return self.layer(y, encoder_padding_mask=tgt_padding_mask), tgt_padding_mask
