@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="joint sentencepiece vocabulary: auto (default; sized to the corpus, at most 16000) or a "
                         "number of pieces, used exactly")
     p.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
+    p.add_argument("--corpus-dir", default=None,
+                   help="an existing corpus directory in trelm-fetch-corpus's layout (train/valid/test.{en,LANG}, "
+                        "mono.*, and help.{en,LANG}.{train,valid,test}.tsv for classification) instead of "
+                        "fetching the LibreOffice help corpus")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-reproducible data and init checkpoint: trelm-prepare trains the fastText vectors of "
+                        "the embedding mapping with one thread (slower); the training and fine-tuning runs are "
+                        "seeded and reproducible on CPU either way")
     for name in UPDATE_BUDGETS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None, dest=name,
                        help=f"updates (before --scale; default {getattr(Budgets, name)})")

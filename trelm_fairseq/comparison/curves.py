@@ -13,18 +13,20 @@ from .commands import BIN, USER_DIR, run
 from .surgery import with_transfer_cfg
 
 
-def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str) -> float:
-    """Target-language validation MLM loss (base 2, per masked token) of a checkpoint."""
+def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str, tokens_per_sample: int) -> float:
+    """Target-language validation MLM loss (base 2, per masked token) of a checkpoint, with the
+    training runs' --tokens-per-sample (the same sentences as their own validations, and within
+    the positions of any source model)."""
     checkpoint = with_transfer_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"),
-                                   langs=f"en,{lang}")
+                                   langs=f"en,{lang}", tokens_per_sample=tokens_per_sample)
     out = run([
         os.path.join(BIN, "fairseq-validate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
         "--task", "trelm_transfer", "--valid-subset", "valid", "--max-tokens", "4096",
-        "--required-batch-size-multiple", "1", "--num-workers", "0",
+        "--required-batch-size-multiple", "1", "--num-workers", "0", "--tokens-per-sample", str(tokens_per_sample),
         # adv_weight 0: no discriminator (it does not enter the MLM loss, and fairseq-validate
         # builds the criterion before it could learn the model's hidden size)
         "--model-overrides", repr({"stage": "language_specific", "data": data, "langs": f"en,{lang}",
-                                   "adv_weight": 0.0}),
+                                   "adv_weight": 0.0, "tokens_per_sample": tokens_per_sample}),
     ], log_path, f"target MLM validation of {os.path.relpath(checkpoint)}")
     for key in ("mlm_loss", "loss"):
         vals = [float(v) for v in _logged(out, key)]
@@ -67,9 +69,12 @@ def target_curves(plans: Dict, init: str, data: str, lang: str, work: str) -> Di
         tp = plans["trelm"]
         u1, u2 = tp.budget("1"), tp.budget("2a")
         log = os.path.join(work, "logs", "validate.log")
-        trelm = [[0, validate_target_mlm(init, data, lang, log)],
-                 [u1, validate_target_mlm(tp.stages["1"].output_checkpoint(), data, lang, log)],
-                 [u1 + 2 * u2, validate_target_mlm(tp.stages["3"].output_checkpoint(), data, lang, log)]]
+
+        def validate(checkpoint):
+            return validate_target_mlm(checkpoint, data, lang, log, tp.sample_tokens())
+
+        trelm = [[0, validate(init)], [u1, validate(tp.stages["1"].output_checkpoint())],
+                 [u1 + 2 * u2, validate(tp.stages["3"].output_checkpoint())]]
         trelm += valid_curve(tp, "4", u1 + 2 * u2)
         return {
             "trelm": trelm,

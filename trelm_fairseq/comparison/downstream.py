@@ -39,13 +39,14 @@ def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_d
     return {k: mean_std(v) for k, v in runs.items() if v}
 
 
-def evaluate_downstream(checkpoints: Dict[str, str], data: str, work: str, lang: str, budgets: Budgets,
+def evaluate_downstream(checkpoints: Dict[str, str], data: str, corpus: str, work: str, lang: str, budgets: Budgets,
                         seeds: Sequence[int]) -> Tuple[Dict, Dict]:
-    """(classification data counts, per model its downstream scores)."""
+    """(classification data counts, per model its downstream scores); ``corpus``: the folder
+    with the labelled help paragraphs (help.<lang>.<split>.tsv)."""
     from .. import classification as cls
 
     cls_dir = os.path.join(work, "classification")
-    cls_counts = cls.prepare_classification(os.path.join(data, "corpus"), data, cls_dir, "en", lang,
+    cls_counts = cls.prepare_classification(corpus, data, cls_dir, "en", lang,
                                             max_train=budgets.max_cls_train, log=say)
     parse_data = prepare_parsing_data(data, work, lang)
     scores = {m: evaluate_model(m, checkpoints[m], parse_data, cls_dir, work, budgets, seeds) for m in MODELS}

@@ -23,6 +23,10 @@ def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]
         prep += ["--source-model", args.source_model]
     if args.cache_dir:
         prep += ["--cache-dir", args.cache_dir]
+    if getattr(args, "corpus_dir", None):
+        prep += ["--corpus-dir", os.path.abspath(args.corpus_dir)]
+    if getattr(args, "deterministic", False):
+        prep += ["--map-args=--deterministic"]
     if budgets.max_pairs:
         prep += ["--max-pairs", str(budgets.max_pairs)]
     run(prep, os.path.join(work, "logs", "prepare.log"), "stage 0 (trelm-prepare)")
@@ -59,7 +63,8 @@ def run_job(args) -> Dict:
 
     # 3. downstream
     t0 = time.time()
-    cls_counts, downstream = evaluate_downstream(checkpoints, data, work, lang, b, seeds)
+    corpus = os.path.abspath(args.corpus_dir) if getattr(args, "corpus_dir", None) else os.path.join(data, "corpus")
+    cls_counts, downstream = evaluate_downstream(checkpoints, data, corpus, work, lang, b, seeds)
     timings["downstream"] = time.time() - t0
 
     # 4. report, with the TreLM model exported for transformers (its model card quotes the results)

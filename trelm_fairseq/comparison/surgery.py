@@ -2,7 +2,7 @@
 fairseq-validate can rebuild the transfer task from, and the shape flags a downstream
 fairseq-train needs to load a checkpoint."""
 import os
-from typing import List
+from typing import List, Optional
 
 
 def model_shape_args(checkpoint: str, prefix: str = "trelm") -> List[str]:
@@ -48,11 +48,12 @@ def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
     return out_path
 
 
-def with_transfer_cfg(checkpoint: str, tmp_path: str, langs: str) -> str:
+def with_transfer_cfg(checkpoint: str, tmp_path: str, langs: str, tokens_per_sample: Optional[int] = None) -> str:
     """fairseq-validate rebuilds task and criterion from the checkpoint's cfg: a checkpoint
     written outside fairseq-train (init, combine) gets a copy at tmp_path whose cfg names the
     trelm_transfer task (for the language pair ``langs``, e.g. "en,de") and the trelm_loss
-    criterion. (--model-overrides only reaches keys the saved cfg already has.)"""
+    criterion, and ``tokens_per_sample`` if given. (--model-overrides only reaches keys the saved
+    cfg already has.)"""
     from omegaconf import OmegaConf
 
     from ..checkpoint import atomic_torch_save, load_checkpoint
@@ -63,6 +64,8 @@ def with_transfer_cfg(checkpoint: str, tmp_path: str, langs: str) -> str:
         return checkpoint
     cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
     cfg["task"] = {"_name": "trelm_transfer", "data": "", "langs": langs, "stage": "language_specific", "seed": 1}
+    if tokens_per_sample:
+        cfg["task"]["tokens_per_sample"] = int(tokens_per_sample)
     cfg["criterion"] = {"_name": "trelm_loss", "adv_weight": 0.0}
     state["cfg"] = OmegaConf.create(cfg)
     atomic_torch_save(state, tmp_path)

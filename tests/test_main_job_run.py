@@ -1,0 +1,125 @@
+"""The main job (trelm-demo) end to end on a toy language pair: a tiny source model, a
+synthetic corpus with labelled paragraphs, two updates per stage.  Then killed at a random
+point and run again: the re-run's report equals the uninterrupted one's."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _prep_helpers import lexicon, make_tiny_source_model, write_help_tsvs, write_synthetic_corpus
+
+DEMO = os.path.join(os.path.dirname(sys.executable), "trelm-demo")
+LANG = "de"  # no packaged treebank: the job skips parsing (and says so), which keeps it short
+TINY = ["--stage1", "2", "--stage2", "2", "--stage4", "2", "--cls-updates", "2", "--max-tokens", "256",
+        "--vocab-size", "120", "--deterministic"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job_inputs")
+    corpus = write_synthetic_corpus(root / "corpus", tgt=LANG)
+    write_help_tsvs(corpus, tgt=LANG)
+    lex = lexicon(0)
+    words = sorted({w.lower() for w in list(lex) + list(lex.values())})[:70] + ["▁ka", "##lo", ","]
+    return {"corpus": corpus, "source": make_tiny_source_model(root / "source", words)}
+
+
+def job_argv(inputs, out: Path):
+    return [DEMO, "--lang", LANG, "--work", str(out / "work"), "--results", str(out / "results"),
+            "--corpus-dir", str(inputs["corpus"]), "--source-model", str(inputs["source"]), *TINY]
+
+
+def comparable(out: Path):
+    """results.json without what differs between two runs by nature: seconds, the run's own
+    paths, and which steps this particular run did rather than found done (trelm-prepare's
+    step statuses, a stage's resume flag)."""
+    text = (out / "results" / "results.json").read_text(encoding="utf-8").replace(str(out), "<out>")
+
+    def strip(x, parent=""):
+        if isinstance(x, dict):
+            return {k: strip(v, k) for k, v in x.items()
+                    if "seconds" not in k and k != "resumed" and not (parent == "prepare" and k == "steps")}
+        if isinstance(x, list):
+            return [strip(v, parent) for v in x]
+        return x
+
+    return strip(json.loads(text))
+
+
+# progress lines ("[trelm-demo ...") the toy job prints: 0 < kill point <= this (it printed 82
+# when this was written; a draw past the end fails the test with a message saying so)
+KILL_RANGE = 80
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, tmp_path_factory):
+    """The job uninterrupted and, at the same time (the two cores), the same job SIGKILLed as a
+    process group at a randomly drawn progress line and then run again with the same command."""
+    whole, killed = tmp_path_factory.mktemp("job_whole"), tmp_path_factory.mktemp("job_killed")
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two jobs on two cores: no OpenMP spinning
+    kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, KILL_RANGE))
+    with open(whole / "stdout.txt", "w") as log:
+        first = subprocess.Popen(job_argv(inputs, whole), stdout=log, stderr=subprocess.STDOUT, env=env)
+        second = subprocess.Popen(job_argv(inputs, killed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env=env, start_new_session=True)
+        seen, steps = [], []
+        try:
+            for line in second.stdout:
+                seen.append(line)
+                if line.startswith("[trelm-demo"):
+                    steps.append(line.strip())
+                    if len(steps) == kill_at:
+                        os.killpg(second.pid, signal.SIGKILL)
+                        break
+        finally:
+            second.wait(timeout=60)
+        where = f"TRELM_KILL_AT={kill_at}, killed after {steps[-1]!r}" if steps else f"TRELM_KILL_AT={kill_at}"
+        assert second.returncode == -signal.SIGKILL, \
+            f"{where}: the job ended (exit {second.returncode}) before the drawn kill point; " \
+            f"lower KILL_RANGE to the job's number of progress lines\n" + "".join(seen)[-3000:]
+        again = subprocess.run(job_argv(inputs, killed), capture_output=True, text=True, timeout=1200, env=env)
+        first.wait(timeout=1200)
+    stdout = (whole / "stdout.txt").read_text(encoding="utf-8", errors="replace")
+    assert first.returncode == 0, stdout[-4000:]
+    return {"out": whole, "report": comparable(whole), "stdout": stdout, "killed": killed, "where": where,
+            "again": again}
+
+
+def test_the_main_job_runs_end_to_end(runs):
+    out, report = runs["out"], runs["report"]
+    models = ("trelm", "scratch", "mapped_init", "mlm_continued")
+    assert set(report["downstream"]) == set(models)
+    for m in models:
+        for key in ("cls_target", "cls_zeroshot"):
+            accuracies = report["downstream"][m][key]["runs"]
+            assert len(accuracies) == 1 and 0.0 <= accuracies[0] <= 100.0, (m, key)
+        assert "las" not in report["downstream"][m]  # no treebank for de
+    for m in ("trelm", "scratch", "mlm_continued"):
+        assert report["curves"][m], m  # target MLM validated along the way
+    # 2 + 2 + 2 + 2 TreLM updates; every baseline gets as many
+    assert report["pretrain_budget_updates"] == 8
+    trained = [row for row in report["pretraining"]["trelm"]["stages"] if row.get("updates")]
+    assert [row["stage"] for row in trained] == ["1", "2a", "2b", "4"]
+    assert all(row["updates"] == 2 and row["gflop"] > 0 for row in trained)
+    assert report["pretraining"]["mlm_continued"]["updates"] == 8 and report["pretraining"]["scratch"]["updates"] == 8
+    assert report["export"]["max_abs_diff_logits"] < 1e-4  # the exported transformers model = ours
+    md = (out / "results" / "results.md").read_text(encoding="utf-8")
+    assert "TreLM" in md and "parsing" in md.lower()
+    assert (out / "results" / "mlm_loss.png").stat().st_size > 0
+    assert "report:" in runs["stdout"]
+
+
+def test_the_main_job_killed_at_a_random_point_reruns_to_the_uninterrupted_report(runs):
+    """The re-run of the killed job (fixture ``runs``: the kill point is drawn at random, named in
+    the failure message; TRELM_KILL_AT=N repeats it) finishes, its report equals the
+    uninterrupted job's, and no temporary file of the killed run is left."""
+    where, again, killed = runs["where"], runs["again"], runs["killed"]
+    assert again.returncode == 0, f"{where}:\n" + again.stdout[-4000:] + again.stderr[-4000:]
+    assert comparable(killed) == runs["report"], where
+    leftovers = [str(p) for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
+    assert leftovers == [], f"{where}: {leftovers}"
