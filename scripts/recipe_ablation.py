@@ -31,7 +31,8 @@ N(0, X)), adv=X (--adv-weight X), adv_token=X (the same, per-token discriminator
 mlm_both (--transfer-mlm-lang both), no_KNOB (that knob back to its previous value), lr=X (every stage's peak lr), s1=N / s2=N / s4=N
 (updates of stage 1 / each of 2a and 2b / stage 4 instead of the demo's 24 / 24 / 48), warm=F
 (every stage's warm-up F times its budget instead of a tenth), end_lr=F (the polynomial decay
-ends at F times the peak lr instead of 0).
+ends at F times the peak lr instead of 0), lr1=X / lr2=X / lr4=X (the peak lr of stage 1 / of 2a
+and 2b / of stage 4 only).
 "mlm_continued" is the main job's baseline (target MLM from the mapped init without the
 TRILayer, as many updates as the TreLM stages together), reported under "after 4".
 """
@@ -53,10 +54,10 @@ def config(name: str) -> Dict:
     first = name.split("+")[0]
     c = dict(PREVIOUS if first in KNOBS or first == "previous" else AUTHORS)
     c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None,
-             warm=None, end_lr=None)
+             warm=None, end_lr=None, lr1=None, lr2=None, lr4=None)
     for part in name.split("+"):
         key, _, value = part.partition("=")
-        if key in ("lr", "s1", "s2", "s4", "warm", "end_lr") and value:
+        if key in ("lr", "s1", "s2", "s4", "warm", "end_lr", "lr1", "lr2", "lr4") and value:
             c[key] = int(value) if key in ("s1", "s2", "s4") else float(value)
         elif part in KNOBS:
             c[part] = True
@@ -72,7 +73,8 @@ def config(name: str) -> Dict:
             c["mlm_both"] = True
         elif part not in ("previous", "authors"):
             raise SystemExit(f"unknown config {part!r}: expected previous, authors, one of {KNOBS}, lang_std=X, "
-                             "adv=X, adv_token=X, mlm_both, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F or end_lr=F (joined by +)")
+                             "adv=X, adv_token=X, mlm_both, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X "
+                             "or lr4=X (joined by +)")
     return c
 
 
@@ -122,12 +124,20 @@ def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budg
         extra += ["--end-learning-rate", str(c["end_lr"] * lr)]
     plan = dataclasses.replace(plan, extra_args=plan.extra_args + extra, stage_args=stage_args, updates=updates,
                                lr=lr, combine_average="trained" if c["combine"] else "all")
-    if c["warm"] is None:
+    # stage args come last on the command line, so they override the plan's warm-up and lr
+    more = {key: [] for key in plan.specs}
+    for key, spec in plan.specs.items():
+        if spec.budget and c["warm"] is not None:
+            more[key] += ["--warmup-updates", str(max(1, round(c["warm"] * plan.budget(key))))]
+        stage_lr = c.get("lr" + spec.budget) if spec.budget else None
+        if stage_lr:
+            more[key] += ["--lr", str(stage_lr)]
+            if c["end_lr"] is not None:
+                more[key] += ["--end-learning-rate", str(c["end_lr"] * stage_lr)]
+    if not any(more.values()):
         return plan
-    # stage args come last on the command line, so they override the plan's warm-up
-    warm = {key: ["--warmup-updates", str(max(1, round(c["warm"] * plan.budget(key))))]
-            for key, spec in plan.specs.items() if spec.budget}
-    return dataclasses.replace(plan, stage_args={k: stage_args.get(k, []) + warm.get(k, []) for k in {*stage_args, *warm}})
+    return dataclasses.replace(plan, stage_args={k: stage_args.get(k, []) + more[k] for k in more
+                                                 if stage_args.get(k) or more[k]})
 
 
 def drop_checkpoints(dirs: Iterable[str]) -> None:
@@ -142,7 +152,8 @@ def stage1_key(c: Dict, seed: int) -> str:
     """Configs that share this key have the same stage 1 (init and its options)."""
     return f"copy{'k' if c['tri_copy'] else 'k-1'}_id{int(c['identity_emb'])}_std{c['lang_std']}_" \
            f"adv{c['adv_weight']}{c['adv_pooling'] or ''}_lr{c['lr']}_s1{c['s1']}_seed{seed}" + \
-           (f"_warm{c['warm']}" if c["warm"] is not None else "") + (f"_end{c['end_lr']}" if c["end_lr"] is not None else "")
+           (f"_warm{c['warm']}" if c["warm"] is not None else "") + (f"_end{c['end_lr']}" if c["end_lr"] is not None else "") + \
+           (f"_lr1{c['lr1']}" if c["lr1"] else "")
 
 
 def report(results: str) -> str:
