@@ -1,6 +1,6 @@
 """The main job's bookkeeping: budgets, time-to-quality, validation curves, report, pruning.
-(The job itself runs fairseq end to end; its pieces are tested in test_stages, test_parsing
-and test_classification.)"""
+(The job itself runs end to end on a toy pair in test_main_job_run; its pieces are tested in
+test_stages, test_parsing and test_classification.)"""
 import json
 import os
 from types import SimpleNamespace
@@ -182,3 +182,46 @@ def test_export_refused_does_not_fail_the_job(tmp_path):
     report = dict(_report(), export=export)
     comparison.write_report(report, str(tmp_path))
     assert "Not exported: ck.pt: tri_layer_identity_embed" in (tmp_path / "results.md").read_text()
+
+
+def test_flop_matched_baselines_get_the_trelm_stages_flops(tmp_path):
+    """--equal-compute flops: each baseline's updates are the ones whose training FLOPs (a
+    baseline update costed by the FLOP ledger) come closest to what the TreLM stages spent
+    (their logged count; the plan's when none was logged). --equal-compute updates keeps the count."""
+    import torch
+    from fairseq.data import Dictionary
+
+    from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
+    from trelm_fairseq.comparison.pretraining import match_flops, model_plans
+
+    data = tmp_path / "data"
+    d = Dictionary()
+    for i in range(40):
+        d.add_symbol(f"w{i}")
+    (data / "init").mkdir(parents=True)
+    d.save(str(data / "dict.txt"))
+    d.add_symbol("<mask>")
+    cfg = model_config("trelm_tiny", tri_layer=True)
+    torch.manual_seed(0)
+    save_checkpoint(str(data / "init" / "model.pt"), build_model(cfg, d), cfg)
+
+    budgets = Budgets(max_tokens=256, tokens_per_sample=32)
+    plans = model_plans(str(data), str(tmp_path / "work"), "tr", budgets, 1)
+    assert plans["scratch"].budget("1") == plans["mlm_continued"].budget("1") == budgets.pretrain_total
+    per_update = plans["mlm_continued"].update_flops("1").total
+    # what TreLM logged: 1.35 baseline updates' worth per TreLM update
+    spent = 1.35 * budgets.pretrain_total * per_update
+    matched = match_flops(plans, spent / 1e9)
+    for m in ("scratch", "mlm_continued"):
+        assert matched[m] == plans[m].budget("1") == round(1.35 * budgets.pretrain_total), m
+        assert abs(plans[m].budget("1") * plans[m].update_flops("1").total - spent) <= per_update / 2
+    # nothing logged: the plan's FLOPs (full batches) stand in
+    planned = sum(plans["trelm"].planned_flops().values())
+    assert match_flops(plans, None)["scratch"] == round(planned / per_update)
+
+    args = demo.build_parser().parse_args(["--equal-compute", "flops"])
+    assert comparison.budgets_from_args(args).equal_compute == "flops"
+    assert "updates" in comparison.report.equal_compute_line({"pretrain_budget_updates": 120})
+    line = comparison.report.equal_compute_line({"pretrain_budget_updates": 120, "equal_compute": "flops",
+                                                 "baseline_updates": {"scratch": 160, "mlm_continued": 162}})
+    assert "Equal training FLOPs" in line and "160" in line and "162" in line

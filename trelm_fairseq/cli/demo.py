@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an existing corpus directory in trelm-fetch-corpus's layout (train/valid/test.{en,LANG}, "
                         "mono.*, and help.{en,LANG}.{train,valid,test}.tsv for classification) instead of "
                         "fetching the LibreOffice help corpus")
+    p.add_argument("--equal-compute", choices=("updates", "flops"), default=Budgets.equal_compute,
+                   help="what the baselines get as much of as all TreLM stages together: updates, or training "
+                        "FLOPs by the FLOP ledger (a TreLM update costs more, so the baselines train longer; "
+                        "default: %(default)s)")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-reproducible data and init checkpoint: trelm-prepare trains the fastText vectors of "
                         "the embedding mapping with one thread (slower); the training and fine-tuning runs are "

@@ -39,6 +39,11 @@ class Budgets:
     max_cls_train: Optional[int] = 4000
     validate_every: int = 12
     scale: float = 1.0
+    # what "equal compute" equalises between TreLM and the pre-trained baselines: "updates" (each
+    # baseline gets as many updates as all TreLM stages together) or "flops" (as many training
+    # FLOPs, by the FLOP ledger: a TreLM update costs ~1.35x a baseline update at the demo's
+    # sizes, so the baselines get more updates)
+    equal_compute: str = "updates"
 
     def n(self, name: str) -> int:
         return max(1, int(round(getattr(self, name) * self.scale)))
@@ -52,7 +57,8 @@ class Budgets:
 def budgets_from_args(args) -> Budgets:
     """The budgets of a trelm-demo command line (an unset update count keeps its default)."""
     b = Budgets(scale=args.scale, lr=args.lr, finetune_lr=args.finetune_lr, max_tokens=args.max_tokens,
-                vocab_size=args.vocab_size, max_pairs=args.max_pairs)
+                vocab_size=args.vocab_size, max_pairs=args.max_pairs,
+                equal_compute=getattr(args, "equal_compute", None) or Budgets.equal_compute)
     for name in UPDATE_BUDGETS:
         if getattr(args, name, None) is not None:
             setattr(b, name, getattr(args, name))

@@ -10,7 +10,7 @@ from .budgets import Budgets, budgets_from_args
 from .commands import BIN, run, say
 from .curves import target_curves, time_to_quality
 from .downstream import evaluate_downstream
-from .pretraining import final_checkpoints, model_plans, pretrain
+from .pretraining import BASELINES, final_checkpoints, match_flops, model_plans, pretrain
 from .publish import export_trelm, usage_block
 from .report import vocab_line, write_report
 
@@ -38,6 +38,10 @@ def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]
     return record
 
 
+def _gflop_text(gflop: Optional[float]) -> str:
+    return f"TreLM's stages spent {gflop / 1e3:.1f} TFLOP" if gflop else "TreLM's planned FLOPs: its runs logged none"
+
+
 def run_job(args) -> Dict:
     """Every step of the comparison for the parsed trelm-demo arguments; the report."""
     b = budgets_from_args(args)
@@ -48,7 +52,8 @@ def run_job(args) -> Dict:
     timings: Dict[str, float] = {}
     t_job = time.time()
     say(f"target language {lang}; work dir {work}; results in {results}")
-    say(f"budgets: {json.dumps(asdict(b))}; equal-compute pre-training budget {b.pretrain_total} updates")
+    say(f"budgets: {json.dumps(asdict(b))}; TreLM pre-training budget {b.pretrain_total} updates; "
+        f"the baselines get as many {b.equal_compute}")
 
     t0 = time.time()
     prepare = prepare_data(args, b, data, work)
@@ -57,7 +62,12 @@ def run_job(args) -> Dict:
 
     # 1-2. pre-training: TreLM, then the baselines at equal compute (one seed)
     plans = model_plans(data, work, lang, b, seeds[0])
-    pretraining = pretrain(plans, timings)
+    pretraining = pretrain({"trelm": plans["trelm"]}, timings)
+    if b.equal_compute == "flops":
+        matched = match_flops(plans, pretraining["trelm"]["gflop"])
+        say(f"FLOP-matched baselines ({_gflop_text(pretraining['trelm']['gflop'])}): "
+            + ", ".join(f"{m} {n} updates" for m, n in matched.items()))
+    pretraining.update(pretrain({m: plans[m] for m in BASELINES}, timings))
     checkpoints = final_checkpoints(plans, init)
     curves = target_curves(plans, init, data, lang, work)
 
@@ -71,7 +81,9 @@ def run_job(args) -> Dict:
     report = {
         "lang": lang, "seeds": seeds, "budgets": asdict(b), "pretrain_budget_updates": b.pretrain_total,
         "pretraining": pretraining, "checkpoints": checkpoints, "downstream": downstream, "curves": curves,
-        "time_to_quality": time_to_quality(curves, b.pretrain_total),
+        "equal_compute": b.equal_compute,
+        "baseline_updates": {m: plans[m].budget("1") for m in BASELINES},
+        "time_to_quality": time_to_quality(curves, plans["scratch"].budget("1")),
         "classification_data": cls_counts, "timings_seconds": timings, "prepare": prepare,
     }
     t0 = time.time()

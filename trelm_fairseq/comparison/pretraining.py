@@ -1,5 +1,6 @@
 """Pre-training: TreLM's stage plan and the baselines' at equal compute (the same number
-of updates as all TreLM stages together, same architecture, same target data)."""
+of updates as all TreLM stages together, or the same planned training FLOPs with
+``--equal-compute flops``; same architecture, same target data)."""
 import os
 import time
 from typing import Dict, Optional
@@ -27,7 +28,7 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
 
 def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) -> Dict:
     """The plans of every pre-trained model (the baselines' init checkpoints are derived here)."""
-    return {
+    plans = {
         "trelm": plan_for("trelm", data, work, lang, budgets, seed),
         "scratch": plan_for("scratch", data, work, lang, budgets, seed, graph="mlm",
                             init=derived_init(data, os.path.join(work, "scratch", "init.pt"), "scratch", seed)),
@@ -35,6 +36,23 @@ def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) ->
                                   init=derived_init(data, os.path.join(work, "mlm_continued", "init.pt"), "no_tri",
                                                     seed)),
     }
+    return plans
+
+
+BASELINES = ("scratch", "mlm_continued")
+
+
+def match_flops(plans: Dict, trelm_gflop: Optional[float]) -> Dict[str, int]:
+    """--equal-compute flops: set each baseline's updates so that its training FLOPs come closest
+    to what the TreLM stages spent (``trelm_gflop``, the FLOP ledger's count logged by their
+    runs; planned FLOPs when not logged).  A baseline update is costed as planned (full batches
+    of --max-tokens: MLM batches are nearly full, measured 71 vs 75 GFLOP at the demo's sizes);
+    TreLM's own plan would overstate its CdLM stages, whose sub-batches are far from full (2a
+    106 GFLOP per update measured vs 183 planned), hence the measured figure.  Returns the updates."""
+    spent = trelm_gflop * 1e9 if trelm_gflop else sum(plans["trelm"].planned_flops().values())
+    for name in BASELINES:
+        plans[name].updates["1"] = max(1, int(round(spent / plans[name].update_flops("1").total)))
+    return {name: plans[name].budget("1") for name in BASELINES}
 
 
 def pretrain(plans: Dict, timings: Dict[str, float]) -> Dict[str, Dict]:

@@ -43,6 +43,17 @@ def vocab_line(prepare: Optional[Dict]) -> str:
             f"{v['vocab_size_rule']}.")
 
 
+def equal_compute_line(report: Dict) -> str:
+    """The report's sentence on what the pre-trained models got equal amounts of."""
+    n = report["pretrain_budget_updates"]
+    if report.get("equal_compute") != "flops":
+        return f"All pre-trained models get {n} updates (equal compute: updates; their FLOPs differ, see the table)."
+    base = report.get("baseline_updates") or {}
+    return (f"Equal training FLOPs (`--equal-compute flops`, by the FLOP ledger: what TreLM's runs logged): "
+            f"TreLM {n} updates over its stages, from scratch {base.get('scratch', '?')}, "
+            f"MLM continued {base.get('mlm_continued', '?')} (measured FLOPs in the table).")
+
+
 def results_table(report: Dict) -> str:
     rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | pre-training updates | "
             "pre-training TFLOP | pre-training s |",
@@ -98,8 +109,7 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "",
         f"Seeds: {report['seeds']}. Budgets: `{json.dumps(report['budgets'])}`.",
         *[line for line in [vocab_line(report.get("prepare"))] if line],
-        f"All pre-trained models get {report['pretrain_budget_updates']} updates (equal compute); "
-        "the fine-tuning recipe is the same for every model.",
+        equal_compute_line(report) + " The fine-tuning recipe is the same for every model.",
         "",
         results_table(report),
         "",
