@@ -185,9 +185,10 @@ def test_export_refused_does_not_fail_the_job(tmp_path):
 
 
 def test_flop_matched_baselines_get_the_trelm_stages_flops(tmp_path):
-    """--equal-compute flops: each baseline's updates are the ones whose training FLOPs (a
-    baseline update costed by the FLOP ledger) come closest to what the TreLM stages spent
-    (their logged count; the plan's when none was logged). --equal-compute updates keeps the count."""
+    """--equal-compute flops: each baseline's updates are the ones whose training FLOPs come
+    closest to what the TreLM stages spent (their logged count; the plan's when none was
+    logged), a baseline update costed like TreLM's measured stage-4 update scaled by the planned
+    ratio of the architectures. --equal-compute updates keeps the count."""
     import torch
     from fairseq.data import Dictionary
 
@@ -208,16 +209,23 @@ def test_flop_matched_baselines_get_the_trelm_stages_flops(tmp_path):
     budgets = Budgets(max_tokens=256, tokens_per_sample=32)
     plans = model_plans(str(data), str(tmp_path / "work"), "tr", budgets, 1)
     assert plans["scratch"].budget("1") == plans["mlm_continued"].budget("1") == budgets.pretrain_total
-    per_update = plans["mlm_continued"].update_flops("1").total
-    # what TreLM logged: 1.35 baseline updates' worth per TreLM update
-    spent = 1.35 * budgets.pretrain_total * per_update
-    matched = match_flops(plans, spent / 1e9)
+    per_update = {m: plans[m].update_flops("1").total for m in ("scratch", "mlm_continued")}
+    planned_4 = plans["trelm"].update_flops("4").total
+    # what TreLM's runs logged: stage 4 at 0.8 of its planned cost per update (real batches are not
+    # full), 1.35 baseline updates' worth of FLOPs per TreLM update in all
+    spent = 1.35 * budgets.pretrain_total * per_update["mlm_continued"] * 0.8
+    record = {"gflop": spent / 1e9, "stages": [{"stage": "1", "updates": 4, "gflop": 1.0},
+                                               {"stage": "3", "updates": 0, "gflop": None},
+                                               {"stage": "4", "updates": 4, "gflop": 4 * 0.8 * planned_4 / 1e9}]}
+    matched = match_flops(plans, record)
     for m in ("scratch", "mlm_continued"):
-        assert matched[m] == plans[m].budget("1") == round(1.35 * budgets.pretrain_total), m
-        assert abs(plans[m].budget("1") * plans[m].update_flops("1").total - spent) <= per_update / 2
+        cost = 0.8 * per_update[m]  # costed like stage 4's measured update
+        assert matched[m] == plans[m].budget("1") == round(spent / cost), m
+        assert abs(plans[m].budget("1") * cost - spent) <= cost / 2
+    assert matched["mlm_continued"] == round(1.35 * budgets.pretrain_total)
     # nothing logged: the plan's FLOPs (full batches) stand in
     planned = sum(plans["trelm"].planned_flops().values())
-    assert match_flops(plans, None)["scratch"] == round(planned / per_update)
+    assert match_flops(plans, {"gflop": None, "stages": []})["scratch"] == round(planned / per_update["scratch"])
 
     args = demo.build_parser().parse_args(["--equal-compute", "flops"])
     assert comparison.budgets_from_args(args).equal_compute == "flops"

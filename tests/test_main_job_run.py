@@ -16,7 +16,7 @@ from _prep_helpers import lexicon, make_tiny_source_model, write_help_tsvs, writ
 DEMO = os.path.join(os.path.dirname(sys.executable), "trelm-demo")
 LANG = "de"  # no packaged treebank: the job skips parsing (and says so), which keeps it short
 TINY = ["--stage1", "2", "--stage2", "2", "--stage4", "2", "--cls-updates", "2", "--max-tokens", "256",
-        "--vocab-size", "120", "--deterministic"]
+        "--vocab-size", "120", "--deterministic", "--equal-compute", "flops"]
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,17 @@ def test_the_main_job_runs_end_to_end(runs):
         assert "las" not in report["downstream"][m]  # no treebank for de
     for m in ("trelm", "scratch", "mlm_continued"):
         assert report["curves"][m], m  # target MLM validated along the way
-    # 2 + 2 + 2 + 2 TreLM updates; every baseline gets as many
-    assert report["pretrain_budget_updates"] == 8
+    # 2 + 2 + 2 + 2 TreLM updates; the baselines get the training FLOPs those spent (FLOP ledger)
+    assert report["pretrain_budget_updates"] == 8 and report["equal_compute"] == "flops"
     trained = [row for row in report["pretraining"]["trelm"]["stages"] if row.get("updates")]
     assert [row["stage"] for row in trained] == ["1", "2a", "2b", "4"]
     assert all(row["updates"] == 2 and row["gflop"] > 0 for row in trained)
-    assert report["pretraining"]["mlm_continued"]["updates"] == 8 and report["pretraining"]["scratch"]["updates"] == 8
+    spent = sum(row["gflop"] for row in trained)
+    for m in ("scratch", "mlm_continued"):
+        updates, gflop = report["pretraining"][m]["updates"], report["pretraining"][m]["gflop"]
+        assert updates == report["baseline_updates"][m] > 8, m  # a TreLM update costs more than an MLM one
+        # a baseline update is costed from TreLM's measured stage-4 updates: close to what TreLM spent
+        assert 0.75 * spent < gflop < 1.25 * spent, (m, gflop, spent)
     assert report["export"]["max_abs_diff_logits"] < 1e-4  # the exported transformers model = ours
     md = (out / "results" / "results.md").read_text(encoding="utf-8")
     assert "TreLM" in md and "parsing" in md.lower()

@@ -64,7 +64,7 @@ def run_job(args) -> Dict:
     plans = model_plans(data, work, lang, b, seeds[0])
     pretraining = pretrain({"trelm": plans["trelm"]}, timings)
     if b.equal_compute == "flops":
-        matched = match_flops(plans, pretraining["trelm"]["gflop"])
+        matched = match_flops(plans, pretraining["trelm"])
         say(f"FLOP-matched baselines ({_gflop_text(pretraining['trelm']['gflop'])}): "
             + ", ".join(f"{m} {n} updates" for m, n in matched.items()))
     pretraining.update(pretrain({m: plans[m] for m in BASELINES}, timings))

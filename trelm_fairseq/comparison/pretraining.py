@@ -42,16 +42,26 @@ def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) ->
 BASELINES = ("scratch", "mlm_continued")
 
 
-def match_flops(plans: Dict, trelm_gflop: Optional[float]) -> Dict[str, int]:
+def match_flops(plans: Dict, trelm: Dict) -> Dict[str, int]:
     """--equal-compute flops: set each baseline's updates so that its training FLOPs come closest
-    to what the TreLM stages spent (``trelm_gflop``, the FLOP ledger's count logged by their
-    runs; planned FLOPs when not logged).  A baseline update is costed as planned (full batches
-    of --max-tokens: MLM batches are nearly full, measured 71 vs 75 GFLOP at the demo's sizes);
-    TreLM's own plan would overstate its CdLM stages, whose sub-batches are far from full (2a
-    106 GFLOP per update measured vs 183 planned), hence the measured figure.  Returns the updates."""
-    spent = trelm_gflop * 1e9 if trelm_gflop else sum(plans["trelm"].planned_flops().values())
+    to what the TreLM stages spent (``trelm``: their pretrain() record, the FLOP ledger's count
+    logged by their runs; the plan's when none was logged).  Returns the updates.
+
+    The plan costs full batches of --max-tokens in samples of --tokens-per-sample, which
+    overstates real batches (CdLM sub-batches most: 2a measured 106 GFLOP per update at the
+    demo's sizes, planned 183).  A baseline update is MLM on the target text, batched as TreLM's
+    stage 4 is, so it is costed as stage 4's measured update times the planned ratio of the two
+    architectures (at the demo's sizes: 82 x 74.7 / 86.1 = 71 GFLOP; measured 71)."""
+    rows = {r["stage"]: r for r in trelm.get("stages", [])}
+    spent, last = trelm.get("gflop"), rows.get("4") or {}
+    measured_4 = last["gflop"] * 1e9 / last["updates"] if last.get("gflop") and last.get("updates") else None
+    if not spent:
+        spent = sum(plans["trelm"].planned_flops().values()) / 1e9
     for name in BASELINES:
-        plans[name].updates["1"] = max(1, int(round(spent / plans[name].update_flops("1").total)))
+        per_update = plans[name].update_flops("1").total
+        if measured_4:
+            per_update *= measured_4 / plans["trelm"].update_flops("4").total
+        plans[name].updates["1"] = max(1, int(round(spent * 1e9 / per_update)))
     return {name: plans[name].budget("1") for name in BASELINES}
 
 

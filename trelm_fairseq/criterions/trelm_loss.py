@@ -213,7 +213,8 @@ class TreLMLoss(FairseqCriterion):
                     f"{kind}_ppl", lambda meters, k=kind: utils.get_perplexity(meters[f"{k}_loss"].avg)
                 )
         if total("flops") > 0:
-            metrics.log_scalar_sum("gflop", total("flops") / 1e9, round=1)
+            # three decimals: a tiny model's stage is a fraction of a GFLOP
+            metrics.log_scalar_sum("gflop", total("flops") / 1e9, round=3)
         if total("positions") > 0:
             metrics.log_scalar("pad", 1.0 - total("ntokens") / total("positions"), total("positions"), round=3)
         n = total("adv_n")
