@@ -71,3 +71,27 @@ def parse_logged(stdout: str, key: str, subset: str = "valid") -> List[float]:
             if part.startswith(key + " ") or part.startswith(key + "="):
                 vals.append(float(part.replace("=", " ").split()[1]))
     return vals
+
+
+def kill_group_at_event(argv, is_event, kill_at: int, **popen_kw):
+    """Start ``argv`` in its own process group, read its output, and SIGKILL the whole group when
+    the ``kill_at``-th line for which ``is_event(line)`` holds is printed; returns (returncode,
+    events seen, all output) once the process is gone (-SIGKILL when the kill happened)."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen_kw)
+    events, seen = [], []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if is_event(line):
+                events.append(line.strip())
+                if len(events) == kill_at:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+    finally:
+        proc.wait(timeout=60)
+    return proc.returncode, events, "".join(seen)

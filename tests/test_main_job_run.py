@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from _cli import kill_group_at_event
 from _prep_helpers import lexicon, make_tiny_source_model, write_help_tsvs, write_synthetic_corpus
 
 DEMO = os.path.join(os.path.dirname(sys.executable), "trelm-demo")
@@ -65,23 +66,12 @@ def runs(inputs, tmp_path_factory):
     kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, KILL_RANGE))
     with open(whole / "stdout.txt", "w") as log:
         first = subprocess.Popen(job_argv(inputs, whole), stdout=log, stderr=subprocess.STDOUT, env=env)
-        second = subprocess.Popen(job_argv(inputs, killed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env=env, start_new_session=True)
-        seen, steps = [], []
-        try:
-            for line in second.stdout:
-                seen.append(line)
-                if line.startswith("[trelm-demo"):
-                    steps.append(line.strip())
-                    if len(steps) == kill_at:
-                        os.killpg(second.pid, signal.SIGKILL)
-                        break
-        finally:
-            second.wait(timeout=60)
+        rc, steps, seen = kill_group_at_event(job_argv(inputs, killed), lambda line: line.startswith("[trelm-demo"),
+                                              kill_at, env=env)
         where = f"TRELM_KILL_AT={kill_at}, killed after {steps[-1]!r}" if steps else f"TRELM_KILL_AT={kill_at}"
-        assert second.returncode == -signal.SIGKILL, \
-            f"{where}: the job ended (exit {second.returncode}) before the drawn kill point; " \
-            f"lower KILL_RANGE to the job's number of progress lines\n" + "".join(seen)[-3000:]
+        assert rc == -signal.SIGKILL, \
+            f"{where}: the job ended (exit {rc}) before the drawn kill point; " \
+            f"lower KILL_RANGE to the job's number of progress lines\n" + seen[-3000:]
         again = subprocess.run(job_argv(inputs, killed), capture_output=True, text=True, timeout=1200, env=env)
         first.wait(timeout=1200)
     stdout = (whole / "stdout.txt").read_text(encoding="utf-8", errors="replace")

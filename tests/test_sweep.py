@@ -32,6 +32,7 @@ from trelm_fairseq.sweep import (
     stop_children,
 )
 
+from _cli import kill_group_at_event
 from _stages_helpers import HERE as FAKE_TRAINER
 from _stages_helpers import read_calls
 from _transfer_helpers import make_tiny_data_dir
@@ -404,20 +405,9 @@ def test_a_sweep_killed_at_a_random_point_reruns_to_the_uninterrupted_summary(ti
     env = _sweep_env(tmp_path)
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "g.json", fake_config(tiny, out))
-    proc = subprocess.Popen(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    events, seen = [], []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if ": started" in line or ": done" in line:
-                events.append(line.strip())
-                if len(events) == kill_at:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    break
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"TRELM_KILL_AT={kill_at}: " + "".join(seen)[-3000:]
+    rc, events, seen = kill_group_at_event(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"],
+                                           lambda line: ": started" in line or ": done" in line, kill_at, env=env)
+    assert rc == -signal.SIGKILL, f"TRELM_KILL_AT={kill_at}: " + seen[-3000:]
 
     again = subprocess.run(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"], env=env,
                            capture_output=True, text=True, timeout=300)
