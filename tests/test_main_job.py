@@ -233,3 +233,23 @@ def test_flop_matched_baselines_get_the_trelm_stages_flops(tmp_path):
     line = comparison.report.equal_compute_line({"pretrain_budget_updates": 120, "equal_compute": "flops",
                                                  "baseline_updates": {"scratch": 160, "mlm_continued": 162}})
     assert "Equal training FLOPs" in line and "160" in line and "162" in line
+
+
+def test_a_corpus_without_labelled_paragraphs_skips_classification_and_says_so(tmp_path, capsys):
+    """--corpus-dir with parallel text only (no help.<lang>.<split>.tsv): the job skips the
+    classification, names the missing files, and the report says there is none."""
+    from trelm_fairseq.comparison.downstream import evaluate_downstream
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "help.en.train.tsv").write_text("shared\tsome text\n", encoding="utf-8")
+    checkpoints = {m: str(tmp_path / f"{m}.pt") for m in comparison.MODELS}
+    counts, scores = evaluate_downstream(checkpoints, str(tmp_path / "data"), str(corpus), str(tmp_path / "work"),
+                                         "de", Budgets(), [1])
+    out = capsys.readouterr().out
+    assert counts is None and scores == {m: {} for m in comparison.MODELS}
+    assert "classification skipped" in out and "help.de.test.tsv" in out and "help.en.train.tsv" not in out
+    report = _report()
+    report.update(lang="de", classification_data=None, downstream=scores)
+    comparison.write_report(report, str(tmp_path))
+    assert "No classification: the corpus has no labelled paragraphs" in (tmp_path / "results.md").read_text()

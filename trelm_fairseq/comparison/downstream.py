@@ -21,7 +21,7 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
     return parse_data
 
 
-def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_dir: str, work: str,
+def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_dir: Optional[str], work: str,
                    budgets: Budgets, seeds: Sequence[int]) -> Dict[str, Dict]:
     """One model's downstream scores over the seeds: mean, std and runs per metric."""
     runs: Dict[str, List[float]] = {"uas": [], "las": [], "cls_target": [], "cls_zeroshot": []}
@@ -30,6 +30,8 @@ def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_d
             m = finetune_parser(parse_data, checkpoint, os.path.join(work, "parsing", model, f"seed{s}"), budgets, s)
             runs["uas"].append(m["uas"])
             runs["las"].append(m["las"])
+        if cls_dir is None:
+            continue
         runs["cls_target"].append(finetune_classifier(
             os.path.join(cls_dir, "target"), checkpoint, os.path.join(cls_dir, "runs", model, f"target-seed{s}"),
             budgets, s, train_lang_id=1, test_lang_id=1))
@@ -46,8 +48,15 @@ def evaluate_downstream(checkpoints: Dict[str, str], data: str, corpus: str, wor
     from .. import classification as cls
 
     cls_dir = os.path.join(work, "classification")
-    cls_counts = cls.prepare_classification(corpus, data, cls_dir, "en", lang,
-                                            max_train=budgets.max_cls_train, log=say)
+    missing = [n for n in (f"help.{x}.{s}.tsv" for x in ("en", lang) for s in cls.SPLITS)
+               if not os.path.isfile(os.path.join(corpus, n))]
+    if missing:
+        say(f"classification skipped: {corpus} has no labelled paragraphs ({', '.join(missing)}; "
+            "trelm-fetch-corpus writes them for the LibreOffice help corpus)")
+        cls_dir, cls_counts = None, None
+    else:
+        cls_counts = cls.prepare_classification(corpus, data, cls_dir, "en", lang, max_train=budgets.max_cls_train,
+                                                log=say)
     parse_data = prepare_parsing_data(data, work, lang)
     scores = {m: evaluate_model(m, checkpoints[m], parse_data, cls_dir, work, budgets, seeds) for m in MODELS}
     return cls_counts, scores

@@ -116,8 +116,10 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         ("UAS/LAS: test split of the fixed turkish-treebanks split, punctuation excluded, Eisner decoding. "
          if any("uas" in d for d in report["downstream"].values()) else
          f"No parsing: no treebank is packaged for {report['lang']}. ")
-        + "Classification: accuracy (%) over 6 LibreOffice help modules on the target-language test split"
-        + majority_note(report.get("classification_data")) + ".",
+        + ("Classification: accuracy (%) over 6 LibreOffice help modules on the target-language test split"
+           + majority_note(report.get("classification_data")) + "."
+           if report.get("classification_data") else
+           "No classification: the corpus has no labelled paragraphs (help.<lang>.<split>.tsv)."),
         "",
         "## Time to quality",
         "",
