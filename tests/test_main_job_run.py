@@ -95,11 +95,12 @@ def test_the_main_job_runs_end_to_end(runs):
     assert report["pretrain_budget_updates"] == 8 and report["equal_compute"] == "flops"
     trained = [row for row in report["pretraining"]["trelm"]["stages"] if row.get("updates")]
     assert [row["stage"] for row in trained] == ["1", "2a", "2b", "4"]
-    assert all(row["updates"] == 2 and row["gflop"] > 0 for row in trained)
+    assert all(row["updates"] == 2 and row["gflop"] > 0 and row["tokens"] > 0 for row in trained)
     spent = sum(row["gflop"] for row in trained)
     for m in ("scratch", "mlm_continued"):
         updates, gflop = report["pretraining"][m]["updates"], report["pretraining"][m]["gflop"]
         assert updates == report["baseline_updates"][m] > 8, m  # a TreLM update costs more than an MLM one
+        assert report["pretraining"][m]["tokens"] > 0
         # a baseline update is costed from TreLM's measured stage-4 updates: close to what TreLM spent
         assert 0.75 * spent < gflop < 1.25 * spent, (m, gflop, spent)
     assert report["export"]["max_abs_diff_logits"] < 1e-4  # the exported transformers model = ours

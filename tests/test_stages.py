@@ -128,10 +128,14 @@ def test_parse_fairseq_log_json_and_simple():
     stats = parse_fairseq_log(lines)
     assert stats["train"]["loss"] == 8.25 and stats["train"]["num_updates"] == 4
     two_epochs = parse_fairseq_log([
-        '2026 | INFO | train | {"epoch": 1, "train_loss": "8.5", "train_gflop": "1.5"}',
-        '2026 | INFO | train | {"epoch": 2, "train_loss": "8.25", "train_gflop": "2.25"}',
+        '2026 | INFO | train | {"epoch": 1, "train_loss": "8.5", "train_gflop": "1.5", "train_wpb": "1000", '
+        '"train_num_updates": "10"}',
+        '2026 | INFO | train | {"epoch": 2, "train_loss": "8.25", "train_gflop": "2.25", "train_wpb": "900", '
+        '"train_num_updates": "14"}',
     ])
     assert two_epochs["train"]["gflop"] == 2.25 and two_epochs["train"]["gflop_total"] == 3.75
+    # tokens: each epoch's mean tokens per update times its own updates
+    assert two_epochs["train"]["tokens_total"] == 1000 * 10 + 900 * 4
     assert stats["valid"]["loss"] == 6.5 and stats["valid"]["num_updates"] == 8
 
 

@@ -89,9 +89,11 @@ def check_checkpoint_fits(plan: "StagePlan", path: str, what: str) -> None:
 def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
     """Last end-of-epoch 'train' and last 'valid' stats of a fairseq log (json or simple format);
     the train stats' ``gflop_total`` sums the FLOP ledger's ``gflop`` over every end-of-epoch
-    line (the stage's training FLOPs; a resumed stage: the epochs its log saw finish)."""
+    line (the stage's training FLOPs; a resumed stage: the epochs its log saw finish), and
+    ``tokens_total`` the tokens trained on (fairseq's words per batch times the epoch's updates:
+    input tokens of MLM parts, target tokens of CdLM parts)."""
     out: Dict[str, Dict[str, float]] = {}
-    gflop_total = 0.0
+    gflop_total, tokens_total, updates_before = 0.0, 0.0, 0.0
     for line in lines:
         for tag in ("train", "valid"):
             marker = f"| {tag} | "
@@ -123,6 +125,10 @@ def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
                 if tag == "train" and "gflop" in parsed:  # not logged by other criterions
                     gflop_total += parsed["gflop"]
                     parsed["gflop_total"] = gflop_total
+                if tag == "train" and "wpb" in parsed and "num_updates" in parsed:
+                    tokens_total += parsed["wpb"] * (parsed["num_updates"] - updates_before)
+                    updates_before = parsed["num_updates"]
+                    parsed["tokens_total"] = tokens_total
     return out
 
 
@@ -499,11 +505,12 @@ def stage_record(stage: Stage) -> Dict:
     m = stage.marker()
     row = {"stage": stage.key, "name": stage.name, "status": stage.state()}
     if m is not None:
-        for k in ("updates", "train_loss", "valid_loss", "seconds", "gflop"):
+        for k in ("updates", "train_loss", "valid_loss", "seconds", "gflop", "tokens"):
             row[k] = m.get(k)
         row["checkpoint"] = stage.output_checkpoint()
     else:
-        row.update(updates=None, train_loss=None, valid_loss=None, seconds=None, gflop=None, checkpoint=None)
+        row.update(updates=None, train_loss=None, valid_loss=None, seconds=None, gflop=None, tokens=None,
+                   checkpoint=None)
     row["planned_updates"] = stage.updates if stage.is_training else None
     return row
 
@@ -631,6 +638,7 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
             train_loss=stats.get("train", {}).get("loss"),
             valid_loss=stats.get("valid", {}).get("loss"),
             gflop=stats.get("train", {}).get("gflop_total"),
+            tokens=stats.get("train", {}).get("tokens_total"),
             train=stats.get("train"),
             valid=stats.get("valid"),
         )

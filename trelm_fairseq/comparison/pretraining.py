@@ -75,11 +75,14 @@ def pretrain(plans: Dict, timings: Dict[str, float]) -> Dict[str, Dict]:
         t0 = time.time()
         say(f"pre-training '{name}' ({MODEL_TITLES[name]})")
         rows = run_all(plan, log=say, echo=False)
-        gflop = [r.get("gflop") for r in rows if r.get("updates")]
-        rows_of[name] = {"stages": rows, "updates": sum(r.get("updates") or 0 for r in rows),
+        trained = [r for r in rows if r.get("updates")]
+        gflop, tokens = [r.get("gflop") for r in trained], [r.get("tokens") for r in trained]
+        rows_of[name] = {"stages": rows, "updates": sum(r["updates"] for r in trained),
                          "seconds": sum(r.get("seconds") or 0 for r in rows),
-                         # the FLOP ledger's training FLOPs (None: a stage logged none, e.g. an older run)
-                         "gflop": sum(gflop) if gflop and None not in gflop else None}
+                         # the FLOP ledger's training FLOPs and the tokens trained on (None: a stage
+                         # logged none, e.g. an older run)
+                         "gflop": sum(gflop) if gflop and None not in gflop else None,
+                         "tokens": int(sum(tokens)) if tokens and None not in tokens else None}
         timings[f"pretrain_{name}"] = time.time() - t0
     return rows_of
 

@@ -56,13 +56,14 @@ def equal_compute_line(report: Dict) -> str:
 
 def results_table(report: Dict) -> str:
     rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | pre-training updates | "
-            "pre-training TFLOP | pre-training s |",
-            "|---|---|---|---|---|---|---|---|"]
+            "pre-training tokens | pre-training TFLOP | pre-training s |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for m in MODELS:
         d, p = report["downstream"].get(m, {}), report["pretraining"].get(m, {})
         rows.append(f"| {MODEL_TITLES[m]} | {_fmt(d.get('uas'))} | {_fmt(d.get('las'))} | "
                     f"{_fmt(d.get('cls_target'))} | {_fmt(d.get('cls_zeroshot'))} | {p.get('updates', 0)} | "
-                    f"{_tflop(p.get('gflop') if p else 0.0)} | {p.get('seconds', 0):.0f} |")
+                    f"{_tokens(p.get('tokens') if p else 0)} | {_tflop(p.get('gflop') if p else 0.0)} | "
+                    f"{p.get('seconds', 0):.0f} |")
     return "\n".join(rows)
 
 
@@ -72,6 +73,11 @@ def _ttq_line(ttq: Dict) -> str:
                 f"{ttq['trelm_updates']} updates = {ttq['fraction']:.3f} of from-scratch's {ttq['scratch_updates']}.")
     return (f"TreLM did not reach from-scratch's final target MLM loss ({ttq.get('scratch_final_loss')}); "
             f"its best was {ttq.get('trelm_best_loss')}.")
+
+
+def _tokens(n: Optional[int]) -> str:
+    """Tokens trained on (fairseq's wpb x updates), '-' when not logged."""
+    return "-" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}")
 
 
 def _tflop(gflop: Optional[float]) -> str:
