@@ -1,6 +1,8 @@
 """The main job (trelm-demo) end to end on a toy language pair: a tiny source model, a
-synthetic corpus with labelled paragraphs, two updates per stage.  Then killed at a random
-point and run again: the re-run's report equals the uninterrupted one's."""
+synthetic corpus, two updates per stage.  Then killed at a random point and run again: the
+re-run's report equals the uninterrupted one's.  The corpus has no labelled paragraphs, so the
+job skips the classification (16 of its ~30 processes; each is a fairseq start-up): that keeps
+the two tests near 2.5 minutes instead of 5 on 2 cores."""
 import json
 import os
 import random
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from _cli import kill_group_at_event
-from _prep_helpers import lexicon, make_tiny_source_model, write_help_tsvs, write_synthetic_corpus
+from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus
 
 DEMO = os.path.join(os.path.dirname(sys.executable), "trelm-demo")
 LANG = "de"  # no packaged treebank: the job skips parsing (and says so), which keeps it short
@@ -24,7 +26,6 @@ TINY = ["--stage1", "2", "--stage2", "2", "--stage4", "2", "--cls-updates", "2",
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("job_inputs")
     corpus = write_synthetic_corpus(root / "corpus", tgt=LANG)
-    write_help_tsvs(corpus, tgt=LANG)
     lex = lexicon(0)
     words = sorted({w.lower() for w in list(lex) + list(lex.values())})[:70] + ["▁ka", "##lo", ","]
     return {"corpus": corpus, "source": make_tiny_source_model(root / "source", words)}
@@ -52,9 +53,9 @@ def comparable(out: Path):
     return strip(json.loads(text))
 
 
-# progress lines ("[trelm-demo ...") the toy job prints: 0 < kill point <= this (it printed 82
+# progress lines ("[trelm-demo ...") the toy job prints: 0 < kill point <= this (it printed 50
 # when this was written; a draw past the end fails the test with a message saying so)
-KILL_RANGE = 80
+KILL_RANGE = 48
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +85,8 @@ def test_the_main_job_runs_end_to_end(runs):
     out, report = runs["out"], runs["report"]
     models = ("trelm", "scratch", "mapped_init", "mlm_continued")
     assert set(report["downstream"]) == set(models)
-    for m in models:
-        for key in ("cls_target", "cls_zeroshot"):
-            accuracies = report["downstream"][m][key]["runs"]
-            assert len(accuracies) == 1 and 0.0 <= accuracies[0] <= 100.0, (m, key)
-        assert "las" not in report["downstream"][m]  # no treebank for de
+    # no treebank for de, no labelled paragraphs in the corpus: no fine-tuning, said so
+    assert report["downstream"] == {m: {} for m in models} and report["classification_data"] is None
     for m in ("trelm", "scratch", "mlm_continued"):
         assert report["curves"][m], m  # target MLM validated along the way
     # 2 + 2 + 2 + 2 TreLM updates; the baselines get the training FLOPs those spent (FLOP ledger)
@@ -105,7 +103,7 @@ def test_the_main_job_runs_end_to_end(runs):
         assert 0.75 * spent < gflop < 1.25 * spent, (m, gflop, spent)
     assert report["export"]["max_abs_diff_logits"] < 1e-4  # the exported transformers model = ours
     md = (out / "results" / "results.md").read_text(encoding="utf-8")
-    assert "TreLM" in md and "parsing" in md.lower()
+    assert "No parsing: no treebank is packaged for de" in md and "No classification" in md
     assert (out / "results" / "mlm_loss.png").stat().st_size > 0
     assert "report:" in runs["stdout"]
 
