@@ -100,16 +100,3 @@ def fake_cached_manpage(cache: Path, groff: str, lang: str = "tr") -> None:
     man.mkdir(parents=True)
     with gzip.open(man / "ls.1.gz", "wb") as f:
         f.write(groff.encode())
-
-
-def write_help_tsvs(corpus: Path, src: str = "en", tgt: str = "tr", seed: int = 0,
-                    counts: Tuple[int, int, int] = (60, 12, 12)) -> None:
-    """help.<lang>.<split>.tsv (module<TAB>paragraph) next to a synthetic corpus: the labelled
-    paragraphs of the main job's classification, drawn from the corpus's toy language pair."""
-    modules = ["shared", "scalc", "swriter", "sbasic", "simpress", "smath"]
-    lex = lexicon(seed)
-    for split, n, s in zip(("train", "valid", "test"), counts, (seed + 21, seed + 22, seed + 23)):
-        pairs = make_pairs(n, s, lex)
-        for lang, k in ((src, 0), (tgt, 1)):
-            rows = [f"{modules[i % len(modules)]}\t{p[k]}\n" for i, p in enumerate(pairs)]
-            (Path(corpus) / f"help.{lang}.{split}.tsv").write_text("".join(rows), encoding="utf-8")
