@@ -1,6 +1,6 @@
 """Pre-training: TreLM's stage plan and the baselines' at equal compute (the same number
-of updates as all TreLM stages together, or the same planned training FLOPs with
-``--equal-compute flops``; same architecture, same target data)."""
+of updates as all TreLM stages together, or, with ``--equal-compute flops``, the training
+FLOPs those stages logged; same architecture, same target data)."""
 import os
 import time
 from typing import Dict, Optional
@@ -28,7 +28,7 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
 
 def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) -> Dict:
     """The plans of every pre-trained model (the baselines' init checkpoints are derived here)."""
-    plans = {
+    return {
         "trelm": plan_for("trelm", data, work, lang, budgets, seed),
         "scratch": plan_for("scratch", data, work, lang, budgets, seed, graph="mlm",
                             init=derived_init(data, os.path.join(work, "scratch", "init.pt"), "scratch", seed)),
@@ -36,7 +36,6 @@ def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) ->
                                   init=derived_init(data, os.path.join(work, "mlm_continued", "init.pt"), "no_tri",
                                                     seed)),
     }
-    return plans
 
 
 BASELINES = ("scratch", "mlm_continued")
