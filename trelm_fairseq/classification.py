@@ -86,12 +86,17 @@ def _binarize(text_prefix: str, dest: str, dict_path: str) -> None:
         raise TreLMError(f"fairseq-preprocess failed for {text_prefix}:\n{out[-2000:]}")
 
 
+def help_tsv(corpus: str, lang: str, split: str) -> str:
+    """A corpus folder's labelled help paragraphs of one language and split (trelm-fetch-corpus)."""
+    return os.path.join(corpus, f"help.{lang}.{split}.tsv")
+
+
 def _read_rows(corpus: str, src: str, tgt: str, max_train: Optional[int],
                seed: int) -> Dict[Tuple[str, str], List[Tuple[str, str]]]:
     """(label, text) rows per (language, split); at most ``max_train`` training rows per
     language, drawn by a seeded shuffle."""
     rows = {
-        (lang, split): read_help_tsv(os.path.join(corpus, f"help.{lang}.{split}.tsv"))
+        (lang, split): read_help_tsv(help_tsv(corpus, lang, split))
         for lang in (src, tgt) for split in SPLITS
     }
     if max_train:

@@ -48,8 +48,8 @@ def evaluate_downstream(checkpoints: Dict[str, str], data: str, corpus: str, wor
     from .. import classification as cls
 
     cls_dir = os.path.join(work, "classification")
-    missing = [n for n in (f"help.{x}.{s}.tsv" for x in ("en", lang) for s in cls.SPLITS)
-               if not os.path.isfile(os.path.join(corpus, n))]
+    missing = [os.path.basename(p) for p in (cls.help_tsv(corpus, x, s) for x in ("en", lang) for s in cls.SPLITS)
+               if not os.path.isfile(p)]
     if missing:
         say(f"classification skipped: {corpus} has no labelled paragraphs ({', '.join(missing)}; "
             "trelm-fetch-corpus writes them for the LibreOffice help corpus)")
