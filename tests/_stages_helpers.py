@@ -14,6 +14,8 @@ runner relies on, the way fairseq-train does:
 Every call appends a record to ``$FAKE_CALLS`` (json lines).  ``FAKE_FAIL_STAGE=<stage>`` with
 ``FAKE_FAIL_AT=<n>`` stops that stage after n updates (checkpoint saved) and exits 3.
 ``FAKE_FAIL_MESSAGE`` is printed before that exit (e.g. fairseq's words for a diverged loss).
+``FAKE_DIE_AFTER_SAVE=<stage>`` SIGKILLs the trainer right after it saved that stage's last
+checkpoint, before its train line (fairseq's order), so that line never reaches the log.
 ``FAKE_SLEEP`` seconds are slept while "training" (to see 2a and 2b overlap).
 """
 import argparse
@@ -77,12 +79,19 @@ def _main(argv):
     state.pop("trelm", None)  # fairseq-train does not keep the trelm meta key
     os.makedirs(args.save_dir, exist_ok=True)
     loss = round(10.0 - 0.25 * end, 3)
+    # fairseq's order at the end of training: the valid line, the checkpoint save (with the
+    # train meters and the valid loss in extra_state, in fairseq's own format), the train line
     print("2026-01-01 00:00:00 | INFO | valid | " + json.dumps(
-        {"epoch": 1, "valid_loss": str(loss + 0.5), "valid_num_updates": str(end)}))
-    print("2026-01-01 00:00:00 | INFO | train | " + json.dumps(
-        {"epoch": 1, "train_loss": str(loss), "train_num_updates": str(end)}), flush=True)
+        {"epoch": 1, "valid_loss": str(loss + 0.5), "valid_num_updates": str(end)}), flush=True)
+    meters = [(200, "num_updates", "AverageMeter", {"val": end, "sum": 0, "count": 0, "round": None}),
+              (0, "loss", "AverageMeter", {"val": loss, "sum": loss * 4, "count": 4, "round": 3})]
+    state["extra_state"] = {"metrics": {"train": sorted(meters)}, "val_loss": loss + 0.5}
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         torch.save(state, os.path.join(args.save_dir, name))
+    if os.environ.get("FAKE_DIE_AFTER_SAVE") == args.stage:
+        os.kill(os.getpid(), 9)  # killed between the save and the train line
+    print("2026-01-01 00:00:00 | INFO | train | " + json.dumps(
+        {"epoch": 1, "train_loss": str(loss), "train_num_updates": str(end)}), flush=True)
 
     record = {"stage": args.stage, "restore": args.restore_file, "reset": args.reset_optimizer,
               "start_updates": start, "end_updates": end, "t0": t0, "t1": time.time(), "argv": argv}

@@ -19,6 +19,6 @@ def fake(tmp_path, monkeypatch):
     tests: it appends each call to the returned jsonl path; no failure or delay is injected."""
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
-    for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_FAIL_MESSAGE", "FAKE_SLEEP"):
+    for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_FAIL_MESSAGE", "FAKE_SLEEP", "FAKE_DIE_AFTER_SAVE"):
         monkeypatch.delenv(k, raising=False)
     return calls

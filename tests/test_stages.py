@@ -191,6 +191,32 @@ def test_fake_run_interrupt_resume_skip(data_dir, tmp_path, fake, monkeypatch):
     assert plan.stages["4"].done()
 
 
+def test_killed_after_the_last_save_the_marker_gets_the_uninterrupted_stats(data_dir, tmp_path, fake, monkeypatch):
+    """fairseq prints an epoch's train line after its last checkpoint save: a stage killed in
+    between is marked finished from its checkpoint on the re-run, with the train and valid
+    stats that checkpoint saved (appended to the log under a note), not with none."""
+    plain = fake_plan(data_dir, tmp_path / "plain")
+    quiet_run(plain, stages="1")
+    want = plain.stages["1"].marker()
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_DIE_AFTER_SAVE", "commonality")
+    with pytest.raises(StageFailed, match=r"stage 1 \(commonality\) failed"):
+        quiet_run(fake_plan(data_dir, out), stages="1")
+    log = out / "1-commonality" / "train.log"
+    assert "| valid | " in log.read_text() and "| train | " not in log.read_text()
+    monkeypatch.delenv("FAKE_DIE_AFTER_SAVE")
+    text = quiet_run(fake_plan(data_dir, out), stages="1")
+    assert "already has 4 updates" in text and len(read_calls(fake)) == 1  # not trained again
+    got = fake_plan(data_dir, out).stages["1"].marker()
+    for key in ("updates", "train_loss", "valid_loss", "valid"):
+        assert got[key] == want[key], key
+    # the train meters fairseq saves (the epoch number is not one of them)
+    assert got["train"] == {k: v for k, v in want["train"].items() if k != "epoch"}
+    assert got["train_loss"] == 9.0 and got["valid_loss"] == 9.5
+    assert "the train stats of update 4 never reached this log" in log.read_text()
+
+
 def test_cli_dry_run_and_errors(data_dir, tmp_path, capsys):
     from trelm_fairseq.cli.stages import cli_main
 
@@ -250,6 +276,20 @@ def test_real_fairseq_train_end_to_end(tmp_path):
 
     text = quiet_run(plan())
     assert text.count("finished, skipping") == 5
+
+    # stage 4 killed after fairseq's last save, before its last valid and train lines reached
+    # the log: the re-run rebuilds them from what the real checkpoint saved
+    s4 = out / "4-language_specific"
+    before = json.loads((s4 / "stage_done.json").read_text())
+    log = (s4 / "train.log").read_text()
+    (s4 / "train.log").write_text(log[:log.rindex("| valid | ")].rsplit("\n", 1)[0] + "\n")
+    os.unlink(s4 / "stage_done.json")
+    text = quiet_run(plan(), stages="4")
+    after = json.loads((s4 / "stage_done.json").read_text())
+    assert "already has 2 updates" in text and "never reached this log" in (s4 / "train.log").read_text()
+    for key in ("updates", "train_loss", "valid_loss", "gflop", "tokens"):
+        assert after[key] == before[key], key
+    assert after["train"]["lr"] == before["train"]["lr"] and after["train"]["wpb"] == before["train"]["wpb"]
 
 
 def test_run_directory_is_relocatable(data_dir, tmp_path, fake):

@@ -266,6 +266,38 @@ def updates_of(path: str) -> int:
     return updates
 
 
+def saved_log_lines(path: str) -> List[str]:
+    """fairseq's end-of-epoch 'valid' and 'train' log lines (json), rebuilt from what a
+    fairseq checkpoint saves with itself: the train meters (``extra_state.metrics``, fairseq's
+    own MetersDict state, so the values are the ones fairseq prints from them) and the
+    validation loss (``extra_state.val_loss``, the loss under the default best-checkpoint
+    metric).  For a run killed after its last save and before fairseq printed (or the stage
+    runner logged) those lines; [] when the checkpoint has neither."""
+    import json
+
+    from fairseq.logging.meters import MetersDict
+
+    state = peek(path)
+    extra = state.get("extra_state") or {}
+    hist = state.get("optimizer_history") or [{}]
+    updates = int(hist[-1].get("num_updates", 0) or 0)
+    lines = []
+    if extra.get("val_loss") is not None:
+        lines.append("| valid | " + json.dumps({"valid_loss": float(extra["val_loss"]), "valid_num_updates": updates}))
+    train_state = (extra.get("metrics") or {}).get("train")
+    if train_state:
+        meters = MetersDict()
+        meters.load_state_dict(train_state)
+        values = {}
+        for k, v in meters.get_smoothed_values().items():
+            if torch.is_tensor(v) and v.numel() == 1:
+                v = v.item()
+            if isinstance(v, (int, float)):
+                values[f"train_{k}"] = float(v)
+        lines.append("| train | " + json.dumps(values))
+    return lines
+
+
 def recover_last_checkpoint(last: str) -> Optional[str]:
     """A checkpoint_last.pt that cannot be read (the run was killed while fairseq copied it
     there) is replaced by the newest intact checkpoint of the same save dir (the interval

@@ -532,7 +532,9 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
         created = make_dirs(os.path.dirname(os.path.abspath(log_path)))
         new_file = not os.path.exists(log_path)
         try:
-            logf = open(log_path, "a", encoding="utf-8")
+            # line-buffered: a line the command printed is in the file once read here, so a
+            # killed runner loses at most what is still in the pipe
+            logf = open(log_path, "a", encoding="utf-8", buffering=1)
             logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             logf.flush()
         except OSError as e:

@@ -615,6 +615,33 @@ def _run_combine(stage: Stage, upper: str, lower: str, parent: str, say, echo: b
             raise StageFailed(f"stage {stage.key} ({stage.name}) failed: {e}") from None
 
 
+def _final_stats(stage: Stage, updates: int) -> Dict[str, Dict[str, float]]:
+    """The stage log's last train and valid stats (parse_fairseq_log).  A run killed between
+    fairseq's last checkpoint save and its last lines reaching the log (fairseq prints the
+    epoch's train line after that save) leaves a log that stops short of the checkpoint: the
+    missing lines are then rebuilt from what the checkpoint saved (checkpoint.saved_log_lines)
+    and appended to the log under a note, so that log and marker agree with an uninterrupted run."""
+    lines: List[str] = []
+    if os.path.isfile(stage.log_path):
+        with open(stage.log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    stats = parse_fairseq_log(lines)
+    missing = [tag for tag in ("valid", "train") if stats.get(tag, {}).get("num_updates") != updates]
+    if not missing:
+        return stats
+    from .checkpoint import saved_log_lines
+
+    saved = [line for line in saved_log_lines(stage.last_checkpoint)
+             if any(f"| {tag} | " in line for tag in missing)]
+    if not saved:
+        return stats
+    with open(stage.log_path, "a", encoding="utf-8") as f:
+        f.write(f"=== the {' and '.join(missing)} stats of update {updates} never reached this log (the run was "
+                f"stopped after its last save); rebuilt from {os.path.basename(stage.last_checkpoint)}:\n")
+        f.writelines(line + "\n" for line in saved)
+    return parse_fairseq_log(lines + saved)
+
+
 def _finish(stage: Stage, state: str, seconds: float) -> Dict:
     """Check the outputs; the marker record that makes the stage finished (run_stage writes it)."""
     last = stage.last_checkpoint
@@ -625,15 +652,13 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
     if stage.is_training:
         best = os.path.join(stage.dir, "checkpoint_best.pt")
         use_best = stage.plan.restore_from == "best" and os.path.isfile(best)
-        stats = {}
-        if os.path.isfile(stage.log_path):
-            with open(stage.log_path, encoding="utf-8", errors="replace") as f:
-                stats = parse_fairseq_log(f)
+        updates = _updates_of(last)
+        stats = _final_stats(stage, updates)
         record.update(
             checkpoint=stage.plan.relative(best if use_best else last),
             last_checkpoint=stage.plan.relative(last),
             best_checkpoint=stage.plan.relative(best) if os.path.isfile(best) else None,
-            updates=_updates_of(last),
+            updates=updates,
             planned_updates=stage.updates,
             train_loss=stats.get("train", {}).get("loss"),
             valid_loss=stats.get("valid", {}).get("loss"),
