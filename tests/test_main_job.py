@@ -79,7 +79,15 @@ def _report():
                             "fraction": 0.8},
         "classification_data": {"target": {"test": {"lang": "tr", "n": 10, "labels": {"scalc": 4, "sbasic": 6}}}},
         "timings_seconds": {"prepare": 10.0, "total": 600.0},
+        "probes": [_probe("trelm", "mapped init", 0, 14.8, 0.166, 0.124, 0.972),
+                   _probe("trelm", "final", 120, 9.2, 0.176, 0.171, 0.977),
+                   _probe("scratch", "final", 120, 10.1, 0.004, 0.002, 0.999)],
     }
+
+
+def _probe(model, point, updates, bits, lower, top, langid):
+    return {"model": model, "point": point, "updates": updates, "pairs": 1000, "target_mlm_bits": bits,
+            "lower": {"p1_mean_csls": lower, "langid_acc": langid}, "top": {"p1_mean_csls": top}}
 
 
 def test_results_table_mean_std_and_missing_entries():
@@ -100,10 +108,20 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
     assert "majority class (sbasic) 60.0% of 10 test paragraphs" in md
     assert "UAS/LAS: test split" in md and "No parsing" not in md
     assert "after 96 updates = 0.800 of from-scratch's 120" in md
-    assert "![target validation MLM loss](mlm_loss.png)" in md
+    assert "![target validation MLM loss and retrieval P@1](mlm_loss.png)" in md
+    assert "| TreLM (stages 1-2a-2b-combine-4) | final | 120 | 9.200 | 0.176 | 0.171 | 0.977 |" in md
+    assert "| from scratch (random init) | final | 120 | 10.100 | 0.004 | 0.002 | 0.999 |" in md
+    assert "chance 0.001" in md
     png = (tmp_path / "mlm_loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert not [n for n in os.listdir(tmp_path) if "tmp" in n]
+
+    # an older report without probes: no section, the single-panel plot
+    report = _report()
+    del report["probes"]
+    comparison.write_report(report, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "Cross-lingual alignment" not in md and (tmp_path / "mlm_loss.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("argv, message", [(["--scale", "0"], "--scale"), (["--seeds", "0"], "--seeds")])

@@ -102,8 +102,20 @@ def test_the_main_job_runs_end_to_end(runs):
         # a baseline update is costed from TreLM's measured stage-4 updates: close to what TreLM spent
         assert 0.75 * spent < gflop < 1.25 * spent, (m, gflop, spent)
     assert report["export"]["max_abs_diff_logits"] < 1e-4  # the exported transformers model = ours
+    # the probes without fine-tuning, at every pre-training point of TreLM and the baselines' ends
+    probes = report["probes"]
+    assert [(r["model"], r["point"], r["updates"]) for r in probes] == [
+        ("trelm", "mapped init", 0), ("trelm", "after 1", 2), ("trelm", "after 2a", 4), ("trelm", "after 2b", 6),
+        ("trelm", "after combine", 6), ("trelm", "final", 8),
+        ("scratch", "final", report["baseline_updates"]["scratch"]),
+        ("mlm_continued", "final", report["baseline_updates"]["mlm_continued"])]
+    for r in probes:
+        assert 0 <= r["lower"]["p1_mean_csls"] <= 1 and 0 <= r["top"]["p1_mean_csls"] <= 1, r
+        assert 0.4 <= r["lower"]["langid_acc"] <= 1 and r["target_mlm_bits"] > 0, r
+    assert probes[0]["target_mlm_bits"] != probes[-3]["target_mlm_bits"]  # different checkpoints probed
     md = (out / "results" / "results.md").read_text(encoding="utf-8")
     assert "No parsing: no treebank is packaged for de" in md and "No classification" in md
+    assert "## Cross-lingual alignment, without fine-tuning" in md
     assert (out / "results" / "mlm_loss.png").stat().st_size > 0
     assert "report:" in runs["stdout"]
 

@@ -16,16 +16,20 @@ Steps (each resumable: a re-run skips what is finished):
       mapped_init    the init checkpoint (new vocabulary, mapped embeddings), no training
       mlm_continued  init checkpoint without TRILayer, MLM on the target language, no
                      adversarial term (TreLM minus TRILayer / CdLM / adversarial)
+ 2b. probes without fine-tuning (trelm_fairseq.probes) at the mapped init, after every
+    TreLM stage and at each baseline's end: bitext retrieval P@1 on the held-out test pairs,
+    the language-ID probe, target MLM
  3. downstream, for every model and seed: dependency parsing (turkish-treebanks, UAS/LAS,
     Tr only) and module classification of help paragraphs (target-language training, and
     zero-shot: English training, target-language test)
- 4. report: <results>/results.md, results.json, mlm_loss.png; the table is printed.
+ 4. report: <results>/results.md, results.json, mlm_loss.png (target MLM curves, retrieval
+    P@1 per probed point); the table is printed.
  5. the TreLM model's final checkpoint exported for transformers into <results>/hf
     (trelm-export: BERT / RoBERTa classes, fast tokenizer, model card); the three lines of
     transformers code that load it and fill a mask in the target language are printed.
 
 Modules: budgets (the models, Budgets), commands (running the package's tools), surgery
-(checkpoint surgery), pretraining (stage plans), curves (target MLM loss, time to quality),
+(checkpoint surgery), pretraining (stage plans), curves (target MLM loss, time to quality), alignment (step 2b),
 finetune (downstream fine-tuning launchers), downstream (step 3), report, publish (step 5),
 job (the steps in order).  The command line is trelm_fairseq/cli/demo.py.
 """

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import Dict, Optional
 
 from ..fileio import read_json
+from .alignment import run_probes
 from .budgets import Budgets, budgets_from_args
 from .commands import BIN, run, say
 from .curves import target_curves, time_to_quality
@@ -70,6 +71,10 @@ def run_job(args) -> Dict:
     pretraining.update(pretrain({m: plans[m] for m in BASELINES}, timings))
     checkpoints = final_checkpoints(plans, init)
     curves = target_curves(plans, init, data, lang, work)
+    t0 = time.time()
+    say("probes without fine-tuning (retrieval P@1, language ID, target MLM) at every pre-training point")
+    probes = run_probes(plans, init, data, lang, work)
+    timings["probes"] = time.time() - t0
 
     # 3. downstream
     t0 = time.time()
@@ -81,6 +86,7 @@ def run_job(args) -> Dict:
     report = {
         "lang": lang, "seeds": seeds, "budgets": asdict(b), "pretrain_budget_updates": b.pretrain_total,
         "pretraining": pretraining, "checkpoints": checkpoints, "downstream": downstream, "curves": curves,
+        "probes": probes,
         "equal_compute": b.equal_compute,
         "baseline_updates": {m: plans[m].budget("1") for m in BASELINES},
         "time_to_quality": time_to_quality(curves, plans["scratch"].budget("1")),

@@ -92,6 +92,25 @@ def _stage_rows(pretraining: Dict) -> List[str]:
             for m, p in pretraining.items() for r in p["stages"]]
 
 
+def _probe_lines(probes: Optional[List[Dict]]) -> List[str]:
+    """The section on the probes that need no fine-tuning (comparison/alignment.py)."""
+    if not probes:
+        return []
+    n = probes[0]["pairs"]
+    rows = [f"| {MODEL_TITLES[r['model']]} | {r['point']} | {r['updates']} | "
+            f"{r['target_mlm_bits']:.3f} | {r['lower']['p1_mean_csls']:.3f} | {r['top']['p1_mean_csls']:.3f} | "
+            f"{r['lower']['langid_acc']:.3f} |" for r in probes]
+    return ["## Cross-lingual alignment, without fine-tuning", "",
+            f"Bitext retrieval P@1: each of the {n} held-out test pairs' sentence is looked up among the other "
+            f"language's {n} (mean-pooled states, cosine with CSLS, mean of en→T and T→en; chance {1 / n:.3f}), "
+            "at the lower half's output and at the last layer. Language ID: held-out accuracy of a logistic "
+            "regression telling the two languages apart from lower-half states (0.5: indistinguishable). "
+            "Target MLM: bits per masked token on the target valid split, the same sentences for every model.",
+            "",
+            "| model | point | updates | target MLM (bits) | P@1 lower | P@1 top | language ID |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def _export_lines(export: Optional[Dict]) -> List[str]:
     """The section on the exported model (trelm-export into <results>/hf), when the job made one."""
     if not export:
@@ -131,8 +150,9 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "",
         _ttq_line(report["time_to_quality"]),
         "",
-        f"![target validation MLM loss]({os.path.basename(plot)})" if plot else "",
+        f"![target validation MLM loss and retrieval P@1]({os.path.basename(plot)})" if plot else "",
         "",
+        *_probe_lines(report.get("probes")),
         "## Pre-training stages",
         "",
         "Valid loss: fairseq's valid loss of the stage's own objective in bits, averaged per batch (the "
@@ -156,11 +176,12 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
 
 def write_report(report: Dict, results: str) -> None:
     write_json(os.path.join(results, "results.json"), report)
-    plot = plot_curves(report["curves"], os.path.join(results, "mlm_loss.png"), report["lang"])
+    plot = plot_curves(report["curves"], os.path.join(results, "mlm_loss.png"), report["lang"], report.get("probes"))
     write_text(os.path.join(results, "results.md"), results_markdown(report, plot))
 
 
-def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
+def plot_curves(curves: Dict, path: str, lang: str, probes: Optional[List[Dict]] = None) -> Optional[str]:
+    """The target MLM curves; with probe rows, retrieval P@1 at each probed point beside them."""
     import logging
 
     # before the import: importing matplotlib logs DEBUG lines when the root logger is at DEBUG
@@ -170,8 +191,10 @@ def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, style in (("trelm", "o-"), ("scratch", "s-"), ("mlm_continued", "^--")):
+    styles = (("trelm", "o-"), ("scratch", "s-"), ("mlm_continued", "^--"))
+    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11.0 if probes else 6.4, 4.0), squeeze=False)
+    ax = axes[0][0]
+    for name, style in styles:
         pts = curves.get(name) or []
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=MODEL_TITLES[name], markersize=3)
@@ -179,6 +202,19 @@ def plot_curves(curves: Dict, path: str, lang: str) -> Optional[str]:
     ax.set_ylabel(f"{lang} validation MLM loss (bits/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    if probes:
+        ax = axes[0][1]
+        for name, style in styles:
+            rows = [r for r in probes if r["model"] == name]
+            for where, alpha in (("top", 1.0), ("lower", 0.5)):
+                if rows:
+                    ax.plot([r["updates"] for r in rows], [r[where]["p1_mean_csls"] for r in rows], style,
+                            alpha=alpha, markersize=4, label=f"{MODEL_TITLES[name].split(' (')[0]}, {where}")
+        ax.axhline(1.0 / probes[0]["pairs"], color="grey", lw=0.8, ls=":", label="chance")
+        ax.set_xlabel("pre-training updates (all stages, cumulative)")
+        ax.set_ylabel(f"bitext retrieval P@1, en↔{lang} (CSLS)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     try:
         with atomic_output(path, suffix=".png") as tmp:
