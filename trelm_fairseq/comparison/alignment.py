@@ -1,0 +1,52 @@
+"""Probes that need no fine-tuning (trelm_fairseq.probes) for every pre-trained model: bitext
+retrieval P@1 and the language-ID probe on the held-out test pairs, and target MLM, for the
+mapped init, TreLM after every stage, and each baseline's final checkpoint.
+
+One --tokens-per-sample for all (the training runs'), so the checkpoints see the same
+sentences; each result is cached as json under <work>/probes, so a re-run only probes what
+it has not."""
+import os
+import time
+from typing import Dict, List
+
+from ..fileio import cached_json, file_sha256
+from .commands import say
+
+
+def probe_points(plans: Dict, init: str) -> List[Dict]:
+    """What is probed, in schedule order: model, point (and its file-name key), checkpoint,
+    cumulative pre-training updates."""
+    tp = plans["trelm"]
+    u1, u2, u4 = tp.budget("1"), tp.budget("2a"), tp.budget("4")
+    points = [("trelm", "init", "mapped init", init, 0)]
+    for stage, key, point, updates in (("1", "1", "after 1", u1), ("2a", "2a", "after 2a", u1 + u2),
+                                       ("2b", "2b", "after 2b", u1 + 2 * u2),
+                                       ("3", "combine", "after combine", u1 + 2 * u2),
+                                       ("4", "final", "final", u1 + 2 * u2 + u4)):
+        points.append(("trelm", key, point, tp.stages[stage].output_checkpoint(), updates))
+    for name in ("scratch", "mlm_continued"):
+        points.append((name, "final", "final", plans[name].stages["1"].output_checkpoint(), plans[name].budget("1")))
+    return [dict(model=m, key=k, point=p, checkpoint=c, updates=u) for m, k, p, c, u in points]
+
+
+def run_probes(plans: Dict, init: str, data: str, lang: str, work: str) -> List[Dict]:
+    """Every probe of every point of probe_points; the rows (the point's fields + the probe's).
+    A cached result counts only for the checkpoint bytes it was computed on."""
+    from ..probes import format_row, probe_checkpoint
+
+    tps = plans["trelm"].sample_tokens()
+    rows = []
+    for p in probe_points(plans, init):
+        t0 = time.time()
+        sha = file_sha256(p["checkpoint"])
+
+        def compute(p=p, sha=sha):
+            r = probe_checkpoint(p["checkpoint"], data, ["en", lang], split="test", max_pairs=1000,
+                                 tokens_per_sample=tps)
+            return dict(r, checkpoint_sha256=sha)
+
+        r = cached_json(os.path.join(work, "probes", f"{p['model']}-{p['key']}.json"), compute,
+                        lambda r, sha=sha: r.get("checkpoint_sha256") == sha, "probe record")
+        rows.append(dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "checkpoint_sha256")}))
+        say(format_row(f"{p['model']} {p['point']}", r) + f"  [{time.time() - t0:.0f}s]")
+    return rows
