@@ -124,7 +124,52 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
     assert "Cross-lingual alignment" not in md and (tmp_path / "mlm_loss.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("argv, message", [(["--scale", "0"], "--scale"), (["--seeds", "0"], "--seeds")])
+def test_report_over_pretraining_seeds_gives_mean_and_std(tmp_path):
+    report = _report()
+    second = [_probe("trelm", "mapped init", 0, 14.8, 0.166, 0.124, 0.972),
+              _probe("trelm", "final", 120, 9.4, 0.156, 0.151, 0.979),
+              _probe("scratch", "final", 120, 10.3, 0.002, 0.002, 0.997)]
+    ttq2 = {"reached": False, "scratch_final_loss": 10.0, "trelm_best_loss": 10.2}
+    report.update(pretrain_seeds=[1, 2], pretrain_seed_runs=[
+        {"seed": 1, "probes": report["probes"], "time_to_quality": report["time_to_quality"]},
+        {"seed": 2, "probes": second, "time_to_quality": ttq2}])
+    summary = comparison.report.probe_summary(report)
+    final = next(r for r in summary if r["model"] == "trelm" and r["point"] == "final")
+    assert final["target_mlm_bits"]["runs"] == [9.2, 9.4] and final["p1_top"]["mean"] == pytest.approx(0.161)
+    assert final["p1_lower"]["std"] == pytest.approx(0.01 * 2 ** 0.5)
+    comparison.write_report(report, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "Pre-training seeds [1, 2], fine-tuning seeds [1, 2]" in md
+    assert "| TreLM (stages 1-2a-2b-combine-4) | final | 120 | 9.300 ± 0.141 | 0.166 ± 0.014 | 0.161 ± 0.014 |" in md
+    assert "Mean ± std over 2 pre-training seeds." in md
+    assert "seed 1 0.800, seed 2 -; '-': not reached" in md
+
+
+def test_pretrain_seed_layout_and_fine_tuning_seeds(tmp_path, monkeypatch):
+    """Pre-training seed 1 keeps the one-seed layout; seed p fine-tunes with its own seeds."""
+    from trelm_fairseq.comparison import job
+
+    assert job.pretrain_seed_work("/w", 1) == "/w" and job.pretrain_seed_work("/w", 3) == "/w/pretrain-seed3"
+    calls = []
+    monkeypatch.setattr(job, "prepare_data", lambda *a: None)
+    monkeypatch.setattr(job, "pretrain_and_probe", lambda data, work, lang, b, seed, init, timings: {
+        "seed": seed, "work": work, "pretraining": {}, "checkpoints": {m: f"{work}/{m}.pt" for m in comparison.MODELS},
+        "curves": {}, "probes": [], "baseline_updates": {}, "time_to_quality": {}})
+    monkeypatch.setattr(job, "evaluate_downstream", lambda todo, *a: (calls.extend(todo), (None, {}))[1])
+    monkeypatch.setattr(job, "export_trelm", lambda *a: None)
+    monkeypatch.setattr(job, "write_report", lambda report, results: None)
+    args = demo.build_parser().parse_args(["--work", str(tmp_path / "w"), "--results", str(tmp_path / "r"),
+                                           "--seeds", "2", "--pretrain-seeds", "3"])
+    report = job.run_job(args)
+    w = str(tmp_path / "w")
+    assert [(root, seeds) for root, _, seeds in calls] == [
+        (w, [1, 2]), (f"{w}/pretrain-seed2", [3, 4]), (f"{w}/pretrain-seed3", [5, 6])]
+    assert calls[1][1]["mapped_init"] == f"{w}/pretrain-seed2/mapped_init.pt"
+    assert report["pretrain_seeds"] == [1, 2, 3] and [r["seed"] for r in report["pretrain_seed_runs"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("argv, message", [(["--scale", "0"], "--scale"), (["--seeds", "0"], "--seeds"),
+                                           (["--pretrain-seeds", "0"], "--pretrain-seeds")])
 def test_cli_rejects_bad_budgets(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo.cli_main(argv)
@@ -262,8 +307,8 @@ def test_a_corpus_without_labelled_paragraphs_skips_classification_and_says_so(t
     corpus.mkdir()
     (corpus / "help.en.train.tsv").write_text("shared\tsome text\n", encoding="utf-8")
     checkpoints = {m: str(tmp_path / f"{m}.pt") for m in comparison.MODELS}
-    counts, scores = evaluate_downstream(checkpoints, str(tmp_path / "data"), str(corpus), str(tmp_path / "work"),
-                                         "de", Budgets(), [1])
+    counts, scores = evaluate_downstream([(str(tmp_path / "work"), checkpoints, [1])], str(tmp_path / "data"),
+                                         str(corpus), str(tmp_path / "work"), "de", Budgets())
     out = capsys.readouterr().out
     assert counts is None and scores == {m: {} for m in comparison.MODELS}
     assert "classification skipped" in out and "help.de.test.tsv" in out and "help.en.train.tsv" not in out

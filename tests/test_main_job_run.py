@@ -53,9 +53,9 @@ def comparable(out: Path):
     return strip(json.loads(text))
 
 
-# progress lines ("[trelm-demo ...") the toy job prints: 0 < kill point <= this (it printed 50
+# progress lines ("[trelm-demo ...") the toy job prints: 0 < kill point <= this (it printed 60
 # when this was written; a draw past the end fails the test with a message saying so)
-KILL_RANGE = 48
+KILL_RANGE = 58
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,26 @@ def test_the_main_job_killed_at_a_random_point_reruns_to_the_uninterrupted_repor
     assert comparable(killed) == runs["report"], where
     leftovers = [str(p) for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
     assert leftovers == [], f"{where}: {leftovers}"
+
+
+def test_more_pretraining_seeds_later_only_add_the_new_ones(runs, inputs):
+    """`make eval` after `make demo`: the same command with --pretrain-seeds 2 in the same work
+    dir pre-trains and probes seed 2 only (seed 1's stages, curves and probes are reused) and
+    reports both seeds."""
+    out = runs["out"]
+    seed1 = sorted((out / "work").glob("*/*/stage_done.json")) + sorted((out / "work" / "probes").glob("*.json"))
+    before = {p: p.read_bytes() for p in seed1}
+    proc = subprocess.run(job_argv(inputs, out) + ["--pretrain-seeds", "2"], capture_output=True, text=True,
+                          timeout=1200, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = comparable(out)
+    assert report["pretrain_seeds"] == [1, 2]
+    first, second = report["pretrain_seed_runs"]
+    assert first["probes"] == runs["report"]["probes"] and first["pretraining"] == runs["report"]["pretraining"]
+    assert second["seed"] == 2 and second["probes"] != first["probes"]  # another pre-training run
+    assert [s["updates"] for s in second["pretraining"]["trelm"]["stages"]] == [2, 2, 2, None, 2]
+    assert (out / "work" / "pretrain-seed2" / "trelm" / "4-language_specific" / "stage_done.json").is_file()
+    assert len(before) == 7 + 8 and {p: p.read_bytes() for p in seed1} == before  # seed 1 not redone
+    assert proc.stdout.count("finished, skipping") == 7
+    md = (out / "results" / "results.md").read_text(encoding="utf-8")
+    assert "Pre-training seeds [1, 2]" in md and "Mean ± std over 2 pre-training seeds." in md

@@ -9,7 +9,7 @@ import os
 from ..comparison import Budgets, results_table, run_job
 from ..comparison.budgets import UPDATE_BUDGETS
 from ..errors import TreLMError, cli_errors
-from ..fileio import make_dirs
+from ..fileio import make_dirs, remove_stale_temporaries
 from ..preprocess.vocab import vocab_size_arg
 
 
@@ -25,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="download cache (default $TRELM_CACHE or ~/.cache/trelm_fairseq)")
     p.add_argument("--source-model", default=None, help="source model (default: all-MiniLM-L6-v2 from PyPI)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every update budget (e.g. 20+ on a GPU; default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per model (make eval uses 3; default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per pre-trained model (default: %(default)s)")
+    p.add_argument("--pretrain-seeds", type=int, default=1,
+                   help="pre-training runs per model, seeds 1..N (make eval uses 3); the probes, time to quality and "
+                        "downstream figures are reported as mean ± std over them. Seed 1 keeps the work dir's "
+                        "one-seed layout, so a later run with more seeds only adds the new ones (default: %(default)s)")
     p.add_argument("--lr", type=float, default=Budgets.lr, help=f"pre-training learning rate (default {Budgets.lr})")
     p.add_argument("--finetune-lr", type=float, default=Budgets.finetune_lr,
                    help=f"parsing and classification fine-tuning learning rate (default {Budgets.finetune_lr})")
@@ -55,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors
 def cli_main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.scale <= 0 or args.seeds < 1:
-        raise TreLMError("--scale must be > 0 and --seeds >= 1")
+    if args.scale <= 0 or args.seeds < 1 or args.pretrain_seeds < 1:
+        raise TreLMError("--scale must be > 0, --seeds and --pretrain-seeds >= 1")
     args.work = args.work or os.path.join("runs", args.lang)
     args.results = args.results or os.path.join("results", args.lang)
     for folder in (args.results, args.work):  # a read-only / full disk: one clear error up front
         make_dirs(folder)
+    for folder in (args.work, args.results):  # what killed runs of the job left (their pid is gone)
+        remove_stale_temporaries(folder, log=lambda m: print(f"[trelm-demo] {m}", flush=True))
     report = run_job(args)
     print()
     print(results_table(report))

@@ -21,30 +21,36 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
     return parse_data
 
 
-def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_dir: Optional[str], work: str,
-                   budgets: Budgets, seeds: Sequence[int]) -> Dict[str, Dict]:
-    """One model's downstream scores over the seeds: mean, std and runs per metric."""
+def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_dir: Optional[str], runs_root: str,
+                   budgets: Budgets, seeds: Sequence[int]) -> Dict[str, List[float]]:
+    """One model's downstream scores, one per fine-tuning seed, per metric; the fine-tunes go
+    under ``runs_root`` (parsing/<model>/seed<s>, classification/runs/<model>/...)."""
     runs: Dict[str, List[float]] = {"uas": [], "las": [], "cls_target": [], "cls_zeroshot": []}
     for s in seeds:
         if parse_data:
-            m = finetune_parser(parse_data, checkpoint, os.path.join(work, "parsing", model, f"seed{s}"), budgets, s)
+            m = finetune_parser(parse_data, checkpoint, os.path.join(runs_root, "parsing", model, f"seed{s}"),
+                                budgets, s)
             runs["uas"].append(m["uas"])
             runs["las"].append(m["las"])
         if cls_dir is None:
             continue
+        cls_runs = os.path.join(runs_root, "classification", "runs", model)
         runs["cls_target"].append(finetune_classifier(
-            os.path.join(cls_dir, "target"), checkpoint, os.path.join(cls_dir, "runs", model, f"target-seed{s}"),
+            os.path.join(cls_dir, "target"), checkpoint, os.path.join(cls_runs, f"target-seed{s}"),
             budgets, s, train_lang_id=1, test_lang_id=1))
         runs["cls_zeroshot"].append(finetune_classifier(
-            os.path.join(cls_dir, "zeroshot"), checkpoint, os.path.join(cls_dir, "runs", model, f"zeroshot-seed{s}"),
+            os.path.join(cls_dir, "zeroshot"), checkpoint, os.path.join(cls_runs, f"zeroshot-seed{s}"),
             budgets, s, train_lang_id=0, test_lang_id=1))
-    return {k: mean_std(v) for k, v in runs.items() if v}
+    return {k: v for k, v in runs.items() if v}
 
 
-def evaluate_downstream(checkpoints: Dict[str, str], data: str, corpus: str, work: str, lang: str, budgets: Budgets,
-                        seeds: Sequence[int]) -> Tuple[Dict, Dict]:
-    """(classification data counts, per model its downstream scores); ``corpus``: the folder
-    with the labelled help paragraphs (help.<lang>.<split>.tsv)."""
+def evaluate_downstream(checkpoints: List[Tuple[str, Dict[str, str], Sequence[int]]], data: str, corpus: str,
+                        work: str, lang: str, budgets: Budgets) -> Tuple[Dict, Dict]:
+    """(classification data counts, per model its downstream scores: mean, std and runs per
+    metric over every pre-training seed's checkpoints and their fine-tuning seeds).
+    ``checkpoints``: per pre-training seed, the folder its fine-tunes go under, each model's
+    checkpoint and the fine-tuning seeds; ``corpus``: the folder with the labelled help
+    paragraphs (help.<lang>.<split>.tsv)."""
     from .. import classification as cls
 
     cls_dir = os.path.join(work, "classification")
@@ -58,5 +64,9 @@ def evaluate_downstream(checkpoints: Dict[str, str], data: str, corpus: str, wor
         cls_counts = cls.prepare_classification(corpus, data, cls_dir, "en", lang, max_train=budgets.max_cls_train,
                                                 log=say)
     parse_data = prepare_parsing_data(data, work, lang)
-    scores = {m: evaluate_model(m, checkpoints[m], parse_data, cls_dir, work, budgets, seeds) for m in MODELS}
-    return cls_counts, scores
+    runs: Dict[str, Dict[str, List[float]]] = {m: {} for m in MODELS}
+    for runs_root, models, seeds in checkpoints:
+        for m in MODELS:
+            for k, v in evaluate_model(m, models[m], parse_data, cls_dir, runs_root, budgets, seeds).items():
+                runs[m].setdefault(k, []).extend(v)
+    return cls_counts, {m: {k: mean_std(v) for k, v in r.items()} for m, r in runs.items()}

@@ -75,6 +75,29 @@ def _ttq_line(ttq: Dict) -> str:
             f"its best was {ttq.get('trelm_best_loss')}.")
 
 
+def _seeds_line(report: Dict) -> str:
+    pre = report.get("pretrain_seeds") or [1]
+    if len(pre) == 1:
+        return f"Seeds: {report['seeds']} (fine-tuning; one pre-training run, seed {pre[0]})."
+    return (f"Pre-training seeds {pre}, fine-tuning seeds {report['seeds']}: the downstream figures are mean ± std "
+            f"over every pre-trained model's fine-tunes (the mapped init's over its fine-tunes only: it is not "
+            f"pre-trained); the pre-training columns, the curves and the stage table are pre-training seed {pre[0]}'s.")
+
+
+def _ttq_seeds_lines(report: Dict) -> List[str]:
+    """Time to quality of every pre-training seed, when there are several."""
+    runs = report.get("pretrain_seed_runs") or []
+    if len(runs) < 2:
+        return []
+    got = [r["time_to_quality"].get("fraction") for r in runs]
+    text = ", ".join(f"seed {r['seed']} {'-' if f is None else f'{f:.3f}'}" for r, f in zip(runs, got))
+    reached = [f for f in got if f is not None]
+    if len(reached) == len(got):
+        text += f" (mean ± std {_fmt3(mean_std(reached))})"
+    return ["", f"Over the {len(runs)} pre-training seeds, as a fraction of from-scratch's updates: {text}; "
+                "'-': not reached."]
+
+
 def _tokens(n: Optional[int]) -> str:
     """Tokens trained on (fairseq's wpb x updates), '-' when not logged."""
     return "-" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}")
@@ -92,20 +115,43 @@ def _stage_rows(pretraining: Dict) -> List[str]:
             for m, p in pretraining.items() for r in p["stages"]]
 
 
-def _probe_lines(probes: Optional[List[Dict]]) -> List[str]:
+PROBE_METRICS = (("target_mlm_bits", lambda r: r["target_mlm_bits"]),
+                 ("p1_lower", lambda r: r["lower"]["p1_mean_csls"]),
+                 ("p1_top", lambda r: r["top"]["p1_mean_csls"]),
+                 ("langid", lambda r: r["lower"]["langid_acc"]))
+
+
+def probe_summary(report: Dict) -> List[Dict]:
+    """Per probed point (model, point, updates): each probe's mean, std and runs over the
+    pre-training seeds (one run without ``pretrain_seed_runs``)."""
+    seed_runs = [r["probes"] for r in report.get("pretrain_seed_runs") or []] or [report.get("probes") or []]
+    out = []
+    for i, first in enumerate(seed_runs[0]):
+        same = [rows[i] for rows in seed_runs if i < len(rows)]
+        out.append(dict({k: first[k] for k in ("model", "point", "updates", "pairs")},
+                        **{name: mean_std([get(r) for r in same]) for name, get in PROBE_METRICS}))
+    return out
+
+
+def _fmt3(entry: Dict) -> str:
+    return f"{entry['mean']:.3f} ± {entry['std']:.3f}" if len(entry["runs"]) > 1 else f"{entry['mean']:.3f}"
+
+
+def _probe_lines(report: Dict) -> List[str]:
     """The section on the probes that need no fine-tuning (comparison/alignment.py)."""
-    if not probes:
+    summary = probe_summary(report)
+    if not summary:
         return []
-    n = probes[0]["pairs"]
+    n, seeds = summary[0]["pairs"], len(summary[0]["p1_top"]["runs"])
     rows = [f"| {MODEL_TITLES[r['model']]} | {r['point']} | {r['updates']} | "
-            f"{r['target_mlm_bits']:.3f} | {r['lower']['p1_mean_csls']:.3f} | {r['top']['p1_mean_csls']:.3f} | "
-            f"{r['lower']['langid_acc']:.3f} |" for r in probes]
+            + " | ".join(_fmt3(r[name]) for name, _ in PROBE_METRICS) + " |" for r in summary]
     return ["## Cross-lingual alignment, without fine-tuning", "",
             f"Bitext retrieval P@1: each of the {n} held-out test pairs' sentence is looked up among the other "
             f"language's {n} (mean-pooled states, cosine with CSLS, mean of en→T and T→en; chance {1 / n:.3f}), "
             "at the lower half's output and at the last layer. Language ID: held-out accuracy of a logistic "
             "regression telling the two languages apart from lower-half states (0.5: indistinguishable). "
-            "Target MLM: bits per masked token on the target valid split, the same sentences for every model.",
+            "Target MLM: bits per masked token on the target valid split, the same sentences for every model."
+            + (f" Mean ± std over {seeds} pre-training seeds." if seeds > 1 else ""),
             "",
             "| model | point | updates | target MLM (bits) | P@1 lower | P@1 top | language ID |",
             "|---|---|---|---|---|---|---|", *rows, ""]
@@ -132,7 +178,7 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
     md = [
         f"# TreLM transfer en → {report['lang']}: results",
         "",
-        f"Seeds: {report['seeds']}. Budgets: `{json.dumps(report['budgets'])}`.",
+        f"{_seeds_line(report)} Budgets: `{json.dumps(report['budgets'])}`.",
         *[line for line in [vocab_line(report.get("prepare"))] if line],
         equal_compute_line(report) + " The fine-tuning recipe is the same for every model.",
         "",
@@ -149,10 +195,11 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "## Time to quality",
         "",
         _ttq_line(report["time_to_quality"]),
+        *_ttq_seeds_lines(report),
         "",
         f"![target validation MLM loss and retrieval P@1]({os.path.basename(plot)})" if plot else "",
         "",
-        *_probe_lines(report.get("probes")),
+        *_probe_lines(report),
         "## Pre-training stages",
         "",
         "Valid loss: fairseq's valid loss of the stage's own objective in bits, averaged per batch (the "
