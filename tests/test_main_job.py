@@ -72,7 +72,8 @@ def _report():
                                   "gflop": 12345.0, "tokens": 345678},
                         "scratch": {"stages": [stage], "updates": 120, "seconds": 200.0}},
         "downstream": {"trelm": {"uas": runs(50.0, 52.0), "las": runs(30.0, 30.0), "cls_target": runs(60.0, 62.0),
-                                 "cls_zeroshot": runs(40.0, 44.0)},
+                                 "cls_zeroshot": runs(40.0, 44.0), "probe_target": runs(55.5),
+                                 "probe_zeroshot": runs(35.25)},
                        "scratch": {"uas": runs(20.0, 22.0)}},
         "curves": {"trelm": [[0, 14.0], [120, 9.5]], "scratch": [[12, 13.0], [120, 9.9]]},
         "time_to_quality": {"reached": True, "scratch_final_loss": 9.9, "trelm_updates": 96, "scratch_updates": 120,
@@ -94,11 +95,11 @@ def test_results_table_mean_std_and_missing_entries():
     table = comparison.results_table(_report()).splitlines()
     assert len(table) == 2 + len(comparison.MODELS)
     trelm = next(r for r in table if r.startswith("| TreLM"))
-    assert "| 51.00 ± 1.41 | 30.00 ± 0.00 | 61.00 ± 1.41 | 42.00 ± 2.83 | 120 | 0.35M | 12.3 | 300 |" in trelm
+    assert "| 51.00 ± 1.41 | 30.00 ± 0.00 | 61.00 ± 1.41 | 42.00 ± 2.83 | 55.50 | 35.25 | 120 | 0.35M | 12.3 | 300 |" in trelm
     scratch = next(r for r in table if r.startswith("| from scratch"))
     assert scratch.endswith("| 120 | - | - | 200 |")  # no FLOPs or tokens logged (an older run): said, not zero
     mapped = next(r for r in table if r.startswith("| source + mapped"))
-    assert mapped.count("| - ") == 4 and mapped.endswith("| 0 | 0 | 0.0 | 0 |")  # not pre-trained
+    assert mapped.count("| - ") == 6 and mapped.endswith("| 0 | 0 | 0.0 | 0 |")  # not pre-trained
 
 
 def test_write_report_writes_json_markdown_and_plot(tmp_path):

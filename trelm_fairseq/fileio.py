@@ -498,6 +498,15 @@ def cached_json(path: str, compute: Callable[[], object],
     return record
 
 
+def cached_json_of_file(path: str, source: str, compute: Callable[[], Dict], what: str = "step record") -> Dict:
+    """cached_json for a record computed from the file ``source`` (e.g. a probe of a
+    checkpoint): it counts only for the bytes it was computed on (their sha256 is kept in
+    the record as ``source_sha256``), so a re-trained checkpoint is measured again."""
+    sha = file_sha256(source)
+    return cached_json(path, lambda: dict(compute(), source_sha256=sha),
+                       lambda record: record.get("source_sha256") == sha, what)
+
+
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
     h = hashlib.sha256()

@@ -10,9 +10,13 @@ places: the lower-half output (before the TRILayer, where TreLM's adversarial te
 * language-ID probe: logistic regression on the pooled lower-half states, trained on
   one half of the pairs' sentences and tested on the other half's (disjoint sentences
   and disjoint pairs): 1.0 = the languages are fully separable, 0.5 = indistinguishable.
+* module-classification probe (module_probe): a logistic regression on frozen features
+  of labelled help paragraphs, trained on target-language paragraphs or (zero-shot) on
+  English ones, tested on target-language paragraphs: no fine-tuning, so it reads what
+  the pre-trained states already carry.
 
 Features are plain means of the states; retrieval compares them by cosine, the
-language-ID probe standardises them first.  The command: trelm_fairseq.cli.probe.
+logistic-regression probes standardise them first.  The command: trelm_fairseq.cli.probe.
 """
 import os
 from typing import Dict, List, Optional
@@ -73,10 +77,6 @@ def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) ->
     Pairs are split in two halves; it trains on the S side of one half and the T side of
     the other, and tests on the remaining sides, so no sentence or translation of a
     training sentence is tested."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     n = src.size(0)
     if n < 4:
         raise TreLMError(f"language-ID probe: {n} pairs; expected at least 4")
@@ -87,9 +87,7 @@ def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) ->
     y_train = np.r_[np.zeros(len(half_a)), np.ones(len(half_b))]
     x_test = np.concatenate([s[half_b], t[half_a]])
     y_test = np.r_[np.zeros(len(half_b)), np.ones(len(half_a))]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    clf.fit(x_train, y_train)
-    return float(clf.score(x_test, y_test))
+    return linear_probe_accuracy(x_train, y_train, x_test, y_test)
 
 
 @torch.no_grad()
@@ -121,6 +119,57 @@ def target_mlm_bits(model, data: str, langs: List[str], split: str = "valid", to
     if n == 0:
         raise TreLMError(f"{data}/mono/{langs[1]}/{split}: no masked token to evaluate")
     return loss / n / math.log(2)
+
+
+def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                          y_test: np.ndarray) -> float:
+    """Held-out accuracy of a logistic regression on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(x_train, y_train)
+    return float(clf.score(x_test, y_test))
+
+
+# training paragraphs per setting for the classification probe (the fine-tunes use up to
+# 4000): a linear probe of 6 labels needs few, and the frozen forward pass is its whole cost
+MODULE_PROBE_TRAIN = 1000
+
+
+def module_probe(checkpoint: str, data: str, cls_dir: str, max_len: int,
+                 max_train: int = MODULE_PROBE_TRAIN) -> Dict[str, Dict[str, float]]:
+    """Frozen-feature linear probes of the module classification (trelm_fairseq.classification's
+    two settings under ``cls_dir``): a logistic regression on the mean-pooled states of
+    ``max_train`` training paragraphs (a seeded draw) (target: target-language paragraphs; zeroshot:
+    English ones, encoded with the English language id), accuracy on the target-language
+    test paragraphs; at the lower half's output and at the last layer.
+    {"target": {"lower": acc, "top": acc}, "zeroshot": {...}}."""
+    from .checkpoint import load_dictionary, load_model
+    from .data import SubsetDataset, load_indexed
+
+    dictionary = load_dictionary(os.path.join(data, "dict.txt"))
+    model, _ = load_model(checkpoint, dictionary)
+
+    def split(setting: str, name: str, lang_id: int, limit: Optional[int] = None):
+        folder = os.path.join(cls_dir, setting)
+        text = load_indexed(os.path.join(folder, "input0", name), dictionary, f"{setting} {name} paragraphs")
+        labels = load_indexed(os.path.join(folder, "label", name), None, f"{setting} {name} labels")
+        # the training files are grouped by module: a seeded draw, not the first ones
+        rows = np.arange(len(text)) if limit is None or limit >= len(text) else \
+            np.sort(np.random.RandomState(1).permutation(len(text))[:limit])
+        feats = pooled_features(model, SubsetDataset(text, rows), dictionary.bos(), dictionary.pad(),
+                                lang_id, max_len=max_len)
+        return feats, np.array([int(labels[int(i)][0]) for i in rows])
+
+    test, y_test = split("target", "test", 1)
+    out = {}
+    for setting, lang_id in (("target", 1), ("zeroshot", 0)):
+        train, y_train = split(setting, "train", lang_id, max_train)
+        out[setting] = {where: linear_probe_accuracy(train[where].numpy(), y_train, test[where].numpy(), y_test)
+                        for where in ("lower", "top")}
+    return out
 
 
 def checkpoint_tokens_per_sample(state: Dict, default: int) -> int:

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Dict, List
 
-from ..fileio import cached_json, file_sha256
+from ..fileio import cached_json_of_file
 from .commands import say
 
 
@@ -38,15 +38,9 @@ def run_probes(plans: Dict, init: str, data: str, lang: str, work: str) -> List[
     rows = []
     for p in probe_points(plans, init):
         t0 = time.time()
-        sha = file_sha256(p["checkpoint"])
-
-        def compute(p=p, sha=sha):
-            r = probe_checkpoint(p["checkpoint"], data, ["en", lang], split="test", max_pairs=1000,
-                                 tokens_per_sample=tps)
-            return dict(r, checkpoint_sha256=sha)
-
-        r = cached_json(os.path.join(work, "probes", f"{p['model']}-{p['key']}.json"), compute,
-                        lambda r, sha=sha: r.get("checkpoint_sha256") == sha, "probe record")
-        rows.append(dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "checkpoint_sha256")}))
+        r = cached_json_of_file(os.path.join(work, "probes", f"{p['model']}-{p['key']}.json"), p["checkpoint"],
+                                lambda p=p: probe_checkpoint(p["checkpoint"], data, ["en", lang], split="test",
+                                                             max_pairs=1000, tokens_per_sample=tps), "probe record")
+        rows.append(dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "source_sha256")}))
         say(format_row(f"{p['model']} {p['point']}", r) + f"  [{time.time() - t0:.0f}s]")
     return rows

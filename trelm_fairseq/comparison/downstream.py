@@ -4,6 +4,7 @@ classification (target-language training, and zero-shot: English training)."""
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..fileio import cached_json_of_file
 from .budgets import MODELS, PARSING_LANGS, Budgets
 from .commands import BIN, run, say
 from .finetune import finetune_classifier, finetune_parser
@@ -21,11 +22,23 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
     return parse_data
 
 
-def evaluate_model(model: str, checkpoint: str, parse_data: Optional[str], cls_dir: Optional[str], runs_root: str,
-                   budgets: Budgets, seeds: Sequence[int]) -> Dict[str, List[float]]:
-    """One model's downstream scores, one per fine-tuning seed, per metric; the fine-tunes go
-    under ``runs_root`` (parsing/<model>/seed<s>, classification/runs/<model>/...)."""
+def evaluate_model(model: str, checkpoint: str, data: str, parse_data: Optional[str], cls_dir: Optional[str],
+                   runs_root: str, budgets: Budgets, seeds: Sequence[int]) -> Dict[str, List[float]]:
+    """One model's downstream scores, one per fine-tuning seed, per metric, and the frozen-feature
+    classification probes (one each: they have no seed); the fine-tunes go under ``runs_root``
+    (parsing/<model>/seed<s>, classification/runs/<model>/...), the probe under
+    classification/probes/<model>.json."""
     runs: Dict[str, List[float]] = {"uas": [], "las": [], "cls_target": [], "cls_zeroshot": []}
+    if cls_dir is not None:
+        from ..probes import module_probe
+
+        probe = cached_json_of_file(
+            os.path.join(runs_root, "classification", "probes", f"{model}.json"), checkpoint,
+            lambda: module_probe(checkpoint, data, cls_dir, budgets.tokens_per_sample), "classification probe record")
+        say(f"classification probe of {model} (frozen features, top layer): target {100 * probe['target']['top']:.1f}%, "
+            f"zero-shot {100 * probe['zeroshot']['top']:.1f}%")
+        runs["probe_target"] = [100 * probe["target"]["top"]]
+        runs["probe_zeroshot"] = [100 * probe["zeroshot"]["top"]]
     for s in seeds:
         if parse_data:
             m = finetune_parser(parse_data, checkpoint, os.path.join(runs_root, "parsing", model, f"seed{s}"),
@@ -67,6 +80,6 @@ def evaluate_downstream(checkpoints: List[Tuple[str, Dict[str, str], Sequence[in
     runs: Dict[str, Dict[str, List[float]]] = {m: {} for m in MODELS}
     for runs_root, models, seeds in checkpoints:
         for m in MODELS:
-            for k, v in evaluate_model(m, models[m], parse_data, cls_dir, runs_root, budgets, seeds).items():
+            for k, v in evaluate_model(m, models[m], data, parse_data, cls_dir, runs_root, budgets, seeds).items():
                 runs[m].setdefault(k, []).extend(v)
     return cls_counts, {m: {k: mean_std(v) for k, v in r.items()} for m, r in runs.items()}

@@ -55,13 +55,14 @@ def equal_compute_line(report: Dict) -> str:
 
 
 def results_table(report: Dict) -> str:
-    rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | pre-training updates | "
-            "pre-training tokens | pre-training TFLOP | pre-training s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | UAS | LAS | cls acc (target) | cls acc (zero-shot en→T) | cls probe (target) | "
+            "cls probe (zero-shot) | pre-training updates | pre-training tokens | pre-training TFLOP | pre-training s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in MODELS:
         d, p = report["downstream"].get(m, {}), report["pretraining"].get(m, {})
         rows.append(f"| {MODEL_TITLES[m]} | {_fmt(d.get('uas'))} | {_fmt(d.get('las'))} | "
-                    f"{_fmt(d.get('cls_target'))} | {_fmt(d.get('cls_zeroshot'))} | {p.get('updates', 0)} | "
+                    f"{_fmt(d.get('cls_target'))} | {_fmt(d.get('cls_zeroshot'))} | "
+                    f"{_fmt(d.get('probe_target'))} | {_fmt(d.get('probe_zeroshot'))} | {p.get('updates', 0)} | "
                     f"{_tokens(p.get('tokens') if p else 0)} | {_tflop(p.get('gflop') if p else 0.0)} | "
                     f"{p.get('seconds', 0):.0f} |")
     return "\n".join(rows)
@@ -175,6 +176,8 @@ def _export_lines(export: Optional[Dict]) -> List[str]:
 
 def results_markdown(report: Dict, plot: Optional[str]) -> str:
     """results.md: the table and how it was measured, time to quality, stages, wall-clock."""
+    from ..probes import MODULE_PROBE_TRAIN  # torch: only when a report is written
+
     md = [
         f"# TreLM transfer en → {report['lang']}: results",
         "",
@@ -188,7 +191,9 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
          if any("uas" in d for d in report["downstream"].values()) else
          f"No parsing: no treebank is packaged for {report['lang']}. ")
         + ("Classification: accuracy (%) over 6 LibreOffice help modules on the target-language test split"
-           + majority_note(report.get("classification_data")) + "."
+           + majority_note(report.get("classification_data")) + "; fine-tuned (cls acc), and as a frozen-feature "
+           f"probe (cls probe: a logistic regression on the last layer's mean-pooled states of {MODULE_PROBE_TRAIN} "
+           "training paragraphs, target-language or, zero-shot, English; no fine-tuning)."
            if report.get("classification_data") else
            "No classification: the corpus has no labelled paragraphs (help.<lang>.<split>.tsv)."),
         "",
