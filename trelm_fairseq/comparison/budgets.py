@@ -39,11 +39,11 @@ class Budgets:
     max_cls_train: Optional[int] = 4000
     validate_every: int = 12
     scale: float = 1.0
-    # what "equal compute" equalises between TreLM and the pre-trained baselines: "updates" (each
-    # baseline gets as many updates as all TreLM stages together) or "flops" (as many training
-    # FLOPs, by the FLOP ledger: a TreLM update costs ~1.35x a baseline update at the demo's
-    # sizes, so the baselines get more updates)
-    equal_compute: str = "updates"
+    # what "equal compute" equalises between TreLM and the pre-trained baselines: "flops" (as many
+    # training FLOPs as TreLM's stages logged, by the FLOP ledger: a TreLM update costs ~1.35x a
+    # baseline update at the demo's sizes, so the baselines get more updates) or "updates" (as
+    # many updates as all TreLM stages together, which favours TreLM)
+    equal_compute: str = "flops"
 
     def n(self, name: str) -> int:
         return max(1, int(round(getattr(self, name) * self.scale)))

@@ -1,6 +1,6 @@
-"""Pre-training: TreLM's stage plan and the baselines' at equal compute (the same number
-of updates as all TreLM stages together, or, with ``--equal-compute flops``, the training
-FLOPs those stages logged; same architecture, same target data)."""
+"""Pre-training: TreLM's stage plan and the baselines' at equal compute (by default the
+training FLOPs TreLM's stages logged; with ``--equal-compute updates`` the same number of
+updates as all TreLM stages together; same architecture, same target data)."""
 import os
 import time
 from typing import Dict, Optional
