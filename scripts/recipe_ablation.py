@@ -122,8 +122,10 @@ def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budg
     lr = c["lr"] or budgets.lr
     if c["end_lr"] is not None:
         extra += ["--end-learning-rate", str(c["end_lr"] * lr)]
+    # stage 1 at the base lr, as when these configs were measured (the main job's stage 1 at
+    # twice the lr, its default since, is "lr1=1e-3" here)
     plan = dataclasses.replace(plan, extra_args=plan.extra_args + extra, stage_args=stage_args, updates=updates,
-                               lr=lr, combine_average="trained" if c["combine"] else "all")
+                               lr=lr, stage1_lr_scale=1.0, combine_average="trained" if c["combine"] else "all")
     # stage args come last on the command line, so they override the plan's warm-up and lr
     more = {key: [] for key in plan.specs}
     for key, spec in plan.specs.items():

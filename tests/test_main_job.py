@@ -10,6 +10,7 @@ import pytest
 from trelm_fairseq import comparison
 from trelm_fairseq.cli import demo
 from trelm_fairseq.comparison import Budgets
+from trelm_fairseq.errors import TreLMError
 
 
 def test_budgets_scale_every_update_count_and_keep_at_least_one():
@@ -24,6 +25,37 @@ def test_cli_budget_options_reach_the_budgets():
     assert args.lr == 3e-4 and args.finetune_lr == 2e-4 and args.stage4 == 7
     defaults = demo.build_parser().parse_args([])
     assert defaults.lr == Budgets.lr and defaults.finetune_lr == Budgets.finetune_lr and defaults.stage1 is None
+
+
+def test_stage1_runs_at_twice_the_lr_in_the_main_job_only(tmp_path):
+    """The main job's default (measured, docs/main-job.md): TreLM's stage 1 at 2 x --lr, every
+    other stage and the baselines' MLM stage at --lr; trelm-stages keeps one lr unless told."""
+    from fairseq.data import Dictionary
+
+    from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
+    from trelm_fairseq.comparison.pretraining import plan_for
+    from trelm_fairseq.stages import StagePlan
+
+    d = Dictionary()
+    d.add_symbol("<mask>")
+    cfg = model_config("trelm_tiny", tri_layer=True)
+    save_checkpoint(str(tmp_path / "data" / "init" / "model.pt"), build_model(cfg, d), cfg)
+
+    def lr_of(plan, key):
+        cmd = plan.stages[key].command("start")
+        return float(cmd[cmd.index("--lr") + 1])
+
+    b = comparison.budgets_from_args(demo.build_parser().parse_args(["--lr", "4e-4"]))
+    trelm = plan_for("trelm", str(tmp_path / "data"), str(tmp_path), "tr", b, 1)
+    assert [lr_of(trelm, k) for k in ("1", "2a", "2b", "4")] == [8e-4, 4e-4, 4e-4, 4e-4]
+    mlm = plan_for("scratch", str(tmp_path / "data"), str(tmp_path), "tr", b, 1, graph="mlm")
+    assert lr_of(mlm, "1") == 4e-4  # the baselines' one stage is not stage 1 of TreLM
+    b = comparison.budgets_from_args(demo.build_parser().parse_args(["--stage1-lr-scale", "1"]))
+    assert lr_of(plan_for("trelm", str(tmp_path / "data"), str(tmp_path), "tr", b, 1), "1") == Budgets.lr
+    plain = StagePlan(str(tmp_path / "data"), str(tmp_path / "out"), lr=1e-4)
+    assert lr_of(plain, "1") == 1e-4  # trelm-stages default: --stage1-lr-scale 1
+    with pytest.raises(TreLMError, match="--stage1-lr-scale"):
+        StagePlan(str(tmp_path / "data"), str(tmp_path / "out"), stage1_lr_scale=0)
 
 
 def test_time_to_quality_first_point_at_or_below_scratch_final():
@@ -170,7 +202,8 @@ def test_pretrain_seed_layout_and_fine_tuning_seeds(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [(["--scale", "0"], "--scale"), (["--seeds", "0"], "--seeds"),
-                                           (["--pretrain-seeds", "0"], "--pretrain-seeds")])
+                                           (["--pretrain-seeds", "0"], "--pretrain-seeds"),
+                                           (["--stage1-lr-scale", "0"], "--stage1-lr-scale")])
 def test_cli_rejects_bad_budgets(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo.cli_main(argv)

@@ -144,6 +144,9 @@ class StagePlan:
     updates: Dict[str, int] = field(default_factory=lambda: dict(PAPER_UPDATES))  # keys "1", "2", "4"
     scale: float = 1.0
     lr: float = 3e-5
+    # stage 1 (commonality) trains only new parameters (embeddings, TRILayer, LM head; the
+    # transformer is frozen): its peak lr is lr times this (the demo: 2, measured in docs/main-job.md)
+    stage1_lr_scale: float = 1.0
     warmup: int = 500
     weight_decay: float = 0.01
     adam_eps: float = 1e-6
@@ -169,6 +172,8 @@ class StagePlan:
             raise TreLMError(f"restore_from={self.restore_from!r}: expected 'last' or 'best'")
         if self.scale <= 0:
             raise TreLMError(f"--scale {self.scale}: expected a positive factor")
+        if self.stage1_lr_scale <= 0:
+            raise TreLMError(f"--stage1-lr-scale {self.stage1_lr_scale}: expected a positive factor")
         for k in PAPER_UPDATES:
             self.updates.setdefault(k, PAPER_UPDATES[k])
             if int(self.updates[k]) < 1:
@@ -260,6 +265,10 @@ class StagePlan:
         if self.arch:
             return ["--arch", self.arch, "--tri-layer"]
         return arch_args(self.model_cfg())
+
+    def peak_lr(self, stage_name: str) -> float:
+        """The peak lr of a stage: --lr, times --stage1-lr-scale for stage 1 (commonality)."""
+        return self.lr * (self.stage1_lr_scale if stage_name == "commonality" else 1.0)
 
     def sample_tokens(self) -> int:
         """--tokens-per-sample: as set, else the model's positions (at most 512)."""
@@ -417,7 +426,7 @@ class Stage:
             "--stage", self.name, *plan.model_args(), "--criterion", "trelm_loss",
             "--optimizer", "adam", "--adam-betas", plan.adam_betas, "--adam-eps", str(plan.adam_eps),
             "--weight-decay", str(plan.weight_decay), "--clip-norm", str(plan.clip_norm),
-            "--lr", str(plan.lr), "--lr-scheduler", "polynomial_decay",
+            "--lr", str(plan.peak_lr(self.name)), "--lr-scheduler", "polynomial_decay",
             "--warmup-updates", str(plan.warmup_updates(self.key)), "--total-num-update", str(n),
             "--max-update", str(n), "--max-tokens", str(plan.max_tokens), "--update-freq", str(plan.update_freq),
             "--tokens-per-sample", str(plan.sample_tokens()),

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "downstream figures are reported as mean ± std over them. Seed 1 keeps the work dir's "
                         "one-seed layout, so a later run with more seeds only adds the new ones (default: %(default)s)")
     p.add_argument("--lr", type=float, default=Budgets.lr, help=f"pre-training learning rate (default {Budgets.lr})")
+    p.add_argument("--stage1-lr-scale", type=float, default=Budgets.stage1_lr_scale,
+                   help="TreLM's stage 1 (only embeddings, TRILayer and LM head train) at this times --lr "
+                        "(default %(default)s)")
     p.add_argument("--finetune-lr", type=float, default=Budgets.finetune_lr,
                    help=f"parsing and classification fine-tuning learning rate (default {Budgets.finetune_lr})")
     p.add_argument("--max-tokens", type=int, default=Budgets.max_tokens, help="tokens per pre-training batch (default: %(default)s)")
@@ -59,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors
 def cli_main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.scale <= 0 or args.seeds < 1 or args.pretrain_seeds < 1:
-        raise TreLMError("--scale must be > 0, --seeds and --pretrain-seeds >= 1")
+    if args.scale <= 0 or args.stage1_lr_scale <= 0 or args.seeds < 1 or args.pretrain_seeds < 1:
+        raise TreLMError("--scale and --stage1-lr-scale must be > 0, --seeds and --pretrain-seeds >= 1")
     args.work = args.work or os.path.join("runs", args.lang)
     args.results = args.results or os.path.join("results", args.lang)
     for folder in (args.results, args.work):  # a read-only / full disk: one clear error up front

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "come to X (the stages keep their proportions of updates); not with --scale")
     p.add_argument("--lr", type=float, default=3e-5,
                    help="peak learning rate (default 3e-5, the paper's; tiny CPU demos need more, e.g. 1e-4..1e-3)")
+    p.add_argument("--stage1-lr-scale", type=float, default=1.0,
+                   help="stage 1 (commonality: only embeddings, TRILayer and LM head train) at this times --lr "
+                        "(default 1.0; trelm-demo uses 2.0, measured better at its small budgets)")
     p.add_argument("--warmup", type=int, default=500, help="warmup updates at the paper budget (default 500)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--adam-eps", type=float, default=1e-6, help="AdamW epsilon (default 1e-6)")
@@ -113,6 +116,7 @@ def cli_main(argv=None):
         updates=updates,
         scale=args.scale,
         lr=args.lr,
+        stage1_lr_scale=args.stage1_lr_scale,
         warmup=args.warmup,
         weight_decay=args.weight_decay,
         adam_eps=args.adam_eps,

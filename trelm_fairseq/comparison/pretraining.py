@@ -20,7 +20,8 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
         updates = {"1": budgets.pretrain_total}
     return StagePlan(
         data=data, out=os.path.join(work, name), langs=f"en,{lang}", init=init, updates=updates,
-        lr=budgets.lr, max_tokens=budgets.max_tokens, tokens_per_sample=budgets.tokens_per_sample,
+        lr=budgets.lr, stage1_lr_scale=budgets.stage1_lr_scale, max_tokens=budgets.max_tokens,
+        tokens_per_sample=budgets.tokens_per_sample,
         save_interval_updates=budgets.n("validate_every"), seed=seed, graph=graph,
         extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0"],
     )
