@@ -226,6 +226,11 @@ def checkpoint_num_updates(path: str) -> Optional[int]:
         return None
     if not isinstance(state, dict) or "model" not in state:
         return None
+    return num_updates(state)
+
+
+def num_updates(state: Dict) -> int:
+    """The update count a fairseq checkpoint's state records (0 for a fresh one)."""
     hist = state.get("optimizer_history") or [{}]
     return int(hist[-1].get("num_updates", 0) or 0)
 
@@ -279,8 +284,7 @@ def saved_log_lines(path: str) -> List[str]:
 
     state = peek(path)
     extra = state.get("extra_state") or {}
-    hist = state.get("optimizer_history") or [{}]
-    updates = int(hist[-1].get("num_updates", 0) or 0)
+    updates = num_updates(state)
     lines = []
     if extra.get("val_loss") is not None:
         lines.append("| valid | " + json.dumps({"valid_loss": float(extra["val_loss"]), "valid_num_updates": updates}))

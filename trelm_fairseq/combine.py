@@ -33,6 +33,7 @@ from .checkpoint import (
     STRUCTURE_FIELDS,
     checkpoint_model_config,
     load_checkpoint,
+    num_updates,
     save_checkpoint,
 )
 from .errors import TreLMError
@@ -65,11 +66,6 @@ def task_config(state: Dict) -> Dict:
     if task is None:
         return {}
     return OmegaConf.to_container(task) if OmegaConf.is_config(task) else dict(task)
-
-
-def num_updates(state: Dict) -> int:
-    hist = state.get("optimizer_history") or [{}]
-    return int(hist[-1].get("num_updates", 0) or 0)
 
 
 def frozen_groups(state: Dict, stage: str) -> List[str]:

@@ -17,10 +17,12 @@ def mean_std(values: List[float]) -> Dict:
     }
 
 
-def _fmt(entry: Optional[Dict]) -> str:
+def _fmt(entry: Optional[Dict], digits: int = 2) -> str:
+    """A mean_std entry: 'mean ± std' over several runs, the value of one, '-' for none."""
     if not entry:
         return "-"
-    return f"{entry['mean']:.2f} ± {entry['std']:.2f}" if len(entry["runs"]) > 1 else f"{entry['mean']:.2f}"
+    mean, std = f"{entry['mean']:.{digits}f}", f"{entry['std']:.{digits}f}"
+    return f"{mean} ± {std}" if len(entry["runs"]) > 1 else mean
 
 
 def majority_note(counts: Optional[Dict]) -> str:
@@ -94,7 +96,7 @@ def _ttq_seeds_lines(report: Dict) -> List[str]:
     text = ", ".join(f"seed {r['seed']} {'-' if f is None else f'{f:.3f}'}" for r, f in zip(runs, got))
     reached = [f for f in got if f is not None]
     if len(reached) == len(got):
-        text += f" (mean ± std {_fmt3(mean_std(reached))})"
+        text += f" (mean ± std {_fmt(mean_std(reached), 3)})"
     return ["", f"Over the {len(runs)} pre-training seeds, as a fraction of from-scratch's updates: {text}; "
                 "'-': not reached."]
 
@@ -134,10 +136,6 @@ def probe_summary(report: Dict) -> List[Dict]:
     return out
 
 
-def _fmt3(entry: Dict) -> str:
-    return f"{entry['mean']:.3f} ± {entry['std']:.3f}" if len(entry["runs"]) > 1 else f"{entry['mean']:.3f}"
-
-
 def _probe_lines(report: Dict) -> List[str]:
     """The section on the probes that need no fine-tuning (comparison/alignment.py)."""
     summary = probe_summary(report)
@@ -145,7 +143,7 @@ def _probe_lines(report: Dict) -> List[str]:
         return []
     n, seeds = summary[0]["pairs"], len(summary[0]["p1_top"]["runs"])
     rows = [f"| {MODEL_TITLES[r['model']]} | {r['point']} | {r['updates']} | "
-            + " | ".join(_fmt3(r[name]) for name, _ in PROBE_METRICS) + " |" for r in summary]
+            + " | ".join(_fmt(r[name], 3) for name, _ in PROBE_METRICS) + " |" for r in summary]
     return ["## Cross-lingual alignment, without fine-tuning", "",
             f"Bitext retrieval P@1: each of the {n} held-out test pairs' sentence is looked up among the other "
             f"language's {n} (mean-pooled states, cosine with CSLS, mean of en→T and T→en; chance {1 / n:.3f}), "
