@@ -51,7 +51,7 @@ def test_full_run_writes_the_data_layout(env):
             for ext in ("bin", "idx"):
                 assert (data / f"para/{split}.{name}.{ext}").is_file(), (split, name)
     assert s["steps"] == {"corpus": "given", "vocab": "done", "binarize": "done", "align": "done",
-                          "import": "not needed", "embeddings": "done"}
+                          "import": "not needed", "source_head": "not needed", "embeddings": "done"}
     on_disk = json.loads((data / "prepare.json").read_text())
     assert on_disk["langs"] == ["en", "tr"] and on_disk["counts"]["pairs"] == {"train": 300, "valid": 30, "test": 30}
     assert on_disk["alignment"]["coverage"]["en-tr"] > 0.9

@@ -77,7 +77,7 @@ def test_own_files_prepares_a_data_directory(own):
     corpus = json.loads((out / "corpus/corpus.json").read_text(encoding="utf-8"))
     assert prep["langs"] == ["en", "tr"] and prep["corpus_dir"] == str(out / "corpus")
     assert prep["steps"] == {"corpus": "given", "vocab": "done", "binarize": "done", "align": "done",
-                             "import": "not needed", "embeddings": "done"}
+                             "import": "not needed", "source_head": "not needed", "embeddings": "done"}
     assert prep["vocab"]["vocab_size"] == 120 and prep["vocab"]["dict_symbols"] == 121
     assert prep["counts"]["pairs"] == corpus["parallel"]
     assert corpus["parallel"]["valid"] == 30 and corpus["parallel"]["test"] == 30

@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder; default: the embedded all-MiniLM-L6-v2")
     add_vocab_args(p)
     add_align_args(p)
+    g = p.add_argument_group("source MLM head (for a source model imported without one, e.g. all-MiniLM-L6-v2)")
+    g.add_argument("--source-head", choices=("auto", "fit", "keep"), default="auto",
+                   help="fit the source model's MLM head on the English training text, encoder frozen (auto: "
+                        "when trelm-import found no MLM head; fit: require it; keep: use the imported head as it "
+                        "is; default: %(default)s)")
+    g.add_argument("--source-head-sentences", type=int, default=10000,
+                   help="English training sentences the head is fitted on (default: %(default)s)")
+    g.add_argument("--source-head-epochs", type=int, default=6,
+                   help="epochs over those sentences' masked tokens (default: %(default)s)")
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
     g.add_argument("--mapping", choices=("supervised", "adversarial", "focus", "none"), default="supervised",
                    help="how new tokens are initialised (trelm-map-embeddings --method; focus: FOCUS-style sparse "

@@ -13,7 +13,7 @@ from .curves import target_curves, time_to_quality
 from .downstream import evaluate_downstream
 from .pretraining import BASELINES, final_checkpoints, match_flops, model_plans, pretrain
 from .publish import export_trelm, usage_block
-from .report import vocab_line, write_report
+from .report import source_head_line, vocab_line, write_report
 
 
 def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]:
@@ -36,6 +36,8 @@ def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]
         return None
     record = read_json(record_path, "trelm-prepare record")
     say(vocab_line(record))
+    if source_head_line(record):
+        say(source_head_line(record))
     return record
 
 

@@ -45,6 +45,20 @@ def vocab_line(prepare: Optional[Dict]) -> str:
             f"{v['vocab_size_rule']}.")
 
 
+def source_head_line(prepare: Optional[Dict]) -> str:
+    """The report's sentence on the source model's MLM head: fitted by trelm-prepare (its figures
+    and cost, which are the source model's, not any compared model's) or not."""
+    h = (prepare or {}).get("source_head")
+    if not h:
+        return ""
+    bits, flops = h["english_mlm_bits"], h.get("flops") or {}
+    tflop = sum(flops.values()) / 1e12
+    return (f"Source MLM head: fitted on English by trelm-prepare (encoder frozen; held-out English MLM "
+            f"{bits['before']:.2f} -> {bits['after']:.2f} bits per masked token, {h.get('seconds', 0):.0f} s, "
+            f"{tflop:.1f} TFLOP); every model that starts from the source starts from this head, and its cost "
+            f"is the source model's, counted in no model's budget.")
+
+
 def equal_compute_line(report: Dict) -> str:
     """The report's sentence on what the pre-trained models got equal amounts of."""
     n = report["pretrain_budget_updates"]
@@ -180,7 +194,7 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         f"# TreLM transfer en → {report['lang']}: results",
         "",
         f"{_seeds_line(report)} Budgets: `{json.dumps(report['budgets'])}`.",
-        *[line for line in [vocab_line(report.get("prepare"))] if line],
+        *[line for line in [vocab_line(report.get("prepare")), source_head_line(report.get("prepare"))] if line],
         equal_compute_line(report) + " The fine-tuning recipe is the same for every model.",
         "",
         results_table(report),

@@ -13,6 +13,8 @@ Steps (each prints its time; ``DATA/prepare.json`` sums them up):
     align       eflomal + grow-diag-final-and -> para/*.gather.*          (align.py)
     import      trelm-import of the source model into DATA/source (only when it
                 is not already a trelm checkpoint with its dict.txt)
+    source_head fit the MLM head of a source imported without one on the English
+                training text, encoder frozen -> DATA/source-head (source_head.py)
     embeddings  trelm-map-embeddings -> DATA/init/model.pt
 
 A finished step leaves ``DATA/.prepare/<step>.json`` (written last, atomically):
@@ -41,7 +43,7 @@ from .layout import SPLITS
 from .progress import Timer, log
 
 MARKER_DIR = ".prepare"
-STEPS = ("corpus", "vocab", "binarize", "align", "import", "embeddings")
+STEPS = ("corpus", "vocab", "binarize", "align", "import", "source_head", "embeddings")
 
 
 # ----------------------------------------------------------------------------
@@ -320,6 +322,28 @@ def import_step(args, steps: Steps, source_model: str):
     return source_ckpt_dir, steps.keys["import"]
 
 
+def source_head_step(args, steps: Steps, src: str, source_ckpt_dir: str, import_key):
+    """(source folder, key) for the embeddings step: DATA/source-head when the source model's MLM
+    head is fitted here (source_head.py), else the source folder itself."""
+    from . import source_head
+
+    needed, why = source_head.head_status(source_ckpt_dir)
+    if args.source_head == "keep" or (args.source_head == "auto" and not needed):
+        steps.status["source_head"] = "not needed" if args.source_head == "auto" else "kept"
+        log(f"source_head: {'--source-head keep' if args.source_head == 'keep' else why}; not fitted")
+        return source_ckpt_dir, import_key
+    if not needed:
+        raise TreLMError(f"--source-head fit: cannot fit the source MLM head: {why}")
+    text = os.path.join(steps.data, "work", "text")
+    train, valid = (os.path.join(text, f"mono.{src}.{split}") for split in ("train", "valid"))
+    options = {"max_sentences": args.source_head_sentences, "epochs": args.source_head_epochs, "seed": args.seed}
+    out_dir = os.path.join(steps.data, "source-head")
+    steps.run("source_head", {"source": import_key, "vocab": steps.keys["vocab"], "options": options},
+              ["source-head/model.pt", "source-head/dict.txt"],
+              lambda: source_head.fit_source_head(source_ckpt_dir, train, valid, out_dir, log=log, **options))
+    return out_dir, steps.keys["source_head"]
+
+
 def embeddings_step(args, steps: Steps, src: str, tgt: str, source_ckpt_dir: str, import_key) -> None:
     """trelm-map-embeddings -> DATA/init/model.pt."""
     data = steps.data
@@ -362,6 +386,7 @@ def run_prepare(args) -> Dict:
         source_ckpt_dir = None
         if not args.no_init:
             source_ckpt_dir, import_key = import_step(args, steps, source_model)
+            source_ckpt_dir, import_key = source_head_step(args, steps, src, source_ckpt_dir, import_key)
             embeddings_step(args, steps, src, tgt, source_ckpt_dir, import_key)
         else:
             drop_stale_init(data, steps.keys["vocab"])
@@ -419,6 +444,11 @@ def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, s
                             "eflomal": a.get("eflomal")}
         if a.get("coverage_warning"):
             out["alignment"]["warning"] = a["coverage_warning"]
+    if "source_head" in st:
+        h = st["source_head"]
+        out["source_head"] = {k: h.get(k) for k in ("english_mlm_bits", "best_epoch", "masked_tokens", "options",
+                                                     "flops")}
+        out["source_head"]["seconds"] = round(steps.seconds["source_head"], 2)
     if "embeddings" in st:
         e = st["embeddings"]
         out["mapping"] = {k: e.get(k) for k in ("method", "precision_at_1", "copied", "mapped", "random",
@@ -445,6 +475,9 @@ def print_summary(s: Dict) -> None:
         log(f"  sentencepiece size: {s['vocab']['vocab_size_rule']}")
     if "alignment" in s:
         log("  alignment coverage (train): " + ", ".join(f"{k} {v:.1%}" for k, v in s["alignment"]["coverage"].items()))
+    if "source_head" in s:
+        bits = s["source_head"]["english_mlm_bits"]
+        log(f"  source MLM head (English, held out): {bits['before']:.2f} -> {bits['after']:.2f} bits per masked token")
     if "mapping" in s and s["mapping"].get("precision_at_1"):
         for m, r in s["mapping"]["precision_at_1"].items():
             log(f"  mapping precision@1 {m}: {r}")
