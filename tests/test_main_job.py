@@ -70,6 +70,21 @@ def test_time_to_quality_first_point_at_or_below_scratch_final():
     assert comparison.time_to_quality({"trelm": [[0, 1.0]]}, 120)["reached"] is False
 
 
+def test_time_to_quality_in_flops_spreads_each_stage_over_its_updates():
+    """Stages 1 (24 updates), 2a, 2b (24 each), combine, 4 (48) on the curves' axis: the crossing
+    at update 84 is all of 1, 2a, 2b and 12 of stage 4's 48 updates."""
+    stages = [{"stage": "1", "updates": 24, "gflop": 100.0}, {"stage": "2a", "updates": 24, "gflop": 200.0},
+              {"stage": "2b", "updates": 24, "gflop": 300.0}, {"stage": "3", "updates": None, "gflop": None},
+              {"stage": "4", "updates": 48, "gflop": 400.0}]
+    curves = {"scratch": [[120, 10.0]], "trelm": [[0, 14.0], [24, 10.5], [84, 10.0]]}
+    ttq = comparison.time_to_quality(curves, 120, stages, scratch_gflop=1500.0)
+    assert ttq["trelm_gflop"] == pytest.approx(700.0) and ttq["flop_fraction"] == pytest.approx(700 / 1500)
+    assert ttq["fraction"] == 0.7  # in updates, as before
+    # a stage without logged FLOPs: no FLOP figure rather than a wrong one
+    stages[1]["gflop"] = None
+    assert "flop_fraction" not in comparison.time_to_quality(curves, 120, stages, scratch_gflop=1500.0)
+
+
 def test_valid_curve_reads_fairseq_json_log_with_offset(tmp_path):
     stage_dir = tmp_path / "4-language_specific"
     stage_dir.mkdir()
@@ -109,7 +124,7 @@ def _report():
                        "scratch": {"uas": runs(20.0, 22.0)}},
         "curves": {"trelm": [[0, 14.0], [120, 9.5]], "scratch": [[12, 13.0], [120, 9.9]]},
         "time_to_quality": {"reached": True, "scratch_final_loss": 9.9, "trelm_updates": 96, "scratch_updates": 120,
-                            "fraction": 0.8},
+                            "fraction": 0.8, "trelm_gflop": 6150.0, "scratch_gflop": 12300.0, "flop_fraction": 0.5},
         "classification_data": {"target": {"test": {"lang": "tr", "n": 10, "labels": {"scalc": 4, "sbasic": 6}}}},
         "timings_seconds": {"prepare": 10.0, "total": 600.0},
         "probes": [_probe("trelm", "mapped init", 0, 14.8, 0.166, 0.124, 0.972),
@@ -140,7 +155,8 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "majority class (sbasic) 60.0% of 10 test paragraphs" in md
     assert "UAS/LAS: test split" in md and "No parsing" not in md
-    assert "after 96 updates = 0.800 of from-scratch's 120" in md
+    assert "after 96 updates = 0.800 of from-scratch's 120. In training FLOPs: 6.2 TFLOP = 0.500 of " \
+           "from-scratch's 12.3 TFLOP." in md
     assert "![target validation MLM loss and retrieval P@1](mlm_loss.png)" in md
     assert "| TreLM (stages 1-2a-2b-combine-4) | final | 120 | 9.200 | 0.176 | 0.171 | 0.977 |" in md
     assert "| from scratch (random init) | final | 120 | 10.100 | 0.004 | 0.002 | 0.999 |" in md

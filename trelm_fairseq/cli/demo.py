@@ -75,7 +75,8 @@ def cli_main(argv=None) -> None:
     print(results_table(report))
     ttq = report["time_to_quality"]
     if ttq.get("reached"):
-        print(f"\ntime to quality: {ttq['fraction']:.3f} of from-scratch's updates")
+        flops = f", {ttq['flop_fraction']:.3f} of its training FLOPs" if "flop_fraction" in ttq else ""
+        print(f"\ntime to quality: {ttq['fraction']:.3f} of from-scratch's updates{flops}")
     print(f"\nreport: {os.path.join(args.results, 'results.md')}")
 
 

@@ -5,7 +5,7 @@ quality is measured over the whole schedule."""
 import json
 import os
 import re
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..errors import TreLMError
 from ..fileio import cached_json
@@ -85,13 +85,35 @@ def target_curves(plans: Dict, init: str, data: str, lang: str, work: str) -> Di
     return cached_json(os.path.join(work, "curves.json"), compute)
 
 
-def time_to_quality(curves: Dict, scratch_updates: int) -> Dict:
-    """Updates TreLM needs to reach from-scratch's final target MLM loss, as a fraction."""
+def trelm_gflop_at(stage_rows: List[Dict], updates: float):
+    """TreLM's training GFLOP after ``updates`` on the curves' axis (its training stages one after
+    another, each stage's FLOPs spread evenly over its updates); None when a stage logged none."""
+    done, total = 0, 0.0
+    for row in stage_rows:
+        n = row.get("updates")
+        if not n:
+            continue  # the combine: no training
+        if row.get("gflop") is None:
+            return None
+        total += row["gflop"] * min(1.0, max(0.0, (updates - done) / n))
+        done += n
+    return total
+
+
+def time_to_quality(curves: Dict, scratch_updates: int, trelm_stages: Optional[List[Dict]] = None,
+                    scratch_gflop: Optional[float] = None) -> Dict:
+    """When TreLM first reaches from-scratch's final target MLM loss: its updates as a fraction of
+    from-scratch's, and (given TreLM's stage rows and from-scratch's GFLOP) its training FLOPs as a
+    fraction of from-scratch's, the fair unit when their updates cost differently."""
     if not curves.get("scratch"):
         return {"reached": False, "why": "no from-scratch validation points"}
     target = curves["scratch"][-1][1]
     for updates, loss in curves["trelm"]:
         if loss <= target:
-            return {"reached": True, "scratch_final_loss": target, "trelm_updates": updates,
-                    "scratch_updates": scratch_updates, "fraction": updates / scratch_updates}
+            out = {"reached": True, "scratch_final_loss": target, "trelm_updates": updates,
+                   "scratch_updates": scratch_updates, "fraction": updates / scratch_updates}
+            gflop = trelm_gflop_at(trelm_stages, updates) if trelm_stages else None
+            if gflop is not None and scratch_gflop:
+                out.update(trelm_gflop=gflop, scratch_gflop=scratch_gflop, flop_fraction=gflop / scratch_gflop)
+            return out
     return {"reached": False, "scratch_final_loss": target, "trelm_best_loss": min(l for _, l in curves["trelm"])}

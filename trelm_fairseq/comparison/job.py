@@ -73,7 +73,8 @@ def pretrain_and_probe(data: str, work: str, lang: str, b: Budgets, seed: int, i
     timings.update({k if seed == 1 else f"{k}_seed{seed}": v for k, v in spent.items()})
     return {"seed": seed, "work": work, "pretraining": pretraining, "checkpoints": final_checkpoints(plans, init),
             "curves": curves, "probes": probes, "baseline_updates": {m: plans[m].budget("1") for m in BASELINES},
-            "time_to_quality": time_to_quality(curves, plans["scratch"].budget("1"))}
+            "time_to_quality": time_to_quality(curves, plans["scratch"].budget("1"), pretraining["trelm"]["stages"],
+                                               pretraining["scratch"]["gflop"])}
 
 
 def run_job(args) -> Dict:

@@ -86,8 +86,11 @@ def results_table(report: Dict) -> str:
 
 def _ttq_line(ttq: Dict) -> str:
     if ttq.get("reached"):
+        flops = (f" In training FLOPs: {ttq['trelm_gflop'] / 1e3:.1f} TFLOP = {ttq['flop_fraction']:.3f} of "
+                 f"from-scratch's {ttq['scratch_gflop'] / 1e3:.1f} TFLOP." if "flop_fraction" in ttq else "")
         return (f"TreLM reaches from-scratch's final target MLM loss ({ttq['scratch_final_loss']:.3f}) after "
-                f"{ttq['trelm_updates']} updates = {ttq['fraction']:.3f} of from-scratch's {ttq['scratch_updates']}.")
+                f"{ttq['trelm_updates']} updates = {ttq['fraction']:.3f} of from-scratch's {ttq['scratch_updates']}."
+                + flops)
     return (f"TreLM did not reach from-scratch's final target MLM loss ({ttq.get('scratch_final_loss')}); "
             f"its best was {ttq.get('trelm_best_loss')}.")
 
@@ -106,13 +109,18 @@ def _ttq_seeds_lines(report: Dict) -> List[str]:
     runs = report.get("pretrain_seed_runs") or []
     if len(runs) < 2:
         return []
-    got = [r["time_to_quality"].get("fraction") for r in runs]
-    text = ", ".join(f"seed {r['seed']} {'-' if f is None else f'{f:.3f}'}" for r, f in zip(runs, got))
-    reached = [f for f in got if f is not None]
-    if len(reached) == len(got):
-        text += f" (mean ± std {_fmt(mean_std(reached), 3)})"
-    return ["", f"Over the {len(runs)} pre-training seeds, as a fraction of from-scratch's updates: {text}; "
-                "'-': not reached."]
+    lines = [""]
+    for key, unit in (("fraction", "updates"), ("flop_fraction", "training FLOPs")):
+        got = [r["time_to_quality"].get(key) for r in runs]
+        if key == "flop_fraction" and all(f is None for f in got):
+            continue  # runs that logged no FLOPs
+        text = ", ".join(f"seed {r['seed']} {'-' if f is None else f'{f:.3f}'}" for r, f in zip(runs, got))
+        reached = [f for f in got if f is not None]
+        if len(reached) == len(got):
+            text += f" (mean ± std {_fmt(mean_std(reached), 3)})"
+        lines.append(f"Over the {len(runs)} pre-training seeds, as a fraction of from-scratch's {unit}: {text}; "
+                     "'-': not reached.")
+    return lines
 
 
 def _tokens(n: Optional[int]) -> str:

@@ -94,8 +94,9 @@ def _results_lines(results: Optional[Dict], source: str) -> List[str]:
             out.append(f"| {model} | " + " | ".join(_fmt(d[k]) if k in d else "-" for k in metrics) + " |")
     ttq = results.get("time_to_quality") or {}
     if ttq.get("reached"):
+        flops = f" ({ttq['flop_fraction']:.3f} of its training FLOPs)" if "flop_fraction" in ttq else ""
         out += ["", f"Time to quality: TreLM reaches from-scratch's final target MLM loss after "
-                    f"{ttq.get('fraction', 0):.3f} of its updates."]
+                    f"{ttq.get('fraction', 0):.3f} of its updates{flops}."]
     if not down and not ttq:
         out += ["", "```json", json.dumps(results, indent=1, sort_keys=True, default=str)[:4000], "```"]
     return out
