@@ -127,6 +127,8 @@ def _report():
                             "fraction": 0.8, "trelm_gflop": 6150.0, "scratch_gflop": 12300.0, "flop_fraction": 0.5},
         "classification_data": {"target": {"test": {"lang": "tr", "n": 10, "labels": {"scalc": 4, "sbasic": 6}}}},
         "timings_seconds": {"prepare": 10.0, "total": 600.0},
+        "prepare": {"source_head": {"english_mlm_bits": {"before": 15.749, "after": 8.322}, "seconds": 196.0,
+                                    "flops": {"encoder_forward": 5.1e12, "head_fit": 6.9e12}}},
         "probes": [_probe("trelm", "mapped init", 0, 14.8, 0.166, 0.124, 0.972),
                    _probe("trelm", "final", 120, 9.2, 0.176, 0.171, 0.977),
                    _probe("scratch", "final", 120, 10.1, 0.004, 0.002, 0.999)],
@@ -155,6 +157,8 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "majority class (sbasic) 60.0% of 10 test paragraphs" in md
     assert "UAS/LAS: test split" in md and "No parsing" not in md
+    assert ("Source MLM head: fitted on English by trelm-prepare (encoder frozen; held-out English MLM 15.75 -> 8.32 "
+            "bits per masked token, 196 s, 12.0 TFLOP); every model that starts from the source") in md
     assert "after 96 updates = 0.800 of from-scratch's 120. In training FLOPs: 6.2 TFLOP = 0.500 of " \
            "from-scratch's 12.3 TFLOP." in md
     assert "![target validation MLM loss and retrieval P@1](mlm_loss.png)" in md
