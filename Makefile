@@ -1,5 +1,6 @@
 # make demo : set up .venv (first run only) and run the main job on the embedded default
 # make test : set up .venv (first run only) and run the whole test suite
+# make study : the study budget (8x the demo's pre-training updates, one seed; ~2 h on 2 cores)
 # make check-languages : every advertised language's default vocabulary on its full corpus
 #                        (network to Debian, CPU-heavy; e.g. CHECK_ARGS="--langs vi hi")
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/trelm_fairseq
 
-.PHONY: demo test eval setup clean-venv check-languages
+.PHONY: demo test eval study setup clean-venv check-languages
 
 setup: $(STAMP)
 
@@ -40,3 +41,11 @@ clean-venv:
 # the main job with 3 pre-training seeds per model (seed 1 reused from make demo; mean and std in the report)
 eval: $(STAMP)
 	. $(VENV)/bin/activate && ./scripts/demo.sh --pretrain-seeds 3 $(DEMO_ARGS)
+
+# the study budget (docs/main-job.md, "The study budget"): 8x the demo's pre-training updates
+# (TreLM 192 / 192+192 / 384; the baselines at equal training FLOPs), the demo's fine-tuning
+# budgets, a curve point every 24 updates, one pre-training seed, bit-reproducible data; its own work and results dirs
+STUDY_LANG ?= tr
+study: $(STAMP)
+	. $(VENV)/bin/activate && TRELM_LANG=$(STUDY_LANG) ./scripts/demo.sh --work runs/$(STUDY_LANG)-study \
+		--results results/$(STUDY_LANG)-study --stage1 192 --stage2 192 --stage4 384 --validate-every 24 --deterministic $(DEMO_ARGS)

@@ -10,8 +10,9 @@ MODEL_TITLES = {
     "mlm_continued": "MLM continued (no TRILayer, no adversarial)",
 }
 PARSING_LANGS = ("tr",)  # languages with a packaged treebank
-# the update counts a command line may set one by one (before --scale)
-UPDATE_BUDGETS = ("stage1", "stage2", "stage4", "parse_updates", "cls_updates")
+# the update counts a command line may set one by one (before --scale); validate_every is the
+# pre-training runs' validation (and interval checkpoint) period: a curve point per that many updates
+UPDATE_BUDGETS = ("stage1", "stage2", "stage4", "parse_updates", "cls_updates", "validate_every")
 
 
 @dataclass
