@@ -28,7 +28,8 @@ A config named after a knob is "previous" with that one knob set to the authors'
 "authors" sets all of them; modifiers of "authors" (joined by "+", e.g.
 "mlm_both+adv_token=1"): lang_std=X (the target-language embedding row set apart by
 N(0, X)), adv=X (--adv-weight X), adv_token=X (the same, per-token discriminator),
-mlm_both (--transfer-mlm-lang both), no_KNOB (that knob back to its previous value), lr=X (every stage's peak lr), s1=N / s2=N / s4=N
+mlm_both (--transfer-mlm-lang both), tlm (--transfer-objective tlm: XLM's TLM on the
+parallel pairs instead of CdLM in 2a and 2b), no_KNOB (that knob back to its previous value), lr=X (every stage's peak lr), s1=N / s2=N / s4=N
 (updates of stage 1 / each of 2a and 2b / stage 4 instead of the demo's 24 / 24 / 48), warm=F
 (every stage's warm-up F times its budget instead of a tenth), end_lr=F (the polynomial decay
 ends at F times the peak lr instead of 0), lr1=X / lr2=X / lr4=X (the peak lr of stage 1 / of 2a
@@ -54,7 +55,7 @@ def config(name: str) -> Dict:
     first = name.split("+")[0]
     c = dict(PREVIOUS if first in KNOBS or first == "previous" else AUTHORS)
     c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None,
-             warm=None, end_lr=None, lr1=None, lr2=None, lr4=None)
+             warm=None, end_lr=None, lr1=None, lr2=None, lr4=None, tlm=False)
     for part in name.split("+"):
         key, _, value = part.partition("=")
         if key in ("lr", "s1", "s2", "s4", "warm", "end_lr", "lr1", "lr2", "lr4") and value:
@@ -69,11 +70,11 @@ def config(name: str) -> Dict:
             c["adv_weight"] = float(part.split("=", 1)[1])
         elif part.startswith("adv_token="):
             c["adv_weight"], c["adv_pooling"] = float(part.split("=", 1)[1]), "token"
-        elif part == "mlm_both":
-            c["mlm_both"] = True
+        elif part in ("mlm_both", "tlm"):
+            c[part] = True
         elif part not in ("previous", "authors"):
             raise SystemExit(f"unknown config {part!r}: expected previous, authors, one of {KNOBS}, lang_std=X, "
-                             "adv=X, adv_token=X, mlm_both, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X "
+                             "adv=X, adv_token=X, mlm_both, tlm, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X "
                              "or lr4=X (joined by +)")
     return c
 
@@ -116,6 +117,8 @@ def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budg
         extra += ["--adv-weight", str(c["adv_weight"])]
     if c["adv_pooling"]:
         extra += ["--adv-pooling", c["adv_pooling"]]
+    if c["tlm"]:  # a task option: it changes only the transfer stages' data
+        extra += ["--transfer-objective", "tlm"]
     stage_args = {} if c["freeze"] else {"2a": ["--freeze", "embeddings,lower"], "2b": ["--freeze", "upper,lm_head"]}
     plan = job_plan(os.path.basename(out), data, os.path.dirname(out), lang, budgets, seed, init=init)
     updates = dict(plan.updates, **{k[1]: c[k] for k in ("s1", "s2", "s4") if c[k]})

@@ -59,8 +59,8 @@ def test_update_flops_and_sums():
     assert two.total == 2 * one.total and two.tokens == 80 and one.predicted == 6
     assert (one + one).as_dict() == two.as_dict()
     assert one.scaled(2).total == two.total
-    with pytest.raises(ValueError, match="expected 'mlm' or 'cdlm'"):
-        ledger.update_flops(SHAPE, {}, ("tlm",), 40, 10)
+    with pytest.raises(ValueError, match="expected 'mlm', 'cdlm' or 'tlm'"):
+        ledger.update_flops(SHAPE, {}, ("xlm",), 40, 10)
 
 
 @pytest.fixture(scope="module")

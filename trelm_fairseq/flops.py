@@ -193,15 +193,17 @@ def sample_flops(shape: Shape, trains: Dict[str, bool], sample, pad: int, traini
 
 def update_flops(shape: Shape, trains: Dict[str, bool], parts, tokens_per_part: int, seq_len: int,
                  mask_prob: float = 0.15) -> Flops:
-    """Planned FLOPs of one update of full sub-batches: ``parts`` a sequence of "mlm" / "cdlm",
-    each ``tokens_per_part`` padded positions in sequences of ``seq_len`` (CdLM: target as long
-    as the source, every target token predicted)."""
+    """Planned FLOPs of one update of full sub-batches: ``parts`` a sequence of "mlm" / "cdlm" /
+    "tlm", each ``tokens_per_part`` padded positions in sequences of ``seq_len`` (CdLM: target as
+    long as the source, every target token predicted; TLM: as many pairs as CdLM, each one
+    sequence of both sides, masked like MLM)."""
     bsz = max(1, tokens_per_part // seq_len)
     total = Flops()
     for kind in parts:
-        if kind not in ("mlm", "cdlm"):
-            raise ValueError(f"part {kind!r}: expected 'mlm' or 'cdlm'")
-        predicted = bsz * seq_len if kind == "cdlm" else int(round(mask_prob * bsz * seq_len))
-        total = total + part_flops(shape, trains, (bsz, seq_len), predicted,
+        if kind not in ("mlm", "cdlm", "tlm"):
+            raise ValueError(f"part {kind!r}: expected 'mlm', 'cdlm' or 'tlm'")
+        length = 2 * seq_len if kind == "tlm" else seq_len
+        predicted = bsz * seq_len if kind == "cdlm" else int(round(mask_prob * bsz * length))
+        total = total + part_flops(shape, trains, (bsz, length), predicted,
                                    tgt=(bsz, seq_len) if kind == "cdlm" else None)
     return total

@@ -303,6 +303,8 @@ class StagePlan:
         parts = list(flops.STAGE_PARTS[spec.name])
         argv = list(self.extra_args) + list(self.stage_args.get(key, []))
         if "cdlm" in parts:
+            if self._last_option(key, "--transfer-objective") == "tlm":
+                parts[parts.index("cdlm")] = "tlm"
             if "--no-transfer-mlm" in argv:
                 parts.remove("mlm")
             elif self._last_option(key, "--transfer-mlm-lang") == "both":

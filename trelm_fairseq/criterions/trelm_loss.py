@@ -1,8 +1,9 @@
 """Criterion ``trelm_loss``: CdLM + weighted MLM + adversarial language term.
 
 A batch of the ``trelm_transfer`` task is ``{part: sub-batch}``; a part with a
-gather index is CdLM, the others are MLM (a plain fairseq masked-LM batch is
-accepted too).  Per batch:
+gather index is CdLM, the part named ``tlm`` is TLM (masked concatenated pairs,
+``--transfer-objective tlm``: it stands where CdLM would, below), the others are MLM
+(a plain fairseq masked-LM batch is accepted too).  Per batch:
 
     lm_loss = cdlm_mean + mlm_weight * mlm_mean (``--lm-pooling sum-of-means``,
               the default: CdLM predicts every target token and MLM 15%, so
@@ -15,7 +16,8 @@ accepted too).  Per batch:
 
 ``disc_ce`` is the cross-entropy of a language discriminator on the lower-half
 states (before the TRILayer), mean-pooled per sentence or per token
-(``--adv-pooling``), labelled with each sentence's language id.  A gradient
+(``--adv-pooling``), labelled with each sentence's language id (a TLM pair's two
+sentences are pooled separately, each with its own language).  A gradient
 reversal layer with scale lambda = ``--adv-weight`` sits in front of it: the
 discriminator gets the ordinary gradient of disc_ce, the encoder gets
 ``-lambda * d disc_ce / d features`` (it learns to make the languages
@@ -24,7 +26,7 @@ trainer optimises and checkpoints it (``state["criterion"]``).  A batch with a
 single language (e.g. stage language_specific) has no adversarial signal: the
 term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.
 
-Logged: loss (= lm_loss, the validation metric), cdlm_loss / mlm_loss (per
+Logged: loss (= lm_loss, the validation metric), cdlm_loss / tlm_loss / mlm_loss (per
 predicted token) with perplexities, adv_loss (disc_ce), disc_acc -- losses in
 base 2 as in fairseq.  sample_size is 1 per batch: losses are already means.
 Logged values stay tensors (read by fairseq after the step); the only host syncs
@@ -113,10 +115,10 @@ class TreLMLoss(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         pad = self.padding_idx
-        log = {"cdlm_loss": 0.0, "cdlm_ntokens": 0, "mlm_loss": 0.0, "mlm_ntokens": 0,
+        log = {"cdlm_loss": 0.0, "cdlm_ntokens": 0, "tlm_loss": 0.0, "tlm_ntokens": 0, "mlm_loss": 0.0, "mlm_ntokens": 0,
                "adv_loss": 0.0, "adv_n": 0, "disc_correct": 0, "ntokens": 0, "nsentences": 0,
                "flops": 0.0, "positions": 0}
-        sums = {"cdlm": None, "mlm": None}
+        sums = {"cdlm": None, "tlm": None, "mlm": None}
         # the model behind a DDP wrapper (forwards still go through the wrapper, for its hooks);
         # requires_grad tells the ledger what really trains
         net = model
@@ -124,9 +126,9 @@ class TreLMLoss(FairseqCriterion):
             net = net.module
         shape, trains = ledger.Shape.of_model(net), ledger.trained_groups(net.encoder)
         feats, labels = [], []
-        for _, batch in ledger.parts_of(sample):
+        for name, batch in ledger.parts_of(sample):
             net_input = batch["net_input"]
-            kind = "cdlm" if net_input.get("gather_index") is not None else "mlm"
+            kind = "cdlm" if net_input.get("gather_index") is not None else ("tlm" if name == "tlm" else "mlm")
             target = batch["target"]
             # the predicted positions: one host sync per part (their number sizes the gather);
             # the same rows, in the same order, as features[predicted] and target[predicted]
@@ -155,13 +157,15 @@ class TreLMLoss(FairseqCriterion):
             n = log[f"{kind}_ntokens"]
             return sums[kind] / n if sums[kind] is not None and n > 0 else None
 
-        cdlm, mlm = mean("cdlm"), mean("mlm")
-        if cdlm is not None and mlm is not None and self.lm_pooling == "pooled":
+        # the cross-lingual objective of a transfer stage: CdLM, or TLM in its place
+        pair_kind = "cdlm" if sums["cdlm"] is not None else "tlm"
+        pair, mlm = mean(pair_kind), mean("mlm")
+        if pair is not None and mlm is not None and self.lm_pooling == "pooled":
             w = self.mlm_weight
-            n = log["cdlm_ntokens"] + w * log["mlm_ntokens"]
-            lm_loss = (sums["cdlm"] + w * sums["mlm"]) / n
-        elif cdlm is not None:
-            lm_loss = cdlm + self.mlm_weight * mlm if mlm is not None else cdlm
+            n = log[f"{pair_kind}_ntokens"] + w * log["mlm_ntokens"]
+            lm_loss = (sums[pair_kind] + w * sums["mlm"]) / n
+        elif pair is not None:
+            lm_loss = pair + self.mlm_weight * mlm if mlm is not None else pair
         elif mlm is not None:
             lm_loss = mlm
         elif any(v is not None for v in sums.values()):
@@ -169,7 +173,7 @@ class TreLMLoss(FairseqCriterion):
             # zero that keeps the graph (and DDP) intact
             lm_loss = sum(v for v in sums.values() if v is not None) * 0.0
         else:
-            raise TreLMError("trelm_loss: empty batch (no CdLM or MLM part)")
+            raise TreLMError("trelm_loss: empty batch (no CdLM, TLM or MLM part)")
         total = lm_loss
         if feats:
             total = total + self._adversarial(torch.cat(feats), torch.cat(labels), log)
@@ -205,7 +209,7 @@ class TreLMLoss(FairseqCriterion):
 
         sample_size = total("sample_size")
         metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
-        for kind in ("cdlm", "mlm"):
+        for kind in ("cdlm", "tlm", "mlm"):
             n = total(f"{kind}_ntokens")
             if n > 0:
                 metrics.log_scalar(f"{kind}_loss", total(f"{kind}_loss") / n / math.log(2), n, round=3)

@@ -6,3 +6,4 @@ from .aligned_parallel_dataset import (  # noqa: F401
     load_indexed,
     validate_alignment,
 )
+from .tlm_pairs import PairLangIdsDataset, PairPositionsDataset  # noqa: F401

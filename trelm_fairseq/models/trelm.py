@@ -4,8 +4,8 @@ and an optional TRILayer after layer k.
 It answers the same calls as fairseq's ``RobertaModel`` (``masked_tokens``,
 ``features_only``, ``classification_head_name``), so fairseq's ``masked_lm``
 and ``sentence_prediction`` tasks run on it unchanged.  The extra inputs
-(``lang_ids``, ``gather_index``, ``tgt_tokens``, ``tgt_lang_ids``) are used by
-the TreLM transfer task.
+(``lang_ids``, ``gather_index``, ``tgt_tokens``, ``tgt_lang_ids``, ``positions``) are
+used by the TreLM transfer task.
 
 Layout of the encoder (parameter groups, used for stage-wise freezing):
 
@@ -210,20 +210,32 @@ class TreLMEncoder(FairseqEncoder):
             lang_ids = torch.full((tokens.size(0),), int(lang_ids), dtype=torch.long, device=tokens.device)
         return lang_ids
 
-    def input_embedding(self, tokens: Tensor, lang_ids=None, with_tokens: bool = True) -> Tensor:
-        """(B, T, C) sum of token (optional), position and language embeddings."""
-        x = self.embed_positions(tokens) + self.embed_langs(self._lang_ids(lang_ids, tokens)).unsqueeze(1)
+    def input_embedding(self, tokens: Tensor, lang_ids=None, with_tokens: bool = True,
+                        positions: Optional[Tensor] = None) -> Tensor:
+        """(B, T, C) sum of token (optional), position and language embeddings.  ``lang_ids``: one
+        per sentence (B,) or one per token (B, T) (a TLM pair holds both languages);
+        ``positions``: (B, T) position ids as fairseq numbers them (padding_idx + 1 for the first
+        token, padding_idx at padding), given when a pair restarts its second sentence at 0."""
+        langs = self.embed_langs(self._lang_ids(lang_ids, tokens))
+        if langs.dim() == 2:  # one language per sentence
+            langs = langs.unsqueeze(1)
+        if positions is None:
+            pos = self.embed_positions(tokens)
+        else:  # fairseq's learned positions only number from the tokens themselves
+            pos = F.embedding(positions, self.embed_positions.weight, self.padding_idx)
+        x = pos + langs
         if with_tokens:
             x = x + self.embed_tokens(tokens)
         return x
 
-    def _lower_half(self, src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens) -> Tensor:
+    def _lower_half(self, src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens,
+                    positions=None) -> Tensor:
         """Embeddings and layers [0, k): T x B x C.  Without autograd up to the frozen prefix
         (no_grad_prefix), where nothing below needs a gradient."""
         k = self.tri_layer_position
         n_frozen = min(self.no_grad_prefix, k) if self.no_grad_prefix is not None else 0
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.no_grad_prefix is None):
-            x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids))
+            x = self.layernorm_embedding(self.input_embedding(src_tokens, lang_ids, positions=positions))
             x = self.dropout(x)
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).transpose(0, 1)  # T x B x C
             if return_all_hiddens:
@@ -268,13 +280,16 @@ class TreLMEncoder(FairseqEncoder):
         gather_index: Optional[Tensor] = None,
         tgt_tokens: Optional[Tensor] = None,
         tgt_lang_ids=None,
+        positions: Optional[Tensor] = None,
     ):
         padding_mask = src_tokens.eq(self.padding_idx)
         # always the mask, also when nothing is padded: "mask if mask.any() else None" would make
         # the host wait for the device in the middle of the forward (an all-false mask changes nothing)
         mask = padding_mask
         inner_states: List[Tensor] = []
-        x = self._lower_half(src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens)
+        if positions is not None and gather_index is not None:
+            raise ValueError("position ids are for TLM pairs, not for parallel (CdLM) input")
+        x = self._lower_half(src_tokens, lang_ids, padding_mask, mask, inner_states, return_all_hiddens, positions)
         lower_out, lower_padding_mask = x, padding_mask
         if self.tri_layer is not None:
             x, padding_mask, mask = self._reorder(x, mask, padding_mask, src_tokens, lang_ids, gather_index,
@@ -306,6 +321,7 @@ class TreLMEncoder(FairseqEncoder):
         gather_index=None,
         tgt_tokens=None,
         tgt_lang_ids=None,
+        positions=None,
         **unused,
     ):
         x, extra = self.extract_features(
@@ -315,6 +331,7 @@ class TreLMEncoder(FairseqEncoder):
             gather_index=gather_index,
             tgt_tokens=tgt_tokens,
             tgt_lang_ids=tgt_lang_ids,
+            positions=positions,
         )
         if not features_only:
             x = self.lm_head(x, masked_tokens=masked_tokens)

@@ -9,6 +9,7 @@ indistinguishable while the discriminator itself gets the ordinary gradient
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -45,9 +46,24 @@ def pool_states(states: Tensor, padding_mask: Optional[Tensor], lang_ids: Tensor
 
     ``mean``: one mean-pooled vector per sentence (padding excluded);
     ``token``: one vector per non-padding token.  Returns (N, C), (N,).
+    ``lang_ids``: (B,), or (B, T) for sequences that hold several languages (a TLM pair):
+    ``mean`` then pools each sentence's tokens of each language separately.
     """
     bsz, seq_len, _ = states.shape
     keep = torch.ones(bsz, seq_len, dtype=torch.bool, device=states.device) if padding_mask is None else ~padding_mask
+    if lang_ids.dim() == 2:
+        if pooling == "token":
+            return states[keep], lang_ids[keep]
+        if pooling != "mean":
+            raise ValueError(f"pooling {pooling!r}: expected 'mean' or 'token'")
+        n_langs = int(lang_ids.max()) + 1
+        # (B, T, L) weights: token t of sentence b counts for its language's mean
+        w = (F.one_hot(lang_ids.clamp(min=0), n_langs) * keep.unsqueeze(-1)).to(states.dtype)
+        counts = w.sum(1)  # (B, L)
+        pooled = torch.einsum("btc,btl->blc", states, w) / counts.clamp(min=1.0).unsqueeze(-1)
+        present = counts > 0
+        labels = torch.arange(n_langs, device=states.device).expand(bsz, n_langs)
+        return pooled[present], labels[present]
     if pooling == "mean":
         w = keep.unsqueeze(-1).to(states.dtype)
         return (states * w).sum(1) / w.sum(1).clamp(min=1.0), lang_ids

@@ -24,6 +24,14 @@ groups (the previous defaults: ``embeddings,lower`` in 2a, ``upper,lm_head`` in 
   default, measured worse in docs/main-job.md).
 * ``both``: MLM on S and on T.
 
+``--transfer-objective tlm`` replaces CdLM by XLM's translation language modelling
+(data/tlm_pairs.py): each pair becomes one masked sequence, S then T in 2a, T then S in
+2b, positions restarting at the second sentence, a language id per token; the TRILayer
+stays on its identity path.  A batch holds as many pairs as CdLM's (a pair's batching
+size is its longer side, as for CdLM), so both see the same data per update.  The
+adversarial term then sees both languages in every transfer batch (each pair's two
+sentences, pooled separately).
+
 The adversarial term needs both languages' lower-half states in a batch: 2a always
 has them (S is CdLM's input, T the MLM part); 2b's CdLM input is T, so under
 ``target`` 2b has no S states and the term is zero there (``predicted`` or ``both``
@@ -53,6 +61,7 @@ import torch
 from omegaconf import II, MISSING
 
 from fairseq.data import (
+    ConcatSentencesDataset,
     Dictionary,
     IdDataset,
     MaskTokensDataset,
@@ -69,7 +78,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
 from ..checkpoint import MASK, load_dictionary
-from ..data import AlignedParallelDataset, SubsetDataset, TreLMZipDataset, keep_by_length, load_indexed
+from ..data import (AlignedParallelDataset, PairLangIdsDataset, PairPositionsDataset, SubsetDataset, TreLMZipDataset,
+                    keep_by_length, load_indexed)
 from ..errors import TreLMError
 from ..language_pair import parse_langs
 from ..freezing import STAGES, apply_freezing, frozen_groups, summary
@@ -199,6 +209,11 @@ class TreLMTransferConfig(FairseqDataclass):
                           "predicted = the language CdLM predicts (T in 2a, S in 2b; the previous default); "
                           "both = S and T"},
     )
+    transfer_objective: ChoiceEnum(["cdlm", "tlm"]) = field(
+        default="cdlm",
+        metadata={"help": "the transfer stages' cross-lingual objective: cdlm (TreLM's, through the TRILayer) or "
+                          "tlm (XLM's: masked concatenated pairs, TRILayer on its identity path)"},
+    )
     autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
     seed: int = II("common.seed")
 
@@ -237,6 +252,11 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
     @property
     def has_parallel_data(self) -> bool:
         return self.stage in CDLM_DIRECTION
+
+    @property
+    def uses_cdlm(self) -> bool:
+        """A transfer stage with CdLM (not TLM): the only user of the TRILayer's re-ordering."""
+        return self.has_parallel_data and str(self.cfg.transfer_objective) == "cdlm"
 
     def max_positions(self):
         return self.cfg.tokens_per_sample
@@ -308,6 +328,54 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
             full.src_lang_id, full.tgt_lang_id, shuffle=split == "train", keep=keep,
         )
 
+    def tlm_dataset(self, split: str, first: str, second: str, epoch: int = 1):
+        """Masked concatenated pairs (``first`` then ``second``) of the parallel split."""
+        S, T = self.langs
+        para = os.path.join(self.cfg.data, "para")
+        paths = [os.path.join(para, f"{split}.{S}-{T}.{lang}") for lang in (first, second)]
+        a, b = (load_indexed(path, self.dictionary, f"parallel {lang} text") for path, lang in zip(paths, (first, second)))
+        if len(a) != len(b):
+            raise TreLMError(f"{paths[1]}.idx: {len(b)} sentences, expected one per sentence of {paths[0]} ({len(a)})")
+        keep = keep_by_length(self.cfg.tokens_per_sample - 1, a.sizes, b.sizes)
+        self._skip_log(split, f"para {first}+{second}", len(a), len(keep))
+        if len(keep) < len(a):
+            a, b = SubsetDataset(a, keep), SubsetDataset(b, keep)
+        a = PrependTokenDataset(a, self.dictionary.bos())
+        pair = ConcatSentencesDataset(a, b)
+        src, tgt = MaskTokensDataset.apply_mask(
+            pair,
+            self.dictionary,
+            pad_idx=self.dictionary.pad(),
+            mask_idx=self.mask_idx,
+            seed=self.cfg.seed,
+            mask_prob=self.cfg.mask_prob,
+            leave_unmasked_prob=self.cfg.leave_unmasked_prob,
+            random_token_prob=self.cfg.random_token_prob,
+            freq_weighted_replacement=self.cfg.freq_weighted_replacement,
+        )
+        pad = self.dictionary.pad()
+        ids = (self.langs.index(first), self.langs.index(second))
+        # batched by the longer side with <s>, as CdLM's pairs are: the same pairs per update
+        longer = np.maximum(np.asarray(a.sizes), np.asarray(b.sizes) + 1)
+        nested = NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": RightPadDataset(src, pad_idx=pad),
+                    "src_lengths": NumelDataset(src, reduce=False),
+                    "lang_ids": RightPadDataset(PairLangIdsDataset(a, b, *ids), pad_idx=ids[0]),
+                    "positions": RightPadDataset(PairPositionsDataset(a, b, pad), pad_idx=pad),
+                },
+                "target": RightPadDataset(tgt, pad_idx=pad),
+                "nsentences": NumSamplesDataset(),
+                "ntokens": NumelDataset(src, reduce=True),
+            },
+            sizes=[longer],
+        )
+        with data_utils.numpy_seed(self.cfg.seed + epoch):
+            shuffle = np.random.permutation(len(src))
+        return SortDataset(nested, sort_order=[shuffle, longer])
+
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         S, T = self.langs
         parts = OrderedDict()
@@ -316,7 +384,10 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
             parts[f"mlm_{T}"] = self.mlm_dataset(split, T, epoch)
         elif self.stage in CDLM_DIRECTION:
             src_lang, tgt_lang = (self.langs[i] for i in CDLM_DIRECTION[self.stage])
-            parts["cdlm"] = self.cdlm_dataset(split, src_lang, tgt_lang)
+            if self.uses_cdlm:
+                parts["cdlm"] = self.cdlm_dataset(split, src_lang, tgt_lang)
+            else:
+                parts["tlm"] = self.tlm_dataset(split, src_lang, tgt_lang, epoch)
             if self.cfg.transfer_mlm:
                 for lang in self.transfer_mlm_langs():
                     parts[f"mlm_{lang}"] = self.mlm_dataset(split, lang, epoch)
@@ -341,7 +412,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         if not hasattr(model, "parameter_groups") or not hasattr(model.encoder, "tri_layer_position"):
             raise TreLMError(f"--arch {getattr(cfg, 'arch', '?')}: trelm_transfer needs a trelm model (--arch trelm_*)")
         enc = model.encoder
-        if self.has_parallel_data and enc.tri_layer is None:
+        if self.uses_cdlm and enc.tri_layer is None:
             raise TreLMError(f"--stage {self.stage}: CdLM needs a TRILayer: add --tri-layer")
         if enc.cfg.n_langs < len(self.langs):
             raise TreLMError(f"--n-langs {enc.cfg.n_langs}: --langs {self.cfg.langs} needs at least {len(self.langs)}")
@@ -352,7 +423,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
             )
         # The null slot is only used by CdLM; freezing it elsewhere keeps every
         # trainable parameter in the graph (DDP's unused-parameter check).
-        extra = [] if self.has_parallel_data or enc.tri_layer is None else ["encoder.tri_layer.null_slot"]
+        extra = [] if self.uses_cdlm or enc.tri_layer is None else ["encoder.tri_layer.null_slot"]
         apply_freezing(model, self.frozen, extra_frozen=extra)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
