@@ -236,7 +236,24 @@ class AlignedParallelDataset(FairseqDataset):
         return False
 
 
-class SubsetDataset(BaseWrapperDataset):
+class SizedWrapperDataset(BaseWrapperDataset):
+    """A wrapper whose items have their own lengths (``self._sizes``, set by the subclass)
+    rather than the wrapped dataset's."""
+
+    _sizes: np.ndarray
+
+    @property
+    def sizes(self):
+        return self._sizes
+
+    def num_tokens(self, index):
+        return int(self._sizes[index])
+
+    def size(self, index):
+        return int(self._sizes[index])
+
+
+class SubsetDataset(SizedWrapperDataset):
     """The sentences ``keep`` of a token dataset (order kept)."""
 
     def __init__(self, dataset, keep: Sequence[int]):
@@ -249,16 +266,6 @@ class SubsetDataset(BaseWrapperDataset):
 
     def __len__(self):
         return len(self.keep)
-
-    @property
-    def sizes(self):
-        return self._sizes
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
-
-    def size(self, index):
-        return int(self._sizes[index])
 
     def ordered_indices(self):
         return np.arange(len(self))

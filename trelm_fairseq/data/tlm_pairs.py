@@ -15,10 +15,10 @@ token); they are padded like the tokens (RightPadDataset) in the task.
 import numpy as np
 import torch
 
-from fairseq.data import BaseWrapperDataset
+from .aligned_parallel_dataset import SizedWrapperDataset
 
 
-class _PairLayoutDataset(BaseWrapperDataset):
+class _PairLayoutDataset(SizedWrapperDataset):
     """Per pair, a tensor as long as ``first[i]`` followed by ``second[i]``."""
 
     def __init__(self, first, second):
@@ -30,16 +30,6 @@ class _PairLayoutDataset(BaseWrapperDataset):
 
     def lengths(self, index):
         return int(self.dataset.sizes[index]), int(self.second.sizes[index])
-
-    @property
-    def sizes(self):
-        return self._sizes
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
-
-    def size(self, index):
-        return int(self._sizes[index])
 
 
 class PairLangIdsDataset(_PairLayoutDataset):

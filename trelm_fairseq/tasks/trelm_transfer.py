@@ -273,16 +273,12 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
                 f"{split}/{name}: every sentence is longer than --tokens-per-sample={self.cfg.tokens_per_sample}"
             )
 
-    def mlm_dataset(self, split: str, lang: str, epoch: int = 1):
-        prefix = os.path.join(self.cfg.data, "mono", lang, split)
-        ds = load_indexed(prefix, self.dictionary, f"monolingual {lang} text")
-        keep = keep_by_length(self.cfg.tokens_per_sample - 1, ds.sizes)  # -1: <s> is prepended
-        self._skip_log(split, f"mono/{lang}", len(ds), len(keep))
-        if len(keep) < len(ds):
-            ds = SubsetDataset(ds, keep)
-        ds = PrependTokenDataset(ds, self.dictionary.bos())
+    def _masked_batches(self, tokens, net_input: dict, sizes, epoch: int):
+        """``tokens`` masked by fairseq's MaskTokensDataset (the task's MLM settings), padded and
+        shuffled per epoch; ``net_input``: the inputs besides the tokens; ``sizes``: the batching
+        length of each item."""
         src, tgt = MaskTokensDataset.apply_mask(
-            ds,
+            tokens,
             self.dictionary,
             pad_idx=self.dictionary.pad(),
             mask_idx=self.mask_idx,
@@ -296,20 +292,28 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         nested = NestedDictionaryDataset(
             {
                 "id": IdDataset(),
-                "net_input": {
-                    "src_tokens": RightPadDataset(src, pad_idx=pad),
-                    "src_lengths": NumelDataset(src, reduce=False),
-                    "lang_ids": RawLabelDataset([self.langs.index(lang)] * len(src)),
-                },
+                "net_input": dict({"src_tokens": RightPadDataset(src, pad_idx=pad),
+                                   "src_lengths": NumelDataset(src, reduce=False)}, **net_input),
                 "target": RightPadDataset(tgt, pad_idx=pad),
                 "nsentences": NumSamplesDataset(),
                 "ntokens": NumelDataset(src, reduce=True),
             },
-            sizes=[src.sizes],
+            sizes=[sizes],
         )
         with data_utils.numpy_seed(self.cfg.seed + epoch):
             shuffle = np.random.permutation(len(src))
-        return SortDataset(nested, sort_order=[shuffle, src.sizes])
+        return SortDataset(nested, sort_order=[shuffle, sizes])
+
+    def mlm_dataset(self, split: str, lang: str, epoch: int = 1):
+        prefix = os.path.join(self.cfg.data, "mono", lang, split)
+        ds = load_indexed(prefix, self.dictionary, f"monolingual {lang} text")
+        keep = keep_by_length(self.cfg.tokens_per_sample - 1, ds.sizes)  # -1: <s> is prepended
+        self._skip_log(split, f"mono/{lang}", len(ds), len(keep))
+        if len(keep) < len(ds):
+            ds = SubsetDataset(ds, keep)
+        ds = PrependTokenDataset(ds, self.dictionary.bos())
+        return self._masked_batches(ds, {"lang_ids": RawLabelDataset([self.langs.index(lang)] * len(ds))},
+                                    ds.sizes, epoch)
 
     def cdlm_dataset(self, split: str, src_lang: str, tgt_lang: str):
         S, T = self.langs
@@ -341,40 +345,15 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         if len(keep) < len(a):
             a, b = SubsetDataset(a, keep), SubsetDataset(b, keep)
         a = PrependTokenDataset(a, self.dictionary.bos())
-        pair = ConcatSentencesDataset(a, b)
-        src, tgt = MaskTokensDataset.apply_mask(
-            pair,
-            self.dictionary,
-            pad_idx=self.dictionary.pad(),
-            mask_idx=self.mask_idx,
-            seed=self.cfg.seed,
-            mask_prob=self.cfg.mask_prob,
-            leave_unmasked_prob=self.cfg.leave_unmasked_prob,
-            random_token_prob=self.cfg.random_token_prob,
-            freq_weighted_replacement=self.cfg.freq_weighted_replacement,
-        )
         pad = self.dictionary.pad()
         ids = (self.langs.index(first), self.langs.index(second))
         # batched by the longer side with <s>, as CdLM's pairs are: the same pairs per update
         longer = np.maximum(np.asarray(a.sizes), np.asarray(b.sizes) + 1)
-        nested = NestedDictionaryDataset(
-            {
-                "id": IdDataset(),
-                "net_input": {
-                    "src_tokens": RightPadDataset(src, pad_idx=pad),
-                    "src_lengths": NumelDataset(src, reduce=False),
-                    "lang_ids": RightPadDataset(PairLangIdsDataset(a, b, *ids), pad_idx=ids[0]),
-                    "positions": RightPadDataset(PairPositionsDataset(a, b, pad), pad_idx=pad),
-                },
-                "target": RightPadDataset(tgt, pad_idx=pad),
-                "nsentences": NumSamplesDataset(),
-                "ntokens": NumelDataset(src, reduce=True),
-            },
-            sizes=[longer],
-        )
-        with data_utils.numpy_seed(self.cfg.seed + epoch):
-            shuffle = np.random.permutation(len(src))
-        return SortDataset(nested, sort_order=[shuffle, longer])
+        return self._masked_batches(
+            ConcatSentencesDataset(a, b),
+            {"lang_ids": RightPadDataset(PairLangIdsDataset(a, b, *ids), pad_idx=ids[0]),
+             "positions": RightPadDataset(PairPositionsDataset(a, b, pad), pad_idx=pad)},
+            longer, epoch)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         S, T = self.langs
