@@ -30,7 +30,8 @@ Logged: loss (= lm_loss, the validation metric), cdlm_loss / tlm_loss / mlm_loss
 predicted token) with perplexities, adv_loss (disc_ce), disc_acc -- losses in
 base 2 as in fairseq.  sample_size is 1 per batch: losses are already means.
 Logged values stay tensors (read by fairseq after the step); the only host syncs
-in the forward are the gathers of the predicted positions, one per part.
+in the forward are the gathers of the predicted positions, one per part (and, for a
+TLM part, the selection of its per-language pooled states).
 Also the FLOP ledger's count (trelm_fairseq.flops, from tensor shapes: no host
 sync): ``gflop`` summed over the logged updates (training FLOPs with the
 model's real frozen groups; forward only in validation) and ``pad`` (share of
@@ -149,7 +150,7 @@ class TreLMLoss(FairseqCriterion):
             if self.discriminator is not None:
                 lang_ids = self._lang_ids(net_input, model)
                 f, y = pool_states(extra["lower_out"].transpose(0, 1), extra["lower_padding_mask"], lang_ids,
-                                   self.adv_pooling)
+                                   self.adv_pooling, n_langs=self.discriminator.net[-1].out_features)
                 feats.append(f)
                 labels.append(y)
 

@@ -41,13 +41,15 @@ class GradientReversal(nn.Module):
         return f"scale={self.scale}"
 
 
-def pool_states(states: Tensor, padding_mask: Optional[Tensor], lang_ids: Tensor, pooling: str = "mean"):
+def pool_states(states: Tensor, padding_mask: Optional[Tensor], lang_ids: Tensor, pooling: str = "mean",
+                n_langs: Optional[int] = None):
     """Features and labels for the discriminator from (B, T, C) states.
 
     ``mean``: one mean-pooled vector per sentence (padding excluded);
     ``token``: one vector per non-padding token.  Returns (N, C), (N,).
     ``lang_ids``: (B,), or (B, T) for sequences that hold several languages (a TLM pair):
-    ``mean`` then pools each sentence's tokens of each language separately.
+    ``mean`` then pools each sentence's tokens of each language separately (``n_langs``: the
+    number of language ids, when known: reading it from ``lang_ids`` waits for the device).
     """
     bsz, seq_len, _ = states.shape
     keep = torch.ones(bsz, seq_len, dtype=torch.bool, device=states.device) if padding_mask is None else ~padding_mask
@@ -56,7 +58,7 @@ def pool_states(states: Tensor, padding_mask: Optional[Tensor], lang_ids: Tensor
             return states[keep], lang_ids[keep]
         if pooling != "mean":
             raise ValueError(f"pooling {pooling!r}: expected 'mean' or 'token'")
-        n_langs = int(lang_ids.max()) + 1
+        n_langs = n_langs or int(lang_ids.max()) + 1
         # (B, T, L) weights: token t of sentence b counts for its language's mean
         w = (F.one_hot(lang_ids.clamp(min=0), n_langs) * keep.unsqueeze(-1)).to(states.dtype)
         counts = w.sum(1)  # (B, L)
