@@ -1,6 +1,7 @@
 # make demo : set up .venv (first run only) and run the main job on the embedded default
 # make test : set up .venv (first run only) and run the whole test suite
 # make study : the study budget (8x the demo's pre-training updates, one seed; ~2 h on 2 cores)
+# make ablations : the component grid, 3 pre-training seeds at the demo budget (ABL_LANG=tr; ~5 h on 2 cores)
 # make check-languages : every advertised language's default vocabulary on its full corpus
 #                        (network to Debian, CPU-heavy; e.g. CHECK_ARGS="--langs vi hi")
 SHELL := /bin/bash
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/trelm_fairseq
 
-.PHONY: demo test eval study setup clean-venv check-languages
+.PHONY: demo test eval study ablations setup clean-venv check-languages
 
 setup: $(STAMP)
 
@@ -49,3 +50,14 @@ STUDY_LANG ?= tr
 study: $(STAMP)
 	. $(VENV)/bin/activate && TRELM_LANG=$(STUDY_LANG) ./scripts/demo.sh --work runs/$(STUDY_LANG)-study \
 		--results results/$(STUDY_LANG)-study --stage1 192 --stage2 192 --stage4 384 --validate-every 24 --deterministic $(DEMO_ARGS)
+
+# the component ablations (docs/main-job.md, "Component ablations"): the main job's TreLM recipe
+# with one component removed or replaced at a time, probed after every stage, 3 pre-training
+# seeds at the demo budget on bit-reproducible data; tables and verdicts in results/<lang>-ablations
+ABL_LANG ?= tr
+ABL_SEEDS ?= 1,2,3
+ablations: $(STAMP)
+	. $(VENV)/bin/activate && trelm-prepare --src en --tgt $(ABL_LANG) --out runs/$(ABL_LANG)/data \
+		--vocab-size 16000 --map-args=--deterministic && \
+	python scripts/recipe_ablation.py --grid --data runs/$(ABL_LANG)/data --out runs/ablations-$(ABL_LANG) \
+		--seeds $(ABL_SEEDS) --results results/$(ABL_LANG)-ablations

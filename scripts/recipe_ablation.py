@@ -36,6 +36,17 @@ ends at F times the peak lr instead of 0), lr1=X / lr2=X / lr4=X (the peak lr of
 and 2b / of stage 4 only).
 "mlm_continued" is the main job's baseline (target MLM from the mapped init without the
 TRILayer, as many updates as the TreLM stages together), reported under "after 4".
+
+"default" is the main job's recipe (authors+no_pooling+no_identity_emb+lr1=1e-3); the
+component ablations take modifiers on top of it: no_stage1 (2a and 2b start from the init),
+only_2a (no 2b, no combine: stage 4 starts from 2a), identity_order (--cdlm-order identity:
+CdLM without the TRILayer's re-ordering), average_every (combine averages every weight of 2a
+and 2b instead of taking halves), plus adv=0, tlm and no_mlm_lang (2b's MLM on S) above.
+--grid runs them all (GRID) and --results DIR writes the tables plus one verdict line per
+component (each against "default", mean ± std over the seeds) to DIR/results.md:
+
+    python scripts/recipe_ablation.py --grid --data runs/tr/data --out runs/ablations-tr \
+        --seeds 1,2,3 --results results/tr-ablations          # = make ablations ABL_LANG=tr
 """
 import argparse
 import json
@@ -48,14 +59,29 @@ from typing import Dict, Iterable
 KNOBS = ("freeze", "mlm_lang", "pooling", "identity_emb", "tri_copy", "combine")
 PREVIOUS = {k: False for k in KNOBS}  # False: previous behaviour, True: the authors'
 AUTHORS = {k: True for k in KNOBS}
+DEFAULT = "authors+no_pooling+no_identity_emb+lr1=1e-3"  # the main job's recipe in these knobs
+# The component grid: config -> (component, what the ablation puts in its place)
+GRID = {
+    "default": ("full TreLM (the main job's recipe)", ""),
+    "default+adv=0": ("adversarial term", "none (lambda 0)"),
+    "default+no_stage1": ("stage 1 (commonality)", "none: 2a and 2b start from the mapped init"),
+    "default+only_2a": ("stage 2b and combine", "none: stage 4 starts from 2a"),
+    "default+tlm": ("CdLM in 2a and 2b", "XLM's TLM on the same pairs"),
+    "default+no_mlm_lang": ("2b's MLM part on T", "on S"),
+    "default+identity_order": ("TRILayer re-ordering by the alignment", "identity order"),
+    "default+average_every": ("combine by halves", "the mean of every weight of 2a and 2b"),
+}
 
 
 def config(name: str) -> Dict:
     """The knob settings of a config name; "+" joins modifiers, e.g. "mlm_both+adv_token=1"."""
+    if name.split("+")[0] == "default":
+        name = DEFAULT + name[len("default"):]
     first = name.split("+")[0]
     c = dict(PREVIOUS if first in KNOBS or first == "previous" else AUTHORS)
     c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None,
-             warm=None, end_lr=None, lr1=None, lr2=None, lr4=None, tlm=False)
+             warm=None, end_lr=None, lr1=None, lr2=None, lr4=None, tlm=False, graph="trelm", identity_order=False,
+             average_every=False)
     for part in name.split("+"):
         key, _, value = part.partition("=")
         if key in ("lr", "s1", "s2", "s4", "warm", "end_lr", "lr1", "lr2", "lr4") and value:
@@ -70,12 +96,15 @@ def config(name: str) -> Dict:
             c["adv_weight"] = float(part.split("=", 1)[1])
         elif part.startswith("adv_token="):
             c["adv_weight"], c["adv_pooling"] = float(part.split("=", 1)[1]), "token"
-        elif part in ("mlm_both", "tlm"):
+        elif part in ("mlm_both", "tlm", "identity_order", "average_every"):
             c[part] = True
+        elif part in ("no_stage1", "only_2a"):
+            c["graph"] = {"no_stage1": "trelm_no_stage1", "only_2a": "trelm_2a_only"}[part]
         elif part not in ("previous", "authors"):
-            raise SystemExit(f"unknown config {part!r}: expected previous, authors, one of {KNOBS}, lang_std=X, "
-                             "adv=X, adv_token=X, mlm_both, tlm, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X "
-                             "or lr4=X (joined by +)")
+            raise SystemExit(f"unknown config {part!r}: expected previous, authors, default, one of {KNOBS}, "
+                             "lang_std=X, adv=X, adv_token=X, mlm_both, tlm, identity_order, average_every, no_stage1, "
+                             "only_2a, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X or lr4=X "
+                             "(joined by +)")
     return c
 
 
@@ -117,18 +146,23 @@ def plan_for(c: Dict, data: str, out: str, init: str, lang: str, seed: int, budg
         extra += ["--adv-weight", str(c["adv_weight"])]
     if c["adv_pooling"]:
         extra += ["--adv-pooling", c["adv_pooling"]]
-    if c["tlm"]:  # a task option: it changes only the transfer stages' data
+    if c["tlm"]:  # task options: they change only the transfer stages' data
         extra += ["--transfer-objective", "tlm"]
+    if c["identity_order"]:
+        extra += ["--cdlm-order", "identity"]
+    plan = job_plan(os.path.basename(out), data, os.path.dirname(out), lang, budgets, seed, init=init,
+                    graph=c["graph"])
     stage_args = {} if c["freeze"] else {"2a": ["--freeze", "embeddings,lower"], "2b": ["--freeze", "upper,lm_head"]}
-    plan = job_plan(os.path.basename(out), data, os.path.dirname(out), lang, budgets, seed, init=init)
+    stage_args = {k: v for k, v in stage_args.items() if k in plan.specs}
     updates = dict(plan.updates, **{k[1]: c[k] for k in ("s1", "s2", "s4") if c[k]})
     lr = c["lr"] or budgets.lr
     if c["end_lr"] is not None:
         extra += ["--end-learning-rate", str(c["end_lr"] * lr)]
+    average = "every" if c["average_every"] else "trained" if c["combine"] else "all"
     # stage 1 at the base lr, as when these configs were measured (the main job's stage 1 at
     # twice the lr, its default since, is "lr1=1e-3" here)
     plan = dataclasses.replace(plan, extra_args=plan.extra_args + extra, stage_args=stage_args, updates=updates,
-                               lr=lr, stage1_lr_scale=1.0, combine_average="trained" if c["combine"] else "all")
+                               lr=lr, stage1_lr_scale=1.0, combine_average=average)
     # stage args come last on the command line, so they override the plan's warm-up and lr
     more = {key: [] for key in plan.specs}
     for key, spec in plan.specs.items():
@@ -205,6 +239,79 @@ def report(results: str) -> str:
     return "\n".join(out)
 
 
+def _stats(rows, cfg, stage, key):
+    vals = [r[key] for r in rows if r["config"] == cfg and r["stage"] == stage and r.get(key) is not None]
+    if not vals:
+        return None
+    import statistics
+
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+# what the verdicts compare: (results key, stage, label, +1 when higher is better)
+VERDICT_METRICS = (("target_mlm_bits", "4", "target MLM (bits)", -1), ("p1_lower", "4", "P@1 lower", 1),
+                   ("p1_top", "4", "P@1 top", 1), ("p1_lower", "3", "P@1 lower after combine", 1),
+                   ("p1_top", "3", "P@1 top after combine", 1))
+
+
+def verdicts(results: str, reference: str = "default") -> str:
+    """One line per grid component: the ablation's change of each final probe against the
+    reference (mean ± std over seeds), and whether the component helps.  A change counts when
+    it exceeds twice its standard error (sqrt(s1²/n1 + s2²/n2); needs 2+ seeds on both sides)."""
+    with open(results, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    out = ["**Verdicts: each component against the full recipe** (Δ = ablation minus full, mean over seeds; "
+           "* = more than 2 standard errors; 'helps' = removing or replacing it makes a probe worse)", "",
+           "| component | replaced by | n | " + " | ".join(f"Δ {m[2]}" for m in VERDICT_METRICS) + " | verdict |",
+           "|---|---|---|" + "---|" * len(VERDICT_METRICS) + "---|"]
+    for cfg, (component, replacement) in GRID.items():
+        if cfg == reference:
+            continue
+        cells, better, worse, n = [], [], [], 0
+        for key, stage, label, sign in VERDICT_METRICS:
+            a, b = _stats(rows, cfg, stage, key), _stats(rows, reference, stage, key)
+            if a is None or b is None:
+                cells.append("-")
+                continue
+            n = max(n, a[2])
+            diff = a[0] - b[0]
+            significant = a[1] is not None and b[1] is not None and \
+                abs(diff) > 2 * (a[1] ** 2 / a[2] + b[1] ** 2 / b[2]) ** 0.5
+            cells.append(f"{diff:+.3f}{'*' if significant else ''}")
+            if significant:
+                (better if diff * sign > 0 else worse).append(label)
+        if not n:
+            continue
+        if worse and not better:
+            verdict = "helps (without it: worse " + ", ".join(worse) + ")"
+        elif better and not worse:
+            verdict = "hurts (without it: better " + ", ".join(better) + ")"
+        elif better and worse:
+            verdict = "mixed (without it: worse " + ", ".join(worse) + "; better " + ", ".join(better) + ")"
+        else:
+            verdict = "no measurable effect" if n > 1 else "one seed: not judged"
+        out.append(f"| {component} | {replacement} | {n} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(out) + "\n"
+
+
+def write_results(out: str, dest: str, configs) -> None:
+    """DEST/results.md (the tables, and the verdicts when the grid's reference ran) and a copy
+    of OUT/results.jsonl, each written to a temp file and renamed."""
+    from trelm_fairseq.fileio import write_text
+
+    results = os.path.join(out, "results.jsonl")
+    with open(results, encoding="utf-8") as f:
+        raw = f.read()
+    text = "# Component ablations (scripts/recipe_ablation.py)\n\n" + f"configs: {', '.join(configs)}\n\n"
+    if "default" in configs:
+        text += verdicts(results) + "\n"
+    text += report(results)
+    os.makedirs(dest, exist_ok=True)
+    write_text(os.path.join(dest, "results.md"), text)
+    write_text(os.path.join(dest, "results.jsonl"), raw)
+    print(f"wrote {dest}/results.md", flush=True)
+
+
 def run_mlm_continued(args, budgets, langs, seed, probe) -> None:
     """The main job's strongest baseline: target MLM from the mapped init without the
     TRILayer, for as many updates as all TreLM stages together; probed at its end."""
@@ -228,12 +335,23 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--report", action="store_true", help="print the tables of OUT/results.jsonl and stop")
     p.add_argument("--configs", default="previous,authors," + ",".join(KNOBS))
+    p.add_argument("--grid", action="store_true", help="the component grid (GRID) instead of --configs")
+    p.add_argument("--results", metavar="DIR",
+                   help="write DIR/results.md (tables + verdicts against 'default') and DIR/results.jsonl at the end")
     p.add_argument("--seeds", default="1")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the demo's stage budgets")
     p.add_argument("--keep-checkpoints", action="store_true")
     args = p.parse_args(argv)
+    configs = list(GRID) if args.grid else args.configs.split(",")
+    for name in configs:
+        if name != "mlm_continued":
+            config(name)  # an unknown modifier fails here, before anything runs
     if args.report:
         print(report(os.path.join(args.out, "results.jsonl")))
+        if args.grid:
+            print(verdicts(os.path.join(args.out, "results.jsonl")))
+        if args.results:
+            write_results(args.out, args.results, configs)
         return 0
     if not args.data:
         p.error("--data is required (unless --report)")
@@ -268,7 +386,7 @@ def main(argv=None) -> int:
                 "langid": r["lower"]["langid_acc"], **(extra or {})})
 
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for name in args.configs.split(","):
+        for name in configs:
             if name == "mlm_continued":
                 run_mlm_continued(args, budgets, langs, seed, probe)
                 continue
@@ -277,24 +395,28 @@ def main(argv=None) -> int:
             init = init_variant(args.data, os.path.join(s1, "init.pt"), c, seed)
             out = os.path.join(args.out, name, f"seed{seed}")
             plan = plan_for(c, args.data, out, init, langs[1], seed, budgets)
-            # stage 1 once per (init, seed): its own plan dir, linked into this config's
-            shared_plan = plan_for(c, args.data, s1, init, langs[1], seed, budgets)
             t0 = time.time()
-            row1 = run_all(shared_plan, stages="1", log=print, echo=False)[0]
             probe(name, seed, "init", init)
-            probe(name, seed, "1", shared_plan.stages["1"].output_checkpoint(),
-                  {"seconds": row1.get("seconds"), "gflop": row1.get("gflop")})
-            own1 = plan.stages["1"].dir
-            if not os.path.exists(own1):
-                os.makedirs(os.path.dirname(own1), exist_ok=True)
-                os.symlink(shared_plan.stages["1"].dir, own1)
-            rows = run_all(plan, stages="2a,2b,3,4", log=print, echo=False)
+            if "1" in plan.specs:
+                # stage 1 once per (init, seed): its own plan dir, linked into this config's
+                shared_plan = plan_for(c, args.data, s1, init, langs[1], seed, budgets)
+                row1 = run_all(shared_plan, stages="1", log=print, echo=False)[0]
+                probe(name, seed, "1", shared_plan.stages["1"].output_checkpoint(),
+                      {"seconds": row1.get("seconds"), "gflop": row1.get("gflop")})
+                own1 = plan.stages["1"].dir
+                if not os.path.exists(own1):
+                    os.makedirs(os.path.dirname(own1), exist_ok=True)
+                    os.symlink(shared_plan.stages["1"].dir, own1)
+            later = [key for key in plan.specs if key != "1"]
+            rows = run_all(plan, stages=",".join(later), log=print, echo=False)
             cost = {r["stage"]: {"seconds": r.get("seconds"), "gflop": r.get("gflop")} for r in rows}
-            for key in ("2a", "2b", "3", "4"):
+            for key in later:
                 probe(name, seed, key, plan.stages[key].output_checkpoint(), cost.get(key))
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {time.time() - t0:.0f}s", flush=True)
             if not args.keep_checkpoints:
-                drop_checkpoints(plan.stages[key].dir for key in ("2a", "2b", "3", "4"))
+                drop_checkpoints(plan.stages[key].dir for key in later)
+    if args.results:
+        write_results(args.out, args.results, configs)
     return 0
 
 

@@ -269,3 +269,16 @@ def test_combined_checkpoint_fine_tunes_with_sentence_prediction(family, tmp_pat
     ]).stdout
     assert "Loaded checkpoint" in out and "num_updates 3" in out
     assert parse_logged(out, "accuracy")  # the fresh head was evaluated on valid
+
+
+def test_average_every_is_the_mean_of_every_weight(family, tmp_path):
+    """The ablation of taking halves: every group, the halves too, is the parents' mean."""
+    out = tmp_path / "every.pt"
+    combine(str(family["transfer_upper"]), str(family["transfer_lower"]), str(out),
+            parent_path=str(family["parent"]), log=lambda m: None, average="every")
+    got, up, low = sd(out), sd(family["transfer_upper"]), sd(family["transfer_lower"])
+    for key in ("encoder.layers.0.fc1.weight", "encoder.layers.3.self_attn.k_proj.weight",
+                "encoder.embed_tokens.weight", "encoder.tri_layer.null_slot"):
+        assert torch.equal(got[key], (up[key] + low[key]) / 2), key
+    assert load_checkpoint(str(out))["trelm"]["combine"]["rule"] == {
+        g: "mean" for g in ("lower", "upper", "embeddings", "tri_layer", "lm_head")}

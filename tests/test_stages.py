@@ -423,3 +423,28 @@ def test_planned_flops_follow_the_freezing_and_budget_flops_sets_the_scale(data_
     with pytest.raises(SystemExit) as e:
         cli_main([str(data_dir), str(tmp_path / "out"), "--langs", "en,tr", "--scale", "2", "--budget-flops", "1e12"])
     assert e.value.code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_ablation_graphs_without_stage1_and_with_2a_only(data_dir, tmp_path, fake):
+    """trelm_no_stage1: 2a and 2b start from the init and combine checks them against it;
+    trelm_2a_only: stage 4 starts from 2a (no 2b, no combine)."""
+    out = tmp_path / "no1"
+    plan = fake_plan(data_dir, out, graph="trelm_no_stage1")
+    assert list(plan.specs) == ["2a", "2b", "3", "4"] and plan.select("2") == ["2a", "2b"]
+    init = str(data_dir / "init" / "model.pt")
+    assert _arg(plan.stages["2a"].command(), "--restore-file") == init
+    assert _arg(plan.stages["3"].command(), "--parent") == init
+    quiet_run(plan)
+    calls = {c["stage"]: c for c in read_calls(fake)}
+    assert sorted(calls) == ["language_specific", "transfer_lower", "transfer_upper"]
+    assert calls["transfer_upper"]["restore"] == calls["transfer_lower"]["restore"] == init
+    assert load_checkpoint(str(out / "3-combine" / "checkpoint.pt"))["trelm"]["combine"]["parent"]["path"] == init
+    assert calls["language_specific"]["restore"] == str(out / "3-combine" / "checkpoint.pt")
+
+    plan = fake_plan(data_dir, tmp_path / "only2a", graph="trelm_2a_only")
+    assert list(plan.specs) == ["1", "2a", "4"] and plan.select("2") == ["2a"]
+    assert _arg(plan.stages["4"].command(), "--restore-file") == str(tmp_path / "only2a" / "2a-transfer_upper" /
+                                                                    "checkpoint_last.pt")
+    assert plan.planned_flops().keys() == {"1", "2a", "4"}
+    with pytest.raises(TreLMError, match="graph='nope': expected one of"):
+        fake_plan(data_dir, tmp_path / "x", graph="nope")

@@ -154,3 +154,19 @@ def test_a_tlm_stage_through_fairseq_train(paths, tmp_path):
         assert torch.equal(start["model"][name], end["model"][name])
     assert not torch.equal(start["model"]["encoder.layers.2.fc1.weight"], end["model"]["encoder.layers.2.fc1.weight"])
     assert torch.equal(start["model"]["encoder.tri_layer.null_slot"], end["model"]["encoder.tri_layer.null_slot"])
+
+
+def test_cdlm_identity_order_reads_source_position_j(paths):
+    """--cdlm-order identity (the ablation of the TRILayer's re-ordering): same pairs and
+    targets as the aligned order, gather index j -> j, NULL past the source's end."""
+    aligned = batches(make_task(paths["data"], "transfer_upper"), "valid", bsz=4)[0]["cdlm"]
+    identity = batches(make_task(paths["data"], "transfer_upper", cdlm_order="identity"), "valid", bsz=4)[0]["cdlm"]
+    assert torch.equal(aligned["id"], identity["id"]) and torch.equal(aligned["target"], identity["target"])
+    got, src_len = identity["net_input"]["gather_index"], identity["net_input"]["src_lengths"]
+    pad = make_task(paths["data"], "transfer_upper").dictionary.pad()
+    tgt_len = identity["net_input"]["tgt_tokens"].ne(pad).sum(1)
+    assert not torch.equal(got, aligned["net_input"]["gather_index"])
+    for row in range(got.size(0)):
+        n = int(tgt_len[row])
+        want = [j if j < int(src_len[row]) else -1 for j in range(n)]
+        assert got[row, :n].tolist() == want and (got[row, n:] == -1).all()

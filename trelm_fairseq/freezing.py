@@ -133,7 +133,7 @@ NEXT_STAGE = "language_specific"  # stage 4 starts from the combined checkpoint
 # trained them for T; the shared groups by combine_rule.
 TAKE_FROM = {"lower": LOWER_STAGE, "upper": UPPER_STAGE}
 SHARED = ("embeddings", "tri_layer", "lm_head")
-AVERAGE_MODES = ("trained", "all")
+AVERAGE_MODES = ("trained", "all", "every")
 MEAN = "mean"
 
 
@@ -143,9 +143,13 @@ def combine_rule(upper_frozen, lower_frozen, average: str = "trained") -> Dict[s
     ``average="trained"``: a shared group is averaged when both parents trained it (or
     neither: then both equal their parent), taken from the one that trained it otherwise.
     ``average="all"``: shared groups are always averaged (the rule before the authors'
-    freezing was followed)."""
+    freezing was followed).  ``average="every"``: every group, the halves too, is the mean of
+    the two parents (a plain weight average instead of taking halves: an ablation; under the
+    authors' freezing it halves what each stage taught the half it trained)."""
     if average not in AVERAGE_MODES:
         raise TreLMError(f"--average {average!r}: expected one of {list(AVERAGE_MODES)}")
+    if average == "every":
+        return {group: MEAN for group in (*TAKE_FROM, *SHARED)}
     rule = dict(TAKE_FROM)
     for group in SHARED:
         trained_up, trained_low = group not in upper_frozen, group not in lower_frozen

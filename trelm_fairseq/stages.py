@@ -63,10 +63,15 @@ SPECS = (
 )
 SPEC_BY_KEY = OrderedDict((s.key, s) for s in SPECS)
 
-# Stage graphs a plan can run: the TreLM schedule, and a single MLM stage on the target
-# language from the init checkpoint (the continued-MLM and from-scratch baselines).
+# Stage graphs a plan can run: the TreLM schedule, two ablations of it (without stage 1:
+# 2a and 2b start from the init; 2a only: no 2b and no combine, stage 4 starts from 2a), and
+# a single MLM stage on the target language from the init checkpoint (the continued-MLM and
+# from-scratch baselines).  A stage without parents starts from the init checkpoint.
 GRAPHS = {
     "trelm": SPECS,
+    "trelm_no_stage1": (StageSpec("2a", "transfer_upper", (), "2"), StageSpec("2b", "transfer_lower", (), "2"),
+                        StageSpec("3", "combine", ("2a", "2b"), None), SPEC_BY_KEY["4"]),
+    "trelm_2a_only": (SPEC_BY_KEY["1"], SPEC_BY_KEY["2a"], StageSpec("4", "language_specific", ("2a",), "4")),
     "mlm": (StageSpec("1", "language_specific", (), "1"),),
 }
 
@@ -189,6 +194,11 @@ class StagePlan:
         self._model_cfg = None
         self._vocab = None
 
+    @property
+    def has_tri_layer(self) -> bool:
+        """A TreLM schedule (or an ablation of it), not a plain-MLM baseline."""
+        return self.graph != "mlm"
+
     # ----- budgets -------------------------------------------------------
     def budget(self, key: str) -> int:
         spec = self.specs[key]
@@ -214,8 +224,8 @@ class StagePlan:
         keys = set()
         for item in spec.split(","):
             item = item.strip()
-            if item in ("2", "transfer") and self.graph == "trelm":
-                keys.update(("2a", "2b"))
+            if item in ("2", "transfer") and self.has_tri_layer:
+                keys.update(k for k in ("2a", "2b") if k in self.specs)
             elif item in self.specs:
                 keys.add(item)
             elif item in names:
@@ -299,7 +309,7 @@ class StagePlan:
             raise TreLMError(f"stage {key} ({spec.name}) trains nothing: it has no FLOPs per update")
         cfg = self.model_cfg()
         vocab = self._vocab or len(load_dictionary(os.path.join(self.data, "dict.txt"), add_mask=True))
-        shape = flops.Shape.of_config(cfg, vocab, tri_layer=self.graph == "trelm")
+        shape = flops.Shape.of_config(cfg, vocab, tri_layer=self.has_tri_layer)
         parts = list(flops.STAGE_PARTS[spec.name])
         argv = list(self.extra_args) + list(self.stage_args.get(key, []))
         if "cdlm" in parts:
@@ -410,16 +420,22 @@ class Stage:
 
     def start_checkpoint(self) -> str:
         """What a first start restores: the init checkpoint or the parent's output."""
-        if self.key == "1":
+        if not self.spec.parents:
             return self.plan.init
         return self.parents[0].output_checkpoint()
+
+    def combine_inputs(self):
+        """Stage 3's (2a, 2b, common parent) checkpoints: the parent is stage 1's output, or
+        the init checkpoint in a schedule without stage 1."""
+        up, low, *parent = (p.output_checkpoint() for p in self.parents)
+        return up, low, parent[0] if parent else self.plan.init
 
     # ----- command -------------------------------------------------------
     def command(self, state: Optional[str] = None) -> List[str]:
         """The argv to run now (``state``: override 'start' / 'resume' for display)."""
         state = state or self.state()
         if not self.is_training:
-            up, low, parent = (p.output_checkpoint() for p in self.parents)
+            up, low, parent = self.combine_inputs()
             return [sys.executable, "-m", "trelm_fairseq.cli.combine", "--upper", up, "--lower", low,
                     "--parent", parent, "-o", self.last_checkpoint, "--average", self.plan.combine_average]
         plan, n = self.plan, self.updates
@@ -495,9 +511,10 @@ def _run_command(stage: Stage, cmd: List[str], say: Callable[[str], None], echo:
 
 
 def _check_ready(stage: Stage) -> None:
-    if stage.key == "1":
+    if not stage.spec.parents:
         if not os.path.isfile(stage.plan.init):
-            raise TreLMError(f"stage 1 starts from {stage.plan.init}, which does not exist (run trelm-prepare)")
+            raise TreLMError(f"stage {stage.key} starts from {stage.plan.init}, which does not exist "
+                             "(run trelm-prepare)")
         return
     for p in stage.parents:
         if not p.done():
@@ -580,7 +597,7 @@ def _execute(stage: Stage, say, echo: bool) -> Dict:
         say(f"== stage {key} ({stage.name}): {stage.last_checkpoint} already has {done_updates} updates; "
             "marking it finished")
     elif not stage.is_training:
-        up, low, parent = (p.output_checkpoint() for p in stage.parents)
+        up, low, parent = stage.combine_inputs()
         say(f"== stage {key} ({stage.name}): lower half from {low}, upper half from {up} (parent {parent})")
         say(f"   $ {shlex.join(stage.command(state))}")
         _run_combine(stage, up, low, parent, say, echo)

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average", choices=AVERAGE_MODES, default="trained",
                    help="shared groups (embeddings, TRILayer, LM head): 'trained' averages a group only when both "
                         "stages trained it and takes it from the one that did otherwise (default); 'all' always "
-                        "averages (the rule before 2a/2b followed the authors' freezing)")
+                        "averages (the rule before 2a/2b followed the authors' freezing); 'every' averages every group, "
+                        "the halves too, instead of taking them (an ablation: it measured worse, docs/main-job.md)")
     p.add_argument("--json", action="store_true", help="print the provenance record as JSON at the end")
     return p
 

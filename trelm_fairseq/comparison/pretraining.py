@@ -14,7 +14,7 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
              graph: str = "trelm"):
     from ..stages import StagePlan
 
-    if graph == "trelm":
+    if graph != "mlm":  # the TreLM schedule or an ablation of it (stages.GRAPHS)
         updates = {"1": budgets.n("stage1"), "2": budgets.n("stage2"), "4": budgets.n("stage4")}
     else:
         updates = {"1": budgets.pretrain_total}

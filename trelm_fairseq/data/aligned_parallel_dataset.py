@@ -119,6 +119,8 @@ class AlignedParallelDataset(FairseqDataset):
     With ``prepend_bos`` both sides get ``<s>`` in front (as fairseq's masked_lm
     does) and the index is shifted by one with target ``<s>`` -> source ``<s>``.
     ``keep`` (optional) selects the sentences to use (e.g. without over-long ones).
+    ``identity_order`` replaces the alignment by position: target token j reads source
+    position j, NULL past the source's end (the ablation of the TRILayer's re-ordering).
 
     A batch::
 
@@ -144,8 +146,10 @@ class AlignedParallelDataset(FairseqDataset):
         prepend_bos: bool = True,
         shuffle: bool = True,
         keep: Optional[np.ndarray] = None,
+        identity_order: bool = False,
     ):
         super().__init__()
+        self.identity_order = identity_order
         self.src, self.tgt, self.gather = src, tgt, gather
         self.dictionary = dictionary
         self.pad, self.bos = dictionary.pad(), dictionary.bos()
@@ -183,6 +187,9 @@ class AlignedParallelDataset(FairseqDataset):
             tgt = torch.cat([bos, tgt])
             shifted = torch.where(gather >= 0, gather + 1, torch.full_like(gather, NULL_ALIGNMENT))
             gather = torch.cat([gather.new_zeros(1), shifted])
+        if self.identity_order:
+            pos = torch.arange(len(tgt), dtype=gather.dtype)
+            gather = torch.where(pos < len(src), pos, torch.full_like(pos, NULL_ALIGNMENT))
         return {"id": index, "source": src, "target": tgt, "gather": gather}
 
     def collater(self, samples):

@@ -32,6 +32,9 @@ size is its longer side, as for CdLM), so both see the same data per update.  Th
 adversarial term then sees both languages in every transfer batch (each pair's two
 sentences, pooled separately).
 
+``--cdlm-order identity`` keeps CdLM but drops the TRILayer's re-ordering (target token
+j reads source position j): the ablation that asks what the word alignment buys.
+
 The adversarial term needs both languages' lower-half states in a batch: 2a always
 has them (S is CdLM's input, T the MLM part); 2b's CdLM input is T, so under
 ``target`` 2b has no S states and the term is zero there (``predicted`` or ``both``
@@ -214,6 +217,12 @@ class TreLMTransferConfig(FairseqDataclass):
         metadata={"help": "the transfer stages' cross-lingual objective: cdlm (TreLM's, through the TRILayer) or "
                           "tlm (XLM's: masked concatenated pairs, TRILayer on its identity path)"},
     )
+    cdlm_order: ChoiceEnum(["alignment", "identity"]) = field(
+        default="alignment",
+        metadata={"help": "how the TRILayer orders the source states for CdLM: alignment (TreLM's: target token j "
+                          "reads the source token aligned to it) or identity (an ablation: target token j reads "
+                          "source position j, the null slot past the source's end)"},
+    )
     autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
     seed: int = II("common.seed")
 
@@ -330,6 +339,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         return AlignedParallelDataset(
             full.src, full.tgt, full.gather, self.dictionary,
             full.src_lang_id, full.tgt_lang_id, shuffle=split == "train", keep=keep,
+            identity_order=str(self.cfg.cdlm_order) == "identity",
         )
 
     def tlm_dataset(self, split: str, first: str, second: str, epoch: int = 1):

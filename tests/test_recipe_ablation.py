@@ -1,0 +1,107 @@
+"""scripts/recipe_ablation.py: config names, the plans they build, and the grid's verdicts."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
+from trelm_fairseq.comparison import Budgets
+from fairseq.data import Dictionary
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("recipe_ablation",
+                                                  os.path.join(HERE, "..", "scripts", "recipe_ablation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = Dictionary()
+    for i in range(20):
+        d.add_symbol(f"w{i}")
+    d.add_symbol("<mask>")
+    cfg = model_config("trelm_tiny", tri_layer=True)
+    save_checkpoint(str(tmp_path / "data" / "init" / "model.pt"), build_model(cfg, d), cfg)
+    return str(tmp_path / "data")
+
+
+def test_default_and_the_component_modifiers(ablation):
+    c = ablation.config("default")
+    assert c == ablation.config(ablation.DEFAULT)
+    assert (c["freeze"], c["mlm_lang"], c["pooling"], c["identity_emb"], c["lr1"]) == (True, True, False, False, 1e-3)
+    assert ablation.config("default+no_stage1")["graph"] == "trelm_no_stage1"
+    assert ablation.config("default+only_2a")["graph"] == "trelm_2a_only"
+    assert ablation.config("default+no_mlm_lang")["mlm_lang"] is False
+    assert ablation.config("default+adv=0")["adv_weight"] == 0.0
+    for name in ablation.GRID:
+        ablation.config(name)  # every grid entry parses
+    with pytest.raises(SystemExit, match="unknown config 'no_stage2'.*no_stage1"):
+        ablation.config("default+no_stage2")
+
+
+def _args(cmd, flag):
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
+
+
+def test_plans_of_the_grid(ablation, data_dir, tmp_path):
+    budgets = Budgets()
+    init = os.path.join(data_dir, "init", "model.pt")
+
+    def plan(name):
+        return ablation.plan_for(ablation.config(name), data_dir, str(tmp_path / name), init, "tr", 1, budgets)
+
+    full = plan("default")
+    assert list(full.specs) == ["1", "2a", "2b", "3", "4"] and full.combine_average == "trained"
+    assert _args(full.stages["1"].command(), "--lr") == ["0.0005", "0.001"]  # the last one wins: stage 1 at 2x
+    assert _args(full.stages["2a"].command(), "--transfer-mlm-lang") == ["target"]
+    assert list(plan("default+no_stage1").specs) == ["2a", "2b", "3", "4"]
+    assert list(plan("default+only_2a").specs) == ["1", "2a", "4"]
+    assert plan("default+average_every").combine_average == "every"
+    assert _args(plan("default+identity_order").stages["2b"].command(), "--cdlm-order") == ["identity"]
+    assert _args(plan("default+tlm").stages["2a"].command(), "--transfer-objective") == ["tlm"]
+    assert _args(plan("default+no_mlm_lang").stages["2b"].command(), "--transfer-mlm-lang") == ["predicted"]
+    assert _args(plan("default+adv=0").stages["1"].command(), "--adv-weight") == ["0.0"]
+    # configs that differ after stage 1 share it; a different adversarial weight does not
+    key = ablation.stage1_key
+    assert key(ablation.config("default"), 1) == key(ablation.config("default+identity_order"), 1)
+    assert key(ablation.config("default"), 1) != key(ablation.config("default+adv=0"), 1)
+
+
+def _rows(config, values, stage="4"):
+    return [{"config": config, "seed": s, "stage": stage, "target_mlm_bits": mlm, "p1_lower": p1, "p1_top": p1,
+             "langid": 0.9} for s, (mlm, p1) in enumerate(values, 1)]
+
+
+def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path):
+    rows = (_rows("default", [(9.0, 0.30), (9.1, 0.32), (9.05, 0.31)])
+            # without the adversarial term: within the noise
+            + _rows("default+adv=0", [(9.02, 0.31), (9.08, 0.30), (9.06, 0.32)])
+            # without stage 1: target MLM clearly worse, retrieval clearly worse -> stage 1 helps
+            + _rows("default+no_stage1", [(9.6, 0.20), (9.7, 0.21), (9.65, 0.19)])
+            # identity order: retrieval better, MLM the same -> the re-ordering hurts retrieval
+            + _rows("default+identity_order", [(9.0, 0.40), (9.1, 0.41), (9.05, 0.42)])
+            + _rows("default+tlm", [(8.0, 0.9)]))  # one seed: not judged
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = ablation.verdicts(str(path))
+    line = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ")}
+    assert line["adversarial term"].endswith("no measurable effect |")
+    assert "helps (without it: worse target MLM (bits), P@1 lower, P@1 top)" in line["stage 1 (commonality)"]
+    assert "+0.600*" in line["stage 1 (commonality)"]
+    assert "hurts (without it: better P@1 lower, P@1 top)" in line["TRILayer re-ordering by the alignment"]
+    assert line["CdLM in 2a and 2b"].endswith("one seed: not judged |")
+    assert "stage 2b and combine" not in line  # not run: no line
+
+    dest = tmp_path / "results"
+    ablation.write_results(str(tmp_path), str(dest), list(ablation.GRID))
+    md = (dest / "results.md").read_text()
+    assert "**Verdicts" in md and "**target valid MLM" in md
+    assert (dest / "results.jsonl").read_text() == path.read_text()
