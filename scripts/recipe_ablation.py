@@ -66,10 +66,10 @@ GRID = {
     "default+adv=0": ("adversarial term", "none (lambda 0)"),
     "default+no_stage1": ("stage 1 (commonality)", "none: 2a and 2b start from the mapped init"),
     "default+only_2a": ("stage 2b and combine", "none: stage 4 starts from 2a"),
-    "default+tlm": ("CdLM in 2a and 2b", "XLM's TLM on the same pairs"),
     "default+no_mlm_lang": ("2b's MLM part on T", "on S"),
     "default+identity_order": ("TRILayer re-ordering by the alignment", "identity order"),
     "default+average_every": ("combine by halves", "the mean of every weight of 2a and 2b"),
+    "default+tlm": ("CdLM in 2a and 2b", "XLM's TLM on the same pairs"),
 }
 
 
