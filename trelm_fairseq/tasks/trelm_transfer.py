@@ -324,12 +324,14 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         return self._masked_batches(ds, {"lang_ids": RawLabelDataset([self.langs.index(lang)] * len(ds))},
                                     ds.sizes, epoch)
 
-    def cdlm_dataset(self, split: str, src_lang: str, tgt_lang: str):
+    def para_prefix(self, split: str, lang: str) -> str:
+        """DATA/para/SPLIT.S-T.LANG: one side of the parallel split (docs/data-layout.md)."""
         S, T = self.langs
-        para = os.path.join(self.cfg.data, "para")
-        src_prefix = os.path.join(para, f"{split}.{S}-{T}.{src_lang}")
-        tgt_prefix = os.path.join(para, f"{split}.{S}-{T}.{tgt_lang}")
-        gather_prefix = os.path.join(para, f"{split}.gather.{src_lang}-{tgt_lang}")
+        return os.path.join(self.cfg.data, "para", f"{split}.{S}-{T}.{lang}")
+
+    def cdlm_dataset(self, split: str, src_lang: str, tgt_lang: str):
+        src_prefix, tgt_prefix = self.para_prefix(split, src_lang), self.para_prefix(split, tgt_lang)
+        gather_prefix = os.path.join(self.cfg.data, "para", f"{split}.gather.{src_lang}-{tgt_lang}")
         full = AlignedParallelDataset.load(
             src_prefix, tgt_prefix, gather_prefix, self.dictionary,
             self.langs.index(src_lang), self.langs.index(tgt_lang),
@@ -344,9 +346,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
 
     def tlm_dataset(self, split: str, first: str, second: str, epoch: int = 1):
         """Masked concatenated pairs (``first`` then ``second``) of the parallel split."""
-        S, T = self.langs
-        para = os.path.join(self.cfg.data, "para")
-        paths = [os.path.join(para, f"{split}.{S}-{T}.{lang}") for lang in (first, second)]
+        paths = [self.para_prefix(split, lang) for lang in (first, second)]
         a, b = (load_indexed(path, self.dictionary, f"parallel {lang} text") for path, lang in zip(paths, (first, second)))
         if len(a) != len(b):
             raise TreLMError(f"{paths[1]}.idx: {len(b)} sentences, expected one per sentence of {paths[0]} ({len(a)})")
