@@ -12,7 +12,8 @@ import torch
 
 from fairseq.data import Dictionary
 
-from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
+from trelm_fairseq.checkpoint import build_model, load_checkpoint, model_config, save_checkpoint
+from trelm_fairseq.preprocess.init_checkpoint import token_correspondence
 
 WS = "\u2581"
 
@@ -127,3 +128,13 @@ def small_rotation(d: int, angle: float, seed: int = 0) -> torch.Tensor:
 def pieces_for(words: List[str]) -> List[str]:
     """The sentencepiece spelling of WordPiece tokens ('word' -> '▁word', '##ing' -> 'ing')."""
     return [w[2:] if w.startswith("##") else WS + w for w in words]
+
+
+def init_rows(src: str, data: str, out: str):
+    """(new dictionary, old dictionary, correspondence, the state of the init checkpoint ``out``,
+    its embedding rows, the source model's rows) for the fixtures' source ``src`` and data ``data``."""
+    new = load_dict(os.path.join(data, "dict.txt"))
+    old = load_dict(os.path.join(src, "dict.txt"))
+    state = load_checkpoint(out)
+    src_emb = load_checkpoint(os.path.join(src, "model.pt"))["model"]["encoder.embed_tokens.weight"]
+    return new, old, token_correspondence(new, old), state, state["model"]["encoder.embed_tokens.weight"], src_emb

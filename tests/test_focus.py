@@ -1,16 +1,12 @@
 """FOCUS-style initialisation (trelm-map-embeddings --method focus): sparsemax, the sparse
 combinations, and the command end to end on the rotated fixture of test_init_checkpoint."""
-import os
-
 import pytest
 import torch
 
-from _mapping_helpers import load_dict
+from _mapping_helpers import init_rows
 from test_init_checkpoint import rotated, run_cli  # noqa: F401  (the fixture)
-from trelm_fairseq.checkpoint import load_checkpoint
 from trelm_fairseq.errors import TreLMError
 from trelm_fairseq.preprocess import focus
-from trelm_fairseq.preprocess.init_checkpoint import token_correspondence
 
 
 def test_sparsemax_projects_onto_the_simplex_and_zeroes_the_tail():
@@ -57,12 +53,7 @@ def test_map_embeddings_method_focus_end_to_end(rotated, tmp_path):  # noqa: F81
     p = report["precision_at_1"]["focus"]
     assert p["n"] == round(0.2 * n_shared) and 0.0 <= p["csls"] <= 1.0
     # every new row is a convex combination of shared tokens' source rows
-    new = load_dict(os.path.join(data, "dict.txt"))
-    old = load_dict(os.path.join(src, "dict.txt"))
-    corr = token_correspondence(new, old)
-    state = load_checkpoint(out)
-    emb = state["model"]["encoder.embed_tokens.weight"]
-    src_emb = load_checkpoint(os.path.join(src, "model.pt"))["model"]["encoder.embed_tokens.weight"]
+    new, old, corr, state, emb, src_emb = init_rows(src, data, out)
     anchors = src_emb[corr[corr >= 0][new.nspecial:]]  # the shared tokens, specials aside
     lo, hi = anchors.min(0).values, anchors.max(0).values
     rows = emb[corr < 0]

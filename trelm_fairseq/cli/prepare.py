@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source-head-epochs", type=int, default=6,
                    help="epochs over those sentences' masked tokens (default: %(default)s)")
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
-    g.add_argument("--mapping", choices=("supervised", "adversarial", "focus", "none"), default="supervised",
+    g.add_argument("--mapping", choices=("supervised", "adversarial", "focus", "wechsel", "none"),
+                   default="supervised",
                    help="how new tokens are initialised (trelm-map-embeddings --method; focus: FOCUS-style sparse "
-                        "combinations of shared tokens; none: random rows; default: %(default)s)")
+                        "combinations of shared tokens; wechsel: WECHSEL mixes of the nearest source rows under "
+                        "the supervised map; none: random rows; default: %(default)s)")
     g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
                    help="also run and report the other mapping method (the adversarial one takes minutes "
                         "on CPU)")

@@ -17,7 +17,9 @@ Steps (TreLM method steps 1-2, see DESIGN.md):
      after each mapping step), then Procrustes refinement on mutual CSLS nearest
      neighbours;
    or, instead of a map, ``focus`` (focus.py): each new token is a sparsemax-weighted
-   combination of the shared tokens' source rows, by fastText similarity.
+   combination of the shared tokens' source rows, by fastText similarity; or ``wechsel``
+   (wechsel.py): the supervised map, then each new token is a softmax-weighted mix of the
+   source rows nearest to its mapped vector (k = 10, temperature 0.1).
    Quality: precision@1 (CSLS and plain nearest neighbour) for a held-out
    fraction of the shared tokens, which is kept out of the seed and refinement
    dictionaries; retrieval runs over the whole old vocabulary (minus special and
@@ -54,7 +56,7 @@ from fairseq.data import Dictionary
 from ..checkpoint import dictionary_fingerprint, load_dictionary
 from ..errors import TreLMError
 from ..fileio import atomic_output, write_json
-from . import focus, muse
+from . import focus, muse, wechsel
 from .init_checkpoint import (
     assemble_embeddings,
     build_init_model,
@@ -220,24 +222,31 @@ class MappingProblem:
         return self
 
     def evaluate(self, W: torch.Tensor, k: int, max_rank: int = 0) -> Dict[str, float]:
-        """P@1 of the held-out shared tokens, retrieving among all source rows;
-        the CSLS key-side neighbourhoods use the ``max_rank`` most frequent mapped
-        rows (0 = all)."""
+        """P@1 of the held-out shared tokens mapped by W (see ``precision``)."""
+        return self.precision(muse.apply_mapping(self.X, W), k, max_rank)
+
+    def precision(self, predicted: torch.Tensor, k: int, max_rank: int = 0) -> Dict[str, float]:
+        """P@1 of the held-out shared tokens: ``predicted`` (one row per row of X, in Y's
+        normalised space) retrieves among all source rows; the CSLS key-side neighbourhoods
+        use the ``max_rank`` most frequent predicted rows (0 = all).  Every method's figure."""
         if len(self.test_pairs) == 0:
             return {"csls": None, "nn": None, "n": 0}
-        mapped = muse.apply_mapping(self.X, W)
-        qpool = torch.arange(len(mapped) if max_rank <= 0 else min(max_rank, len(mapped)))
+        predicted = predicted.to(self.Y.device)
+        qpool = torch.arange(len(predicted) if max_rank <= 0 else min(max_rank, len(predicted)))
         return {
-            "csls": muse.precision_at_1(mapped, self.Y, self.test_pairs, "csls", k, query_pool=qpool),
-            "nn": muse.precision_at_1(mapped, self.Y, self.test_pairs, "nn", k),
+            "csls": muse.precision_at_1(predicted, self.Y, self.test_pairs, "csls", k, query_pool=qpool),
+            "nn": muse.precision_at_1(predicted, self.Y, self.test_pairs, "nn", k),
             "n": len(self.test_pairs),
         }
 
+    def aligned(self, ft: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """Rows of ``ft`` mapped by W into the source space: unit length, comparable with Y."""
+        z = muse.apply_mapping(muse.normalize(ft, mean=self.ft_mean), W.float().cpu())
+        return torch.nn.functional.normalize(z, dim=1)
+
     def map_all(self, ft: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """Mapped vectors for every row of ``ft``, in the source embedding statistics."""
-        z = muse.apply_mapping(muse.normalize(ft, mean=self.ft_mean), W.float().cpu())
-        z = torch.nn.functional.normalize(z, dim=1)
-        return self.src_mean + self.src_scale * z
+        return self.src_mean + self.src_scale * self.aligned(ft, W)
 
 
 def _fmt(x) -> str:
@@ -295,8 +304,22 @@ def run_focus(problem: MappingProblem, args, log, source_emb: torch.Tensor) -> D
     return {"W": None, "info": info}
 
 
+def run_wechsel(problem: MappingProblem, args, log, source_emb: torch.Tensor) -> Dict:
+    """WECHSEL (wechsel.py) in the space of the supervised map: fit it (its own P@1 is logged),
+    then the figures of the held-out shared tokens' top-k mixes."""
+    t0 = time.time()
+    W = run_supervised(problem, args, log)["W"]
+    info = wechsel.evaluate(problem, W, source_emb, args.csls_k, args.max_rank, args.wechsel_k,
+                            args.wechsel_temperature)
+    info.update(k=args.wechsel_k, temperature=args.wechsel_temperature)
+    log(f"wechsel: P@1 csls {_fmt(info['csls'])} nn {_fmt(info['nn'])} on {info['n']} held-out shared tokens "
+        f"(k={args.wechsel_k}, temperature {args.wechsel_temperature}, {time.time() - t0:.2f}s)")
+    return {"W": W, "info": info}
+
+
 # --evaluate-both: the method measured beside the chosen one
-OTHER_METHOD = {"supervised": "adversarial", "adversarial": "supervised", "focus": "supervised"}
+OTHER_METHOD = {"supervised": "adversarial", "adversarial": "supervised", "focus": "supervised",
+                "wechsel": "supervised"}
 
 
 def _check_args(args) -> None:
@@ -304,11 +327,12 @@ def _check_args(args) -> None:
         args.threads = 1  # fastText's Hogwild threads are the only run-to-run difference
     if not args.no_mapping and not args.text and not args.load_vectors:
         raise TreLMError("--text: the tokenized training text is required (or --load-vectors, or --no-mapping)")
-    if args.focus_temperature <= 0:
-        raise TreLMError(f"--focus-temperature {args.focus_temperature}: expected a positive number")
+    for name in ("focus_temperature", "wechsel_temperature"):
+        if not getattr(args, name) > 0:  # also NaN
+            raise TreLMError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive number")
     if not 0 <= args.heldout < 1:
         raise TreLMError(f"--heldout {args.heldout}: expected a fraction in [0, 1)")
-    for name in ("ft_epochs", "threads", "csls_k", "adv_batch_size", "adv_hidden", "adv_dis_steps"):
+    for name in ("ft_epochs", "threads", "csls_k", "wechsel_k", "adv_batch_size", "adv_hidden", "adv_dis_steps"):
         if getattr(args, name) < 1:
             raise TreLMError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
     for name in ("ft_min_count", "max_rank", "adv_steps", "adv_most_frequent", "refine_iterations",
@@ -387,8 +411,8 @@ def run_methods(problem: MappingProblem, args, log, seconds: Dict, source_emb: t
     results = {}
     for m in methods:
         t1 = time.time()
-        if m == "focus":
-            results[m] = run_focus(problem, args, log, source_emb)
+        if m in ("focus", "wechsel"):
+            results[m] = (run_focus if m == "focus" else run_wechsel)(problem, args, log, source_emb)
         else:
             results[m] = (run_supervised if m == "supervised" else run_adversarial)(problem, args, log)
         seconds[m] = round(time.time() - t1, 2)
@@ -419,6 +443,14 @@ def map_new_tokens(args, v: Vocabularies, ft: torch.Tensor, counts: Counter, fil
         log(f"focus: {info['initialised']} new tokens from {info['anchors']} shared anchors "
             f"(on average {info['mean_support']} anchors each)")
         usable = usable & (v.corr < 0) & (info["anchors"] > 0)
+        fill[usable] = rows[usable]
+    elif args.method == "wechsel":
+        rows, info = wechsel.wechsel_rows(problem, ft, results["wechsel"]["W"], v.corr, v.source_emb, usable,
+                                          args.wechsel_k, args.wechsel_temperature)
+        report["wechsel"] = info
+        log(f"wechsel: {info['initialised']} new tokens, each a mix of its {args.wechsel_k} nearest of "
+            f"{info['candidates']} source rows (nearest one's weight {info['mean_top_weight']} on average)")
+        usable = usable & (v.corr < 0)
         fill[usable] = rows[usable]
     else:
         mapped = problem.map_all(ft, results[args.method]["W"])

@@ -73,8 +73,4 @@ def evaluate(problem, source_emb: torch.Tensor, k: int, max_rank: int = 0, tempe
     seed_x, seed_y = problem.seed_pairs[:, 0], problem.seed_pairs[:, 1]
     anchor_rows = source_emb.float()[problem.y_ids[seed_y]]
     predicted, _ = combine(x, x[seed_x], anchor_rows, temperature)
-    mapped = muse.normalize(predicted, mean=problem.src_mean.cpu())
-    qpool = torch.arange(len(mapped) if max_rank <= 0 else min(max_rank, len(mapped)))
-    y = problem.Y.cpu()
-    return {"csls": muse.precision_at_1(mapped, y, problem.test_pairs, "csls", k, query_pool=qpool),
-            "nn": muse.precision_at_1(mapped, y, problem.test_pairs, "nn", k), "n": len(problem.test_pairs)}
+    return problem.precision(muse.normalize(predicted, mean=problem.src_mean.cpu()), k, max_rank)

@@ -3,7 +3,7 @@ trelm-prepare, which runs the step with the user's --map-args; `main(argv)` pars
 import argparse
 from typing import Dict, List, Optional
 
-from . import muse
+from . import muse, wechsel
 from .embedding_mapping import PROG, run
 from .init_checkpoint import SCHEMES
 
@@ -24,12 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenized training text of both languages (space-separated pieces, one sentence a "
                         "line); required unless --no-mapping")
     p.add_argument("--out", metavar="PATH", default=None, help="output checkpoint (default DATA/init/model.pt)")
-    p.add_argument("--method", choices=("supervised", "adversarial", "focus"), default="supervised",
+    p.add_argument("--method", choices=("supervised", "adversarial", "focus", "wechsel"), default="supervised",
                    help="how new tokens are initialised: a linear map from fastText space into the source "
                         "embeddings, supervised by the shared tokens or MUSE-adversarial; or focus (FOCUS-style: a "
-                        "sparsemax-weighted combination of shared tokens' source rows by fastText similarity)")
+                        "sparsemax-weighted combination of shared tokens' source rows by fastText similarity); or "
+                        "wechsel (WECHSEL: a softmax-weighted mix of the source rows nearest to the token's "
+                        "vector under the supervised map)")
     p.add_argument("--evaluate-both", action="store_true",
-                   help="also run and evaluate another method (adversarial <-> supervised; focus: supervised)")
+                   help="also run and evaluate another method (adversarial <-> supervised; focus, wechsel: "
+                        "supervised)")
     p.add_argument("--no-mapping", action="store_true",
                    help="ablation: new tokens get N(0, source std) rows instead of mapped vectors")
     p.add_argument("--scheme", choices=SCHEMES, default="auto",
@@ -78,6 +81,11 @@ def _add_mapping_options(g) -> None:
     g.add_argument("--focus-temperature", type=float, default=1.0,
                    help="--method focus: cosine similarities are divided by this before sparsemax (1: FOCUS's "
                         "rule; lower: fewer shared tokens per new token)")
+    g.add_argument("--wechsel-k", type=int, default=wechsel.K,
+                   help="--method wechsel: source rows mixed into each new token (its nearest ones; WECHSEL: 10)")
+    g.add_argument("--wechsel-temperature", type=float, default=wechsel.TEMPERATURE,
+                   help="--method wechsel: cosine similarities are divided by this before the softmax over the "
+                        "k nearest (WECHSEL: 0.1; lower: the nearest row dominates)")
     g.add_argument("--heldout", type=float, default=0.15,
                    help="fraction of shared tokens held out of all dictionaries to measure precision@1")
     g.add_argument("--csls-k", type=int, default=10,
