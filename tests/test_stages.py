@@ -236,6 +236,11 @@ def test_cli_dry_run_and_errors(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["--help"])
     assert e.value.code == 0 and "--updates-stage4" in capsys.readouterr().out
+    # an ablation schedule from the CLI: 2a starts from the init
+    proc = run_cli("trelm-stages", [data_dir, tmp_path / "out", "--langs", "en,tr", "--scale", "0.01",
+                                    "--schedule", "trelm_no_stage1", "--dry-run"])
+    cmd = next(line for line in proc.stdout.splitlines() if "--stage transfer_upper" in line)
+    assert f"--restore-file {data_dir / 'init' / 'model.pt'}" in cmd and "commonality" not in proc.stdout
 
 
 def test_real_fairseq_train_end_to_end(tmp_path):

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combine-average", choices=AVERAGE_MODES, default="trained",
                    help="stage 3's rule for embeddings, TRILayer and LM head (trelm-combine --average; default "
                         "%(default)s: average what both 2a and 2b trained, take the rest from the one that did)")
+    p.add_argument("--schedule", choices=("trelm", "trelm_no_stage1", "trelm_2a_only"), default="trelm",
+                   help="the stage graph: trelm (1 -> 2a, 2b -> 3 -> 4, default) or an ablation of it: "
+                        "trelm_no_stage1 (2a and 2b start from the init), trelm_2a_only (1 -> 2a -> 4)")
     p.add_argument("--parallel", action="store_true", help="run stages 2a and 2b at the same time (two fairseq-train processes: "
                    "enough devices / cores for both)")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
@@ -130,6 +133,7 @@ def cli_main(argv=None):
         extra_args=extra,
         stage_args=_stage_args(args.stage_args),
         combine_average=args.combine_average,
+        graph=args.schedule,
     )
     if args.budget_flops is not None:
         if args.scale != 1.0:
