@@ -41,7 +41,8 @@ TRILayer, as many updates as the TreLM stages together), reported under "after 4
 component ablations take modifiers on top of it: no_stage1 (2a and 2b start from the init),
 only_2a (no 2b, no combine: stage 4 starts from 2a), identity_order (--cdlm-order identity:
 CdLM without the TRILayer's re-ordering), average_every (combine averages every weight of 2a
-and 2b instead of taking halves), plus adv=0, tlm and no_mlm_lang (2b's MLM on S) above.
+and 2b instead of taking halves), plus adv=0, tlm and no_mlm_lang (2b's MLM on S) above; init=NAME starts from
+DATA/init-NAME/model.pt (e.g. trelm-map-embeddings --method focus --out there) instead of DATA/init/model.pt.
 --grid runs them all (GRID) and --results DIR writes the tables plus one verdict line per
 component (each against "default", mean ± std over the seeds) to DIR/results.md:
 
@@ -81,7 +82,7 @@ def config(name: str) -> Dict:
     c = dict(PREVIOUS if first in KNOBS or first == "previous" else AUTHORS)
     c.update(lang_std=0.0, adv_weight=None, adv_pooling=None, mlm_both=False, lr=None, s1=None, s2=None, s4=None,
              warm=None, end_lr=None, lr1=None, lr2=None, lr4=None, tlm=False, graph="trelm", identity_order=False,
-             average_every=False)
+             average_every=False, init=None)
     for part in name.split("+"):
         key, _, value = part.partition("=")
         if key in ("lr", "s1", "s2", "s4", "warm", "end_lr", "lr1", "lr2", "lr4") and value:
@@ -90,6 +91,8 @@ def config(name: str) -> Dict:
             c[part] = True
         elif part.startswith("no_") and part[3:] in KNOBS:  # leave one out of the authors' recipe
             c[part[3:]] = False
+        elif part.startswith("init=") and part[5:].isidentifier():
+            c["init"] = part[5:]
         elif part.startswith("lang_std="):
             c["lang_std"] = float(part.split("=", 1)[1])
         elif part.startswith("adv="):
@@ -103,7 +106,7 @@ def config(name: str) -> Dict:
         elif part not in ("previous", "authors"):
             raise SystemExit(f"unknown config {part!r}: expected previous, authors, default, one of {KNOBS}, "
                              "lang_std=X, adv=X, adv_token=X, mlm_both, tlm, identity_order, average_every, no_stage1, "
-                             "only_2a, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X or lr4=X "
+                             "only_2a, init=NAME, no_KNOB, lr=X, s1=N, s2=N, s4=N, warm=F, end_lr=F, lr1=X, lr2=X or lr4=X "
                              "(joined by +)")
     return c
 
@@ -117,7 +120,11 @@ def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
 
     from trelm_fairseq.checkpoint import atomic_torch_save, load_checkpoint
 
-    state = load_checkpoint(os.path.join(data, "init", "model.pt"))
+    source = os.path.join(data, f"init-{c['init']}" if c["init"] else "init", "model.pt")
+    if not os.path.isfile(source):
+        raise SystemExit(f"init={c['init']}: {source} does not exist: write it with trelm-map-embeddings "
+                         f"--method {c['init']} ... --out {source} (docs/initialisations.md)")
+    state = load_checkpoint(source)
     model = state["model"]
     cfg = state["cfg"]["model"]
     k = cfg["encoder_layers"] // 2 if cfg.get("tri_layer_position", -1) < 0 else cfg["tri_layer_position"]
@@ -189,7 +196,8 @@ def drop_checkpoints(dirs: Iterable[str]) -> None:
 
 def stage1_key(c: Dict, seed: int) -> str:
     """Configs that share this key have the same stage 1 (init and its options)."""
-    return f"copy{'k' if c['tri_copy'] else 'k-1'}_id{int(c['identity_emb'])}_std{c['lang_std']}_" \
+    return (f"init-{c['init']}_" if c["init"] else "") + \
+           f"copy{'k' if c['tri_copy'] else 'k-1'}_id{int(c['identity_emb'])}_std{c['lang_std']}_" \
            f"adv{c['adv_weight']}{c['adv_pooling'] or ''}_lr{c['lr']}_s1{c['s1']}_seed{seed}" + \
            (f"_warm{c['warm']}" if c["warm"] is not None else "") + (f"_end{c['end_lr']}" if c["end_lr"] is not None else "") + \
            (f"_lr1{c['lr1']}" if c["lr1"] else "")

@@ -105,3 +105,19 @@ def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path
     md = (dest / "results.md").read_text()
     assert "**Verdicts" in md and "**target valid MLM" in md
     assert (dest / "results.jsonl").read_text() == path.read_text()
+
+
+def test_init_modifier_starts_from_another_init_checkpoint(ablation, data_dir, tmp_path):
+    c = ablation.config("default+init=focus")
+    assert c["init"] == "focus"
+    assert ablation.stage1_key(c, 1) != ablation.stage1_key(ablation.config("default"), 1)
+    with pytest.raises(SystemExit, match=r"init=focus: .*init-focus/model.pt does not exist.*--method focus"):
+        ablation.init_variant(data_dir, str(tmp_path / "v.pt"), c, 1)
+    os.makedirs(os.path.join(data_dir, "init-focus"))
+    state = torch.load(os.path.join(data_dir, "init", "model.pt"), weights_only=False)
+    state["model"]["encoder.embed_tokens.weight"] += 1.0  # tell the two apart
+    torch.save(state, os.path.join(data_dir, "init-focus", "model.pt"))
+    out = torch.load(ablation.init_variant(data_dir, str(tmp_path / "v.pt"), c, 1), weights_only=False)
+    assert torch.equal(out["model"]["encoder.embed_tokens.weight"], state["model"]["encoder.embed_tokens.weight"])
+    with pytest.raises(SystemExit, match="unknown config 'init=../x'"):
+        ablation.config("default+init=../x")
