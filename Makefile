@@ -1,7 +1,7 @@
 # make demo : set up .venv (first run only) and run the main job on the embedded default
 # make test : set up .venv (first run only) and run the whole test suite
 # make study : the study budget (8x the demo's pre-training updates, one seed; ~2 h on 2 cores)
-# make ablations : the component grid, 3 pre-training seeds at the demo budget (ABL_LANG=tr; ~5 h on 2 cores)
+# make ablations : the component grid, 3 pre-training seeds at the demo budget (ABL_LANG=tr; ~3.5 h on 2 cores)
 # make check-languages : every advertised language's default vocabulary on its full corpus
 #                        (network to Debian, CPU-heavy; e.g. CHECK_ARGS="--langs vi hi")
 SHELL := /bin/bash
