@@ -12,7 +12,6 @@ shared token (an oracle: the best orthogonal map), the adversarial map at the CL
 before and after refinement, and the oracle after refinement.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -24,12 +23,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the table as JSON here")
     args = p.parse_args(argv)
 
+    from trelm_fairseq.language_pair import langs_from_prepare
     from trelm_fairseq.preprocess import muse
-    from trelm_fairseq.preprocess.embedding_mapping import MappingProblem, load_vocabularies, subword_vectors
+    from trelm_fairseq.preprocess.embedding_mapping import (MappingProblem, adversarial_config, load_vocabularies,
+                                                            subword_vectors)
     from trelm_fairseq.preprocess.mapping_options import build_parser
 
-    langs = json.load(open(os.path.join(args.data, "prepare.json"), encoding="utf-8"))
-    src, tgt = langs["src"], langs["tgt"]
+    src, tgt = langs_from_prepare(args.data, "run trelm-prepare on it first").split(",")
     source = os.path.join(args.data, "source-head")
     if not os.path.isdir(source):
         source = os.path.join(args.data, "source")
@@ -47,12 +47,7 @@ def main(argv=None) -> int:
         return muse.refine(prob.X, prob.Y, W, opts.refine_iterations, opts.csls_k, n, *held, None, n, quiet)[0]
 
     oracle = muse.supervised(prob.X, prob.Y, prob.shared, "procrustes")
-    adv_cfg = muse.AdversarialConfig(
-        steps=opts.adv_steps, dis_steps=opts.adv_dis_steps, batch_size=opts.adv_batch_size,
-        most_frequent=opts.adv_most_frequent, hidden=opts.adv_hidden, smoothing=opts.adv_smoothing,
-        dis_lr=opts.adv_lr, map_lr=opts.adv_lr, beta=opts.adv_beta, eval_every=opts.adv_eval_every,
-        criterion_n=n, seed=opts.seed)
-    adversarial = muse.adversarial(prob.X, prob.Y, adv_cfg, log=quiet)[0]
+    adversarial = muse.adversarial(prob.X, prob.Y, adversarial_config(opts), log=quiet)[0]
     maps = {
         "least squares, seed pairs (the default)": muse.supervised(prob.X, prob.Y, prob.seed_pairs, "lstsq", opts.ridge),
         "Procrustes, seed pairs": muse.supervised(prob.X, prob.Y, prob.seed_pairs, "procrustes"),

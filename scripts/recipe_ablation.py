@@ -122,8 +122,9 @@ def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
 
     source = os.path.join(data, f"init-{c['init']}" if c["init"] else "init", "model.pt")
     if not os.path.isfile(source):
-        raise SystemExit(f"init={c['init']}: {source} does not exist: write it with trelm-map-embeddings "
-                         f"--method {c['init']} ... --out {source} (docs/initialisations.md)")
+        how = f"write it with trelm-map-embeddings --method {c['init']} ... --out {source} (docs/initialisations.md)" \
+            if c["init"] else "run trelm-prepare"
+        raise SystemExit(f"init={c['init'] or 'default'}: {source} does not exist: {how}")
     state = load_checkpoint(source)
     model = state["model"]
     cfg = state["cfg"]["model"]
@@ -356,7 +357,7 @@ def main(argv=None) -> int:
             config(name)  # an unknown modifier fails here, before anything runs
     if args.report:
         print(report(os.path.join(args.out, "results.jsonl")))
-        if args.grid:
+        if "default" in configs:  # the grid's reference: as write_results decides
             print(verdicts(os.path.join(args.out, "results.jsonl")))
         if args.results:
             write_results(args.out, args.results, configs)

@@ -274,15 +274,19 @@ def run_supervised(problem: MappingProblem, args, log) -> Dict:
     return {"W": W, "info": info}
 
 
-def run_adversarial(problem: MappingProblem, args, log) -> Dict:
-    t0 = time.time()
-    cfg = muse.AdversarialConfig(
+def adversarial_config(args) -> muse.AdversarialConfig:
+    """MUSE's adversarial settings from the --adv-* options."""
+    return muse.AdversarialConfig(
         steps=args.adv_steps, dis_steps=args.adv_dis_steps, batch_size=args.adv_batch_size,
         most_frequent=args.adv_most_frequent, hidden=args.adv_hidden, smoothing=args.adv_smoothing,
         dis_lr=args.adv_lr, map_lr=args.adv_lr, beta=args.adv_beta, eval_every=args.adv_eval_every,
         criterion_n=args.max_rank, seed=args.seed,
     )
-    W, adv = muse.adversarial(problem.X, problem.Y, cfg, log=log)
+
+
+def run_adversarial(problem: MappingProblem, args, log) -> Dict:
+    t0 = time.time()
+    W, adv = muse.adversarial(problem.X, problem.Y, adversarial_config(args), log=log)
     info: Dict = {"before_refinement": problem.evaluate(W, args.csls_k, args.max_rank)}
     W, ref = muse.refine(problem.X, problem.Y, W, args.refine_iterations, args.csls_k, args.max_rank,
                          problem.test_pairs[:, 0], problem.test_pairs[:, 1], None, args.max_rank, log)
