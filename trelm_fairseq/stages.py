@@ -74,6 +74,8 @@ GRAPHS = {
     "trelm_2a_only": (SPEC_BY_KEY["1"], SPEC_BY_KEY["2a"], StageSpec("4", "language_specific", ("2a",), "4")),
     "mlm": (StageSpec("1", "language_specific", (), "1"),),
 }
+# The graphs with a TRILayer: TreLM's schedule and its ablations (what trelm-stages --schedule offers).
+TRELM_GRAPHS = tuple(g for g in GRAPHS if g != "mlm")
 
 def _updates_of(path: str) -> int:
     from .checkpoint import updates_of  # torch and fairseq only when a stage runs
@@ -197,7 +199,7 @@ class StagePlan:
     @property
     def has_tri_layer(self) -> bool:
         """A TreLM schedule (or an ablation of it), not a plain-MLM baseline."""
-        return self.graph != "mlm"
+        return self.graph in TRELM_GRAPHS
 
     # ----- budgets -------------------------------------------------------
     def budget(self, key: str) -> int:

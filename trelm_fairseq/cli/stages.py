@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 
 from ..freezing import AVERAGE_MODES
+from ..stages import TRELM_GRAPHS
 from ..errors import TreLMError, cli_errors
 
 EPILOG = """\
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combine-average", choices=AVERAGE_MODES, default="trained",
                    help="stage 3's rule for embeddings, TRILayer and LM head (trelm-combine --average; default "
                         "%(default)s: average what both 2a and 2b trained, take the rest from the one that did)")
-    p.add_argument("--schedule", choices=("trelm", "trelm_no_stage1", "trelm_2a_only"), default="trelm",
+    p.add_argument("--schedule", choices=TRELM_GRAPHS, default="trelm",
                    help="the stage graph: trelm (1 -> 2a, 2b -> 3 -> 4, default) or an ablation of it: "
                         "trelm_no_stage1 (2a and 2b start from the init), trelm_2a_only (1 -> 2a -> 4)")
     p.add_argument("--parallel", action="store_true", help="run stages 2a and 2b at the same time (two fairseq-train processes: "

@@ -12,9 +12,9 @@ from .surgery import derived_init
 
 def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed: int, init: Optional[str] = None,
              graph: str = "trelm"):
-    from ..stages import StagePlan
+    from ..stages import TRELM_GRAPHS, StagePlan
 
-    if graph != "mlm":  # the TreLM schedule or an ablation of it (stages.GRAPHS)
+    if graph in TRELM_GRAPHS:
         updates = {"1": budgets.n("stage1"), "2": budgets.n("stage2"), "4": budgets.n("stage4")}
     else:
         updates = {"1": budgets.pretrain_total}

@@ -150,7 +150,7 @@ class TreLMLoss(FairseqCriterion):
             if self.discriminator is not None:
                 lang_ids = self._lang_ids(net_input, model)
                 f, y = pool_states(extra["lower_out"].transpose(0, 1), extra["lower_padding_mask"], lang_ids,
-                                   self.adv_pooling, n_langs=self.discriminator.net[-1].out_features)
+                                   self.adv_pooling, n_langs=self.discriminator.n_langs)
                 feats.append(f)
                 labels.append(y)
 

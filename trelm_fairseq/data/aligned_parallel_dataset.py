@@ -180,16 +180,19 @@ class AlignedParallelDataset(FairseqDataset):
 
     def __getitem__(self, index):
         i = int(self.keep[index])
-        src, tgt, gather = self.src[i], self.tgt[i], self.gather[i].long()
+        src, tgt = self.src[i], self.tgt[i]
         if self.prepend_bos:
             bos = torch.tensor([self.bos], dtype=src.dtype)
             src = torch.cat([bos, src])
             tgt = torch.cat([bos, tgt])
-            shifted = torch.where(gather >= 0, gather + 1, torch.full_like(gather, NULL_ALIGNMENT))
-            gather = torch.cat([gather.new_zeros(1), shifted])
-        if self.identity_order:
-            pos = torch.arange(len(tgt), dtype=gather.dtype)
+        if self.identity_order:  # the stored alignment is not read at all
+            pos = torch.arange(len(tgt), dtype=torch.long)
             gather = torch.where(pos < len(src), pos, torch.full_like(pos, NULL_ALIGNMENT))
+        else:
+            gather = self.gather[i].long()
+            if self.prepend_bos:
+                shifted = torch.where(gather >= 0, gather + 1, torch.full_like(gather, NULL_ALIGNMENT))
+                gather = torch.cat([gather.new_zeros(1), shifted])
         return {"id": index, "source": src, "target": tgt, "gather": gather}
 
     def collater(self, samples):

@@ -81,6 +81,7 @@ class LanguageDiscriminator(nn.Module):
                  reversal_scale: float = 1.0):
         super().__init__()
         hidden_dim = hidden_dim or input_dim
+        self.n_langs = n_langs
         self.reverse = GradientReversal(reversal_scale)
         self.net = nn.Sequential(
             nn.Linear(input_dim, hidden_dim),
