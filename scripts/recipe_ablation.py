@@ -273,7 +273,12 @@ def verdicts(results: str, reference: str = "default") -> str:
            "* = more than 2 standard errors; 'helps' = removing or replacing it makes a probe worse)", "",
            "| component | replaced by | n | " + " | ".join(f"Δ {m[2]}" for m in VERDICT_METRICS) + " | verdict |",
            "|---|---|---|" + "---|" * len(VERDICT_METRICS) + "---|"]
-    for cfg, (component, replacement) in GRID.items():
+    judged = dict(GRID)
+    for row in rows:  # TreLM on another init (default+init=NAME) is judged against the map's init
+        name = row["config"]
+        if name.startswith(reference + "+init=") and "+" not in name[len(reference) + 1:]:
+            judged[name] = ("the least-squares map's init", f"the {name.split('=', 1)[1]} init")
+    for cfg, (component, replacement) in judged.items():
         if cfg == reference:
             continue
         cells, better, worse, n = [], [], [], 0

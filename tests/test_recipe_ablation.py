@@ -88,7 +88,10 @@ def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path
             + _rows("default+no_stage1", [(9.6, 0.20), (9.7, 0.21), (9.65, 0.19)])
             # identity order: retrieval better, MLM the same -> the re-ordering hurts retrieval
             + _rows("default+identity_order", [(9.0, 0.40), (9.1, 0.41), (9.05, 0.42)])
-            + _rows("default+tlm", [(8.0, 0.9)]))  # one seed: not judged
+            + _rows("default+tlm", [(8.0, 0.9)])  # one seed: not judged
+            # TreLM on another init: judged against the map's init; a combination is not
+            + _rows("default+init=focus", [(9.0, 0.20), (9.1, 0.22), (9.05, 0.21)])
+            + _rows("default+init=focus+adv=0", [(9.0, 0.20), (9.1, 0.22), (9.05, 0.21)]))
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = ablation.verdicts(str(path))
@@ -99,6 +102,9 @@ def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path
     assert "hurts (without it: better P@1 lower, P@1 top)" in line["TRILayer re-ordering by the alignment"]
     assert line["CdLM in 2a and 2b"].endswith("one seed: not judged |")
     assert "stage 2b and combine" not in line  # not run: no line
+    assert line["the least-squares map's init"].startswith("| the least-squares map's init | the focus init | 3 |")
+    assert "helps (without it: worse P@1 lower, P@1 top)" in line["the least-squares map's init"]
+    assert "init=focus+adv=0" not in text and text.count("the focus init") == 1
 
     dest = tmp_path / "results"
     ablation.write_results(str(tmp_path), str(dest), list(ablation.GRID))
