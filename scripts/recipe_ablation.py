@@ -111,6 +111,31 @@ def config(name: str) -> Dict:
     return c
 
 
+def recipe(name: str) -> Dict:
+    """What a config name means today (its knob settings), stored with each result row."""
+    return {"mlm_continued": True} if name == "mlm_continued" else config(name)
+
+
+def check_recipes(results: str, rows, configs) -> None:
+    """A re-run skips the rows already in RESULTS by config name: refuse when a name about to
+    run meant another recipe when its rows were written (e.g. "default" after the main job's
+    recipe changed), instead of mixing two recipes under one name."""
+    for i, row in enumerate(rows, 1):
+        name = row["config"]
+        if name not in configs:
+            continue
+        if "recipe" not in row:
+            raise SystemExit(f"{results}, line {i}: config {name!r} has rows without their recipe (written before "
+                             "rows recorded it): resume it with the code that wrote it, or start a new --out")
+        now = recipe(name)
+        if row["recipe"] != now:
+            then = row["recipe"]
+            changed = ", ".join(f"{k}={then.get(k)!r} then, {now.get(k)!r} now"
+                                for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k))
+            raise SystemExit(f"{results}, line {i}: config {name!r} was measured with another recipe ({changed}): "
+                             "use a new --out for today's recipe")
+
+
 def init_variant(data: str, out_path: str, c: Dict, seed: int) -> str:
     """DATA/init/model.pt with the config's TRILayer copy, identity-path flag and
     language rows (same mapped embeddings for every config)."""
@@ -317,6 +342,11 @@ def write_results(out: str, dest: str, configs) -> None:
     with open(results, encoding="utf-8") as f:
         raw = f.read()
     text = "# Component ablations (scripts/recipe_ablation.py)\n\n" + f"configs: {', '.join(configs)}\n\n"
+    ref = next((json.loads(line).get("recipe") for line in raw.splitlines() if json.loads(line)["config"] == "default"),
+               None)
+    if ref:  # what "default" meant when these rows were measured (the main job's recipe changes)
+        text += "default = " + ", ".join(f"{k}={v}" for k, v in ref.items() if v not in (None, False)) + \
+            " (the rest off or unset; mlm_lang: 2b's MLM on T)\n\n"
     if "default" in configs:
         text += verdicts(results) + "\n"
     text += report(results)
@@ -381,7 +411,9 @@ def main(argv=None) -> int:
     done = set()
     if os.path.isfile(results):
         with open(results, encoding="utf-8") as f:
-            done = {(r["config"], r["seed"], r["stage"]) for r in map(json.loads, f)}
+            rows = [json.loads(line) for line in f]
+        check_recipes(results, rows, configs)
+        done = {(r["config"], r["seed"], r["stage"]) for r in rows}
 
     def record(row):
         with open(results, "a", encoding="utf-8") as f:
@@ -394,7 +426,8 @@ def main(argv=None) -> int:
         if (name, seed, stage) in done:
             return
         r = probe_checkpoint(ckpt, args.data, langs, "test", 1000, tokens_per_sample=budgets.tokens_per_sample)
-        record({"config": name, "seed": seed, "stage": stage, "target_mlm_bits": r["target_mlm_bits"],
+        record({"config": name, "recipe": recipe(name), "seed": seed, "stage": stage,
+                "target_mlm_bits": r["target_mlm_bits"],
                 "p1_lower": r["lower"]["p1_mean_csls"], "p1_top": r["top"]["p1_mean_csls"],
                 "p1_lower_nn": (r["lower"]["s2t_nn"] + r["lower"]["t2s_nn"]) / 2,
                 "langid": r["lower"]["langid_acc"], **(extra or {})})

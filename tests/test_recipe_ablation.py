@@ -107,8 +107,11 @@ def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path
     assert "init=focus+adv=0" not in text and text.count("the focus init") == 1
 
     dest = tmp_path / "results"
+    rows[0]["recipe"] = ablation.recipe("default")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ablation.write_results(str(tmp_path), str(dest), list(ablation.GRID))
     md = (dest / "results.md").read_text()
+    assert "\ndefault = freeze=True, " in md and "lr1=0.001" in md  # what "default" meant
     assert "**Verdicts" in md and "**target valid MLM" in md
     assert (dest / "results.jsonl").read_text() == path.read_text()
 
@@ -127,3 +130,18 @@ def test_init_modifier_starts_from_another_init_checkpoint(ablation, data_dir, t
     assert torch.equal(out["model"]["encoder.embed_tokens.weight"], state["model"]["encoder.embed_tokens.weight"])
     with pytest.raises(SystemExit, match="unknown config 'init=../x'"):
         ablation.config("default+init=../x")
+
+
+def test_a_rerun_refuses_rows_written_for_another_recipe(ablation, tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    now = {"config": "default+adv=0", "recipe": ablation.recipe("default+adv=0"), "seed": 1, "stage": "1"}
+    ablation.check_recipes(path, [now], ["default+adv=0"])  # same recipe: resumes
+    then = dict(now, recipe=dict(now["recipe"], mlm_lang=not now["recipe"]["mlm_lang"]))
+    with pytest.raises(SystemExit, match=r"results.jsonl, line 2: config 'default\+adv=0' was measured with another "
+                                         r"recipe \(mlm_lang=.* then, .* now\): use a new --out"):
+        ablation.check_recipes(path, [now, then], ["default+adv=0"])
+    legacy = {k: v for k, v in now.items() if k != "recipe"}
+    with pytest.raises(SystemExit, match="line 1: config 'default\\+adv=0' has rows without their recipe"):
+        ablation.check_recipes(path, [legacy], ["default+adv=0"])
+    ablation.check_recipes(path, [legacy, then], ["default"])  # rows of configs not run now: not checked
+    assert ablation.recipe("mlm_continued") == {"mlm_continued": True}
