@@ -37,11 +37,13 @@ and 2b / of stage 4 only).
 "mlm_continued" is the main job's baseline (target MLM from the mapped init without the
 TRILayer, as many updates as the TreLM stages together), reported under "after 4".
 
-"default" is the main job's recipe (authors+no_pooling+no_identity_emb+lr1=1e-3); the
+"default" is the main job's recipe (authors+no_pooling+no_identity_emb+no_mlm_lang+lr1=1e-3: until
+2026-12-03 without no_mlm_lang, i.e. 2b's MLM on T; rows record their recipe, and a re-run refuses
+a results file whose rows meant another one); the
 component ablations take modifiers on top of it: no_stage1 (2a and 2b start from the init),
 only_2a (no 2b, no combine: stage 4 starts from 2a), identity_order (--cdlm-order identity:
 CdLM without the TRILayer's re-ordering), average_every (combine averages every weight of 2a
-and 2b instead of taking halves), plus adv=0, tlm and no_mlm_lang (2b's MLM on S) above; init=NAME starts from
+and 2b instead of taking halves), plus adv=0, tlm and mlm_lang (2b's MLM on T) above; init=NAME starts from
 DATA/init-NAME/model.pt (e.g. trelm-map-embeddings --method focus --out there) instead of DATA/init/model.pt.
 --grid runs them all (GRID) and --results DIR writes the tables plus one verdict line per
 component (each against "default", mean ± std over the seeds) to DIR/results.md:
@@ -60,14 +62,14 @@ from typing import Dict, Iterable
 KNOBS = ("freeze", "mlm_lang", "pooling", "identity_emb", "tri_copy", "combine")
 PREVIOUS = {k: False for k in KNOBS}  # False: previous behaviour, True: the authors'
 AUTHORS = {k: True for k in KNOBS}
-DEFAULT = "authors+no_pooling+no_identity_emb+lr1=1e-3"  # the main job's recipe in these knobs
+DEFAULT = "authors+no_pooling+no_identity_emb+no_mlm_lang+lr1=1e-3"  # the main job's recipe in these knobs
 # The component grid: config -> (component, what the ablation puts in its place)
 GRID = {
     "default": ("full TreLM (the main job's recipe)", ""),
     "default+adv=0": ("adversarial term", "none (lambda 0)"),
     "default+no_stage1": ("stage 1 (commonality)", "none: 2a and 2b start from the mapped init"),
     "default+only_2a": ("stage 2b and combine", "none: stage 4 starts from 2a"),
-    "default+no_mlm_lang": ("2b's MLM part on T", "on S"),
+    "default+mlm_lang": ("2b's MLM part on S", "on T (the authors')"),
     "default+identity_order": ("TRILayer re-ordering by the alignment", "identity order"),
     "default+average_every": ("combine by halves", "the mean of every weight of 2a and 2b"),
     "default+tlm": ("CdLM in 2a and 2b", "XLM's TLM on the same pairs"),

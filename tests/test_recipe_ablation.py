@@ -8,6 +8,7 @@ import torch
 
 from trelm_fairseq.checkpoint import build_model, model_config, save_checkpoint
 from trelm_fairseq.comparison import Budgets
+from trelm_fairseq.tasks.trelm_transfer import TreLMTransferConfig
 from fairseq.data import Dictionary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,10 +37,10 @@ def data_dir(tmp_path):
 def test_default_and_the_component_modifiers(ablation):
     c = ablation.config("default")
     assert c == ablation.config(ablation.DEFAULT)
-    assert (c["freeze"], c["mlm_lang"], c["pooling"], c["identity_emb"], c["lr1"]) == (True, True, False, False, 1e-3)
+    assert (c["freeze"], c["mlm_lang"], c["pooling"], c["identity_emb"], c["lr1"]) == (True, False, False, False, 1e-3)
     assert ablation.config("default+no_stage1")["graph"] == "trelm_no_stage1"
     assert ablation.config("default+only_2a")["graph"] == "trelm_2a_only"
-    assert ablation.config("default+no_mlm_lang")["mlm_lang"] is False
+    assert ablation.config("default+mlm_lang")["mlm_lang"] is True
     assert ablation.config("default+adv=0")["adv_weight"] == 0.0
     for name in ablation.GRID:
         ablation.config(name)  # every grid entry parses
@@ -61,13 +62,15 @@ def test_plans_of_the_grid(ablation, data_dir, tmp_path):
     full = plan("default")
     assert list(full.specs) == ["1", "2a", "2b", "3", "4"] and full.combine_average == "trained"
     assert _args(full.stages["1"].command(), "--lr") == ["0.0005", "0.001"]  # the last one wins: stage 1 at 2x
-    assert _args(full.stages["2a"].command(), "--transfer-mlm-lang") == ["target"]
+    # "default" is the main job's recipe: 2b's MLM part as the task's default
+    assert _args(full.stages["2b"].command(), "--transfer-mlm-lang") == ["predicted"]
+    assert TreLMTransferConfig.transfer_mlm_lang == "predicted"
     assert list(plan("default+no_stage1").specs) == ["2a", "2b", "3", "4"]
     assert list(plan("default+only_2a").specs) == ["1", "2a", "4"]
     assert plan("default+average_every").combine_average == "every"
     assert _args(plan("default+identity_order").stages["2b"].command(), "--cdlm-order") == ["identity"]
     assert _args(plan("default+tlm").stages["2a"].command(), "--transfer-objective") == ["tlm"]
-    assert _args(plan("default+no_mlm_lang").stages["2b"].command(), "--transfer-mlm-lang") == ["predicted"]
+    assert _args(plan("default+mlm_lang").stages["2b"].command(), "--transfer-mlm-lang") == ["target"]
     assert _args(plan("default+adv=0").stages["1"].command(), "--adv-weight") == ["0.0"]
     # configs that differ after stage 1 share it; a different adversarial weight does not
     key = ablation.stage1_key

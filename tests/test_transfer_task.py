@@ -94,16 +94,16 @@ def test_missing_gather_file(paths, tmp_path):
 @pytest.mark.parametrize("stage, parts", [
     ("commonality", {"mlm_en": 0, "mlm_tr": 1}),
     ("transfer_upper", {"cdlm": (0, 1), "mlm_tr": 1}),
-    ("transfer_lower", {"cdlm": (1, 0), "mlm_tr": 1}),  # MLM on T in 2b too (authors')
+    ("transfer_lower", {"cdlm": (1, 0), "mlm_en": 0}),  # MLM on what CdLM predicts: S in 2b
     ("language_specific", {"mlm_tr": 1}),
-    # --transfer-mlm-lang predicted (the previous default): MLM on what CdLM predicts
-    ("transfer_lower/predicted", {"cdlm": (1, 0), "mlm_en": 0}),
-    ("transfer_upper/predicted", {"cdlm": (0, 1), "mlm_tr": 1}),
+    # --transfer-mlm-lang target (the authors'): MLM on T in 2b too
+    ("transfer_lower/target", {"cdlm": (1, 0), "mlm_tr": 1}),
+    ("transfer_upper/target", {"cdlm": (0, 1), "mlm_tr": 1}),
     ("transfer_lower/both", {"cdlm": (1, 0), "mlm_en": 0, "mlm_tr": 1}),
 ])
 def test_stage_data_parts_and_language_ids(paths, stage, parts):
     stage, _, mlm_lang = stage.partition("/")
-    task = make_task(paths["data"], stage, transfer_mlm_lang=mlm_lang or "target")
+    task = make_task(paths["data"], stage, **({"transfer_mlm_lang": mlm_lang} if mlm_lang else {}))
     batch = batches(task, "valid", bsz=4)[0]
     assert list(batch) == list(parts)
     for name, lang in parts.items():
@@ -270,15 +270,15 @@ def test_stage_trains_only_its_groups(paths, stage_runs, stage):
     if stage in ("transfer_upper", "transfer_lower"):
         cdlm = [float(r["cdlm_loss"]) for r in run["log"]]
         assert cdlm[-1] < cdlm[0], cdlm
-    if stage in ("commonality", "transfer_upper"):
+    if stage != "language_specific":  # 2b: T input to CdLM, S to its MLM part (the default)
         assert "disc_acc" in run["log"][-1]
-    else:  # 2b (T input, T MLM) and stage 4 hold one language only: no adversarial signal
+    else:  # stage 4 holds one language only: no adversarial signal
         assert "disc_acc" not in run["log"][-1]
 
     start, end = load_checkpoint(paths["init"]), load_checkpoint(run["checkpoint"])
     assert checkpoint_stage(end) == stage
     assert end["optimizer_history"][-1]["num_updates"] == UPDATES
-    if stage != "language_specific":  # (2b keeps the discriminator it was given: no signal to train it)
+    if stage != "language_specific":
         assert any(k.startswith("discriminator.") for k in end["criterion"])
     task = make_task(paths["data"], stage)
     model = task.build_model(model_config("trelm_tiny", tri_layer=True))
