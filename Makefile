@@ -53,11 +53,14 @@ study: $(STAMP)
 
 # the component ablations (docs/main-job.md, "Component ablations"): the main job's TreLM recipe
 # with one component removed or replaced at a time, probed after every stage, 3 pre-training
-# seeds at the demo budget on bit-reproducible data; tables and verdicts in results/<lang>-ablations
+# seeds at the demo budget on bit-reproducible data; tables and verdicts in results/<lang>-ablations-v2
+# (v2: today's recipe, 2b's MLM on S; results/<lang>-ablations hold the grids of the recipe before,
+# 2b's MLM on T, and recipe_ablation refuses to resume a results file of another recipe)
 ABL_LANG ?= tr
 ABL_SEEDS ?= 1,2,3
+ABL_NAME ?= ablations-v2
 ablations: $(STAMP)
 	. $(VENV)/bin/activate && trelm-prepare --src en --tgt $(ABL_LANG) --out runs/$(ABL_LANG)/data \
 		--vocab-size 16000 --map-args=--deterministic && \
-	python scripts/recipe_ablation.py --grid --data runs/$(ABL_LANG)/data --out runs/ablations-$(ABL_LANG) \
-		--seeds $(ABL_SEEDS) --results results/$(ABL_LANG)-ablations
+	python scripts/recipe_ablation.py --grid --data runs/$(ABL_LANG)/data --out runs/$(ABL_NAME)-$(ABL_LANG) \
+		--seeds $(ABL_SEEDS) --results results/$(ABL_LANG)-$(ABL_NAME)
