@@ -30,7 +30,8 @@ def _raw(paths, split, lang):
 def test_pairs_are_one_masked_sequence_with_languages_and_restarted_positions(paths, stage, first, second):
     task = make_task(paths["data"], stage, transfer_objective="tlm")
     batch = batches(task, "valid", bsz=4)[0]
-    assert list(batch) == ["tlm", "mlm_tr"]  # TLM in CdLM's place, target MLM beside it as before
+    # TLM in CdLM's place, the MLM part beside it as with CdLM (default: on the second language of the pair)
+    assert list(batch) == ["tlm", f"mlm_{second}"]
     d = task.dictionary
     tlm = batch["tlm"]
     ni, target = tlm["net_input"], tlm["target"]
