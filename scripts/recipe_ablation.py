@@ -344,8 +344,8 @@ def write_results(out: str, dest: str, configs) -> None:
     with open(results, encoding="utf-8") as f:
         raw = f.read()
     text = "# Component ablations (scripts/recipe_ablation.py)\n\n" + f"configs: {', '.join(configs)}\n\n"
-    ref = next((json.loads(line).get("recipe") for line in raw.splitlines() if json.loads(line)["config"] == "default"),
-               None)
+    rows = map(json.loads, raw.splitlines())
+    ref = next((r.get("recipe") for r in rows if r["config"] == "default"), None)
     if ref:  # what "default" meant when these rows were measured (the main job's recipe changes)
         text += "default = " + ", ".join(f"{k}={v}" for k, v in ref.items() if v not in (None, False)) + \
             " (the rest off or unset; mlm_lang: 2b's MLM on T)\n\n"
