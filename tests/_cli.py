@@ -3,6 +3,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import List, Sequence
 
@@ -18,17 +19,34 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(tool: str, args: Sequence[str], cwd=None, check: bool = True, timeout: int = 300):
-    """Run BIN/tool with args; returns CompletedProcess (stdout+stderr merged in .stdout)."""
-    proc = subprocess.run(
-        [str(BIN / tool), *map(str, args)],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+def run_cli(tool: str, args: Sequence[str], cwd=None, check: bool = True, timeout: int = 300,
+            cold: bool = False):
+    """Run BIN/tool with args; returns CompletedProcess (stdout+stderr merged in .stdout).
+
+    The tool runs in a process of its own, forked from the warm server of
+    trelm_fairseq.warm_start (the product's own way to start its commands: no import of
+    torch and fairseq per call); ``cold=True`` starts a new interpreter instead, for the
+    tests whose subject is the interpreter's start (imports, registration)."""
+    argv = [str(BIN / tool), *map(str, args)]
+    if cold:
+        proc = subprocess.run(argv, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout)
+    else:
+        from trelm_fairseq import warm_start
+
+        child = warm_start.popen(argv, env=cli_env(), cwd=cwd)
+        expired = []
+        timer = threading.Timer(timeout, lambda: (expired.append(True), child.kill()))
+        timer.start()
+        try:
+            out = child.stdout.read()
+            child.stdout.close()
+            rc = child.wait()
+        finally:
+            timer.cancel()
+        if expired:
+            raise subprocess.TimeoutExpired(argv, timeout, output=out)
+        proc = subprocess.CompletedProcess(argv, rc, out)
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
     return proc

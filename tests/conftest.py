@@ -1,4 +1,7 @@
 """Suite-wide settings."""
+import os
+import time
+
 import pytest
 import torch
 
@@ -13,6 +16,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+# the longest test files first: pytest-xdist (--dist loadfile, scripts/run_tests.sh) hands files
+# out in collection order, and a long file started last leaves one worker idle at the end
+SLOW_FIRST = ("test_main_job_run.py", "test_sweep.py", "test_fault_resume.py", "test_transfer_task.py",
+              "test_stages.py", "test_parsing.py", "test_distributed.py", "test_hub_interface.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable
+
+
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """Arms the fake fairseq-train (tests/_stages_helpers.py) used by the stage-runner and sweep
@@ -22,3 +36,30 @@ def fake(tmp_path, monkeypatch):
     for k in ("FAKE_FAIL_STAGE", "FAKE_FAIL_AT", "FAKE_FAIL_MESSAGE", "FAKE_SLEEP", "FAKE_DIE_AFTER_SAVE"):
         monkeypatch.delenv(k, raising=False)
     return calls
+
+
+# ----------------------------------------------------------------------------
+# the run's slowest tests, kept in a file (scripts/run_tests.sh prints its path)
+# ----------------------------------------------------------------------------
+
+_seconds = {}
+
+
+def pytest_runtest_logreport(report):
+    """Setup + call + teardown per test (under xdist the controller gets every worker's reports)."""
+    _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + getattr(report, "duration", 0.0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("TRELM_SLOWEST_FILE")
+    if not path or hasattr(session.config, "workerinput"):  # only the controller writes it
+        return
+    slowest = sorted(_seconds.items(), key=lambda kv: -kv[1])[:15]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# the 15 slowest tests of the run of {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                f"(seconds: setup + call + teardown; exit status {int(exitstatus)})\n")
+        for nodeid, seconds in slowest:
+            f.write(f"{seconds:8.2f}  {nodeid}\n")
+    os.replace(tmp, path)

@@ -1,8 +1,9 @@
 """The main job (trelm-demo) end to end on a toy language pair: a tiny source model, a
 synthetic corpus, two updates per stage.  Then killed at a random point and run again: the
 re-run's report equals the uninterrupted one's.  The corpus has no labelled paragraphs, so the
-job skips the classification (16 of its ~30 processes; each is a fairseq start-up): that keeps
-the two tests near 2.5 minutes instead of 5 on 2 cores."""
+job skips the classification (16 of its ~30 processes): that keeps the three tests near a
+minute on 2 cores.  The uninterrupted run and the killed one are two fixtures, so that each
+test's set-up stays well under a minute beside the other test worker."""
 import json
 import os
 import random
@@ -58,27 +59,35 @@ def comparable(out: Path):
 KILL_RANGE = 58
 
 
+JOB_ENV = dict(os.environ, OMP_NUM_THREADS="1")  # beside the other test worker: no OpenMP spinning
+
+
 @pytest.fixture(scope="module")
 def runs(inputs, tmp_path_factory):
-    """The job uninterrupted and, at the same time (the two cores), the same job SIGKILLed as a
-    process group at a randomly drawn progress line and then run again with the same command."""
-    whole, killed = tmp_path_factory.mktemp("job_whole"), tmp_path_factory.mktemp("job_killed")
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # two jobs on two cores: no OpenMP spinning
-    kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, KILL_RANGE))
+    """The job uninterrupted (the reference every other run is compared with)."""
+    whole = tmp_path_factory.mktemp("job_whole")
     with open(whole / "stdout.txt", "w") as log:
-        first = subprocess.Popen(job_argv(inputs, whole), stdout=log, stderr=subprocess.STDOUT, env=env)
-        rc, steps, seen = kill_group_at_event(job_argv(inputs, killed), lambda line: line.startswith("[trelm-demo"),
-                                              kill_at, env=env)
-        where = f"TRELM_KILL_AT={kill_at}, killed after {steps[-1]!r}" if steps else f"TRELM_KILL_AT={kill_at}"
-        assert rc == -signal.SIGKILL, \
-            f"{where}: the job ended (exit {rc}) before the drawn kill point; " \
-            f"lower KILL_RANGE to the job's number of progress lines\n" + seen[-3000:]
-        again = subprocess.run(job_argv(inputs, killed), capture_output=True, text=True, timeout=1200, env=env)
-        first.wait(timeout=1200)
+        first = subprocess.run(job_argv(inputs, whole), stdout=log, stderr=subprocess.STDOUT, env=JOB_ENV,
+                               timeout=1200)
     stdout = (whole / "stdout.txt").read_text(encoding="utf-8", errors="replace")
     assert first.returncode == 0, stdout[-4000:]
-    return {"out": whole, "report": comparable(whole), "stdout": stdout, "killed": killed, "where": where,
-            "again": again}
+    return {"out": whole, "report": comparable(whole), "stdout": stdout}
+
+
+@pytest.fixture(scope="module")
+def killed_run(inputs, tmp_path_factory):
+    """The same job SIGKILLed as a process group at a randomly drawn progress line, then run
+    again with the same command."""
+    killed = tmp_path_factory.mktemp("job_killed")
+    kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, KILL_RANGE))
+    rc, steps, seen = kill_group_at_event(job_argv(inputs, killed), lambda line: line.startswith("[trelm-demo"),
+                                          kill_at, env=JOB_ENV)
+    where = f"TRELM_KILL_AT={kill_at}, killed after {steps[-1]!r}" if steps else f"TRELM_KILL_AT={kill_at}"
+    assert rc == -signal.SIGKILL, \
+        f"{where}: the job ended (exit {rc}) before the drawn kill point; " \
+        f"lower KILL_RANGE to the job's number of progress lines\n" + seen[-3000:]
+    again = subprocess.run(job_argv(inputs, killed), capture_output=True, text=True, timeout=1200, env=JOB_ENV)
+    return {"killed": killed, "where": where, "again": again}
 
 
 def test_the_main_job_runs_end_to_end(runs):
@@ -120,11 +129,11 @@ def test_the_main_job_runs_end_to_end(runs):
     assert "report:" in runs["stdout"]
 
 
-def test_the_main_job_killed_at_a_random_point_reruns_to_the_uninterrupted_report(runs):
-    """The re-run of the killed job (fixture ``runs``: the kill point is drawn at random, named in
-    the failure message; TRELM_KILL_AT=N repeats it) finishes, its report equals the
+def test_the_main_job_killed_at_a_random_point_reruns_to_the_uninterrupted_report(runs, killed_run):
+    """The re-run of the killed job (fixture ``killed_run``: the kill point is drawn at random,
+    named in the failure message; TRELM_KILL_AT=N repeats it) finishes, its report equals the
     uninterrupted job's, and no temporary file of the killed run is left."""
-    where, again, killed = runs["where"], runs["again"], runs["killed"]
+    where, again, killed = killed_run["where"], killed_run["again"], killed_run["killed"]
     assert again.returncode == 0, f"{where}:\n" + again.stdout[-4000:] + again.stderr[-4000:]
     assert comparable(killed) == runs["report"], where
     leftovers = [str(p) for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
@@ -139,7 +148,7 @@ def test_more_pretraining_seeds_later_only_add_the_new_ones(runs, inputs):
     seed1 = sorted((out / "work").glob("*/*/stage_done.json")) + sorted((out / "work" / "probes").glob("*.json"))
     before = {p: p.read_bytes() for p in seed1}
     proc = subprocess.run(job_argv(inputs, out) + ["--pretrain-seeds", "2"], capture_output=True, text=True,
-                          timeout=1200, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          timeout=1200, env=JOB_ENV)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = comparable(out)
     assert report["pretrain_seeds"] == [1, 2]

@@ -556,8 +556,10 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
             _remove_dirs(created)
             raise write_error(log_path, e) from e
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1, env=command_env() if env is None else env, cwd=cwd)
+        from .warm_start import popen
+
+        # fairseq-train & co. forked from a process that imported torch and fairseq once
+        proc = popen(cmd, env=command_env() if env is None else env, cwd=cwd)
         try:
             for line in proc.stdout:
                 if keep_output:
