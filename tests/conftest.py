@@ -1,9 +1,17 @@
 """Suite-wide settings."""
+import atexit
 import os
+import shutil
+import tempfile
 import time
 
 import pytest
 import torch
+
+# the tests never read or fill the user's download / source-head cache (trelm-prepare's default,
+# $TRELM_CACHE or ~/.cache/trelm_fairseq): a fresh one per test process, children included
+os.environ["TRELM_CACHE"] = tempfile.mkdtemp(prefix="trelm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TRELM_CACHE"], True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -157,3 +157,28 @@ def test_the_run_dependent_check_finds_timings_paths_and_the_run_folder():
     assert run_dependent_facts(doc, "/tmp/run") == [
         "/seconds", "/sources[1]/note = '/tmp/run/x/corpus'", "/stats/elapsed_s", "/out_dir"]
     assert run_dependent_facts({"seed": 1, "sources": [{"file": {"name": "a", "sha256": "0f"}}]}, "/tmp/run") == []
+
+
+def test_prepare_in_two_processes_with_different_hash_seeds_gives_the_same_bytes(prepared, tmp_path):
+    """Set iteration order follows PYTHONHASHSEED: the same preparation in two new
+    interpreters with different hash seeds writes the same files, and the init checkpoint's
+    config keys in the same order (its pickle would differ otherwise)."""
+    root, _ = prepared
+    corpus, source = root / "corpus", root / "source"
+    outs = {}
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"hash{hash_seed}"
+        argv = [str(BIN / "trelm-prepare"), "--tgt", "tr", "--out", str(out), "--parallel", str(corpus / "train.en"),
+                str(corpus / "train.tr"), "--mono", str(corpus / "mono.tr.train"), "--source-model", str(source),
+                "--vocab-size", "100", "--threads", "1", "--seed", "1", "--no-evaluate-both",
+                "--map-args=--ft-epochs 1"]
+        proc = subprocess.run(argv, env=dict(cli_env(), PYTHONHASHSEED=hash_seed), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        outs[hash_seed] = out
+    a, b = tree(outs["1"]), tree(outs["2"])
+    assert a.keys() == b.keys()
+    assert [k for k in a if k not in NOT_COMPARED and sha(a[k]) != sha(b[k])] == []
+    sa, sb = (torch.load(o / "init/model.pt", map_location="cpu", weights_only=False) for o in outs.values())
+    assert list(sa["cfg"]["model"].keys()) == list(sb["cfg"]["model"].keys())
+    assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])

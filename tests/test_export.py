@@ -10,6 +10,8 @@ import os
 import random
 import stat
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -250,11 +252,64 @@ def test_cli_writes_and_refuses_an_existing_output(data_lower, tmp_path):
     assert proc.returncode == 0, proc.stdout
     assert 'fill = pipeline("fill-mask", model=' in proc.stdout and "<mask>" in proc.stdout
     before = (out / "model.safetensors").read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (p for p in out.iterdir() if p.is_file()):  # the mode a new file gets, not a private one
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
     proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", out], check=False)
     assert proc.returncode == 2 and f"{out}: exists" in proc.stdout and "--force" in proc.stdout
     assert (out / "model.safetensors").read_bytes() == before
     proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", out, "--force", "--no-check"], check=False)
     assert proc.returncode == 0 and _leftovers(tmp_path) == ["hf"]
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its bytes (what a destructive bug would change)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_force_never_replaces_an_input_the_working_directory_or_a_folder_it_did_not_write(data_lower, tmp_path):
+    """--force replaces an earlier export only: --out naming the data directory, the folder of
+    the checkpoint, a folder above them or the working directory is refused (exit 2, nothing
+    touched), and so is an existing folder without export.json."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_lower, data)
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = make_checkpoint(str(run / "checkpoint_last.pt"), str(data))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("the user's")
+    before = {"data": _tree(data), "run": _tree(run), "here": _tree(here)}
+    for out, named in ((data, "the data directory (--data)"), (run, "the checkpoint"),
+                       (tmp_path, "the checkpoint"), (".", "the working directory")):
+        proc = run_cli("trelm-export", [ckpt, "--data", data, "--out", out, "--force", "--no-check"],
+                       cwd=here, check=False)
+        assert proc.returncode == 2 and f"would replace {named}" in proc.stdout, (out, proc.stdout)
+        assert "Traceback" not in proc.stdout
+    assert {"data": _tree(data), "run": _tree(run), "here": _tree(here)} == before
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    proc = run_cli("trelm-export", [ckpt, "--data", data, "--out", mine, "--force", "--no-check"], check=False)
+    assert proc.returncode == 2 and "has no export.json, so trelm-export did not write it" in proc.stdout
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["data", "here", "notes", "run"]  # no lock file or temporary left
+
+
+def test_a_second_writer_to_the_same_output_is_refused(data_lower, tmp_path):
+    from trelm_fairseq.fileio import output_lock
+
+    ckpt = make_checkpoint(str(tmp_path / "model.pt"), data_lower)
+    out = tmp_path / "hf"
+    with output_lock(str(out), "trelm-export"):  # another export writing there now (this process)
+        proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", out, "--no-check"], check=False)
+    assert proc.returncode == 2 and f"{out}: being written by trelm-export (pid {os.getpid()})" in proc.stdout
+    assert not out.exists()
+    proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", out, "--no-check"], check=False)
+    assert proc.returncode == 0 and sorted(os.listdir(tmp_path)) == ["hf", "model.pt"]  # the lock file went
 
 
 def test_bad_inputs(data_lower, tmp_path, monkeypatch):
@@ -306,7 +361,17 @@ def test_bad_inputs(data_lower, tmp_path, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(T, "write_tokenizer", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
-        fails(r"hf: write failed: No space left", ckpt, data_lower, out)
+        fails(r"hf/tokenizer\.json: write failed: No space left", ckpt, data_lower, out)
+    # ... also inside the Rust writers, whose own exceptions carry the OS error's number
+    import safetensors.torch
+
+    class SafetensorError(Exception):
+        pass
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", lambda *a, **k: (_ for _ in ()).throw(SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)")))
+        fails(r"hf/model\.safetensors: write failed: No space left on device \(errno 28\)", ckpt, data_lower, out)
 
 
 def test_cli_bad_input_exit_2(data_lower, tmp_path):
@@ -327,3 +392,21 @@ def test_read_only_parent(data_lower, tmp_path):
             export_model(ckpt, data_lower, str(ro / "hf"))
     finally:
         ro.chmod(stat.S_IRWXU)
+
+
+def test_a_killed_exports_temporaries_are_removed_by_the_next_export(data_lower, tmp_path):
+    """A SIGKILLed export leaves its temporary folder next to --out (named after it, with its
+    pid): the next export to the same --out removes it; other files there stay."""
+    import subprocess
+
+    ckpt = make_checkpoint(str(tmp_path / "model.pt"), data_lower)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that is gone
+    stale = tmp_path / f".hf.{dead.pid}.abcd1234.tmp"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model.safetensors").write_bytes(b"half")
+    other = tmp_path / f".notes.{dead.pid}.abcd1234.tmp"  # another output's: not this export's business
+    other.write_text("x")
+    proc = run_cli("trelm-export", [ckpt, "--data", data_lower, "--out", tmp_path / "hf", "--no-check"], check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert not stale.exists() and other.exists() and str(stale) in proc.stdout

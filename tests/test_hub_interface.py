@@ -8,8 +8,10 @@ trainer (tests/_stages_helpers.py).
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -348,3 +350,41 @@ def test_console_script(built, hub):
     # bad input: exit 2 with a one-line error
     proc = _fill_mask([built["root"] / "missing", "ka <mask>"])
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "missing: not found" in proc.stderr
+
+
+def test_fill_mask_reads_stdin_with_the_file_readers_contract(built):
+    """Standard input is decoded as the input files are: UTF-8 (a BOM and CRLF accepted), and a
+    line in another encoding is a one-line error naming the line and the byte (exit 2)."""
+    argv = [str(BIN / "trelm-fill-mask"), built["init"], "--data", built["data"], "--lang", "en", "--topk", "1"]
+    ok = subprocess.run(argv, input="\ufeffka <mask>\r\nlo <mask> mi\r\n".encode("utf-8"), env=cli_env(),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    assert ok.returncode == 0, ok.stderr.decode()
+    lines = ok.stdout.decode("utf-8").splitlines()
+    assert lines[0] == "ka <mask>" and lines[2] == "lo <mask> mi"
+    bad = subprocess.run(argv, input="ka <mask>\nçok <mask>\n".encode("latin-1"), env=cli_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    err = bad.stderr.decode()
+    assert bad.returncode == 2 and "Traceback" not in err, err
+    assert err.startswith("error: <stdin>:2: not UTF-8: byte 0xe7 at byte offset 10 of the input"), err
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(built):
+    """SIGINT (Ctrl-C) while a console script works (here trelm-fill-mask, waiting for its
+    standard input once the model is loaded): one line on stderr, no traceback, exit 130."""
+    # (a test worker may ignore SIGINT, and a child inherits that: as from a shell, it is not ignored)
+    proc = subprocess.Popen([str(BIN / "trelm-fill-mask"), str(built["init"]), "--data", str(built["data"])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wchan = f"/proc/{proc.pid}/wchan"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # until it blocks reading the pipe
+        with open(wchan) as f:
+            if "pipe" in f.read():
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines() == ["trelm-fill-mask: interrupted; nothing half-written is left, what finished is "
+                                        "kept: run the same command again to go on"], err

@@ -103,6 +103,42 @@ def test_valid_curve_reads_fairseq_json_log_with_offset(tmp_path):
     assert comparison.valid_curve(plan, "4", 0) == []
 
 
+def test_target_curves_take_the_points_outside_fairseq_train_from_the_probes(tmp_path):
+    """TreLM's init, after-1 and after-combine curve points are the probes' figures on the
+    --valid-sample sentences (no fairseq-validate of a checkpoint the probes load anyway);
+    stage 4 and the baselines come from their own validations."""
+    def stage(name, points):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "train.log").write_text("".join(
+            f'x | INFO | valid | {{"valid_mlm_loss": "{loss}", "valid_num_updates": "{u}"}}\n' for u, loss in points))
+        return SimpleNamespace(dir=str(folder))
+
+    budgets = {"1": 24, "2a": 24}
+    trelm = SimpleNamespace(budget=budgets.get, stages={"4": stage("t4", [(12, 9.5), (48, 9.0)])})
+    scratch = SimpleNamespace(stages={"1": stage("s1", [(60, 11.0), (120, 10.0)])})
+    mlm = SimpleNamespace(stages={"1": stage("m1", [(120, 9.2)])})
+    probes = [{"model": "trelm", "key": "init", "target_mlm_bits": 14.0, "target_mlm_bits_valid_sample": 14.2},
+              {"model": "trelm", "key": "1", "target_mlm_bits": 11.0, "target_mlm_bits_valid_sample": 11.1},
+              {"model": "trelm", "key": "2a", "target_mlm_bits": 10.5, "target_mlm_bits_valid_sample": 10.4},
+              {"model": "trelm", "key": "combine", "target_mlm_bits": 10.0}]  # a record of a whole-split run
+    curves = comparison.target_curves({"trelm": trelm, "scratch": scratch, "mlm_continued": mlm}, probes)
+    assert curves == {"trelm": [[0, 14.2], [24, 11.1], [72, 10.0], [84, 9.5], [120, 9.0]],
+                      "scratch": [[60, 11.0], [120, 10.0]], "mlm_continued": [[0, 14.2], [120, 9.2]]}
+
+
+def test_timings_table_lists_each_phase_and_stage_0s_steps():
+    from trelm_fairseq.comparison.report import timings_table
+
+    report = {"timings_seconds": {"prepare": 100.0, "pretrain_trelm": 300.0, "probes": 100.0, "total": 500.0},
+              "prepare": {"seconds": {"corpus": 10.0, "source_head": 0.0, "embeddings": 90.0, "total_this_run": 100}}}
+    lines = timings_table(report).splitlines()
+    assert lines[0].split() == ["phase", "seconds", "share"]
+    assert [line.split() for line in lines[1:]] == [
+        ["prepare", "100", "20.0%"], ["corpus", "10", "2.0%"], ["embeddings", "90", "18.0%"],
+        ["pretrain_trelm", "300", "60.0%"], ["probes", "100", "20.0%"], ["total", "500"]]
+
+
 def test_prune_checkpoints_keeps_only_the_best(tmp_path):
     for name in ("checkpoint_best.pt", "checkpoint_last.pt", "checkpoint_1_30.pt", "train.log", "test.json"):
         (tmp_path / name).write_text("x")
@@ -370,3 +406,55 @@ def test_a_corpus_without_labelled_paragraphs_skips_classification_and_says_so(t
     report.update(lang="de", classification_data=None, downstream=scores)
     comparison.write_report(report, str(tmp_path))
     assert "No classification: the corpus has no labelled paragraphs" in (tmp_path / "results.md").read_text()
+
+
+def test_downstream_runs_models_in_parallel_in_order_and_single_threaded(tmp_path, monkeypatch):
+    """--downstream-jobs N: the models' fine-tunes N at a time, their scores in the fixed model
+    order whatever finishes first; every fine-tuning / test command single-threaded (so the
+    figures do not depend on N) and this process's torch too while they run; a failure stops
+    what has not started."""
+    import threading
+    import time as _time
+
+    import torch
+
+    from trelm_fairseq.comparison import downstream, finetune
+    from trelm_fairseq.comparison.commands import SINGLE_THREAD
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def job(i):
+        def run():
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            assert torch.get_num_threads() == 1
+            _time.sleep(0.05 * (4 - i))  # the first jobs finish last
+            with lock:
+                active[0] -= 1
+            return {"i": [i]}
+        return run
+
+    threads = torch.get_num_threads()
+    assert downstream._in_parallel([job(i) for i in range(4)], 2) == [{"i": [i]} for i in range(4)]
+    assert peak[0] == 2 and torch.get_num_threads() == threads
+    started = []
+
+    def failing(i):
+        def run():
+            started.append(i)
+            if i == 0:
+                raise RuntimeError("fine-tune failed")
+            _time.sleep(0.2)
+            return {}
+        return run
+
+    with pytest.raises(RuntimeError, match="fine-tune failed"):
+        downstream._in_parallel([failing(i) for i in range(6)], 1)
+    assert started[0] == 0 and len(started) <= 2 and torch.get_num_threads() == threads  # (one may have begun)
+    seen = []
+    monkeypatch.setattr(finetune, "run", lambda cmd, log, what, env=None: (seen.append(env), 1 / 0))
+    monkeypatch.setattr(finetune, "model_shape_args", lambda *a, **k: ["--arch", "trelm_tiny"])
+    with pytest.raises(ZeroDivisionError):
+        finetune.finetune_parser(str(tmp_path), str(tmp_path / "x.pt"), str(tmp_path / "p"), Budgets(), 1)
+    assert seen == [SINGLE_THREAD]

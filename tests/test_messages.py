@@ -156,3 +156,19 @@ def test_unreadable_message_in_each_context(tmp_path):
     msg = unreadable_message(str(last), err)
     assert msg.endswith(f"no intact checkpoint is next to it: delete {run} and run trelm-stages again to redo "
                         "the stage")
+
+
+def test_a_missing_or_unprepared_data_directory_is_named_as_such(tmp_path):
+    """The language pair is read from DATA/prepare.json: a data directory that does not exist,
+    or holds no prepare.json, is reported as that (not as a record without 'langs')."""
+    from trelm_fairseq.errors import TreLMError
+    from trelm_fairseq.language_pair import langs_from_prepare
+
+    with pytest.raises(TreLMError, match=f"{tmp_path / 'nope'}: no such data directory"):
+        langs_from_prepare(str(tmp_path / "nope"))
+    with pytest.raises(TreLMError, match="prepare.json: not found, so .* was not prepared by trelm-prepare .* or pass "
+                                         "--langs S,T"):
+        langs_from_prepare(str(tmp_path))
+    (tmp_path / "prepare.json").write_text("{}")
+    with pytest.raises(TreLMError, match="records no 'langs'"):
+        langs_from_prepare(str(tmp_path))

@@ -154,6 +154,33 @@ def test_bad_tri_layer_position():
         tiny_model(tri_layer=True, tri_layer_position=7)
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("tri_layer_position", -3, "1..3 .* or -1"),  # not silently the middle layer
+    ("tri_layer_position", 4, "1..3"),
+    ("activation_dropout", 1.5, "a probability in \\[0, 1\\)"),
+    ("encoder_attention_heads", 3, "a divisor of --encoder-embed-dim"),
+    ("n_langs", 0, "a whole number >= 1"),
+    ("default_lang_id", 2, "a language id in 0..1"),
+    ("layernorm_eps", -1e-5, "a positive number"),
+])
+def test_every_model_option_is_range_checked(option, value, expected):
+    from trelm_fairseq.errors import TreLMError
+
+    with pytest.raises(TreLMError, match=f"--{option.replace('_', '-')} \\({option}={value!r}\\): expected {expected}"):
+        tiny_model(tri_layer=True, **{option: value})
+
+
+def test_fairseq_train_with_an_option_out_of_range_says_which(tmp_path):
+    data = make_mono_data_bin(tmp_path)
+    out = run_cli("fairseq-train", [
+        data, "--user-dir", USER_DIR, "--task", "masked_lm", "--criterion", "masked_lm", "--arch", "trelm_tiny",
+        "--tri-layer", "--tri-layer-position", "9", "--optimizer", "adam", "--lr", "0.001", "--max-tokens", "512",
+        "--tokens-per-sample", "32", "--save-dir", tmp_path / "ck", "--max-update", "1", "--num-workers", "0",
+    ], check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stdout, out.stdout[-3000:]
+    assert "--tri-layer-position (tri_layer_position=9): expected 1..3" in out.stdout
+
+
 def test_fairseq_train_masked_lm_saves_resumes_and_reloads(tmp_path):
     data = make_mono_data_bin(tmp_path)
     common = [

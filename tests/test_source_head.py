@@ -149,3 +149,22 @@ def test_head_status_and_bad_input(env, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written
     with pytest.raises(TreLMError, match="expected positive"):
         SH.fit_source_head(str(env["data"] / "source"), str(empty), str(empty), str(tmp_path / "out"), epochs=0)
+
+
+def test_another_data_directory_with_the_same_content_reuses_the_fitted_head(env, tmp_path):
+    """The head is cached by content (source model, English text, options), not by the data
+    directory: a second data directory of the same corpus copies it instead of fitting again;
+    other fit options fit anew."""
+    first = env["data"] / "source-head"
+    argv = [str(tmp_path / "copy") if a == env["data"] else a for a in env["argv"]]
+    s = run(argv)
+    reused = s["source_head"].get("reused_from")
+    assert s["steps"]["source_head"] == "done" and reused and os.path.isdir(reused)
+    assert reused.startswith(os.environ["TRELM_CACHE"])  # the tests' cache, never the user's
+    for name in ("model.pt", "dict.txt", "source_head.json", "import.json"):
+        assert (tmp_path / "copy" / "source-head" / name).read_bytes() == (first / name).read_bytes(), name
+    assert s["source_head"]["english_mlm_bits"] == env["summary"]["source_head"]["english_mlm_bits"]
+    other = [str(tmp_path / "other") if a == env["data"] else a for a in env["argv"]]
+    other[other.index("--source-head-epochs") + 1] = "2"
+    s = run(other)
+    assert "reused_from" not in s["source_head"] and s["source_head"]["options"]["epochs"] == 2

@@ -368,6 +368,30 @@ def test_a_diverged_or_out_of_memory_stage_says_what_to_change(data_dir, tmp_pat
         quiet_run(fake_plan(data_dir, tmp_path / "c"), stages="1")
 
 
+def test_langs_other_than_the_prepared_pair_are_refused_before_anything_runs(data_dir, tmp_path):
+    """--langs must be the pair trelm-prepare recorded, in its order: swapped (the language
+    ids exchanged) or another target language is a clear error, nothing written."""
+    (data_dir / "prepare.json").write_text(json.dumps({"langs": ["en", "tr"]}))
+    for langs in ("tr,en", "en,de"):
+        proc = run_cli("trelm-stages", [data_dir, tmp_path / "out", "--langs", langs, "--stages", "1"], check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout
+        assert f"--langs {langs}: {data_dir / 'prepare.json'} records the pair en,tr (source first)" in proc.stdout
+    assert not (tmp_path / "out").exists()
+    proc = run_cli("trelm-stages", [data_dir, tmp_path / "out", "--langs", "en,tr", "--stages", "1", "--dry-run"])
+    assert "# stage 1 (commonality): would start" in proc.stdout
+
+
+def test_a_failed_stage_names_its_last_error(data_dir, tmp_path, fake, monkeypatch):
+    """The cause of a failure is in the stage's log: the runner's message quotes its last error
+    line, not only "exited 1; see train.log"."""
+    monkeypatch.setenv("FAKE_FAIL_STAGE", "commonality")
+    monkeypatch.setenv("FAKE_FAIL_AT", "1")
+    monkeypatch.setenv("FAKE_FAIL_MESSAGE", "error: /data/mono/de/train.idx: not found: expected ...")
+    with pytest.raises(StageFailed, match=r"exited 3; see .*train\.log\. Its last error: error: /data/mono/de/"
+                                          r"train\.idx: not found: expected \.\.\. Run again"):
+        quiet_run(fake_plan(data_dir, tmp_path / "a"), stages="1")
+
+
 def test_two_runs_on_the_same_stage_do_not_both_write_it(data_dir, tmp_path, fake, monkeypatch):
     """A second trelm-stages (or sweep job) on a stage that is being trained stops at once,
     naming the holder; once the first is gone, the stage runs."""
@@ -382,12 +406,16 @@ def test_two_runs_on_the_same_stage_do_not_both_write_it(data_dir, tmp_path, fak
         "    print('held', flush=True); time.sleep(60)"),
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(out / "1-commonality")],
         stdout=subprocess.PIPE, text=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stages.json").write_text('{"the live run": "its summary"}')
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(TreLMError, match=rf"1-commonality: in use by trelm-stages stage 1 \(commonality\) "
                                              rf"\(pid {holder.pid}\); wait for it to finish"):
             quiet_run(plan, stages="1")
         assert not plan.stages["1"].done() and read_calls(fake) == []  # nothing was started
+        # and the refused run left the live run's summary as it was
+        assert (out / "stages.json").read_text() == '{"the live run": "its summary"}'
     finally:
         holder.kill()
         holder.wait()

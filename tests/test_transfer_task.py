@@ -2,9 +2,9 @@
 import json
 import os
 import re
-import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -241,21 +241,22 @@ def _train_cmd(paths, stage, save_dir):
 
 @pytest.fixture(scope="module")
 def stage_runs(paths, tmp_path_factory):
-    """All four stages, started together (one thread each), from init/model.pt."""
+    """All four stages, started together (one thread each), from init/model.pt; each a
+    fairseq-train process of its own, started as the stage runner starts them (fileio.run_logged)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trelm_fairseq.fileio import run_logged
+
     root = tmp_path_factory.mktemp("stages")
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    procs = {}
-    for stage in STAGES:
-        save = str(root / stage)
-        log = open(root / f"{stage}.log", "w")
-        procs[stage] = (subprocess.Popen(_train_cmd(paths, stage, save), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env), save, root / f"{stage}.log", log)
+    with ThreadPoolExecutor(len(STAGES)) as pool:
+        runs = {stage: pool.submit(run_logged, _train_cmd(paths, stage, str(root / stage)), str(root / f"{stage}.log"),
+                                   env=env) for stage in STAGES}
+        done = {stage: f.result(timeout=300) for stage, f in runs.items()}
     out = {}
-    for stage, (proc, save, log_path, log) in procs.items():
-        proc.wait(timeout=300)
-        log.close()
-        text = log_path.read_text()
-        assert proc.returncode == 0, f"{stage} failed:\n{text[-3000:]}"
+    for stage, (rc, text) in done.items():
+        save = str(root / stage)
+        assert rc == 0, f"{stage} failed:\n{text[-3000:]}"
         inner = [json.loads(line.split("train_inner | ", 1)[1]) for line in text.splitlines() if "train_inner | " in line]
         out[stage] = {"log": inner, "checkpoint": os.path.join(save, "checkpoint_last.pt")}
     return out
@@ -295,3 +296,29 @@ def test_stage_trains_only_its_groups(paths, stage_runs, stage):
                 assert len(changed) == len(names) or group == "embeddings", (group, set(names) - set(changed))
     # the tied output weight is stored twice and stays tied
     assert torch.equal(end["model"]["encoder.lm_head.weight"], end["model"]["encoder.embed_tokens.weight"])
+
+
+def test_valid_sample_validates_on_one_fixed_sample_for_every_stage_and_seed(paths):
+    """--valid-sample N: each part of the valid split is cut to the same N sentences (drawn with a
+    fixed seed, not --seed) in every stage and run; the train split is untouched; 0 = all."""
+    def loaded(stage, seed, n, split="valid"):
+        task = make_task(paths["data"], stage, seed=seed, valid_sample=n)
+        task.load_dataset(split)
+        return task.dataset(split).datasets
+
+    full = loaded("transfer_upper", 1, 0)
+    k = min(len(d) for d in full.values()) - 3
+    assert k > 0
+    a, b = loaded("transfer_upper", 1, k), loaded("transfer_upper", 7, k)
+    assert {name: len(d) for name, d in a.items()} == {name: k for name in full}
+    assert list(a["cdlm"].keep) == list(b["cdlm"].keep) and len(set(a["cdlm"].keep)) == k  # same pairs
+    assert set(a["cdlm"].keep) < set(full["cdlm"].keep)
+    mono_1, mono_4 = loaded("commonality", 1, k)["mlm_tr"], loaded("language_specific", 3, k)["mlm_tr"]
+    # the same target sentences in stage 1 and stage 4 (their lengths, in file order)
+    assert len(mono_1) == k and np.array_equal(np.asarray(mono_1.sizes), np.asarray(mono_4.sizes))
+    assert {name: len(d) for name, d in loaded("transfer_upper", 1, k, "train").items()} == \
+        {name: len(d) for name, d in loaded("transfer_upper", 1, 0, "train").items()}
+    assert {name: len(d) for name, d in loaded("transfer_upper", 1, 10 ** 6).items()} == \
+        {name: len(d) for name, d in full.items()}
+    with pytest.raises(TreLMError, match="--valid-sample -1"):
+        loaded("language_specific", 1, -1)

@@ -85,15 +85,8 @@ if "fairseq" in sys.modules:  # fairseq-train --user-dir trelm_fairseq, fairseq-
 else:
     sys.meta_path.insert(0, _RegisterWithFairseq())
 
-def setup_fairseq_cli() -> None:
-    """Clear errors inside fairseq's CLIs (``fairseq-train --user-dir trelm_fairseq ...``): the
-    excepthook, and an unreadable checkpoint named with the remedy.  Called at import in such
-    a process, and by warm_start in a command it forks."""
+if running_fairseq_cli():  # fairseq-train --user-dir trelm_fairseq ...: clear errors
     install_fairseq_excepthook()
-    from .checkpoint import guard_fairseq_checkpoint_loading
+    from .checkpoint import guard_fairseq_checkpoint_loading  # noqa: E402
 
-    guard_fairseq_checkpoint_loading()
-
-
-if running_fairseq_cli():
-    setup_fairseq_cli()
+    guard_fairseq_checkpoint_loading()  # an unreadable checkpoint: its path and the remedy

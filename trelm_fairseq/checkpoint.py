@@ -25,7 +25,9 @@ from . import fileio
 from .errors import TreLMError
 from .models.trelm import LEGACY_IDENTITY_FLAG, TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
-MODEL_FIELDS = tuple(TreLMConfig.__dataclass_fields__.keys() - {"_name"})
+# in the dataclass's declaration order: a set's order follows PYTHONHASHSEED, and these keys
+# reach the saved cfg (the same checkpoint bytes in every process)
+MODEL_FIELDS = tuple(k for k in TreLMConfig.__dataclass_fields__ if k != "_name")
 # Model fields that fix tensor shapes and meaning (dropout and the like may differ): passed
 # to fairseq-train when they differ from the arch's defaults (with tri_layer_position,
 # which is compared resolved), and compared between checkpoints (with tri_layer).

@@ -31,7 +31,8 @@ def file_system_error(e: BaseException):
 
 
 def cli_errors(main):
-    """Decorator for console-script entry points: TreLMError -> message + exit 2.  A write
+    """Decorator for console-script entry points: TreLMError -> message + exit 2; Ctrl-C
+    (SIGINT) -> one line + exit 130, the shell's code for it.  A write
     the package did not route through fileio's writers (or a tool writing by name) that
     fails on a read-only / full file system is reported the same way: one `error:` line
     naming the file, exit 2, no traceback."""
@@ -43,6 +44,13 @@ def cli_errors(main):
         except TreLMError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if os.environ.get("TRELM_TRACEBACK"):
+                raise
+            # the atomic writers removed their temporaries on the way out
+            print(f"\n{os.path.basename(sys.argv[0] or 'trelm')}: interrupted; nothing half-written is left, what "
+                  "finished is kept: run the same command again to go on", file=sys.stderr)
+            sys.exit(130)
         except (OSError, RuntimeError) as e:
             err = file_system_error(e)
             if err is None or os.environ.get("TRELM_TRACEBACK"):

@@ -98,23 +98,29 @@ def check_input_file(path: str, what: str = "file") -> str:
 
 def iter_raw_lines(path: str) -> Iterator[Tuple[int, str]]:
     """Yield (line number, decoded line without its newline), checking the encoding."""
-    offset = 0
     with open_for_reading(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            start = 0
-            if lineno == 1 and raw.startswith(_BOM):
-                start = len(_BOM)
-            try:
-                line = raw[start:].decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad = raw[start + e.start: start + e.start + 1]
-                raise TreLMError(
-                    f"{path}:{lineno}: not UTF-8: byte 0x{bad.hex()} at byte offset "
-                    f"{offset + start + e.start} of the file (expected UTF-8 text; "
-                    f"convert it, e.g. with iconv -f <encoding> -t utf-8)"
-                ) from None
-            offset += len(raw)
-            yield lineno, line.rstrip("\r\n")
+        yield from iter_stream_lines(f, path, "the file")
+
+
+def iter_stream_lines(stream, name: str, what: str = "the input") -> Iterator[Tuple[int, str]]:
+    """iter_raw_lines for an open binary stream (e.g. ``sys.stdin.buffer``; ``name`` names it
+    in errors): the same contract, UTF-8 with an optional byte-order mark, CRLF accepted."""
+    offset = 0
+    for lineno, raw in enumerate(stream, start=1):
+        start = 0
+        if lineno == 1 and raw.startswith(_BOM):
+            start = len(_BOM)
+        try:
+            line = raw[start:].decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = raw[start + e.start: start + e.start + 1]
+            raise TreLMError(
+                f"{name}:{lineno}: not UTF-8: byte 0x{bad.hex()} at byte offset "
+                f"{offset + start + e.start} of {what} (expected UTF-8 text; "
+                f"convert it, e.g. with iconv -f <encoding> -t utf-8)"
+            ) from None
+        offset += len(raw)
+        yield lineno, line.rstrip("\r\n")
 
 
 class _Checker:
@@ -209,12 +215,20 @@ def read_parallel(src_path: str, tgt_path: str, *, strict: bool = False,
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+_RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
 def write_failure(e: BaseException) -> Optional[OSError]:
     """The OSError of a failed write behind `e`, if any (torch's zip writer re-raises it
-    as a RuntimeError whose context is that OSError)."""
+    as a RuntimeError whose context is that OSError; safetensors and tokenizers, written in
+    Rust, raise their own exception whose text carries the OS error's number)."""
     if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
         e = e.__context__
-    return e if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS else None
+    if not isinstance(e, OSError):
+        found = _RUST_IO_ERROR.search(str(e))
+        code = int(found.group(1) or found.group(2)) if found else None
+        return OSError(code, os.strerror(code)) if code in _WRITE_ERRNOS else None
+    return e if e.errno in _WRITE_ERRNOS else None
 
 
 
@@ -223,6 +237,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def usual_file_mode() -> int:
+    """The mode a new file gets from open() under this process's umask (0644 under 022)."""
+    return 0o666 & ~_umask()
 
 
 # ----- temporaries: named after their process, removable once it is gone --------------
@@ -256,6 +275,37 @@ def process_alive(pid: int) -> bool:
     except OSError:  # EPERM: someone else's process
         return True
     return True
+
+
+def remove_stale_temporaries_of(path: str, log: Optional[Callable[[str], None]] = None) -> List[str]:
+    """remove_stale_temporaries for the temporaries of one output ``path`` only (those next to
+    it named after it): what a killed writer of ``path`` left, without walking the folder it
+    lies in (which may be large, and hold other tools' work)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    removed: List[str] = []
+    if not os.path.isdir(parent):
+        return removed
+    for entry in os.listdir(parent):
+        m = _TEMP_RE.match(entry)
+        if not m or m.group("name") != name:
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        stale = os.path.join(parent, entry)
+        try:
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                shutil.rmtree(stale)
+            else:
+                os.unlink(stale)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise write_error(stale, e) from e
+        removed.append(stale)
+    if removed and log is not None:
+        log(f"removed what an earlier run that did not finish left of {path}: {', '.join(removed)}")
+    return removed
 
 
 def remove_stale_temporaries(folder: str, log: Optional[Callable[[str], None]] = None) -> List[str]:
@@ -498,13 +548,15 @@ def cached_json(path: str, compute: Callable[[], object],
     return record
 
 
-def cached_json_of_file(path: str, source: str, compute: Callable[[], Dict], what: str = "step record") -> Dict:
+def cached_json_of_file(path: str, source: str, compute: Callable[[], Dict], what: str = "step record",
+                        valid: Optional[Callable[[Dict], bool]] = None) -> Dict:
     """cached_json for a record computed from the file ``source`` (e.g. a probe of a
     checkpoint): it counts only for the bytes it was computed on (their sha256 is kept in
-    the record as ``source_sha256``), so a re-trained checkpoint is measured again."""
+    the record as ``source_sha256``), so a re-trained checkpoint is measured again; and,
+    given ``valid``, only when that says so (e.g. it was computed with today's options)."""
     sha = file_sha256(source)
     return cached_json(path, lambda: dict(compute(), source_sha256=sha),
-                       lambda record: record.get("source_sha256") == sha, what)
+                       lambda record: record.get("source_sha256") == sha and (valid is None or valid(record)), what)
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
@@ -592,6 +644,79 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
 LOCK_NAME = ".trelm.lock"
 
 
+class FolderBusy(TreLMError):
+    """Another live process holds the folder (exclusive / output_lock): this run wrote nothing."""
+
+
+def check_output_folder(out: str, inputs: Dict[str, str], force: bool, marker: str, tool: str) -> None:
+    """Before a command writes (or with --force replaces) the folder ``out``: TreLMError unless
+    that is safe.  ``out`` must not hold or be an input of the call (``inputs``: option -> path)
+    nor the working directory, whatever --force says; an existing ``out`` is replaced only with
+    ``force`` and only when it holds ``marker``, the file ``tool`` writes into every folder it
+    makes (so --force never deletes a folder the tool did not write)."""
+    target = os.path.realpath(out)
+    for option, path in dict(inputs, **{"the working directory": os.getcwd()}).items():
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real == target or os.path.commonpath([real, target]) == target:
+            raise TreLMError(f"{out}: would replace {option} ({path}) {'' if real == target else 'that lies inside it'}"
+                             .rstrip() + f"; {tool} writes a new folder: give --out a folder of its own")
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise TreLMError(f"{out}: exists and is not a directory: expected a new output directory")
+    if not force:
+        raise TreLMError(f"{out}: exists: expected a new output directory (--force replaces an earlier {tool} output)")
+    if not os.path.isfile(os.path.join(out, marker)):
+        raise TreLMError(f"{out}: exists and has no {marker}, so {tool} did not write it: --force only replaces an "
+                         f"earlier {tool} output; remove the folder yourself or choose another --out")
+
+
+@contextlib.contextmanager
+def output_lock(out: str, what: str):
+    """Hold the output folder ``out`` (not yet made, or about to be replaced whole) for this
+    process: a second writer to the same ``out`` stops at once with a TreLMError naming the
+    holder.  The lock is a hidden file next to ``out`` (flock, released by a killed holder),
+    removed when the block ends."""
+    import fcntl
+
+    parent, name = os.path.split(os.path.abspath(out))
+    path = os.path.join(parent, f".{name}.trelm.lock")
+    while True:
+        try:
+            make_dirs(parent)
+            f = open(path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise write_error(out, e) from e  # the folder the user asked for, not our lock file
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise FolderBusy(f"{out}: being written by {holder}; wait for it to finish (or stop it) before "
+                             f"running {what} to the same folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the holder before us removed the file we locked: lock the one there now
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what} (pid {os.getpid()})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # while still held; the next writer makes a new one
+    finally:
+        f.close()
+
+
 @contextlib.contextmanager
 def exclusive(folder: str, what: str):
     """Hold `folder` for this process while the block runs: a second run writing the same
@@ -612,7 +737,7 @@ def exclusive(folder: str, what: str):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise TreLMError(f"{folder}: in use by {holder}; wait for it to finish (or stop it) before running "
+            raise FolderBusy(f"{folder}: in use by {holder}; wait for it to finish (or stop it) before running "
                              f"{what} on it again") from None
         f.seek(0)
         f.truncate()

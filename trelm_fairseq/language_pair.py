@@ -18,6 +18,11 @@ def parse_langs(spec: str) -> List[str]:
 def langs_from_prepare(data: str, remedy: str = "pass --langs S,T (e.g. en,tr)") -> str:
     """The "S,T" pair trelm-prepare recorded in DATA/prepare.json (validated by parse_langs)."""
     path = os.path.join(data, "prepare.json")
+    if not os.path.isdir(data):
+        raise TreLMError(f"{data}: no such data directory: expected the output folder of trelm-prepare")
+    if not os.path.isfile(path):
+        raise TreLMError(f"--langs not given and {path}: not found, so {data} was not prepared by trelm-prepare "
+                         f"(or not to the end): run trelm-prepare on it, or {remedy}")
     try:
         info = read_json(path, "prepare.json")
     except TreLMError:  # missing or not JSON: say what to do instead
@@ -28,3 +33,17 @@ def langs_from_prepare(data: str, remedy: str = "pass --langs S,T (e.g. en,tr)")
     if not isinstance(langs, str) or langs.count(",") != 1:
         raise TreLMError(f"--langs not given and {path} records no 'langs': {remedy}")
     return ",".join(parse_langs(langs))
+
+
+def check_langs_match(data: str, langs: str) -> str:
+    """``langs`` ("S,T", e.g. from --langs) checked against the pair trelm-prepare recorded in
+    DATA/prepare.json, order included (ids 0 and 1 follow it: a swapped pair would train with
+    the languages' embeddings exchanged); a data directory without the record is taken as given."""
+    langs = ",".join(parse_langs(langs))
+    if not os.path.isfile(os.path.join(data, "prepare.json")):
+        return langs
+    recorded = langs_from_prepare(data)
+    if langs != recorded:
+        raise TreLMError(f"--langs {langs}: {os.path.join(data, 'prepare.json')} records the pair {recorded} (source "
+                         f"first): pass --langs {recorded}, or leave --langs out")
+    return langs

@@ -92,18 +92,21 @@ def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) ->
 
 @torch.no_grad()
 def target_mlm_bits(model, data: str, langs: List[str], split: str = "valid", tokens_per_sample: int = 512,
-                    seed: int = 1, max_tokens: int = 4096) -> float:
+                    seed: int = 1, max_tokens: int = 4096, valid_sample: int = 0,
+                    valid_sample_seed: Optional[int] = None) -> float:
     """Target-language MLM loss (bits per masked token) of ``model`` on ``data``'s
     mono/T/{split}: the trelm_transfer task's language_specific data (masking seeded per
     sentence, so the figure equals fairseq-validate's ``mlm_loss`` for the same task
-    settings) and the trelm_loss criterion, in this process."""
+    settings, --valid-sample included) and the trelm_loss criterion, in this process."""
     import math
 
     from .criterions.trelm_loss import TreLMLoss
     from .tasks.trelm_transfer import TreLMTransferConfig, TreLMTransferTask
 
     cfg = TreLMTransferConfig(data=data, langs=",".join(langs), stage="language_specific",
-                              tokens_per_sample=tokens_per_sample, seed=seed)
+                              tokens_per_sample=tokens_per_sample, seed=seed, valid_sample=valid_sample)
+    if valid_sample_seed is not None:
+        cfg.valid_sample_seed = valid_sample_seed
     task = TreLMTransferTask.setup_task(cfg)
     task.load_dataset(split)
     dataset = task.dataset(split)
@@ -181,12 +184,15 @@ def checkpoint_tokens_per_sample(state: Dict, default: int) -> int:
 
 def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = "test",
                      max_pairs: Optional[int] = 1000, threads: Optional[int] = None,
-                     target_mlm: bool = True, tokens_per_sample: Optional[int] = None) -> Dict:
+                     target_mlm: bool = True, tokens_per_sample: Optional[int] = None,
+                     valid_sample: int = 0) -> Dict:
     """Every probe of one checkpoint on ``data``'s held-out pairs (and, with
-    ``target_mlm``, its target MLM loss on the valid split).  ``tokens_per_sample``:
-    sentences are cut to it for the retrieval and language-ID features and longer ones
-    skipped for MLM (default: what the checkpoint was trained with, else at most 512);
-    give one value to compare checkpoints of different origins."""
+    ``target_mlm``, its target MLM loss on the valid split; with ``valid_sample`` also on
+    the training runs' --valid-sample sentences, a point of the target MLM curves, from the
+    model loaded here once).  ``tokens_per_sample``: sentences are cut to it for the
+    retrieval and language-ID features and longer ones skipped for MLM (default: what the
+    checkpoint was trained with, else at most 512); give one value to compare checkpoints
+    of different origins."""
     from .checkpoint import load_dictionary, load_model
     from .data import SubsetDataset, load_indexed
 
@@ -213,6 +219,10 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     out["lower"]["langid_acc"] = language_id_accuracy(feats[0]["lower"], feats[1]["lower"])
     if target_mlm:
         out["target_mlm_bits"] = target_mlm_bits(model, data, langs, "valid", tps)
+        if valid_sample:
+            out["valid_sample"] = valid_sample
+            out["target_mlm_bits_valid_sample"] = target_mlm_bits(model, data, langs, "valid", tps,
+                                                                  valid_sample=valid_sample)
     return out
 
 

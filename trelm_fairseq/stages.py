@@ -19,6 +19,7 @@ and the SLURM sweep use these).
 """
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .fileio import cached_json, exclusive, make_dirs, read_json, run_logged, write_json
+from .fileio import FolderBusy, cached_json, exclusive, make_dirs, read_json, run_logged, write_json
 from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
 from .errors import TreLMError
@@ -490,11 +491,17 @@ def _what_to_do(stage: Stage) -> str:
         updates = [u for u in (_update_of(line) for line in tail) if u is not None]
         at = f" at update {updates[-1]}" if updates else ""
         return (f"The loss diverged{at} (non-finite gradients): a rerun would repeat it; lower the learning "
-                "rate (--lr) or give the stage more warm-up (--warmup-updates), then run again. " + resume + ".")
+                "rate (--lr) or give the stage more warm-up (trelm-stages --warmup), then run again. " + resume + ".")
     if any(word in text for word in _OUT_OF_MEMORY):
         return "It ran out of memory: lower --max-tokens (raise --update-freq to keep the batch), then run again. " \
                + resume + "."
-    return resume + "."
+    errors = [line.strip() for line in tail if _ERROR_LINE.match(line.strip())]
+    cause = f"Its last error: {errors[-1][:500]} " if errors else ""
+    return cause + resume + "."
+
+
+# the line a failing command ends with: our CLIs' "error: ..." or an exception's last line
+_ERROR_LINE = re.compile(r"^(error: .+|[A-Za-z_][\w.]*(Error|Exception)(: .*)?)$")
 
 
 def _update_of(line: str) -> Optional[int]:
@@ -772,15 +779,20 @@ def run_all(
     say(f"trelm-stages: {', '.join(f'{k} ({plan.specs[k].name})' for k in keys)} -> {plan.out}")
     t0 = time.time()
     failures: Dict[str, BaseException] = {}
+    entered: List[str] = []  # stages this process got to run (not refused as held by another)
 
     def work(node: Node) -> None:
         try:
             run_stage(plan, node.id, say, echo)
-        except BaseException as e:  # kept to re-raise as it was (StageFailed, TreLMError, ...)
+        except FolderBusy as e:  # another live run holds it: its summary is that run's to write
             failures[node.id] = e
             raise
-        finally:
-            write_summary(plan)
+        except BaseException as e:  # kept to re-raise as it was (StageFailed, TreLMError, ...)
+            failures[node.id] = e
+            entered.append(node.id)
+            raise
+        entered.append(node.id)
+        write_summary(plan)
 
     # the sweep's scheduler over this plan's graph: a stage starts when its selected parents
     # finished; with `parallel`, 2a and 2b (both children of stage 1) train at once; nothing
@@ -789,7 +801,7 @@ def run_all(
     try:
         run_threads(nodes, work, max_parallel=2 if parallel else 1, say=_quiet_events(say), keep_going=False)
     finally:
-        rows = write_summary(plan)
+        rows = write_summary(plan) if entered else [stage_record(s) for s in plan.stages.values()]
         say(format_table(rows))
         say(f"total {time.time() - t0:.1f}s; summary in {os.path.join(plan.out, SUMMARY)}")
     for key in keys:  # the first failed stage's own error, as a direct run_stage would raise it

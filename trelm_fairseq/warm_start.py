@@ -4,11 +4,12 @@ Every ``fairseq-train`` / ``fairseq-validate`` / ``trelm-*`` run that the job, t
 and the sweeps start is a new interpreter that imports torch and fairseq first: about 4.5
 CPU-seconds each on the 2-core machine, more than a toy stage's training.  ``popen`` starts
 such a command from a *warm* server instead: one process per parent (started on first use)
-that imports torch, fairseq, fairseq's train/validate entry points and this plugin once, then
-forks a child per command.  The child is still a separate process (its own pid, exit status,
-signals, memory; a crash or a SIGKILL takes only it): it takes the command's argv,
-environment, working directory and umask, points its stdout/stderr at a pipe the caller
-reads, runs the console script's entry point and exits with its status.
+that imports torch, fairseq and fairseq's train/validate entry points once, then forks a
+child per command (the plugin registers in each child, as in a new interpreter).  The child
+is still a separate process (its own pid, exit status, signals, memory; a crash or a SIGKILL
+takes only it): it takes the command's argv, environment, working directory and umask,
+points its stdout/stderr at a pipe the caller reads, runs the console script's entry point
+and exits with its status.  Its stdin is /dev/null.
 
 What cannot be carried into a forked child is decided at interpreter start (the
 ``PYTHON*`` variables, the OpenMP / BLAS thread counts read when torch loads them); a
@@ -35,12 +36,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ENV_SWITCH = "TRELM_WARM_START"
 # fairseq_cli.train first: it configures logging before anything imports fairseq, as in a
-# fresh fairseq-train (a child of another command gets a fresh logging state: _worker)
-PRELOAD = ("fairseq_cli.train", "fairseq_cli.validate", "trelm_fairseq")
+# fresh fairseq-train (a child of another command gets a fresh logging state: _worker).  Not the
+# plugin: a child registers it as a new interpreter would (--user-dir, or a trelm-* command's
+# import), so fairseq-train without --user-dir knows no trelm names, as everywhere else.
+PRELOAD = ("fairseq_cli.train", "fairseq_cli.validate")
 # read once, when the interpreter or the libraries torch loads start: a forked child cannot
 # change them, so a command that sets them otherwise needs a server started with its values
 START_TIME_VARS = ("LOGLEVEL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
                    "OPENBLAS_L2_SIZE", "LD_PRELOAD", "LD_LIBRARY_PATH", "KMP_AFFINITY", "GOMP_CPU_AFFINITY")
+WARM_MODULES = ("fairseq_cli.", "trelm_fairseq.")  # what ``python -m`` may run warm (name prefixes)
 _HEADER = struct.Struct("!I")
 
 _lock = threading.Lock()
@@ -61,7 +65,7 @@ def _entry_of(cmd: List[str]) -> Optional[Dict[str, str]]:
         return None
     here = os.path.dirname(os.path.abspath(sys.executable))
     if len(cmd) >= 3 and cmd[1] == "-m" and os.path.abspath(cmd[0]) == os.path.abspath(sys.executable):
-        if cmd[2].startswith(("fairseq_cli.", "trelm_fairseq.")):
+        if cmd[2].startswith(WARM_MODULES):
             return {"module": cmd[2]}
         return None
     if os.path.dirname(os.path.abspath(cmd[0])) != here:
@@ -157,8 +161,9 @@ class WarmProcess:
 class _Server:
     def __init__(self, env: Dict[str, str]):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # this file run as a script: the server imports no trelm_fairseq module (see PRELOAD)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from trelm_fairseq.warm_start import serve; serve()", str(child.fileno())],
+            [sys.executable, os.path.abspath(__file__), str(child.fileno())],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(child.fileno(),))
         child.close()
@@ -177,7 +182,10 @@ class _Server:
         try:
             umask = os.umask(0o022)
             os.umask(umask)
-            _send(self.sock, {"argv": argv, "run": entry, "env": env, "umask": umask,
+            # a new interpreter started from here would inherit an ignored SIGINT (and then not
+            # install its KeyboardInterrupt handler): the child does as it would
+            sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            _send(self.sock, {"argv": argv, "run": entry, "env": env, "umask": umask, "sigint_ignored": sigint_ignored,
                               "cwd": os.path.abspath(cwd) if cwd else os.getcwd()}, fds=[theirs.fileno(), w])
         finally:
             theirs.close()
@@ -234,12 +242,13 @@ def popen(cmd: Sequence[str], env: Dict[str, str], cwd: Optional[str] = None):
 
 
 def serve() -> None:
-    """The warm server's main loop (its process: ``python -c ... serve()`` by ``_Server``)."""
+    """The warm server's main loop (its process: ``python warm_start.py FD``, by ``_Server``)."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the commands, not for us
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
-    if sys.path and sys.path[0] in ("", os.getcwd()):
-        sys.path[0] = os.path.dirname(os.path.abspath(sys.executable))  # as for a console script
+    # sys.path[0] is this file's folder (trelm_fairseq/), whose modules must not be importable
+    # as top-level names: the console scripts' folder instead, as for a console script
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.executable))
     try:
         import importlib
 
@@ -288,7 +297,7 @@ def _worker(msg: Dict, out_fd: int) -> None:
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         os.close(out_fd)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if msg.get("sigint_ignored") else signal.default_int_handler)
         os.umask(msg["umask"])
         os.chdir(msg["cwd"])
         os.environ.clear()
@@ -305,10 +314,8 @@ def _worker(msg: Dict, out_fd: int) -> None:
         _fresh_state(fairseq_cli=(module or run.get("entry", "")).startswith("fairseq_cli."))
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
-        from .errors import running_fairseq_cli
-
-        if running_fairseq_cli():  # what the plugin's __init__ does when a fairseq CLI imports it
-            sys.modules["trelm_fairseq"].setup_fairseq_cli()
+        # (the plugin, imported by --user-dir or the trelm-* command itself, sees this argv and
+        # sets up its fairseq-CLI error handling as in a new interpreter)
         if module:
             import runpy
 
@@ -345,7 +352,10 @@ def _worker(msg: Dict, out_fd: int) -> None:
 def _print_uncaught() -> None:
     """The traceback an interpreter prints, from the entry point down (not through _worker)."""
     kind, value, tb = sys.exc_info()
-    sys.excepthook(kind, value, tb.tb_next if tb is not None else None)
+    tb = tb.tb_next if tb is not None else None
+    if value is not None:
+        value.__traceback__ = tb  # the hook prints the exception's own traceback
+    sys.excepthook(kind, value, tb)
 
 
 def _fresh_state(fairseq_cli: bool) -> None:
@@ -373,3 +383,7 @@ def _flush() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+if __name__ == "__main__":
+    serve()

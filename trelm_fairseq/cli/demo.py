@@ -1,6 +1,6 @@
 """trelm-demo: the main job, TreLM transfer compared with baselines (trelm_fairseq.comparison).
 
-    trelm-demo --lang tr                    # CPU-sized budgets (~28 min on 2 idle cores)
+    trelm-demo --lang tr                    # CPU-sized budgets (~23 min on 2 idle cores)
     trelm-demo --lang tr --scale 20 --seeds 3 --max-tokens 16384   # a GPU-sized run
 """
 import argparse
@@ -8,6 +8,7 @@ import os
 
 from ..comparison import Budgets, results_table, run_job
 from ..comparison.budgets import UPDATE_BUDGETS
+from ..comparison.report import timings_table
 from ..errors import TreLMError, cli_errors
 from ..fileio import make_dirs, remove_stale_temporaries
 from ..preprocess.vocab import vocab_size_arg
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the baselines get as much of as all TreLM stages together: updates, or training "
                         "FLOPs by the FLOP ledger (a TreLM update costs more, so the baselines train longer; "
                         "default: %(default)s)")
+    p.add_argument("--valid-sample", type=int, default=Budgets.valid_sample,
+                   help="pre-training validations (the target MLM curves, time to quality) on a fixed sample of "
+                        "this many valid sentences per part, the same for every model; 0: the whole split. The "
+                        "probes' figures always use the whole split (default: %(default)s)")
+    p.add_argument("--downstream-jobs", type=int, default=Budgets.downstream_jobs,
+                   help="models fine-tuned and tested at a time; every fine-tuning and test run is single-threaded, "
+                        "so the figures do not depend on this (default: %(default)s, one per core of a 2-core machine)")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-reproducible data and init checkpoint: trelm-prepare trains the fastText vectors of "
                         "the embedding mapping with one thread (slower); the training and fine-tuning runs are "
@@ -64,6 +72,10 @@ def cli_main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.scale <= 0 or args.stage1_lr_scale <= 0 or args.seeds < 1 or args.pretrain_seeds < 1:
         raise TreLMError("--scale and --stage1-lr-scale must be > 0, --seeds and --pretrain-seeds >= 1")
+    if args.downstream_jobs < 1:
+        raise TreLMError(f"--downstream-jobs {args.downstream_jobs}: expected 1 or more")
+    if args.valid_sample < 0:
+        raise TreLMError(f"--valid-sample {args.valid_sample}: expected 0 (the whole split) or a number of sentences")
     args.work = args.work or os.path.join("runs", args.lang)
     args.results = args.results or os.path.join("results", args.lang)
     for folder in (args.results, args.work):  # a read-only / full disk: one clear error up front
@@ -77,6 +89,8 @@ def cli_main(argv=None) -> None:
     if ttq.get("reached"):
         flops = f", {ttq['flop_fraction']:.3f} of its training FLOPs" if "flop_fraction" in ttq else ""
         print(f"\ntime to quality: {ttq['fraction']:.3f} of from-scratch's updates{flops}")
+    print("\nwall-clock per phase:")
+    print(timings_table(report))
     print(f"\nreport: {os.path.join(args.results, 'results.md')}")
 
 

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from ..errors import TreLMError, cli_errors
+from ..fileio import iter_stream_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def cli_main(argv=None):
         hub = hub.to(args.device)
     except (RuntimeError, AssertionError) as e:
         raise TreLMError(f"--device {args.device}: {e}") from None
-    sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    sentences = args.sentences or [line for _, line in iter_stream_lines(sys.stdin.buffer, "<stdin>") if line.strip()]
     for sentence in sentences:
         print(sentence)
         for filled, score, token in hub.fill_mask(sentence, topk=args.topk):

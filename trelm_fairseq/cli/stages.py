@@ -101,7 +101,7 @@ def cli_main(argv=None):
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
-    from ..language_pair import langs_from_prepare
+    from ..language_pair import check_langs_match, langs_from_prepare
     from ..stages import PAPER_UPDATES, StagePlan, run_all
 
     updates = dict(PAPER_UPDATES)
@@ -114,7 +114,7 @@ def cli_main(argv=None):
     plan = StagePlan(
         data=args.data,
         out=args.out,
-        langs=args.langs or langs_from_prepare(args.data),
+        langs=check_langs_match(args.data, args.langs) if args.langs else langs_from_prepare(args.data),
         arch=args.arch,
         init=args.init,
         updates=updates,

@@ -34,7 +34,7 @@ finetune (downstream fine-tuning launchers), downstream (step 3), report, publis
 job (the steps in order).  The command line is trelm_fairseq/cli/demo.py.
 """
 from .budgets import MODEL_TITLES, MODELS, PARSING_LANGS, Budgets, budgets_from_args  # noqa: F401
-from .curves import target_curves, time_to_quality, valid_curve, validate_target_mlm  # noqa: F401
+from .curves import target_curves, time_to_quality, valid_curve  # noqa: F401
 from .finetune import finetune_classifier, finetune_parser, prune_checkpoints  # noqa: F401
 from .job import run_job  # noqa: F401
 from .pretraining import plan_for  # noqa: F401

@@ -29,9 +29,10 @@ def probe_points(plans: Dict, init: str) -> List[Dict]:
     return [dict(model=m, key=k, point=p, checkpoint=c, updates=u) for m, k, p, c, u in points]
 
 
-def run_probes(plans: Dict, init: str, data: str, lang: str, work: str) -> List[Dict]:
-    """Every probe of every point of probe_points; the rows (the point's fields + the probe's).
-    A cached result counts only for the checkpoint bytes it was computed on."""
+def run_probes(plans: Dict, init: str, data: str, lang: str, work: str, valid_sample: int = 0) -> List[Dict]:
+    """Every probe of every point of probe_points; the rows (the point's fields + the probe's),
+    with the target MLM on the runs' --valid-sample sentences too (a curve point: curves.py).
+    A cached result counts only for the checkpoint bytes and the valid sample it was computed on."""
     from ..probes import format_row, probe_checkpoint
 
     tps = plans["trelm"].sample_tokens()
@@ -40,7 +41,9 @@ def run_probes(plans: Dict, init: str, data: str, lang: str, work: str) -> List[
         t0 = time.time()
         r = cached_json_of_file(os.path.join(work, "probes", f"{p['model']}-{p['key']}.json"), p["checkpoint"],
                                 lambda p=p: probe_checkpoint(p["checkpoint"], data, ["en", lang], split="test",
-                                                             max_pairs=1000, tokens_per_sample=tps), "probe record")
+                                                             max_pairs=1000, tokens_per_sample=tps,
+                                                             valid_sample=valid_sample), "probe record",
+                                valid=lambda record: record.get("valid_sample", 0) == valid_sample)
         rows.append(dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "source_sha256")}))
         say(format_row(f"{p['model']} {p['point']}", r) + f"  [{time.time() - t0:.0f}s]")
     return rows

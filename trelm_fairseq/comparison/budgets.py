@@ -43,6 +43,13 @@ class Budgets:
     max_pairs: Optional[int] = None
     max_cls_train: Optional[int] = 4000
     validate_every: int = 12
+    # the curve points (pre-training validations) use a fixed sample of this many valid sentences
+    # per part (the task's --valid-sample; 0: the whole split); the probes' final figures use the
+    # whole split. Spread of the sample against the whole split: docs/main-job.md.
+    valid_sample: int = 500
+    # models fine-tuned and tested at a time (each run single-threaded: the figures do not depend
+    # on it); 2 on 2 cores: two 1-thread runs do 1.3x the work of one 2-thread run (docs/fast-loops.md)
+    downstream_jobs: int = 2
     scale: float = 1.0
     # what "equal compute" equalises between TreLM and the pre-trained baselines: "flops" (as many
     # training FLOPs as TreLM's stages logged, by the FLOP ledger: a TreLM update costs ~1.35x a
@@ -65,7 +72,9 @@ def budgets_from_args(args) -> Budgets:
     b = Budgets(scale=args.scale, lr=args.lr, finetune_lr=args.finetune_lr, max_tokens=args.max_tokens,
                 stage1_lr_scale=Budgets.stage1_lr_scale if stage1 is None else stage1,
                 vocab_size=args.vocab_size, max_pairs=args.max_pairs,
-                equal_compute=getattr(args, "equal_compute", None) or Budgets.equal_compute)
+                equal_compute=getattr(args, "equal_compute", None) or Budgets.equal_compute,
+                valid_sample=Budgets.valid_sample if getattr(args, "valid_sample", None) is None else args.valid_sample,
+                downstream_jobs=getattr(args, "downstream_jobs", None) or Budgets.downstream_jobs)
     for name in UPDATE_BUDGETS:
         if getattr(args, name, None) is not None:
             setattr(b, name, getattr(args, name))

@@ -4,10 +4,10 @@ whole in a log."""
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 from ..errors import TreLMError
-from ..fileio import run_logged
+from ..fileio import command_env, run_logged
 
 BIN = os.path.dirname(sys.executable)
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # trelm_fairseq/, for --user-dir
@@ -27,12 +27,18 @@ def _echo(line: str) -> None:
         print("    " + line.rstrip(), flush=True)
 
 
-def run(cmd: Sequence[str], log_path: str, what: str) -> str:
-    """Run a command, streaming its output (indented) and appending it to log_path;
-    returns the output; TreLMError naming the log on failure."""
+# every fine-tuning and test run: one intra-op thread, so that its figures do not depend on
+# how many runs share the cores (--downstream-jobs) and two runs use the 2 cores well
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run(cmd: Sequence[str], log_path: str, what: str, env: Optional[Dict[str, str]] = None) -> str:
+    """Run a command (``env``: variables on top of the usual environment), streaming its output
+    (indented) and appending it to log_path; returns the output; TreLMError naming the log on
+    failure."""
     say(f"{what}: {' '.join(map(str, cmd[:3]))} ...")
     t0 = time.time()
-    rc, out = run_logged(cmd, log_path, on_line=_echo)
+    rc, out = run_logged(cmd, log_path, on_line=_echo, env=command_env(env) if env else None)
     if rc != 0:
         raise TreLMError(f"{what} failed (exit {rc}); full output in {log_path}; last lines:\n{out[-3000:]}")
     say(f"{what}: done in {time.time() - t0:.0f}s")

@@ -1,42 +1,12 @@
 """Target-language MLM loss over pre-training, and TreLM's time to quality.
 
-TreLM's intermediate checkpoints are validated on target MLM too, so the time to
-quality is measured over the whole schedule."""
+Every curve point is the target MLM on the same fixed sample of the valid split
+(--valid-sample: the training runs validate on it, and the probes measure TreLM's
+checkpoints made outside fairseq-train on it too), so the time to quality is measured over
+the whole schedule on one set of sentences; the full split's figures are the probes'."""
 import json
 import os
-import re
 from typing import Dict, List, Optional
-
-from ..errors import TreLMError
-from ..fileio import cached_json
-from .commands import BIN, USER_DIR, run
-from .surgery import with_transfer_cfg
-
-
-def validate_target_mlm(checkpoint: str, data: str, lang: str, log_path: str, tokens_per_sample: int) -> float:
-    """Target-language validation MLM loss (base 2, per masked token) of a checkpoint, with the
-    training runs' --tokens-per-sample (the same sentences as their own validations, and within
-    the positions of any source model)."""
-    checkpoint = with_transfer_cfg(checkpoint, os.path.join(os.path.dirname(log_path), "validate-tmp.pt"),
-                                   langs=f"en,{lang}", tokens_per_sample=tokens_per_sample)
-    out = run([
-        os.path.join(BIN, "fairseq-validate"), data, "--user-dir", USER_DIR, "--path", checkpoint,
-        "--task", "trelm_transfer", "--valid-subset", "valid", "--max-tokens", "4096",
-        "--required-batch-size-multiple", "1", "--num-workers", "0", "--tokens-per-sample", str(tokens_per_sample),
-        # adv_weight 0: no discriminator (it does not enter the MLM loss, and fairseq-validate
-        # builds the criterion before it could learn the model's hidden size)
-        "--model-overrides", repr({"stage": "language_specific", "data": data, "langs": f"en,{lang}",
-                                   "adv_weight": 0.0, "tokens_per_sample": tokens_per_sample}),
-    ], log_path, f"target MLM validation of {os.path.relpath(checkpoint)}")
-    for key in ("mlm_loss", "loss"):
-        vals = [float(v) for v in _logged(out, key)]
-        if vals:
-            return vals[-1]
-    raise TreLMError(f"fairseq-validate printed no loss for {checkpoint}:\n{out[-2000:]}")
-
-
-def _logged(stdout: str, key: str) -> List[str]:
-    return re.findall(r"\| " + re.escape(key) + r" ([0-9.]+)", stdout)
 
 
 def valid_curve(plan, key: str, offset: int) -> List[List[float]]:
@@ -62,27 +32,25 @@ def valid_curve(plan, key: str, offset: int) -> List[List[float]]:
     return points
 
 
-def target_curves(plans: Dict, init: str, data: str, lang: str, work: str) -> Dict:
-    """The target MLM loss curves of TreLM (init, after stage 1, after the combine, then
-    stage 4's validations), from scratch and MLM continued; kept in <work>/curves.json."""
-    def compute() -> Dict:
-        tp = plans["trelm"]
-        u1, u2 = tp.budget("1"), tp.budget("2a")
-        log = os.path.join(work, "logs", "validate.log")
+def target_curves(plans: Dict, probes: List[Dict]) -> Dict:
+    """The target MLM loss curves, every point on the same fixed --valid-sample sentences:
+    TreLM's init, after stage 1 and after the combine (checkpoints made outside its stage-4
+    fairseq-train: their figures come from the probes, which load each checkpoint once), then
+    stage 4's own validations; from scratch's and MLM continued's validations."""
+    tp = plans["trelm"]
+    u1, u2 = tp.budget("1"), tp.budget("2a")
+    probed = {(r["model"], r["key"]): r for r in probes}
 
-        def validate(checkpoint):
-            return validate_target_mlm(checkpoint, data, lang, log, tp.sample_tokens())
+    def at(key: str) -> float:
+        row = probed[("trelm", key)]
+        return row.get("target_mlm_bits_valid_sample", row["target_mlm_bits"])
 
-        trelm = [[0, validate(init)], [u1, validate(tp.stages["1"].output_checkpoint())],
-                 [u1 + 2 * u2, validate(tp.stages["3"].output_checkpoint())]]
-        trelm += valid_curve(tp, "4", u1 + 2 * u2)
-        return {
-            "trelm": trelm,
-            "scratch": valid_curve(plans["scratch"], "1", 0),
-            "mlm_continued": [[0, trelm[0][1]]] + valid_curve(plans["mlm_continued"], "1", 0),
-        }
-
-    return cached_json(os.path.join(work, "curves.json"), compute)
+    trelm = [[0, at("init")], [u1, at("1")], [u1 + 2 * u2, at("combine")]] + valid_curve(tp, "4", u1 + 2 * u2)
+    return {
+        "trelm": trelm,
+        "scratch": valid_curve(plans["scratch"], "1", 0),
+        "mlm_continued": [[0, trelm[0][1]]] + valid_curve(plans["mlm_continued"], "1", 0),
+    }
 
 
 def trelm_gflop_at(stage_rows: List[Dict], updates: float):

@@ -1,8 +1,12 @@
 """Step 3 of the job: every compared model, every seed, fine-tuned and tested on
 dependency parsing (UAS/LAS, languages with a packaged treebank only) and module
-classification (target-language training, and zero-shot: English training)."""
+classification (target-language training, and zero-shot: English training).
+
+The models are evaluated --downstream-jobs at a time (default 2: one per core), each run
+single-threaded, so the figures are the same whatever that number is."""
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..fileio import cached_json_of_file
 from .budgets import MODELS, PARSING_LANGS, Budgets
@@ -77,9 +81,33 @@ def evaluate_downstream(checkpoints: List[Tuple[str, Dict[str, str], Sequence[in
         cls_counts = cls.prepare_classification(corpus, data, cls_dir, "en", lang, max_train=budgets.max_cls_train,
                                                 log=say)
     parse_data = prepare_parsing_data(data, work, lang)
+    todo = [(m, models[m], runs_root, seeds) for runs_root, models, seeds in checkpoints for m in MODELS]
+    scores = _in_parallel([lambda m=m, c=c, r=r, s=s: evaluate_model(m, c, data, parse_data, cls_dir, r, budgets, s)
+                           for m, c, r, s in todo], budgets.downstream_jobs)
     runs: Dict[str, Dict[str, List[float]]] = {m: {} for m in MODELS}
-    for runs_root, models, seeds in checkpoints:
-        for m in MODELS:
-            for k, v in evaluate_model(m, models[m], data, parse_data, cls_dir, runs_root, budgets, seeds).items():
-                runs[m].setdefault(k, []).extend(v)
+    for (m, _, _, _), model_scores in zip(todo, scores):  # in the fixed order, whatever finished first
+        for k, v in model_scores.items():
+            runs[m].setdefault(k, []).extend(v)
     return cls_counts, {m: {k: mean_std(v) for k, v in r.items()} for m, r in runs.items()}
+
+
+def _in_parallel(jobs: List[Callable[[], Dict]], n: int) -> List[Dict]:
+    """Run ``jobs`` (one model's fine-tunes each) ``n`` at a time; their results in order.  Every
+    fine-tune is single-threaded (commands.SINGLE_THREAD) and so is this process's torch while
+    the jobs run (the classification probes run here), so the figures do not depend on ``n``.
+    A failure stops what has not started; the ones running finish, then it is raised."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+            futures = [pool.submit(job) for job in jobs]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ from typing import Dict, List
 
 from ..fileio import cached_json, read_json
 from .budgets import Budgets
-from .commands import BIN, USER_DIR, run
+from .commands import BIN, SINGLE_THREAD, USER_DIR, run
 from .surgery import model_shape_args
 
 
@@ -35,10 +35,11 @@ def finetune_parser(parse_data: str, checkpoint: str, out: str, budgets: Budgets
     """Fine-tune a trelm checkpoint for dependency parsing, evaluate on test (UAS/LAS)."""
     def train_and_test() -> Dict:
         run(parser_train_command(parse_data, checkpoint, out, budgets, seed), os.path.join(out, "train.log"),
-            f"parsing fine-tune ({os.path.basename(os.path.dirname(out))}, seed {seed})")
+            f"parsing fine-tune ({os.path.basename(os.path.dirname(out))}, seed {seed})", SINGLE_THREAD)
         run([os.path.join(BIN, "trelm-parse-eval"), "--checkpoint", os.path.join(out, "checkpoint_best.pt"),
              "--data", parse_data, "--split", "test", "--output-prefix", os.path.join(out, "test"), "--quiet"],
-            os.path.join(out, "eval.log"), "parsing test evaluation")
+            os.path.join(out, "eval.log"), f"parsing test evaluation ({os.path.basename(os.path.dirname(out))})",
+            SINGLE_THREAD)
         metrics = read_json(os.path.join(out, "test.json"), "parsing test metrics")
         prune_checkpoints(out)
         return metrics
@@ -60,9 +61,10 @@ def finetune_classifier(setting_dir: str, checkpoint: str, out: str, budgets: Bu
         max_positions = int(checkpoint_model_config(load_checkpoint(checkpoint), checkpoint).max_positions)
         cmd = cls.finetune_command(setting_dir, checkpoint, out, arch, budgets.n("cls_updates"), train_lang_id,
                                    seed=seed, lr=budgets.finetune_lr, max_positions=max_positions, extra=shape[2:])
-        run(cmd, os.path.join(out, "train.log"), f"classification fine-tune ({os.path.basename(out)})")
+        what = f"{os.path.basename(os.path.dirname(out))} {os.path.basename(out)}"
+        run(cmd, os.path.join(out, "train.log"), f"classification fine-tune ({what})", SINGLE_THREAD)
         stdout = run(cls.evaluate_command(setting_dir, os.path.join(out, "checkpoint_best.pt"), test_lang_id),
-                     os.path.join(out, "eval.log"), "classification test evaluation")
+                     os.path.join(out, "eval.log"), f"classification test evaluation ({what})", SINGLE_THREAD)
         accuracy = cls.parse_accuracy(stdout)
         prune_checkpoints(out)
         return {"accuracy": accuracy}

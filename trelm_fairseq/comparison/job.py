@@ -65,11 +65,11 @@ def pretrain_and_probe(data: str, work: str, lang: str, b: Budgets, seed: int, i
         say(f"FLOP-matched baselines ({_gflop_text(pretraining['trelm']['gflop'])}): "
             + ", ".join(f"{m} {n} updates" for m, n in matched.items()))
     pretraining.update(pretrain({m: plans[m] for m in BASELINES}, spent))
-    curves = target_curves(plans, init, data, lang, work)
     t0 = time.time()
     say("probes without fine-tuning (retrieval P@1, language ID, target MLM) at every pre-training point")
-    probes = run_probes(plans, init, data, lang, work)
+    probes = run_probes(plans, init, data, lang, work, b.valid_sample)
     spent["probes"] = time.time() - t0
+    curves = target_curves(plans, probes)
     timings.update({k if seed == 1 else f"{k}_seed{seed}": v for k, v in spent.items()})
     return {"seed": seed, "work": work, "pretraining": pretraining, "checkpoints": final_checkpoints(plans, init),
             "curves": curves, "probes": probes, "baseline_updates": {m: plans[m].budget("1") for m in BASELINES},

@@ -23,7 +23,8 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
         lr=budgets.lr, stage1_lr_scale=budgets.stage1_lr_scale, max_tokens=budgets.max_tokens,
         tokens_per_sample=budgets.tokens_per_sample,
         save_interval_updates=budgets.n("validate_every"), seed=seed, graph=graph,
-        extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0"],
+        extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0",
+                    "--valid-sample", str(budgets.valid_sample)],
     )
 
 

@@ -53,8 +53,10 @@ def source_head_line(prepare: Optional[Dict]) -> str:
         return ""
     bits, flops = h["english_mlm_bits"], h.get("flops") or {}
     tflop = sum(flops.values()) / 1e12
+    cost = (f"reused from the cache, fitted earlier on the same source model and English text"
+            if h.get("reused_from") else f"{h.get('seconds', 0):.0f} s")
     return (f"Source MLM head: fitted on English by trelm-prepare (encoder frozen; held-out English MLM "
-            f"{bits['before']:.2f} -> {bits['after']:.2f} bits per masked token, {h.get('seconds', 0):.0f} s, "
+            f"{bits['before']:.2f} -> {bits['after']:.2f} bits per masked token, {cost}, "
             f"{tflop:.1f} TFLOP); every model that starts from the source starts from this head, and its cost "
             f"is the source model's, counted in no model's budget.")
 
@@ -228,8 +230,9 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "## Pre-training stages",
         "",
         "Valid loss: fairseq's valid loss of the stage's own objective in bits, averaged per batch (the "
-        "curve above weights by masked token, hence small differences). Stages 2a/2b: CdLM + MLM summed; "
-        "stage 1: MLM on both languages; stage 4 and the baselines: target MLM.",
+        "curve above weights by masked token, hence small differences), " + _valid_sample_text(report) +
+        ". Stages 2a/2b: CdLM + MLM summed; stage 1: MLM on both languages; stage 4 and the baselines: "
+        "target MLM.",
         "",
         "| model | stage | updates | valid loss | TFLOP | seconds |",
         "|---|---|---|---|---|---|",
@@ -244,6 +247,32 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "",
     ]
     return "\n".join(md)
+
+
+def _valid_sample_text(report: Dict) -> str:
+    """Which valid sentences the curves and the stage table's valid losses are measured on."""
+    n = report["budgets"].get("valid_sample", 0)
+    if not n:
+        return "on the whole valid split"
+    return (f"on a fixed sample of at most {n} valid sentences per part, the same for every model (the curves too; "
+            "the probes' target MLM uses the whole split)")
+
+
+def timings_table(report: Dict) -> str:
+    """The job's wall-clock per phase (what trelm-demo prints at the end)."""
+    rows = report["timings_seconds"]
+    total = rows.get("total") or sum(rows.values()) or 1.0
+    steps = ((report.get("prepare") or {}).get("seconds") or {})  # stage 0's steps (0 s: done before)
+    lines = [f"{'phase':<32} {'seconds':>8} {'share':>6}"]
+    for k, v in rows.items():
+        if k == "total":
+            continue
+        lines.append(f"{k:<32} {v:8.0f} {v / total:6.1%}")
+        if k == "prepare":
+            lines += [f"  {step:<30} {sec:8.0f} {sec / total:6.1%}" for step, sec in steps.items()
+                      if step != "total_this_run" and sec]
+    lines.append(f"{'total':<32} {total:8.0f}")
+    return "\n".join(lines)
 
 
 def write_report(report: Dict, results: str) -> None:

@@ -13,15 +13,18 @@ loaded back with transformers and compared with the fairseq model on sentences o
 valid split (hidden states and MLM logits, tokenizer ids against trelm's own encoding): a
 difference above ``TOLERANCE`` is an error and nothing is written.
 """
+import contextlib
 import os
 from typing import Callable, Dict, List, Optional, Union
 
-from ..errors import TreLMError
-from ..fileio import atomic_folder, read_json, read_lines, write_json, write_text
+from ..errors import TreLMError, write_error
+from ..fileio import (atomic_folder, check_output_folder, output_lock, read_json, read_lines,
+                      remove_stale_temporaries_of, usual_file_mode, write_failure, write_json, write_text)
 from .card import find_stages, model_card, usage_lines
 from .model import LAYOUTS  # noqa: F401
 
 TOLERANCE = 1e-4
+RECORD = "export.json"  # in every export: also what lets --force replace the folder
 CHECK_SENTENCES = 8
 
 
@@ -131,14 +134,24 @@ def export_model(checkpoint: str, data: str, out: str, lang: Optional[str] = Non
     ``lang`` (default: the data's target language) into the folder ``out``; returns the record
     written to ``out/export.json``.  TreLMError (naming the file and what was expected) for bad
     input; nothing is written then."""
+    out = os.path.abspath(out)
+    # --force replaces only an earlier export (its export.json), never an input, a folder above
+    # one, or the working directory; one writer per output folder
+    inputs = {"the checkpoint": checkpoint, "the data directory (--data)": data,
+              "--results": results if isinstance(results, str) else None}
+    check_output_folder(out, inputs, force, RECORD, "trelm-export")
+    with output_lock(out, "trelm-export"):
+        check_output_folder(out, inputs, force, RECORD, "trelm-export")  # as it is now that we hold it
+        remove_stale_temporaries_of(out, log)  # what a killed export to the same folder left
+        return _export(checkpoint, data, out, lang, results, layout, lowercase, check, log)
+
+
+def _export(checkpoint: str, data: str, out: str, lang: Optional[str], results, layout: str, lowercase: str,
+            check: bool, log: Callable[[str], None]) -> Dict:
     from ..checkpoint import load_model
     from . import model as M
     from . import tokenizer as T
 
-    out = os.path.abspath(out)
-    if os.path.lexists(out) and not (force and os.path.isdir(out)):
-        raise TreLMError(f"{out}: exists{' and is not a directory' if not os.path.isdir(out) else ''}: expected a new "
-                         "output directory (--force replaces an existing one)")
     x = _checked_inputs(checkpoint, data, lang, lowercase, layout)
     model, _ = load_model(checkpoint, x["dictionary"])
     model.eval()
@@ -151,7 +164,7 @@ def export_model(checkpoint: str, data: str, out: str, lang: Optional[str] = Non
         _write_model(tmp, model, config, x, tok, info, check, log)
         write_text(os.path.join(tmp, "README.md"), model_card(info))
         record = {k: v for k, v in info.items() if k not in ("prepare", "stages", "results", "corpus")}
-        write_json(os.path.join(tmp, "export.json"), record)
+        write_json(os.path.join(tmp, RECORD), record)
     return record
 
 
@@ -199,6 +212,19 @@ def _description(checkpoint: str, data: str, out: str, x: Dict, config: Dict, re
     }
 
 
+@contextlib.contextmanager
+def _library_writes(path: str):
+    """A failed write inside safetensors / tokenizers (disk full, read-only) as the TreLMError
+    naming the file, as every other write of the package."""
+    try:
+        yield
+    except Exception as e:
+        cause = write_failure(e)
+        if cause is not None:
+            raise write_error(path, cause) from None
+        raise
+
+
 def _write_model(tmp: str, model, config: Dict, x: Dict, tok, info: Dict, check: bool, log) -> None:
     """config.json, model.safetensors and the tokenizer into ``tmp``; with ``check``, loaded
     back with stock transformers classes and compared with the fairseq model (info["check"])."""
@@ -210,9 +236,12 @@ def _write_model(tmp: str, model, config: Dict, x: Dict, tok, info: Dict, check:
 
     max_positions = x["cfg"].max_positions
     write_json(os.path.join(tmp, "config.json"), config)
-    save_file(M.hf_state_dict(model.encoder, x["layout"], x["lang_id"]), os.path.join(tmp, "model.safetensors"),
-              metadata={"format": "pt"})
-    T.write_tokenizer(tok, tmp, max_positions)
+    weights = os.path.join(tmp, "model.safetensors")
+    with _library_writes(os.path.join(info["out"], "model.safetensors")):  # named as the user will find it
+        save_file(M.hf_state_dict(model.encoder, x["layout"], x["lang_id"]), weights, metadata={"format": "pt"})
+    os.chmod(weights, usual_file_mode())  # the writer may make it private
+    with _library_writes(os.path.join(info["out"], "tokenizer.json")):
+        T.write_tokenizer(tok, tmp, max_positions)
     if check:
         sp = spm.SentencePieceProcessor(model_proto=x["proto"].SerializeToString())
         info["check"] = _check(tmp, model, x["lang_id"], x["sentences"][:CHECK_SENTENCES], sp, x["dictionary"],

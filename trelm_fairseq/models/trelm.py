@@ -40,6 +40,7 @@ from fairseq.modules import LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.utils import safe_getattr
 
+from ..errors import TreLMError
 from ..modules.tri_layer import TRILayer
 
 logger = logging.getLogger(__name__)
@@ -96,13 +97,41 @@ class TreLMConfig(FairseqDataclass):
     )
 
 
+class ModelOptionError(TreLMError, ValueError):
+    """A model option out of its range: the option, its value and what was expected (a CLI
+    prints it without a traceback; a ValueError for code that catches those)."""
+
+
 def resolve_tri_layer_position(num_layers: int, position: int) -> int:
-    k = num_layers // 2 if position < 0 else position
+    k = num_layers // 2 if position == -1 else position
     if not 0 < k < num_layers:
-        raise ValueError(
-            f"tri_layer_position={position}: expected 1..{num_layers - 1} (layers below the TRILayer) or -1"
+        raise ModelOptionError(
+            f"--tri-layer-position (tri_layer_position={position}): expected 1..{num_layers - 1} (layers below the "
+            f"TRILayer of this {num_layers}-layer model) or -1 (the middle)"
         )
     return k
+
+
+def check_model_options(cfg) -> None:
+    """Every size and rate of a model config in its range, before anything is built."""
+    def need(ok: bool, option: str, value, expected: str) -> None:
+        if not ok:
+            raise ModelOptionError(f"--{option.replace('_', '-')} ({option}={value!r}): expected {expected}")
+
+    for name in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
+                 "max_positions", "n_langs"):
+        value = getattr(cfg, name, None)
+        need(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
+    need(cfg.encoder_embed_dim % cfg.encoder_attention_heads == 0, "encoder_attention_heads",
+         cfg.encoder_attention_heads, f"a divisor of --encoder-embed-dim ({cfg.encoder_embed_dim})")
+    for name in ("dropout", "attention_dropout", "activation_dropout", "pooler_dropout"):
+        value = getattr(cfg, name, 0.0)
+        need(value is not None and 0.0 <= float(value) < 1.0, name, value, "a probability in [0, 1)")
+    eps = getattr(cfg, "layernorm_eps", None)
+    need(eps is None or float(eps) > 0, "layernorm_eps", eps, "a positive number")
+    lang = getattr(cfg, "default_lang_id", 0)
+    need(0 <= lang < cfg.n_langs, "default_lang_id", lang, f"a language id in 0..{cfg.n_langs - 1} (--n-langs)")
+    resolve_tri_layer_position(cfg.encoder_layers, cfg.tri_layer_position)
 
 
 def _layer_config(cfg) -> TransformerConfig:
@@ -139,6 +168,7 @@ def init_bert_params(module: nn.Module) -> None:
 class TreLMEncoder(FairseqEncoder):
     def __init__(self, cfg, dictionary):
         super().__init__(dictionary)
+        check_model_options(cfg)
         self.cfg = cfg
         dim = cfg.encoder_embed_dim
         self.padding_idx = dictionary.pad()

@@ -39,6 +39,7 @@ from ..fileio import cached_json, file_sha256, read_json, write_json
 from . import align as align_mod
 from . import vocab as vocab_mod
 from ..languages import check_language
+from .corpora import default_cache_dir
 from .layout import SPLITS
 from .progress import Timer, log
 
@@ -338,9 +339,10 @@ def source_head_step(args, steps: Steps, src: str, source_ckpt_dir: str, import_
     train, valid = (os.path.join(text, f"mono.{src}.{split}") for split in ("train", "valid"))
     options = {"max_sentences": args.source_head_sentences, "epochs": args.source_head_epochs, "seed": args.seed}
     out_dir = os.path.join(steps.data, "source-head")
+    cache = args.cache_dir or default_cache_dir()  # a head fitted on the same content is reused from there
     steps.run("source_head", {"source": import_key, "vocab": steps.keys["vocab"], "options": options},
               ["source-head/model.pt", "source-head/dict.txt"],
-              lambda: source_head.fit_source_head(source_ckpt_dir, train, valid, out_dir, log=log, **options))
+              lambda: source_head.fit_or_reuse(source_ckpt_dir, train, valid, out_dir, cache, options, log=log))
     return out_dir, steps.keys["source_head"]
 
 
@@ -447,7 +449,7 @@ def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, s
     if "source_head" in st:
         h = st["source_head"]
         out["source_head"] = {k: h.get(k) for k in ("english_mlm_bits", "best_epoch", "masked_tokens", "options",
-                                                     "flops")}
+                                                     "flops", "reused_from") if k in h}
         out["source_head"]["seconds"] = round(steps.seconds["source_head"], 2)
     if "embeddings" in st:
         e = st["embeddings"]

@@ -173,6 +173,50 @@ def fit_head(head, train: Tuple[torch.Tensor, torch.Tensor], valid: Tuple[torch.
     return {"history": history, "best_epoch": best["epoch"]}
 
 
+CACHE_SUBDIR = "source-heads"
+
+
+def cache_key(source_dir: str, train_text: str, valid_text: str, options: Dict) -> str:
+    """What a fitted head depends on, by content: the source model's weights and dictionary, the
+    English text's bytes and the fit's options (not the paths: a copied data directory, or
+    another target language whose English text is the same, finds the same head)."""
+    import hashlib
+
+    from ..fileio import file_sha256
+
+    content = {"source": {f: file_sha256(os.path.join(source_dir, f)) for f in ("model.pt", "dict.txt")},
+               "english": {"train": file_sha256(train_text), "valid": file_sha256(valid_text)},
+               "options": options, "version": 1}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+
+
+def fit_or_reuse(source_dir: str, train_text: str, valid_text: str, out_dir: str, cache_dir: Optional[str],
+                 options: Dict, log: Callable[[str], None] = print) -> Dict:
+    """fit_source_head, unless ``cache_dir``/source-heads holds the head fitted on the same
+    content (cache_key): then that folder is copied to ``out_dir``.  A newly fitted head is
+    copied into the cache; a cache that cannot be written only costs the reuse (logged)."""
+    cached = os.path.join(cache_dir, CACHE_SUBDIR, cache_key(source_dir, train_text, valid_text, options)) \
+        if cache_dir else None
+    if cached and os.path.isfile(os.path.join(cached, RECORD)):  # complete: written by atomic_folder
+        with open(os.path.join(cached, RECORD), encoding="utf-8") as f:
+            figures = json.load(f)
+        with atomic_folder(out_dir) as tmp:
+            shutil.copytree(cached, tmp, dirs_exist_ok=True)
+        bits = figures["english_mlm_bits"]
+        log(f"source MLM head: reused the head fitted earlier on the same source model and English text "
+            f"({cached}; English MLM {bits['before']:.3f} -> {bits['after']:.3f} bits); wrote {out_dir}")
+        return dict(figures, reused_from=cached)
+    figures = fit_source_head(source_dir, train_text, valid_text, out_dir, log=log, **options)
+    if cached:
+        try:
+            with atomic_folder(cached) as tmp:
+                shutil.copytree(out_dir, tmp, dirs_exist_ok=True)
+            log(f"source MLM head: kept in the cache for other data directories: {cached}")
+        except TreLMError as e:
+            log(f"source MLM head: not kept in the cache ({e}); the next data directory fits it again")
+    return figures
+
+
 def fit_source_head(source_dir: str, train_text: str, valid_text: str, out_dir: str, *,
                     max_sentences: int = 10000, epochs: int = 6, lr: float = 5e-3, batch: int = 2048,
                     seed: int = 1, log: Callable[[str], None] = print) -> Dict:

@@ -122,6 +122,7 @@ def _stop_prefetch_threads(timeout: float = 10.0) -> None:
 atexit.register(_stop_prefetch_threads)
 
 CDLM_DIRECTION = {"transfer_upper": (0, 1), "transfer_lower": (1, 0)}  # (source, target) language index
+VALID_SAMPLE_SEED = 20261207  # --valid-sample's draw: fixed, so that every run validates on the same sentences
 
 AUTOCAST_BF16_HELP = ("run the forward pass and the loss under torch.autocast(bfloat16) on the batch's device "
                       "(CPU or GPU); weights, gradients and optimizer state stay fp32 (fairseq's --bf16 is "
@@ -224,6 +225,17 @@ class TreLMTransferConfig(FairseqDataclass):
                           "reads the source token aligned to it) or identity (an ablation: target token j reads "
                           "source position j, the null slot past the source's end)"},
     )
+    valid_sample: int = field(
+        default=0,
+        metadata={"help": "validate on a fixed sample of at most this many sentences (pairs) of each part of a "
+                          "non-train split, drawn with a fixed seed from those within --tokens-per-sample, the same "
+                          "for every stage, model and seed (cheap curve points); 0: the whole split"},
+    )
+    valid_sample_seed: int = field(
+        default=VALID_SAMPLE_SEED,
+        metadata={"help": "the seed of --valid-sample's draw (fixed by default, independent of --seed; another "
+                          "value draws other sentences, e.g. to measure the sample's spread)"},
+    )
     autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
     seed: int = II("common.seed")
 
@@ -283,6 +295,20 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
                 f"{split}/{name}: every sentence is longer than --tokens-per-sample={self.cfg.tokens_per_sample}"
             )
 
+    def _valid_sample(self, split: str, name: str, keep: np.ndarray) -> np.ndarray:
+        """``keep`` limited to --valid-sample sentences for a split other than train: a sample
+        drawn with --valid-sample-seed (not --seed: every model and pre-training seed validates
+        on the same sentences), in file order."""
+        n = self.cfg.valid_sample
+        if n < 0:
+            raise TreLMError(f"--valid-sample {n}: expected 0 (the whole split) or a number of sentences")
+        if split == "train" or n == 0 or len(keep) <= n:
+            return keep
+        sample = np.sort(np.random.RandomState(self.cfg.valid_sample_seed).choice(len(keep), n, replace=False))
+        logger.info("%s/%s: validating on a fixed sample of %d of its %d sentences (--valid-sample)",
+                    split, name, n, len(keep))
+        return np.asarray(keep)[sample]
+
     def _masked_batches(self, tokens, net_input: dict, sizes, epoch: int):
         """``tokens`` masked by fairseq's MaskTokensDataset (the task's MLM settings), padded and
         shuffled per epoch; ``net_input``: the inputs besides the tokens; ``sizes``: the batching
@@ -319,6 +345,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         ds = load_indexed(prefix, self.dictionary, f"monolingual {lang} text")
         keep = keep_by_length(self.cfg.tokens_per_sample - 1, ds.sizes)  # -1: <s> is prepended
         self._skip_log(split, f"mono/{lang}", len(ds), len(keep))
+        keep = self._valid_sample(split, f"mono/{lang}", keep)
         if len(keep) < len(ds):
             ds = SubsetDataset(ds, keep)
         ds = PrependTokenDataset(ds, self.dictionary.bos())
@@ -339,6 +366,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         )
         keep = keep_by_length(self.cfg.tokens_per_sample - 1, full.src.sizes, full.tgt.sizes)
         self._skip_log(split, f"para {src_lang}->{tgt_lang}", len(full), len(keep))
+        keep = self._valid_sample(split, f"para {src_lang}->{tgt_lang}", keep)
         return AlignedParallelDataset(
             full.src, full.tgt, full.gather, self.dictionary,
             full.src_lang_id, full.tgt_lang_id, shuffle=split == "train", keep=keep,
@@ -353,6 +381,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
             raise TreLMError(f"{paths[1]}.idx: {len(b)} sentences, expected one per sentence of {paths[0]} ({len(a)})")
         keep = keep_by_length(self.cfg.tokens_per_sample - 1, a.sizes, b.sizes)
         self._skip_log(split, f"para {first}+{second}", len(a), len(keep))
+        keep = self._valid_sample(split, f"para {first}+{second}", keep)
         if len(keep) < len(a):
             a, b = SubsetDataset(a, keep), SubsetDataset(b, keep)
         a = PrependTokenDataset(a, self.dictionary.bos())
