@@ -277,6 +277,22 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def _remove_if_stale(path: str, pid: int) -> bool:
+    """Remove the temporary ``path`` of process ``pid`` if that process is gone; whether it was."""
+    if pid == os.getpid() or process_alive(pid):
+        return False
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise write_error(path, e) from e
+    return True
+
+
 def remove_stale_temporaries_of(path: str, log: Optional[Callable[[str], None]] = None) -> List[str]:
     """remove_stale_temporaries for the temporaries of one output ``path`` only (those next to
     it named after it): what a killed writer of ``path`` left, without walking the folder it
@@ -289,20 +305,9 @@ def remove_stale_temporaries_of(path: str, log: Optional[Callable[[str], None]] 
         m = _TEMP_RE.match(entry)
         if not m or m.group("name") != name:
             continue
-        pid = int(m.group("pid"))
-        if pid == os.getpid() or process_alive(pid):
-            continue
         stale = os.path.join(parent, entry)
-        try:
-            if os.path.isdir(stale) and not os.path.islink(stale):
-                shutil.rmtree(stale)
-            else:
-                os.unlink(stale)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise write_error(stale, e) from e
-        removed.append(stale)
+        if _remove_if_stale(stale, int(m.group("pid"))):
+            removed.append(stale)
     if removed and log is not None:
         log(f"removed what an earlier run that did not finish left of {path}: {', '.join(removed)}")
     return removed
@@ -322,18 +327,9 @@ def remove_stale_temporaries(folder: str, log: Optional[Callable[[str], None]] =
     for root, dirs, files in os.walk(folder):
         for name in list(dirs) + files:
             pid = temporary_owner(name)
-            if pid is None or pid == os.getpid() or process_alive(pid):
-                continue
             path = os.path.join(root, name)
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-            except FileNotFoundError:
+            if pid is None or not _remove_if_stale(path, pid):
                 continue
-            except OSError as e:
-                raise write_error(path, e) from e
             removed.append(path)
             if name in dirs:
                 dirs.remove(name)  # do not walk into what is gone
@@ -679,8 +675,6 @@ def output_lock(out: str, what: str):
     process: a second writer to the same ``out`` stops at once with a TreLMError naming the
     holder.  The lock is a hidden file next to ``out`` (flock, released by a killed holder),
     removed when the block ends."""
-    import fcntl
-
     parent, name = os.path.split(os.path.abspath(out))
     path = os.path.join(parent, f".{name}.trelm.lock")
     while True:
@@ -689,14 +683,11 @@ def output_lock(out: str, what: str):
             f = open(path, "a+", encoding="utf-8")
         except OSError as e:
             raise write_error(out, e) from e  # the folder the user asked for, not our lock file
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        holder = _lock_or_holder(f)
+        if holder is not None:
             f.close()
             raise FolderBusy(f"{out}: being written by {holder}; wait for it to finish (or stop it) before "
-                             f"running {what} to the same folder") from None
+                             f"running {what} to the same folder")
         try:
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                 break
@@ -704,10 +695,7 @@ def output_lock(out: str, what: str):
             pass
         f.close()  # the holder before us removed the file we locked: lock the one there now
     try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"{what} (pid {os.getpid()})\n")
-        f.flush()
+        _name_holder(f, what)
         try:
             yield
         finally:
@@ -717,6 +705,25 @@ def output_lock(out: str, what: str):
         f.close()
 
 
+def _lock_or_holder(f) -> Optional[str]:
+    """flock ``f`` (an open lock file) for this process: None, or who holds it (what it says)."""
+    import fcntl
+
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        f.seek(0)
+        return f.read().strip() or "another process"
+
+
+def _name_holder(f, what: str) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(f"{what} (pid {os.getpid()})\n")
+    f.flush()
+
+
 @contextlib.contextmanager
 def exclusive(folder: str, what: str):
     """Hold `folder` for this process while the block runs: a second run writing the same
@@ -724,25 +731,17 @@ def exclusive(folder: str, what: str):
     on the same stage) stops at once with a TreLMError naming the holder, instead of both
     writing the same files.  The lock is the kernel's (flock): a killed holder releases it;
     the (then empty) lock file stays."""
-    import fcntl
-
     try:
         os.makedirs(folder, exist_ok=True)
         f = open(os.path.join(folder, LOCK_NAME), "a+", encoding="utf-8")
     except OSError as e:
         raise write_error(os.path.join(folder, LOCK_NAME), e) from e
     try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        holder = _lock_or_holder(f)
+        if holder is not None:
             raise FolderBusy(f"{folder}: in use by {holder}; wait for it to finish (or stop it) before running "
-                             f"{what} on it again") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{what} (pid {os.getpid()})\n")
-        f.flush()
+                             f"{what} on it again")
+        _name_holder(f, what)
         try:
             yield
         finally:
