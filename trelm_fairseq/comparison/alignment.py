@@ -11,6 +11,7 @@ from typing import Dict, List
 
 from ..fileio import cached_json_of_file
 from .commands import say
+from .curves import PROBED_CURVE_POINTS
 
 
 def probe_points(plans: Dict, init: str) -> List[Dict]:
@@ -31,7 +32,8 @@ def probe_points(plans: Dict, init: str) -> List[Dict]:
 
 def run_probes(plans: Dict, init: str, data: str, lang: str, work: str, valid_sample: int = 0) -> List[Dict]:
     """Every probe of every point of probe_points; the rows (the point's fields + the probe's),
-    with the target MLM on the runs' --valid-sample sentences too (a curve point: curves.py).
+    at TreLM's PROBED_CURVE_POINTS with the target MLM on the runs' --valid-sample sentences too
+    (curves.py).
     A cached result counts only for the checkpoint bytes and the valid sample it was computed on."""
     from ..probes import format_row, probe_checkpoint
 
@@ -39,11 +41,13 @@ def run_probes(plans: Dict, init: str, data: str, lang: str, work: str, valid_sa
     rows = []
     for p in probe_points(plans, init):
         t0 = time.time()
+        # the sample figure only where it is a curve point: the other points have their own validations
+        sample = valid_sample if p["model"] == "trelm" and p["key"] in PROBED_CURVE_POINTS else 0
         r = cached_json_of_file(os.path.join(work, "probes", f"{p['model']}-{p['key']}.json"), p["checkpoint"],
-                                lambda p=p: probe_checkpoint(p["checkpoint"], data, ["en", lang], split="test",
-                                                             max_pairs=1000, tokens_per_sample=tps,
-                                                             valid_sample=valid_sample), "probe record",
-                                valid=lambda record: record.get("valid_sample", 0) == valid_sample)
+                                lambda p=p, sample=sample: probe_checkpoint(
+                                    p["checkpoint"], data, ["en", lang], split="test", max_pairs=1000,
+                                    tokens_per_sample=tps, valid_sample=sample), "probe record",
+                                valid=lambda record, sample=sample: record.get("valid_sample", 0) == sample)
         rows.append(dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "source_sha256")}))
         say(format_row(f"{p['model']} {p['point']}", r) + f"  [{time.time() - t0:.0f}s]")
     return rows

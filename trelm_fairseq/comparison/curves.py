@@ -32,6 +32,10 @@ def valid_curve(plan, key: str, offset: int) -> List[List[float]]:
     return points
 
 
+# TreLM's checkpoints made outside fairseq-train: their curve points are the probes' (probe keys)
+PROBED_CURVE_POINTS = ("init", "1", "combine")
+
+
 def target_curves(plans: Dict, probes: List[Dict]) -> Dict:
     """The target MLM loss curves, every point on the same fixed --valid-sample sentences:
     TreLM's init, after stage 1 and after the combine (checkpoints made outside its stage-4
@@ -45,7 +49,8 @@ def target_curves(plans: Dict, probes: List[Dict]) -> Dict:
         row = probed[("trelm", key)]
         return row.get("target_mlm_bits_valid_sample", row["target_mlm_bits"])
 
-    trelm = [[0, at("init")], [u1, at("1")], [u1 + 2 * u2, at("combine")]] + valid_curve(tp, "4", u1 + 2 * u2)
+    init, after_1, after_combine = (at(key) for key in PROBED_CURVE_POINTS)
+    trelm = [[0, init], [u1, after_1], [u1 + 2 * u2, after_combine]] + valid_curve(tp, "4", u1 + 2 * u2)
     return {
         "trelm": trelm,
         "scratch": valid_curve(plans["scratch"], "1", 0),
