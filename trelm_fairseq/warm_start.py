@@ -98,9 +98,10 @@ def _recv(sock: socket.socket, with_fds: bool = False):
     fds: List[int] = []
     if with_fds:
         first, fds, _, _ = socket.recv_fds(sock, 1, 4)
-        if not first:
+        rest = _recv_exact(sock, _HEADER.size - 1) if first else None
+        if rest is None:  # the caller went away (mid-message, too)
             return None, fds
-        head = first + _recv_exact(sock, _HEADER.size - 1)
+        head = first + rest
     else:
         head = _recv_exact(sock, _HEADER.size)
     if head is None or len(head) < _HEADER.size:
