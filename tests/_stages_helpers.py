@@ -17,6 +17,10 @@ Every call appends a record to ``$FAKE_CALLS`` (json lines).  ``FAKE_FAIL_STAGE=
 ``FAKE_DIE_AFTER_SAVE=<stage>`` SIGKILLs the trainer right after it saved that stage's last
 checkpoint, before its train line (fairseq's order), so that line never reaches the log.
 ``FAKE_SLEEP`` seconds are slept while "training" (to see 2a and 2b overlap).
+``FAKE_SAVE_EVERY=<k>`` also writes ``checkpoint_1_<u>.pt`` every k updates (interval
+checkpoints); ``FAKE_TRAIN_LOSS`` replaces the final train loss (e.g. an exploded one).
+Like the plugin's tasks, the saved checkpoint's ``task_state`` records the dictionary
+fingerprint (the restored checkpoint's) and ``--langs``.
 """
 import argparse
 import json
@@ -51,6 +55,7 @@ def _main(argv):
     p.add_argument("--reset-meters", action="store_true")
     p.add_argument("--max-update", type=int, required=True)
     p.add_argument("--stage", required=True)
+    p.add_argument("--langs", default="en,tr")
     args, _ = p.parse_known_args(argv)
     t0 = time.time()
 
@@ -76,9 +81,18 @@ def _main(argv):
     state["cfg"] = cfg
     state["optimizer_history"] = [{"criterion_name": "TreLMLoss", "optimizer_name": "FairseqAdam",
                                    "lr_scheduler_state": {}, "num_updates": end}]
-    state.pop("trelm", None)  # fairseq-train does not keep the trelm meta key
+    meta = state.pop("trelm", None) or {}  # fairseq-train does not keep the trelm meta key ...
+    stamp = dict(state.get("task_state") or {})  # ... its task stamps the task state instead
+    if meta.get("dictionary_fingerprint"):
+        stamp["dictionary_fingerprint"] = meta["dictionary_fingerprint"]
+    state["task_state"] = dict(stamp, langs=args.langs.split(","))
     os.makedirs(args.save_dir, exist_ok=True)
-    loss = round(10.0 - 0.25 * end, 3)
+    every = int(os.environ.get("FAKE_SAVE_EVERY", "0"))
+    for u in range(start + 1, end + 1):
+        if every and u % every == 0:
+            interval = dict(state, optimizer_history=[{"num_updates": u}])
+            torch.save(interval, os.path.join(args.save_dir, f"checkpoint_1_{u}.pt"))
+    loss = float(os.environ.get("FAKE_TRAIN_LOSS", round(10.0 - 0.25 * end, 3)))
     # fairseq's order at the end of training: the valid line, the checkpoint save (with the
     # train meters and the valid loss in extra_state, in fairseq's own format), the train line
     print("2026-01-01 00:00:00 | INFO | valid | " + json.dumps(

@@ -5,6 +5,7 @@ lists every failure mode with the test that checks it (here or in the other test
 import errno
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,14 +14,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _cli import BIN, USER_DIR, cli_env  # noqa: E402
+from _cli import BIN, USER_DIR, cli_env, run_cli  # noqa: E402
 from _prep_helpers import lexicon, make_tiny_source_model, write_synthetic_corpus  # noqa: E402
 from _stages_helpers import trainer_command as fake_trainer_command  # noqa: E402
 from _transfer_helpers import make_family, make_task, make_tiny_data_dir  # noqa: E402
 
 import trelm_fairseq  # noqa: E402,F401  (registers)
 from fairseq.data import Dictionary  # noqa: E402
-from trelm_fairseq.checkpoint import build_model, load_checkpoint, model_config, save_checkpoint  # noqa: E402
+from trelm_fairseq.checkpoint import (build_model, checkpoint_num_updates, load_checkpoint, model_config,  # noqa: E402
+                                      save_checkpoint)
 from trelm_fairseq.errors import TreLMError, find_trelm_error, running_fairseq_cli  # noqa: E402
 from trelm_fairseq.fileio import write_json  # noqa: E402
 from trelm_fairseq.stages import StagePlan, run_all  # noqa: E402
@@ -457,3 +459,78 @@ def test_fairseq_train_errors_are_clear_messages(tiny, tmp_path):
     assert f"error: {last}: not a readable checkpoint (truncated or corrupted" in outs["damaged"]
     assert f"The newest intact checkpoint next to it is {damaged / 'checkpoint_1_4.pt'} (0 updates): copy it over " \
            f"{last} to resume from there" in outs["damaged"]
+
+
+def test_fairseq_train_stamps_its_checkpoints_and_every_reader_checks_the_stamp(tiny, tmp_path, caplog):
+    """fairseq-train under the plugin's task records the dictionary's fingerprint and the
+    language pair (task state); resuming with a re-made vocabulary of the same size or with
+    swapped --langs is refused, and so is reading the checkpoint with the wrong data."""
+    from trelm_fairseq.checkpoint import check_vocabulary, dictionary_fingerprint, load_dictionary
+    from trelm_fairseq.probes import probe_checkpoint
+
+    save = tmp_path / "ck"
+    argv = _fairseq_train(tiny, save, "--stage", "commonality", "--restore-file", tiny["init"],
+                          "--reset-optimizer", "--reset-dataloader", "--reset-meters")
+    run_cli("fairseq-train", argv[1:])
+    last = save / "checkpoint_last.pt"
+    state = load_checkpoint(str(last))
+    dictionary = load_dictionary(tiny["dict"])
+    assert state["task_state"] == {"dictionary_fingerprint": dictionary_fingerprint(dictionary), "langs": ["en", "tr"]}
+
+    # the same data directory with a re-made vocabulary of the same size (one symbol renamed)
+    other = tmp_path / "other"
+    shutil.copytree(tiny["data"], other)
+    lines = (other / "dict.txt").read_text(encoding="utf-8").splitlines()
+    lines[-1] = "zz_renamed " + lines[-1].split(" ", 1)[1]
+    (other / "dict.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    resumes = {"vocab": (dict(tiny, data=str(other)), "en,tr"), "langs": (tiny, "tr,en")}
+    for case, (paths, langs) in resumes.items():
+        copy = tmp_path / f"ck-{case}"
+        shutil.copytree(save, copy)
+        argv = _fairseq_train(paths, copy, "--stage", "commonality", "--max-update", "4")
+        argv[argv.index("--langs") + 1] = langs
+        proc = run_cli("fairseq-train", argv[1:], check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+        if case == "vocab":
+            assert (f"error: {copy}/checkpoint_last.pt: made for another vocabulary than the dictionary of --data "
+                    f"{other} (dictionary fingerprint {dictionary_fingerprint(dictionary)} in the checkpoint"
+                    in proc.stdout), proc.stdout[-3000:]
+        else:
+            assert (f"error: {copy}/checkpoint_last.pt: trained with the language pair en,tr (language ids 0,1 in "
+                    "that order), but --langs gives tr,en" in proc.stdout), proc.stdout[-3000:]
+        assert checkpoint_num_updates(str(copy / "checkpoint_last.pt")) == 2  # nothing trained, nothing written
+
+    # the readers: the probe with the other data directory or the pair swapped
+    with pytest.raises(TreLMError, match=rf"{last}: made for another vocabulary than {other}/dict.txt"):
+        probe_checkpoint(str(last), str(other), ["en", "tr"], target_mlm=False)
+    with pytest.raises(TreLMError, match=rf"{last}: trained with the language pair en,tr .*but the probe's "
+                                         r"language pair .* gives tr,en"):
+        probe_checkpoint(str(last), tiny["data"], ["tr", "en"], target_mlm=False)
+    # a checkpoint written before the stamp: a warning, the size still checked
+    state.pop("task_state")
+    with caplog.at_level("WARNING"):
+        check_vocabulary(state, "old.pt", dictionary, tiny["dict"])
+    assert f"old.pt: records no dictionary fingerprint (written before checkpoints were stamped): only its size " \
+           f"was compared with {tiny['dict']}" in caplog.text
+
+
+def test_fairseq_train_stops_on_a_diverged_loss_before_saving_it(tiny, tmp_path):
+    """An exploding loss (--lr 1e3) stops fairseq-train with the update named; no checkpoint
+    of the diverged weights (update u - 1 on) is written."""
+    save = tmp_path / "ck"
+    argv = _fairseq_train(tiny, save, "--stage", "commonality", "--restore-file", tiny["init"], "--reset-optimizer",
+                          "--reset-dataloader", "--reset-meters", "--max-update", "30", "--save-interval-updates", "1",
+                          "--log-format", "json", "--log-interval", "1")
+    argv[argv.index("--lr") + 1] = "1e3"
+    proc = run_cli("fairseq-train", argv[1:], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    m = re.search(r"error: the training loss diverged at update (\d+) \((.*?)\): a rerun with the same settings would "
+                  r"repeat it\. Checkpoints saved at update (\d+) or later hold the diverged weights", proc.stdout)
+    assert m, proc.stdout[-3000:]
+    update, bad = int(m.group(1)), int(m.group(3))
+    assert bad == update - 1
+    # fairseq saved update u - 1 before its loss could be seen: nothing after it, and the
+    # message names it (trelm-stages sets it aside: test_stages.py)
+    saved = [checkpoint_num_updates(str(p)) for p in save.glob("checkpoint*.pt")]
+    assert saved and max(saved) == bad, (saved, bad)
+    print(m.group(0))

@@ -347,18 +347,26 @@ def test_init_checkpoint_of_another_vocabulary_of_the_same_size_is_refused(data_
     check_checkpoint_fits(plan, init, "where stage 1 starts")  # its own vocabulary
     (data_dir / "dict.txt").write_text("".join(f"{s} 1\n" for s in reversed(symbols)))
     with pytest.raises(TreLMError, match=r"model\.pt \(where stage 1 starts\): made for another vocabulary than "
-                                         r".*dict\.txt \(same size, other symbols"):
+                                         r".*dict\.txt \(dictionary fingerprint \w+ in the checkpoint, \w+ in .*dict\.txt; "
+                                         r"same size, other symbols"):
         check_checkpoint_fits(plan, init, "where stage 1 starts")
 
 
 def test_a_diverged_or_out_of_memory_stage_says_what_to_change(data_dir, tmp_path, fake, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL_STAGE", "commonality")
     monkeypatch.setenv("FAKE_FAIL_AT", "2")
+    # fairseq's words only (no update number): every checkpoint of the stage counts as diverged
     monkeypatch.setenv("FAKE_FAIL_MESSAGE", "FloatingPointError: gradients are Nan/Inf")
-    with pytest.raises(StageFailed, match=r"The loss diverged at update 2 \(non-finite gradients\): a rerun "
-                                          r"would repeat it; lower the learning rate .*checkpoint_last\.pt "
-                                          r"\(update 2\)"):
+    s1 = tmp_path / "a" / "1-commonality"
+    with pytest.raises(StageFailed, match=r"The training loss diverged \(update unknown: every checkpoint counts as "
+                                          r"diverged\): a rerun with the same settings would repeat it\. The 2 "
+                                          rf"checkpoint\(s\) .* set aside in {s1}/diverged .*No checkpoint was saved "
+                                          r"before it: the next run starts the stage over\. Lower the learning rate "
+                                          r"\(trelm-stages --lr\) or give the stage more warm-up \(trelm-stages "
+                                          r"--warmup\)"):
         quiet_run(fake_plan(data_dir, tmp_path / "a"), stages="1")
+    assert sorted(p.name for p in (s1 / "diverged").iterdir()) == ["checkpoint_best.pt", "checkpoint_last.pt"]
+    assert not list(s1.glob("checkpoint*.pt"))
     monkeypatch.setenv("FAKE_FAIL_MESSAGE", "RuntimeError: DefaultCPUAllocator: can't allocate memory")
     with pytest.raises(StageFailed, match=r"ran out of memory: lower --max-tokens"):
         quiet_run(fake_plan(data_dir, tmp_path / "b"), stages="1")
@@ -366,6 +374,40 @@ def test_a_diverged_or_out_of_memory_stage_says_what_to_change(data_dir, tmp_pat
     with pytest.raises(StageFailed, match=r"exited 3; see .*train\.log\. Run again to resume from the stage's "
                                           r"checkpoint_last\.pt \(update 2\)\.$"):
         quiet_run(fake_plan(data_dir, tmp_path / "c"), stages="1")
+
+
+def test_a_diverged_stage_is_never_resumed_from_its_diverged_checkpoints(data_dir, tmp_path, fake, monkeypatch):
+    """The plugin's message names the update (divergence.py): checkpoints saved from the weights
+    that diverged (update u - 1 on) are set aside, the last sane one is resumed; a stage that
+    ends with an exploded train loss is not marked done."""
+    calls = fake
+    out = tmp_path / "run"
+    s1 = out / "1-commonality"
+    monkeypatch.setenv("FAKE_SAVE_EVERY", "1")
+    monkeypatch.setenv("FAKE_FAIL_STAGE", "commonality")
+    monkeypatch.setenv("FAKE_FAIL_AT", "4")
+    monkeypatch.setenv("FAKE_FAIL_MESSAGE", "error: the training loss diverged at update 4 (a loss of 2.9e+12 bits "
+                                            "per token, above --max-train-loss 100): ...")
+    with pytest.raises(StageFailed, match=rf"The training loss diverged at update 4: .* The 4 checkpoint\(s\) .*set "
+                                          rf"aside in {s1}/diverged .* The last sane checkpoint, "
+                                          rf"{s1}/checkpoint_1_2\.pt \(update 2\), is where the next run resumes"):
+        quiet_run(fake_plan(data_dir, out), stages="1")
+    assert sorted(p.name for p in (s1 / "diverged").iterdir()) == [
+        "checkpoint_1_3.pt", "checkpoint_1_4.pt", "checkpoint_best.pt", "checkpoint_last.pt"]
+    monkeypatch.delenv("FAKE_FAIL_STAGE")
+    text = quiet_run(fake_plan(data_dir, out), stages="1")
+    assert f"resuming from {s1 / 'checkpoint_last.pt'} (2 updates)" in text
+    assert read_calls(calls)[-1]["start_updates"] == 2 and (s1 / "stage_done.json").is_file()
+
+    # a stage that trained to its budget with an exploded loss (e.g. resumed from a diverged
+    # checkpoint of an older version) is not marked done, and nothing of it is resumed
+    monkeypatch.setenv("FAKE_TRAIN_LOSS", "2.9e12")
+    other = tmp_path / "other"
+    with pytest.raises(StageFailed, match=r"stage 1 \(commonality\) ended with a train loss of 2\.9e\+12 bits per "
+                                          r"token at update \d+ \(limit 100\): it diverged and is not marked done"):
+        quiet_run(fake_plan(data_dir, other), stages="1")
+    assert not (other / "1-commonality" / "stage_done.json").exists()
+    assert not list((other / "1-commonality").glob("checkpoint*.pt"))
 
 
 def test_langs_other_than_the_prepared_pair_are_refused_before_anything_runs(data_dir, tmp_path):

@@ -7,9 +7,11 @@ Extra TreLM metadata (origin, stage, vocabulary fingerprint) lives under the
 top-level key ``"trelm"``, which fairseq ignores.
 """
 import argparse
+import contextvars
 import functools
 import glob
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -24,6 +26,8 @@ from fairseq.models import ARCH_CONFIG_REGISTRY
 from . import fileio
 from .errors import TreLMError
 from .models.trelm import LEGACY_IDENTITY_FLAG, TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
+
+logger = logging.getLogger(__name__)
 
 # in the dataclass's declaration order: a set's order follows PYTHONHASHSEED, and these keys
 # reach the saved cfg (the same checkpoint bytes in every process)
@@ -197,11 +201,13 @@ def checkpoint_model_config(state: Dict, path: str = "<checkpoint>") -> argparse
     return model_config(str(arch), **fields)
 
 
-def load_model(path: str, dictionary: Dictionary, strict: bool = True):
-    """Build a TreLMModel from a checkpoint and a dictionary; returns (model, state)."""
+def load_model(path: str, dictionary: Dictionary, strict: bool = True, dict_path: str = "the dictionary",
+               langs: Optional[List[str]] = None, langs_source: str = ""):
+    """Build a TreLMModel from a checkpoint and a dictionary (read from `dict_path`; `langs`,
+    the pair the caller uses, from `langs_source`: see `check_vocabulary`); returns (model, state)."""
     state = load_checkpoint(path)
     cfg = checkpoint_model_config(state, path)
-    check_vocabulary(state, path, dictionary)
+    check_vocabulary(state, path, dictionary, dict_path, langs=langs, langs_source=langs_source)
     model = build_model(cfg, dictionary)
     model.load_state_dict(state["model"], strict=strict)
     return model, state
@@ -329,9 +335,38 @@ def recover_last_checkpoint(last: str) -> Optional[str]:
             f"{source} ({updates} updates) instead")
 
 
-def check_fits(path: str, want, dict_path: str, what: str, source: str) -> None:
+DIVERGED_FOLDER = "diverged"  # where trelm-stages sets aside the checkpoints of diverged weights
+
+
+def set_aside_diverged(folder: str, first_bad: Optional[int]) -> Tuple[List[str], Optional[Tuple[int, str]]]:
+    """Move every readable checkpoint of a fairseq save dir saved at update `first_bad` or later
+    (every one when None: the update is unknown) into ``<folder>/diverged/``, where nothing
+    resumes from them; when checkpoint_last.pt went, the newest checkpoint left is copied over
+    it.  Returns (the moved paths, (updates, path) of the last sane checkpoint or None)."""
+    moved = []
+    for path in sorted(glob.glob(os.path.join(folder, "checkpoint*.pt"))):
+        updates = checkpoint_num_updates(path)
+        if updates is None or (first_bad is not None and updates < first_bad):
+            continue
+        aside = os.path.join(folder, DIVERGED_FOLDER, os.path.basename(path))
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(path, aside)
+        moved.append(path)
+    last = os.path.join(folder, "checkpoint_last.pt")
+    if os.path.isfile(last):
+        return moved, (checkpoint_num_updates(last), last)
+    intact = intact_checkpoints(folder)
+    if not intact:
+        return moved, None
+    with fileio.atomic_output(last, suffix=".pt") as tmp:
+        shutil.copyfile(intact[0][1], tmp)
+    return moved, intact[0]
+
+
+def check_fits(path: str, want, dict_path: str, what: str, source: str, langs: Optional[List[str]] = None) -> None:
     """The checkpoint at `path` has the structure of model config `want` (built from
-    `source`, named in the error) and one embedding row per symbol of `dict_path` + <mask>."""
+    `source`, named in the error), one embedding row per symbol of `dict_path` + <mask>, the
+    symbols it records and, when it records them, the language pair `langs` (--langs)."""
     state = peek(path)
     cfg = checkpoint_model_config(state, path)
     for name in STRUCTURE_FIELDS:
@@ -344,14 +379,41 @@ def check_fits(path: str, want, dict_path: str, what: str, source: str) -> None:
             )
     if "encoder.embed_tokens.weight" in state["model"] and os.path.isfile(dict_path):
         check_vocabulary(state, f"{path} ({what})", load_dictionary(dict_path), dict_path,
-                         "a checkpoint made with this data directory's dict.txt")
+                         "a checkpoint made with this data directory's dict.txt", langs=langs, langs_source="--langs")
+
+
+def recorded_stamp(state: Dict) -> Tuple[Optional[str], Optional[List[str]]]:
+    """The dictionary fingerprint and the language pair (source first) a checkpoint records:
+    our writers put them under "trelm", fairseq-train under the plugin's tasks in the task's
+    state ("task_state", see `stamp_task`).  None for what it does not record."""
+    fingerprint, langs = None, None
+    for part in ("trelm", "task_state"):
+        record = state.get(part) or {}
+        if not hasattr(record, "get"):
+            continue
+        fingerprint = fingerprint or record.get("dictionary_fingerprint")
+        langs = langs or record.get("langs")
+    return fingerprint, (list(langs) if langs else None)
+
+
+def stamp_task(task, dictionary: Dictionary, langs: Optional[List[str]] = None) -> None:
+    """Put the dictionary's fingerprint (and the language pair, in its order) into a fairseq
+    task's state: fairseq-train saves that state in every checkpoint (``task_state``), so each
+    checkpoint names the vocabulary and the language ids it was trained with."""
+    stamp = {"dictionary_fingerprint": dictionary_fingerprint(dictionary)}
+    if langs:
+        stamp["langs"] = list(langs)
+    task.state.merge_state_dict(stamp)
 
 
 def check_vocabulary(state: Dict, where: str, dictionary: Dictionary, dict_path: str = "the dictionary",
-                     expected: str = "the dict.txt this checkpoint was made with") -> None:
+                     expected: str = "the dict.txt this checkpoint was made with",
+                     langs: Optional[List[str]] = None, langs_source: str = "") -> None:
     """A checkpoint's embedding has one row per symbol of `dictionary` (dict.txt + the
-    specials + <mask>, as the tasks load it), and the same symbols when the checkpoint records
-    their fingerprint; else a TreLMError naming both (`where`: the checkpoint)."""
+    specials + <mask>, as the tasks load it), the same symbols as its recorded fingerprint and,
+    when both are known, the same language pair in the same order as `langs` (from
+    `langs_source`); else a TreLMError naming both sides (`where`: the checkpoint).  A
+    checkpoint without the stamp (written before it existed) gets a warning."""
     rows = state["model"].get("encoder.embed_tokens.weight")
     if rows is None:
         raise TreLMError(f"{where}: no encoder.embed_tokens.weight: not a trelm checkpoint")
@@ -359,11 +421,21 @@ def check_vocabulary(state: Dict, where: str, dictionary: Dictionary, dict_path:
         raise TreLMError(f"{where}: vocabulary of {rows.size(0)} rows, but {dict_path} gives {len(dictionary)} "
                          f"symbols (with the specials and <mask>): expected {expected}")
     # same size is not the same vocabulary (two language pairs prepared with --vocab-size auto
-    # both get 16000 pieces): the fingerprint our writers record says which symbols, in order
-    recorded = (state.get("trelm") or {}).get("dictionary_fingerprint")
-    if recorded and recorded != dictionary_fingerprint(dictionary):
-        raise TreLMError(f"{where}: made for another vocabulary than {dict_path} (same size, other symbols: "
-                         f"another language pair or a re-made vocabulary?): expected {expected}")
+    # both get 16000 pieces, a re-made vocabulary keeps its size): the fingerprint says which
+    # symbols, in order
+    recorded, recorded_langs = recorded_stamp(state)
+    actual = dictionary_fingerprint(dictionary)
+    if recorded is None:
+        logger.warning("%s: records no dictionary fingerprint (written before checkpoints were stamped): only its "
+                       "size was compared with %s", where, dict_path)
+    elif recorded != actual:
+        raise TreLMError(f"{where}: made for another vocabulary than {dict_path} (dictionary fingerprint {recorded} "
+                         f"in the checkpoint, {actual} in {dict_path}; same size, other symbols: another language "
+                         f"pair or a re-made vocabulary?): expected {expected}")
+    if langs and recorded_langs and list(langs) != list(recorded_langs):
+        raise TreLMError(f"{where}: trained with the language pair {','.join(recorded_langs)} (language ids 0,1 in "
+                         f"that order), but {langs_source or 'this run'} gives {','.join(langs)}: expected "
+                         f"{expected} with the same pair in the same order (source first)")
 
 
 # ----- a trelm-stages run directory ----------------------------------------------
@@ -420,10 +492,32 @@ def unreadable_message(path: str, e: Exception, resuming: bool = False) -> str:
     return msg
 
 
+# the task of the fairseq Trainer whose load_checkpoint is running (resume, --restore-file,
+# --finetune-from-model): what the checkpoint it reads must have been trained with
+_TRAINER_TASK: contextvars.ContextVar = contextvars.ContextVar("trelm_trainer_task", default=None)
+
+
+def check_task_vocabulary(state: Dict, path: str, task) -> None:
+    """A checkpoint fairseq-train is about to start from fits the task's dictionary (and, for the
+    plugin's transfer task, its --langs order): `check_vocabulary` against the task."""
+    dictionary = getattr(task, "source_dictionary", None)
+    model = state.get("model") or {}
+    if dictionary is None or "encoder.embed_tokens.weight" not in model:
+        return  # not a trelm encoder's checkpoint, or a task without a vocabulary: fairseq's checks
+    data = str(getattr(getattr(task, "cfg", None), "data", "") or "").split(os.pathsep)[0]
+    dict_path = f"the dictionary of --data {data}" if data else "the task's dictionary"
+    langs = getattr(task, "langs", None)
+    check_vocabulary(state, path, dictionary, dict_path, "a checkpoint trained on this data directory",
+                     langs=langs, langs_source="--langs" if langs else "")
+
+
 def guard_fairseq_checkpoint_loading() -> None:
     """Make fairseq's checkpoint reader name the file and the remedy when the file is
-    unreadable (instead of torch's internal zip-reader error).  Other errors pass unchanged."""
+    unreadable (instead of torch's internal zip-reader error), and make fairseq-train's
+    trainer refuse a checkpoint stamped with another dictionary or language order than its
+    task's (`check_task_vocabulary`).  Other errors pass unchanged."""
     from fairseq import checkpoint_utils
+    from fairseq.trainer import Trainer
 
     original = checkpoint_utils.load_checkpoint_to_cpu
     if getattr(original, "trelm", False):
@@ -432,11 +526,26 @@ def guard_fairseq_checkpoint_loading() -> None:
     @functools.wraps(original)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
-            return original(path, *args, **kwargs)
+            state = original(path, *args, **kwargs)
         except Exception as e:
             if isinstance(e, TreLMError) or not os.path.isfile(path) or checkpoint_num_updates(path) is not None:
                 raise  # not a damaged file: fairseq's own error
             raise TreLMError(unreadable_message(path, e, resuming=True)) from e
+        task = _TRAINER_TASK.get()
+        if task is not None:
+            check_task_vocabulary(state, path, task)
+        return state
+
+    trainer_load = Trainer.load_checkpoint
+
+    @functools.wraps(trainer_load)
+    def load_trainer_checkpoint(self, *args, **kwargs):
+        token = _TRAINER_TASK.set(self.task)
+        try:
+            return trainer_load(self, *args, **kwargs)
+        finally:
+            _TRAINER_TASK.reset(token)
 
     load_checkpoint_to_cpu.trelm = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    Trainer.load_checkpoint = load_trainer_checkpoint

@@ -33,6 +33,7 @@ from .checkpoint import (
     STRUCTURE_FIELDS,
     checkpoint_model_config,
     load_checkpoint,
+    recorded_stamp,
     num_updates,
     save_checkpoint,
 )
@@ -132,8 +133,11 @@ def key_groups(cfg, rows: int, keys) -> Dict[str, str]:
 
 
 def _vocab_fingerprint(p: Parent) -> Optional[str]:
-    meta = p.state.get("trelm") or {}
-    return meta.get("dictionary_fingerprint")
+    return recorded_stamp(p.state)[0]  # our writers' meta, or fairseq-train's task state
+
+
+def _langs(p: Parent) -> Optional[List[str]]:
+    return recorded_stamp(p.state)[1]
 
 
 def check_compatible(a: Parent, b: Parent) -> None:
@@ -160,6 +164,10 @@ def check_compatible(a: Parent, b: Parent) -> None:
             f"{a.describe()} and {b.describe()} were made with different vocabularies "
             f"(dictionary fingerprints {fa} vs {fb})"
         )
+    la, lb = _langs(a), _langs(b)
+    if la and lb and la != lb:
+        raise TreLMError(f"{a.describe()} was trained with --langs {','.join(la)}, {b.describe()} with "
+                         f"{','.join(lb)}: expected one language pair in one order (language ids 0,1)")
     ma = {k for k in a.model if not k.startswith("classification_heads.")}
     mb = {k for k in b.model if not k.startswith("classification_heads.")}
     if ma != mb:
@@ -323,6 +331,9 @@ def combine(
         # the dummy dictionary's fingerprint would be meaningless: keep the parents' if known
         "dictionary_fingerprint": _vocab_fingerprint(upper) or _vocab_fingerprint(lower),
     }
+    langs = _langs(upper) or _langs(lower)
+    if langs:
+        meta["langs"] = langs
     save_checkpoint(out_path, model, upper.cfg, task_cfg=_next_stage_task(upper), meta=meta)
     log(f"combine: wrote {out_path}")
     return provenance

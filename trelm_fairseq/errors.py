@@ -10,6 +10,10 @@ class TreLMError(Exception):
     field and what was expected.  CLIs print it without a traceback and exit 2."""
 
 
+class TrainingDiverged(TreLMError):
+    """fairseq-train's loss went non-finite or exploded (divergence.py says at which update)."""
+
+
 # errno values that only a write can give (read-only file system, disk full, quota,
 # file too large); a permission error can be a read's or a write's
 _WRITE_ONLY_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -99,9 +103,20 @@ def find_trelm_error(exc):
     return None
 
 
+def _diverged(exc) -> "TrainingDiverged | None":
+    """fairseq's own stop on non-finite gradients ("gradients are Nan/Inf", "Minimum loss scale
+    reached"), as the divergence message with the update the plugin's task was computing."""
+    from . import divergence
+
+    if not isinstance(exc, FloatingPointError) or divergence.last_update() is None:
+        return None
+    cause = (str(exc).splitlines() or [""])[0].strip().rstrip(".") or "non-finite gradients"
+    return TrainingDiverged(divergence.message(divergence.last_update(), f"fairseq: {cause}"))
+
+
 def _excepthook(previous):
     def hook(exc_type, exc, tb):
-        err = find_trelm_error(exc)
+        err = find_trelm_error(exc) or _diverged(exc)
         if err is None or os.environ.get("TRELM_TRACEBACK"):
             return previous(exc_type, exc, tb)
         if err is not exc:  # fairseq wrapped it: its message says where (e.g. which checkpoint)

@@ -152,8 +152,9 @@ def module_probe(checkpoint: str, data: str, cls_dir: str, max_len: int,
     from .checkpoint import load_dictionary, load_model
     from .data import SubsetDataset, load_indexed
 
-    dictionary = load_dictionary(os.path.join(data, "dict.txt"))
-    model, _ = load_model(checkpoint, dictionary)
+    dict_path = os.path.join(data, "dict.txt")
+    dictionary = load_dictionary(dict_path)
+    model, _ = load_model(checkpoint, dictionary, dict_path=dict_path)
 
     def split(setting: str, name: str, lang_id: int, limit: Optional[int] = None):
         folder = os.path.join(cls_dir, setting)
@@ -197,10 +198,12 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     from .data import SubsetDataset, load_indexed
 
     src_lang, tgt_lang = langs
-    dictionary = load_dictionary(os.path.join(data, "dict.txt"))  # + <mask>, as the checkpoints have it
+    dict_path = os.path.join(data, "dict.txt")
+    dictionary = load_dictionary(dict_path)  # + <mask>, as the checkpoints have it
     if threads:
         torch.set_num_threads(threads)
-    model, state = load_model(checkpoint, dictionary)
+    model, state = load_model(checkpoint, dictionary, dict_path=dict_path, langs=langs,
+                              langs_source=f"the probe's language pair ({data})")
     prefix = os.path.join(data, "para", f"{split}.{src_lang}-{tgt_lang}")
     sides = [load_indexed(f"{prefix}.{lang}", dictionary, f"{split} {lang} sentences") for lang in langs]
     if len(sides[0]) != len(sides[1]):

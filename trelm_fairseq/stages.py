@@ -18,6 +18,7 @@ argv list to run now; ``run_stage(plan, key)`` / ``run_all(plan)`` run them (the
 and the SLURM sweep use these).
 """
 import json
+import math
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .divergence import DEFAULT_MAX_TRAIN_LOSS, DIVERGED_RE, first_diverged_checkpoint
 from .fileio import FolderBusy, cached_json, exclusive, make_dirs, read_json, run_logged, write_json
 from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
@@ -91,7 +93,7 @@ def check_checkpoint_fits(plan: "StagePlan", path: str, what: str) -> None:
 
     want = model_config(plan.arch, tri_layer=True) if plan.arch else plan.model_cfg()
     source = f"--arch {plan.arch}" if plan.arch else f"the init checkpoint {plan.init}"
-    check_fits(path, want, os.path.join(plan.data, "dict.txt"), what, source)
+    check_fits(path, want, os.path.join(plan.data, "dict.txt"), what, source, langs=plan.langs.split(","))
 
 
 def parse_fairseq_log(lines: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -484,14 +486,12 @@ def _what_to_do(stage: Stage) -> str:
     resume = "Run again to resume from the stage's checkpoint_last.pt"
     from .checkpoint import checkpoint_num_updates
 
+    diverged = DIVERGED_RE.search(text)
+    if diverged or any(word in text for word in _DIVERGED):
+        return _set_aside_diverged(stage, int(diverged.group(1)) if diverged else None)
     saved = checkpoint_num_updates(stage.last_checkpoint) if os.path.isfile(stage.last_checkpoint) else None
     if saved is not None:
         resume += f" (update {saved})"
-    if any(word in text for word in _DIVERGED):
-        updates = [u for u in (_update_of(line) for line in tail) if u is not None]
-        at = f" at update {updates[-1]}" if updates else ""
-        return (f"The loss diverged{at} (non-finite gradients): a rerun would repeat it; lower the learning "
-                "rate (--lr) or give the stage more warm-up (trelm-stages --warmup), then run again. " + resume + ".")
     if any(word in text for word in _OUT_OF_MEMORY):
         return "It ran out of memory: lower --max-tokens (raise --update-freq to keep the batch), then run again. " \
                + resume + "."
@@ -500,17 +500,29 @@ def _what_to_do(stage: Stage) -> str:
     return cause + resume + "."
 
 
+def _set_aside_diverged(stage: Stage, update: Optional[int]) -> str:
+    """After a divergence at `update` (None: fairseq's words without ours, so unknown): the
+    checkpoints of diverged weights go to the stage's diverged/ folder, never to be resumed;
+    what was done and what to change, in trelm-stages' own flags."""
+    from .checkpoint import DIVERGED_FOLDER, set_aside_diverged
+
+    first_bad = first_diverged_checkpoint(update) if update is not None else None
+    moved, sane = set_aside_diverged(stage.dir, first_bad)
+    at = f" at update {update}" if update is not None else " (update unknown: every checkpoint counts as diverged)"
+    text = f"The training loss diverged{at}: a rerun with the same settings would repeat it."
+    if moved:
+        text += (f" The {len(moved)} checkpoint(s) saved from the diverged weights are set aside in "
+                 f"{os.path.join(stage.dir, DIVERGED_FOLDER)} and will not be resumed.")
+    if sane is not None:
+        text += f" The last sane checkpoint, {sane[1]} (update {sane[0]}), is where the next run resumes."
+    else:
+        text += " No checkpoint was saved before it: the next run starts the stage over."
+    return text + (" Lower the learning rate (trelm-stages --lr) or give the stage more warm-up (trelm-stages "
+                   "--warmup), then run again.")
+
+
 # the line a failing command ends with: our CLIs' "error: ..." or an exception's last line
 _ERROR_LINE = re.compile(r"^(error: .+|[A-Za-z_][\w.]*(Error|Exception)(: .*)?)$")
-
-
-def _update_of(line: str) -> Optional[int]:
-    """The update number of a fairseq train_inner log line (json or simple format), if any."""
-    if "train_inner" not in line:
-        return None
-    stats = parse_fairseq_log([line.replace("train_inner", "train")]).get("train", {})
-    value = stats.get("update") or stats.get("num_updates")
-    return int(value) if value is not None else None
 
 
 def _run_command(stage: Stage, cmd: List[str], say: Callable[[str], None], echo: bool) -> int:
@@ -704,10 +716,33 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
             train=stats.get("train"),
             valid=stats.get("valid"),
         )
+        _check_not_diverged(stage, record["train_loss"], updates)
     else:
         record.update(checkpoint=stage.plan.relative(last), updates=None, train_loss=None, valid_loss=None,
                       parents={p.key: stage.plan.relative(p.output_checkpoint()) for p in stage.parents})
     return record
+
+
+def _max_train_loss(stage: Stage) -> float:
+    """The stage command's --max-train-loss (the task's default unless passed through)."""
+    args = list(stage.plan.extra_args) + list(stage.plan.stage_args.get(stage.key, []))
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--max-train-loss=") else \
+            (args[i + 1] if arg == "--max-train-loss" and i + 1 < len(args) else None)
+        if value is not None:
+            return float(value)
+    return DEFAULT_MAX_TRAIN_LOSS
+
+
+def _check_not_diverged(stage: Stage, train_loss: Optional[float], updates: int) -> None:
+    """A stage whose final train loss is non-finite or exploded is not marked done (a run that
+    resumed a diverged checkpoint written before fairseq-train stopped on divergence)."""
+    limit = _max_train_loss(stage)
+    if train_loss is None or (math.isfinite(train_loss) and not (limit and train_loss > limit)):
+        return
+    raise StageFailed(f"stage {stage.key} ({stage.name}) ended with a train loss of {train_loss:.3g} bits per token "
+                      f"at update {updates} (limit {limit:g}): it diverged and is not marked done. "
+                      + _set_aside_diverged(stage, None))
 
 
 def write_summary(plan: StagePlan) -> List[Dict]:

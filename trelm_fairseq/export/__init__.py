@@ -187,7 +187,8 @@ def _checked_inputs(checkpoint: str, data: str, lang: Optional[str], lowercase: 
     state = load_checkpoint(checkpoint)
     cfg = checkpoint_model_config(state, checkpoint)  # a non-trelm model is an error here
     M.check_representable(cfg, checkpoint)
-    check_vocabulary(state, checkpoint, dictionary, dict_path, "a checkpoint trained on this data directory")
+    check_vocabulary(state, checkpoint, dictionary, dict_path, "a checkpoint trained on this data directory",
+                     langs=langs, langs_source=os.path.join(data, "prepare.json"))
     return {"prepare": prepare, "lang": lang, "lower": resolve_lowercase(lowercase, prepare, data),
             "dictionary": dictionary, "proto": proto, "cfg": cfg, "layout": M.choose_layout(cfg, layout, checkpoint),
             "lang_id": M.language_id(langs, lang, cfg.n_langs, checkpoint, os.path.join(data, "prepare.json")),

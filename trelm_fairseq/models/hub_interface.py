@@ -375,14 +375,16 @@ def check_spm_matches(dictionary, sp, dict_path: str, spm_path: str) -> None:
                          "trelm-prepare run")
 
 
-def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str):
-    """The TreLMModel of a checkpoint state with ``dictionary`` (+ its classification heads)."""
+def load_weights(checkpoint: str, state: Dict, dictionary, dict_path: str, langs: Optional[List[str]] = None):
+    """The TreLMModel of a checkpoint state with ``dictionary`` (+ its classification heads);
+    `langs`, the data directory's pair, is compared with the one the checkpoint records."""
     from .trelm import check_state_fits
 
     cfg = checkpoint_model_config(state, checkpoint)  # TreLMError for a non-trelm checkpoint
     weights = state["model"]
     check_vocabulary(state, checkpoint, dictionary, dict_path,
-                     "the data directory the checkpoint was trained on (data=...)")
+                     "the data directory the checkpoint was trained on (data=...)",
+                     langs=langs, langs_source=f"the data directory ({os.path.dirname(dict_path)})")
     cfg.load_checkpoint_heads = True  # keep fine-tuned classification heads, as RoBERTa's hub does
     model = build_model(cfg, dictionary)
     own = model.state_dict()
@@ -425,7 +427,7 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: Optional[str] = No
         langs = plan["langs"]
     if lower_case is None:
         lower_case = data_lowercase(data)
-    model = load_weights(checkpoint, state, dictionary, dict_path)
+    model = load_weights(checkpoint, state, dictionary, dict_path, parse_langs(langs))
     hub = TreLMHubInterface(model, dictionary, spm_path, parse_langs(langs), lang=lang, lower_case=lower_case,
                             data=os.path.abspath(data), checkpoint=os.path.abspath(checkpoint))
     return hub.eval()

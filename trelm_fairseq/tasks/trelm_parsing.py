@@ -40,7 +40,8 @@ from fairseq.data import (
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
-from ..checkpoint import load_dictionary
+from ..checkpoint import load_dictionary, stamp_task
+from ..divergence import DEFAULT_MAX_TRAIN_LOSS, MAX_TRAIN_LOSS_HELP, DivergenceStop
 from ..errors import TreLMError
 from ..modules.tree_decoding import DECODERS
 from .trelm_transfer import AUTOCAST_BF16_HELP, AutocastBF16Steps
@@ -64,6 +65,7 @@ class TreLMParsingConfig(FairseqDataclass):
         default=False, metadata={"help": "let Eisner decoding attach several words to ROOT (default: exactly one)"}
     )
     autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
+    max_train_loss: float = field(default=DEFAULT_MAX_TRAIN_LOSS, metadata={"help": MAX_TRAIN_LOSS_HELP})
     seed: int = II("common.seed")
 
 
@@ -85,7 +87,7 @@ def load_labels(path: str) -> List[str]:
 
 
 @register_task("trelm_parsing", dataclass=TreLMParsingConfig)
-class TreLMParsingTask(AutocastBF16Steps, FairseqTask):
+class TreLMParsingTask(DivergenceStop, AutocastBF16Steps, FairseqTask):
     cfg: TreLMParsingConfig
 
     def __init__(self, cfg: TreLMParsingConfig, dictionary: Dictionary, labels: List[str]):
@@ -93,6 +95,7 @@ class TreLMParsingTask(AutocastBF16Steps, FairseqTask):
         self.dictionary = dictionary
         self.labels = labels
         self.strict_lengths = False  # True: an over-long sentence is an error (evaluation), not skipped
+        stamp_task(self, dictionary)  # in every checkpoint: which vocabulary
 
     @classmethod
     def load_dictionary(cls, filename):

@@ -81,9 +81,10 @@ from fairseq.data import (
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
-from ..checkpoint import MASK, load_dictionary
+from ..checkpoint import MASK, load_dictionary, stamp_task
 from ..data import (AlignedParallelDataset, PairLangIdsDataset, PairPositionsDataset, SubsetDataset, TreLMZipDataset,
                     keep_by_length, load_indexed)
+from ..divergence import DEFAULT_MAX_TRAIN_LOSS, MAX_TRAIN_LOSS_HELP, DivergenceStop
 from ..errors import TreLMError
 from ..language_pair import parse_langs
 from ..freezing import STAGES, apply_freezing, frozen_groups, summary
@@ -237,11 +238,12 @@ class TreLMTransferConfig(FairseqDataclass):
                           "value draws other sentences, e.g. to measure the sample's spread)"},
     )
     autocast_bf16: bool = field(default=False, metadata={"help": AUTOCAST_BF16_HELP})
+    max_train_loss: float = field(default=DEFAULT_MAX_TRAIN_LOSS, metadata={"help": MAX_TRAIN_LOSS_HELP})
     seed: int = II("common.seed")
 
 
 @register_task("trelm_transfer", dataclass=TreLMTransferConfig)
-class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
+class TreLMTransferTask(DivergenceStop, AutocastBF16Steps, FairseqTask):
     cfg: TreLMTransferConfig
 
     def __init__(self, cfg: TreLMTransferConfig, dictionary: Dictionary):
@@ -251,6 +253,7 @@ class TreLMTransferTask(AutocastBF16Steps, FairseqTask):
         self.langs = parse_langs(cfg.langs)
         self.stage = str(cfg.stage)
         self.frozen = frozen_groups(self.stage, cfg.freeze)
+        stamp_task(self, dictionary, self.langs)  # in every checkpoint: which vocabulary, which language ids
         self.encoder_embed_dim: Optional[int] = None  # set by build_model (the criterion needs it)
 
     @classmethod
