@@ -153,6 +153,64 @@ def test_alignment_is_reproducible_with_a_seed(aligned, tmp_path):
     assert (data / "para/train.gather.en-tr.bin").read_bytes() == before
 
 
+def permute_target_lines(data: Path, share: float, seed: int = 3):
+    """Swap `share` of the training pairs' target lines among themselves (text, pieces and the
+    binarized data stay consistent); the 0-based permuted pair indices."""
+    import random
+
+    rng = random.Random(seed)
+    files = [data / "work/text/para.train.tr", data / "work/tok/para.train.tr"]
+    lines = [f.read_text(encoding="utf-8").splitlines() for f in files]
+    chosen = sorted(rng.sample(range(len(lines[0])), int(round(share * len(lines[0])))))
+    order = chosen[:]
+    rng.shuffle(order)
+    for f, text in zip(files, lines):
+        new = list(text)
+        for a, b in zip(order, order[1:] + order[:1]):
+            new[a] = text[b]
+        f.write_text("\n".join(new) + "\n", encoding="utf-8")
+    binarize_all(str(data), "en", "tr", workers=1)
+    return chosen
+
+
+def test_every_pair_is_scored_against_decoys_and_a_partly_shuffled_corpus_is_refused(aligned, tmp_path):
+    """eflomal's per-pair scores, calibrated on random pairings: the aligned corpus has few
+    suspect pairs; with 30% of the training pairs permuted, the share found is about 30%, the
+    pairs named are permuted ones, and the run stops before para/ changes (warn: goes on)."""
+    from trelm_fairseq.preprocess import pair_check
+
+    clean = aligned["stats"]["pair_scores"]
+    assert set(clean) == {"train", "valid", "test"} and clean["train"]["suspect_share"] <= 0.05, clean
+    scores = (aligned["data"] / "work/align/pair_scores.txt").read_text().split()
+    assert len(scores) == sum(r["pairs"] for r in clean.values())
+
+    data = tmp_path / "data"
+    shutil.copytree(aligned["data"], data)
+    permuted = permute_target_lines(data, 0.3)
+    before = {f.name: f.read_bytes() for f in (data / "para").iterdir()}
+    with pytest.raises(TreLMError, match=r"parallel text partly misaligned: \d+ of 400 pairs \((2\d|3\d)\.\d%\) of "
+                                         rf"{data}/work/text/para.train.en / {data}/work/text/para.train.tr align no "
+                                         r"better than random pairings do \(eflomal score above .*first at lines .*: "
+                                         r"more than the 5% allowed \(--max-suspect-pairs\)\. Remove or fix those "
+                                         r"pairs .*or pass --alignment-check warn to go on"):
+        A.align_data(str(data), "en", "tr", seed=1, threads=2, quiet=True)
+    assert {f.name: f.read_bytes() for f in (data / "para").iterdir()} == before
+
+    warnings = []
+    orig = A.log
+    A.log = warnings.append
+    try:
+        stats = A.align_data(str(data), "en", "tr", seed=1, threads=2, quiet=True, alignment_check="warn")
+    finally:
+        A.log = orig
+    train = stats["pair_scores"]["train"]
+    assert 0.24 <= train["suspect_share"] <= 0.36 and train["mode"] == "warn", train
+    assert all(line - 1 in set(permuted) for line in train["examples"]), (train["examples"], permuted[:10])
+    assert any(w.startswith("warning: parallel text partly misaligned") for w in warnings)
+    assert len(pair_check.decoy_pairs(400, 1)) == pair_check.MIN_DECOYS
+    assert all(i != j for i, j in pair_check.decoy_pairs(30000, 1))
+
+
 def test_length_mismatch_with_binarized_data_is_an_error(aligned, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(aligned["data"], data)

@@ -7,6 +7,7 @@ import sys
 
 from .. import fileio
 from ..errors import cli_errors
+from ..preprocess import pair_check
 from ..preprocess.align import align_data
 from ..languages import check_language
 from ..preprocess.layout import check_pair
@@ -23,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", default="en", help="source language (default en)")
     p.add_argument("--tgt", required=True, help="target language")
     add_align_args(p)
+    p.add_argument("--alignment-check", choices=pair_check.MODES, default="error",
+                   help="more than --max-suspect-pairs of a split's pairs aligning no better than random pairings: "
+                        "error (stop, nothing written), warn (go on) or off (default: %(default)s)")
+    p.add_argument("--max-suspect-pairs", type=float, default=pair_check.MAX_SUSPECT_SHARE,
+                   help="the share of suspect pairs allowed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads (eflomal runs the two directions in parallel; default: %(default)s)")
     return p
 
@@ -47,7 +53,8 @@ def cli_main(argv=None):
     fileio.remove_stale_temporaries(args.data, log=log)  # of earlier runs that were killed
     with Timer("align") as t:
         stats = align_data(args.data, src, tgt, args.unit_src, args.unit_tgt, seed=args.align_seed,
-                           samplers=args.samplers, rel_iterations=args.rel_iterations, threads=args.threads)
+                           samplers=args.samplers, rel_iterations=args.rel_iterations, threads=args.threads,
+                           alignment_check=args.alignment_check, max_suspect_pairs=args.max_suspect_pairs)
     stats["seconds"] = t.seconds
     fileio.write_json(os.path.join(args.data, "work", "align.json"), stats)
     return 0

@@ -29,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mono-src", action="append", metavar="FILE", help="source-language monolingual text")
     g.add_argument("--libreoffice", action="store_true", help="with --parallel/--mono: add the help corpus too")
     g.add_argument("--alignment-check", choices=pair_check.MODES, default="error",
-                   help="--parallel files whose lines do not correspond (one side shuffled, a line missing on "
-                        "one side): error (stop, naming where the files part), warn (go on, recorded in "
-                        "corpus.json) or off (default: %(default)s)")
+                   help="parallel text whose lines do not correspond: --parallel files out of step (one side "
+                        "shuffled, a line missing on one side), or more than --max-suspect-pairs of the pairs "
+                        "aligning no better than random pairings (the align step's per-pair scores): error (stop, "
+                        "naming where), warn (go on, recorded in corpus.json / prepare.json) or off "
+                        "(default: %(default)s)")
+    g.add_argument("--max-suspect-pairs", type=float, default=pair_check.MAX_SUSPECT_SHARE,
+                   help="the share of a split's pairs allowed to align no better than random pairings "
+                        "(default: %(default)s, chosen by measurement: docs/reliability.md)")
     g.add_argument("--cache-dir", default=None, help="download cache of trelm-fetch-corpus")
     g.add_argument("--max-pairs", type=int, default=None, help="use at most N parallel training pairs")
     p.add_argument("--source-model", default=None,

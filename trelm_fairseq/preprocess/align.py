@@ -53,6 +53,7 @@ from .. import fileio
 from ..errors import TreLMError, write_error
 from ..modules.tri_layer import NULL_ALIGNMENT
 from ..languages import lower, spaces_between_words
+from . import pair_check
 from .layout import SPLITS, tok_path
 from .progress import Timer, log
 
@@ -235,14 +236,18 @@ def eflomal_iterations(n_sentences: int, rel_iterations: float = 1.0) -> Tuple[i
 
 def run_eflomal(src_units: Sequence[Sequence[str]], tgt_units: Sequence[Sequence[str]], tmpdir: str,
                 seed: Optional[int] = 1, samplers: int = 2, rel_iterations: float = 1.0,
-                threads: int = 2, null_prior: float = 0.2) -> Tuple[List[List[Link]], List[List[Link]], Dict]:
-    """Forward and reverse eflomal links (source index, target index) per sentence pair."""
+                threads: int = 2, null_prior: float = 0.2
+                ) -> Tuple[List[List[Link]], List[List[Link]], List[float], Dict]:
+    """Forward and reverse eflomal links (source index, target index) per sentence pair, and
+    each pair's score: the mean of eflomal's two sentence scores (negative log-probability of
+    the pair under its alignment model, per token: high for a pair that is no translation)."""
     from eflomal import read_text, write_text
 
     if len(src_units) != len(tgt_units):
         raise TreLMError(f"alignment input: {len(src_units)} source but {len(tgt_units)} target sentences")
     exe = eflomal_binary()
-    files = {k: os.path.join(tmpdir, k) for k in ("src.txt", "tgt.txt", "fwd", "rev", "seed")}
+    files = {k: os.path.join(tmpdir, k) for k in ("src.txt", "tgt.txt", "fwd", "rev", "fwd.scores", "rev.scores",
+                                                   "seed")}
     for key, units in (("src.txt", src_units), ("tgt.txt", tgt_units)):
         sents, index = read_text((" ".join(u) for u in units), False, 0, 0)
         with open(files[key], "wb") as f:
@@ -250,7 +255,7 @@ def run_eflomal(src_units: Sequence[Sequence[str]], tgt_units: Sequence[Sequence
     iters = eflomal_iterations(len(src_units), rel_iterations)
     cmd = [exe, "-m", "3", "-s", files["src.txt"], "-t", files["tgt.txt"], "-n", str(samplers),
            "-N", str(null_prior), "-1", str(iters[0]), "-2", str(iters[1]), "-3", str(iters[2]),
-           "-f", files["fwd"], "-r", files["rev"], "-q"]
+           "-f", files["fwd"], "-r", files["rev"], "-F", files["fwd.scores"], "-R", files["rev.scores"], "-q"]
     deterministic = False
     if seed is not None and seeding_available(tmpdir):
         with open(files["seed"], "wb") as f:
@@ -270,11 +275,13 @@ def run_eflomal(src_units: Sequence[Sequence[str]], tgt_units: Sequence[Sequence
         raise TreLMError(f"eflomal failed (exit {proc.returncode}): {tail}")
     fwd = [parse_links(x) for _, x in fileio.iter_raw_lines(files["fwd"])]
     rev = [parse_links(x) for _, x in fileio.iter_raw_lines(files["rev"])]
-    if len(fwd) != len(src_units) or len(rev) != len(src_units):
-        raise TreLMError(f"eflomal wrote {len(fwd)}/{len(rev)} alignment lines for {len(src_units)} sentence pairs")
+    scores = [[float(x) for _, x in fileio.iter_raw_lines(files[k])] for k in ("fwd.scores", "rev.scores")]
+    if len(fwd) != len(src_units) or len(rev) != len(src_units) or any(len(x) != len(src_units) for x in scores):
+        raise TreLMError(f"eflomal wrote {len(fwd)}/{len(rev)} alignment lines and {len(scores[0])}/{len(scores[1])} "
+                         f"scores for {len(src_units)} sentence pairs")
     info = {"iterations": list(iters), "samplers": samplers, "seed": seed, "deterministic": deterministic,
             "null_prior": null_prior}
-    return fwd, rev, info
+    return fwd, rev, [(a + b) / 2 for a, b in zip(*scores)], info
 
 
 # ----------------------------------------------------------------------------
@@ -428,8 +435,11 @@ def _write_split(data: str, split: str, src: str, tgt: str, d: Dict, fwd: Sequen
 
 
 def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: str = "auto", seed: Optional[int] = 1,
-               samplers: int = 2, rel_iterations: float = 1.0, threads: int = 2, quiet: bool = False) -> Dict:
-    """Align every parallel split of ``data`` and write its gather datasets."""
+               samplers: int = 2, rel_iterations: float = 1.0, threads: int = 2, quiet: bool = False,
+               alignment_check: str = "error", max_suspect_pairs: float = pair_check.MAX_SUSPECT_SHARE) -> Dict:
+    """Align every parallel split of ``data`` and write its gather datasets; score every pair
+    against decoys (pair_check) and stop (``alignment_check`` error) or warn when more than
+    ``max_suspect_pairs`` of a split's pairs align no better than random pairings."""
     if src == tgt:
         raise TreLMError(f"source and target language are both {src}: expected two different languages")
     work = os.path.join(data, "work")
@@ -439,12 +449,29 @@ def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: 
     n_total = len(all_units[src])
     if n_total == 0:
         raise TreLMError(f"{data}: no parallel sentence pairs to align")
+    decoys = pair_check.decoy_pairs(n_total, seed if seed is not None else 0)
     # eflomal's files: a temporary folder named after this process (work/.align.<pid>....tmp)
     with fileio.temporary_folder(os.path.join(work, "align")) as tmpdir:
-        with Timer(f"eflomal ({n_total} pairs, {units[src]}/{units[tgt]} units)", quiet):
-            fwd, rev, info = run_eflomal(all_units[src], all_units[tgt], tmpdir, seed=seed, samplers=samplers,
-                                         rel_iterations=rel_iterations, threads=threads)
-    stats: Dict = {"eflomal": info, "units": units, "splits": {}}
+        with Timer(f"eflomal ({n_total} pairs + {len(decoys)} decoys, {units[src]}/{units[tgt]} units)", quiet):
+            fwd, rev, scores, info = run_eflomal(all_units[src] + [all_units[src][i] for i, _ in decoys],
+                                                 all_units[tgt] + [all_units[tgt][j] for _, j in decoys], tmpdir,
+                                                 seed=seed, samplers=samplers, rel_iterations=rel_iterations,
+                                                 threads=threads)
+    scores, decoy_scores = scores[:n_total], scores[n_total:]
+    info["decoys"] = len(decoys)
+    stats: Dict = {"eflomal": info, "units": units, "splits": {}, "pair_scores": {}}
+    start = 0
+    for split in SPLITS:  # checked before anything is written: a refused run leaves para/ as it was
+        n = per_split[split]["n"]
+        checked = pair_check.score_split(scores[start:start + n], decoy_scores)
+        start += n
+        files = [os.path.join(data, "work", "text", f"para.{split}.{lang}") for lang in (src, tgt)]
+        stats["pair_scores"][split] = pair_check.enforce_scores(checked, *files, alignment_check, max_suspect_pairs,
+                                                                log)
+    if not quiet:
+        log("pairs that align no better than random pairings: " + ", ".join(
+            f"{split} {r['suspect_share']:.1%}" for split, r in stats["pair_scores"].items())
+            + f" (limit {max_suspect_pairs:.0%}; scores in work/align/pair_scores.txt)")
     offset = 0
     sym_lines: List[str] = []
     # every gather dataset (both directions, every split) is written and checked in one
@@ -462,6 +489,7 @@ def align_data(data: str, src: str, tgt: str, unit_src: str = "auto", unit_tgt: 
                     name = f"{split}.gather.{a}-{b}{ext}"
                     fileio.replace(os.path.join(stage, name), os.path.join(para, name))
     fileio.write_lines(os.path.join(work, "align", "sym.moses"), sym_lines)
+    fileio.write_lines(os.path.join(work, "align", "pair_scores.txt"), (f"{x:.4f}" for x in scores))
     stats["coverage"] = {k: stats["splits"]["train"][f"coverage_{k}"] for k in (f"{src}-{tgt}", f"{tgt}-{src}")}
     c = stats["coverage"]
     if min(c.values()) < LOW_COVERAGE:

@@ -138,3 +138,82 @@ def enforce(result: PairCheck, src: str, tgt: str, mode: str, warn) -> Dict:
                              "translate the same line of the other), or pass --alignment-check warn to go on")
         warn(f"warning: parallel files may be misaligned: {message}")
     return dict(asdict(result), mode=mode)
+
+
+# ----- per pair: eflomal's alignment scores, calibrated on decoys -------------------------
+# The line check above sees files out of step; a share of pairs that are no translations of
+# each other (a partly shuffled side, pairs from another text) keeps most lines in place and
+# passes it.  The word aligner sees them: eflomal scores every pair (negative log-probability
+# per token).  The scale of that score depends on the language pair and the corpus, so the cut
+# is calibrated in each run: DECOY_SHARE extra pairs, a seeded random source line with another
+# random target line, are aligned with the corpus, and a pair whose score is above the decoys'
+# 5th percentile (DECOY_QUANTILE: as bad as 95% of random pairings) is suspect.  Measured on the en-tr help corpus (docs/reliability.md,
+# results/misaligned-pairs/): with 0 / 10 / 20% of the training pairs permuted, 1.3 / 10.9 /
+# 20.4% of them are suspect, 96% of the permuted ones found, 1.3-1.5% of the intact ones flagged.
+DECOY_SHARE = 0.02
+MIN_DECOYS, MAX_DECOYS = 20, 1000
+DECOY_QUANTILE = 0.05
+# The share of suspect training pairs above which a run stops (mode "error"; "warn" goes on):
+# chosen from what permuted pairs do to the transfer (docs/reliability.md)
+MAX_SUSPECT_SHARE = 0.05
+EXAMPLES = 5
+
+
+def decoy_pairs(n_pairs: int, seed: int) -> List[tuple]:
+    """(source line, other target line) index pairs of the decoys for a corpus of n_pairs."""
+    import random
+
+    if n_pairs < 2:
+        return []
+    rng = random.Random(f"trelm-decoys-{seed}")
+    count = min(MAX_DECOYS, max(MIN_DECOYS, int(round(DECOY_SHARE * n_pairs))))
+    out = []
+    for _ in range(count):
+        i = rng.randrange(n_pairs)
+        out.append((i, (i + rng.randrange(1, n_pairs)) % n_pairs))
+    return out
+
+
+@dataclass
+class PairScores:
+    """What the per-pair scores say about one split (recorded in align.json / prepare.json)."""
+
+    pairs: int
+    cut: float  # a pair scoring above it is suspect (DECOY_QUANTILE of the decoys' scores)
+    median: float  # the split's median score, for scale
+    suspect: int
+    suspect_share: float
+    examples: List[int]  # 1-based line numbers of the first suspect pairs
+
+    def describe(self, src_file: str, tgt_file: str) -> str:
+        lines = ", ".join(map(str, self.examples))
+        return (f"{self.suspect} of {self.pairs} pairs ({self.suspect_share:.1%}) of {src_file} / {tgt_file} align "
+                f"no better than random pairings do (eflomal score above {self.cut:.2f}, the median pair "
+                f"{self.median:.2f}; first at lines {lines})")
+
+
+def score_split(scores: Sequence[float], decoy_scores: Sequence[float]) -> PairScores:
+    ordered = sorted(decoy_scores)
+    cut = ordered[int(DECOY_QUANTILE * (len(ordered) - 1))] if ordered else float("inf")
+    flagged = [k for k, x in enumerate(scores) if x > cut]
+    middle = sorted(scores)[len(scores) // 2] if scores else 0.0
+    return PairScores(pairs=len(scores), cut=round(cut, 4), median=round(middle, 4), suspect=len(flagged),
+                      suspect_share=round(len(flagged) / max(1, len(scores)), 4),
+                      examples=[k + 1 for k in flagged[:EXAMPLES]])
+
+
+def enforce_scores(result: PairScores, src_file: str, tgt_file: str, mode: str, max_share: float, warn) -> Dict:
+    """Stop (mode "error") when more than `max_share` of the training pairs are suspect, warn
+    (mode "warn") then; the record to keep."""
+    if mode not in MODES:
+        raise TreLMError(f"--alignment-check {mode!r}: expected one of {list(MODES)}")
+    if not 0.0 <= max_share <= 1.0:
+        raise TreLMError(f"--max-suspect-pairs {max_share}: expected a share between 0 and 1")
+    if mode != "off" and result.suspect_share > max_share:
+        message = (f"{result.describe(src_file, tgt_file)}: more than the {max_share:.0%} allowed "
+                   "(--max-suspect-pairs)")
+        if mode == "error":
+            raise TreLMError(f"parallel text partly misaligned: {message}. Remove or fix those pairs (the scores of "
+                             "every pair are in work/align/pair_scores.txt), or pass --alignment-check warn to go on")
+        warn(f"warning: parallel text partly misaligned: {message}")
+    return dict(asdict(result), mode=mode, max_share=max_share)

@@ -37,6 +37,7 @@ from .. import fileio
 from ..errors import TreLMError, write_error
 from ..fileio import cached_json, file_sha256, read_json, write_json
 from . import align as align_mod
+from . import pair_check
 from . import vocab as vocab_mod
 from ..languages import check_language
 from .corpora import default_cache_dir
@@ -303,7 +304,10 @@ def data_steps(args, steps: Steps, src: str, tgt: str, corpus_dir: str, opts: Di
     steps.run("align", {"binarize": steps.keys["binarize"], "options": align_opts}, gathers + ["work/align"],
               lambda: align_mod.align_data(data, src, tgt, args.unit_src, args.unit_tgt, seed=args.align_seed,
                                            samplers=args.samplers, rel_iterations=args.rel_iterations,
-                                           threads=args.threads))
+                                           threads=args.threads,
+                                           alignment_check=getattr(args, "alignment_check", "error"),
+                                           max_suspect_pairs=getattr(args, "max_suspect_pairs",
+                                                                     pair_check.MAX_SUSPECT_SHARE)))
 
 
 def import_step(args, steps: Steps, source_model: str):
