@@ -231,3 +231,57 @@ def test_cli_help_and_missing_data(tmp_path):
     out = subprocess.run([str(exe), "--data", str(tmp_path / "none"), "--tgt", "tr"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert out.returncode == 2 and "file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def _eflomal_child(parent: int):
+    """The pid of an eflomal process whose parent is `parent`, or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0]
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if ppid == parent and argv0.endswith(b"/eflomal"):
+            return int(entry)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # zombie: dead
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_eflomal_dies_with_a_killed_parent(tmp_path):
+    """A trelm-prepare / trelm-align killed with SIGKILL takes eflomal with it (before: it ran on)."""
+    import signal
+    import time
+
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+              "from trelm_fairseq.preprocess import align as A\n"
+              "units = [[f'w{(k * 7 + i) % 97}' for i in range(12)] for k in range(3000)]\n"
+              f"A.run_eflomal(units, units, {str(tmp_path)!r}, seed=1, rel_iterations=50)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    child = None
+    try:
+        deadline = time.time() + 60
+        while child is None and time.time() < deadline and parent.poll() is None:
+            child = _eflomal_child(parent.pid)
+            time.sleep(0.05)
+        assert child is not None, "eflomal never started"
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 5
+        while not _gone(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _gone(child), "eflomal outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)

@@ -332,3 +332,35 @@ def test_deterministic_runs_give_byte_identical_checkpoints(rotated, tmp_path):
         return []
 
     assert timing_keys(load_checkpoint(outs[0])["trelm"]) == []
+
+
+def test_fasttexts_temporary_corpus_lives_beside_the_output_and_is_named_for_the_process(tmp_path, monkeypatch):
+    """Several --text files are concatenated for fastText: in a temporary folder beside the
+    output (init/), named for this process, so that a re-run removes what a killed run left
+    (fileio.remove_stale_temporaries) -- not in the system's /tmp, where nothing did."""
+    import tempfile
+
+    from trelm_fairseq import fileio
+
+    texts = []
+    for k in range(2):
+        path = tmp_path / f"text{k}.tok"
+        synthetic_corpus(str(path), [f"{WS}t{i}" for i in range(20)], n_lines=200, seed=k)
+        texts.append(str(path))
+    near = tmp_path / "data" / "init" / "model.pt"
+    seen = {}
+
+    def fake_train(fasttext, opts, seed):
+        seen["corpus"] = opts["input"]
+        seen["lines"] = sum(1 for _ in open(opts["input"], encoding="utf-8"))
+        raise RuntimeError("stop here")
+
+    before = set(os.listdir(tempfile.gettempdir()))
+    monkeypatch.setattr(em, "_train_seeded", fake_train)
+    with pytest.raises(RuntimeError, match="stop here"):
+        em.train_fasttext(texts, dim=8, near=str(near))
+    folder = os.path.dirname(seen["corpus"])
+    assert os.path.dirname(folder) == str(near.parent) and seen["lines"] == 400
+    assert fileio.temporary_owner(os.path.basename(folder)) == os.getpid()
+    assert not os.path.exists(folder)  # removed on the way out, however it ended
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("trelm-ft")]

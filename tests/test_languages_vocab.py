@@ -146,6 +146,34 @@ def test_auto_shrinks_a_saturated_vocabulary_with_real_sentencepiece(tmp_path):
     assert s2 == s and (tmp_path / "spm.model").read_bytes() == (tmp_path / "again.model").read_bytes()
 
 
+@pytest.mark.parametrize("vocab_size", ["auto", 120])
+def test_a_model_cut_short_by_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, vocab_size):
+    """sentencepiece's C++ writer leaves a truncated model on a full disk without an error:
+    reading it back must not end in protobuf's DecodeError (before), but name the output."""
+    from collections import namedtuple
+
+    text = tmp_path / "text"
+    text.write_text("\n".join(zipf_lines(500)) + "\n", encoding="utf-8")
+    real = V._train_spm
+
+    def cut_short(train_txt, prefix, *args, **kwargs):
+        real(train_txt, prefix, *args, **kwargs)
+        with open(prefix + ".model", "r+b") as f:
+            f.truncate(300)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(V, "_train_spm", cut_short)
+    monkeypatch.setattr(V.shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 4096))
+    out = tmp_path / "spm"
+    with pytest.raises(TreLMError, match=rf"^{out}.model: write failed: No space left on device \(errno 28\)"):
+        V.train_sentencepiece([str(text)], str(out), vocab_size, threads=1)
+    monkeypatch.setattr(V.shutil, "disk_usage", lambda path: usage(10 << 30, 1 << 30, 9 << 30))
+    with pytest.raises(TreLMError, match=rf"^{out}.model: the model sentencepiece wrote cannot be read back "
+                                         r"\(DecodeError: .*\): run again"):
+        V.train_sentencepiece([str(text)], str(out), vocab_size, threads=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]  # no model, no temporary
+
+
 def test_explicit_size_is_used_exactly(tmp_path):
     corpus = write_synthetic_corpus(tmp_path / "corpus")
     stats = V.run_vocab(str(corpus), str(tmp_path / "d"), options(130), threads=1, quiet=True)

@@ -218,4 +218,11 @@ def test_a_second_trelm_prepare_on_the_same_data_directory_stops_at_once(env, tm
 
     with exclusive(str(data), "trelm-prepare"):  # the killed holder's lock went with it
         assert (data / ".trelm.lock").read_text().startswith("trelm-prepare (pid ")
+        (data / "prepare.json").write_text("{}")
     assert (data / ".trelm.lock").read_text() == ""  # released: names no one
+    # a run that stopped before writing anything leaves no folder holding only the lock
+    fresh = tmp_path / "fresh" / "data"
+    with pytest.raises(RuntimeError):
+        with exclusive(str(fresh), "trelm-prepare"):
+            raise RuntimeError("an early failure")
+    assert not (tmp_path / "fresh").exists()

@@ -534,3 +534,50 @@ def test_fairseq_train_stops_on_a_diverged_loss_before_saving_it(tiny, tmp_path)
     saved = [checkpoint_num_updates(str(p)) for p in save.glob("checkpoint*.pt")]
     assert saved and max(saved) == bad, (saved, bad)
     print(m.group(0))
+
+
+def test_a_full_disk_while_fairseq_saves_a_checkpoint_names_the_checkpoint(tmp_path, monkeypatch):
+    """Inside fairseq-train (the plugin's guard): the checkpoint whose save failed is named and
+    its half-written file removed.  trelm-stages then reports that stage error, not the summary
+    (stages.json) it could not update on the same full disk."""
+    script = f"""
+import errno, os, sys, torch
+sys.argv[0] = "fairseq-train"
+from trelm_fairseq.checkpoint import guard_fairseq_checkpoint_loading
+from trelm_fairseq.errors import TreLMError
+from fairseq import checkpoint_utils
+guard_fairseq_checkpoint_loading()
+def full(obj, f, *a, **k):
+    f.write(b"PK" * 100)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+torch.save = full
+target = {str(tmp_path / "checkpoint_1_4.pt")!r}
+try:
+    checkpoint_utils.torch_persistent_save({{"model": {{}}}}, target)
+except TreLMError as e:
+    print("error:", e)
+print(sorted(os.listdir({str(tmp_path)!r})))
+"""
+    out = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=cli_env(), timeout=120).stdout
+    assert f"error: {tmp_path / 'checkpoint_1_4.pt'}: write failed: No space left on device (errno 28)" in out, out
+    assert out.strip().endswith("[]"), out  # no checkpoint_1_4.pt.tmp left
+
+    tiny_data = make_tiny_data_dir(str(tmp_path / "data"), n_train=8, n_valid=4, n_test=4)
+    monkeypatch.setenv("FAKE_CALLS", str(tmp_path / "calls"))
+    monkeypatch.setenv("FAKE_FAIL_STAGE", "commonality")
+    monkeypatch.setenv("FAKE_FAIL_AT", "1")
+    monkeypatch.setenv("FAKE_FAIL_MESSAGE", "error: /x/1-commonality/checkpoint_1_2.pt: write failed: No space left on "
+                                            "device (errno 28); nothing was written there")
+    run = tmp_path / "run"
+    from trelm_fairseq import stages as S
+
+    def summary_full(plan):
+        raise TreLMError(f"{run / 'stages.json'}: write failed: No space left on device (errno 28)")
+
+    monkeypatch.setattr(S, "write_summary", summary_full)
+    lines = []
+    with pytest.raises(S.StageFailed, match=r"stage 1 \(commonality\) failed: .*Its last error: error: "
+                                            r"/x/1-commonality/checkpoint_1_2\.pt: write failed: No space left"):
+        run_all(fake_plan(tiny_data["data"], run), stages="1", log=lines.append)
+    assert any("(the summary was not updated: " in line and "stages.json: write failed" in line for line in lines)

@@ -24,7 +24,7 @@ from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
 from . import fileio
-from .errors import TreLMError
+from .errors import TreLMError, write_error
 from .models.trelm import LEGACY_IDENTITY_FLAG, TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
 
 logger = logging.getLogger(__name__)
@@ -546,6 +546,22 @@ def guard_fairseq_checkpoint_loading() -> None:
         finally:
             _TRAINER_TASK.reset(token)
 
+    original_save = checkpoint_utils.torch_persistent_save
+
+    @functools.wraps(original_save)
+    def torch_persistent_save(obj, filename, *args, **kwargs):
+        try:
+            return original_save(obj, filename, *args, **kwargs)
+        except Exception as e:
+            failure = fileio.write_failure(e)
+            if failure is None or not isinstance(filename, str):
+                raise
+            for partial in (filename + ".tmp", filename):  # fairseq writes <name>.tmp, then renames
+                if os.path.isfile(partial) and checkpoint_num_updates(partial) is None:
+                    os.unlink(partial)
+            raise write_error(filename, failure) from e
+
     load_checkpoint_to_cpu.trelm = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    checkpoint_utils.torch_persistent_save = torch_persistent_save
     Trainer.load_checkpoint = load_trainer_checkpoint

@@ -13,6 +13,9 @@ import math
 import re
 from typing import Dict, Optional, Sequence
 
+from . import errors
+from .errors import TreLMError
+
 # bits per token: a uniform guess over a 250k vocabulary is 18 bits and a fresh transfer init
 # about 20 (docs/initialisations.md); a diverging run passes 1e3 within an update or two
 DEFAULT_MAX_TRAIN_LOSS = 100.0
@@ -22,6 +25,10 @@ MAX_TRAIN_LOSS_HELP = ("stop training when an update's loss (bits per token, as 
 DIVERGED_RE = re.compile(r"the training loss diverged at update (\d+)")
 
 _last_update: Optional[int] = None  # the update the running fairseq-train is computing
+
+
+class TrainingDiverged(TreLMError):
+    """fairseq-train's loss went non-finite or exploded, at the update its message names."""
 
 
 def first_diverged_checkpoint(update: int) -> int:
@@ -51,8 +58,6 @@ def last_update() -> Optional[int]:
 def check_train_loss(logging_outputs: Sequence[Dict], limit: float, update: Optional[int]) -> None:
     """TreLMError (through `TrainingDiverged`) when the gathered loss of a training update is
     not finite or above `limit` bits per token (0: no limit)."""
-    from .errors import TrainingDiverged
-
     total = sum(float(log.get("loss", 0.0)) for log in logging_outputs)
     size = sum(float(log.get("sample_size", 0.0)) for log in logging_outputs)
     bits = total / max(size, 1.0) / math.log(2)
@@ -85,3 +90,16 @@ class DivergenceStop:
             self._checking = False
             check_train_loss(logging_outputs, float(getattr(self.cfg, "max_train_loss", DEFAULT_MAX_TRAIN_LOSS)),
                              last_update())
+
+
+def _fairseqs_own_stop(exc) -> Optional[TrainingDiverged]:
+    """fairseq's stop on non-finite gradients ("gradients are Nan/Inf", "Minimum loss scale
+    reached"), as the divergence message with the update the plugin's task was computing."""
+    if not isinstance(exc, FloatingPointError) or _last_update is None:
+        return None
+    cause = (str(exc).splitlines() or [""])[0].strip().rstrip(".") or "non-finite gradients"
+    return TrainingDiverged(message(_last_update, f"fairseq: {cause}"))
+
+
+errors.TRANSLATORS.append(_fairseqs_own_stop)
+

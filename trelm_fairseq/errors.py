@@ -10,10 +10,6 @@ class TreLMError(Exception):
     field and what was expected.  CLIs print it without a traceback and exit 2."""
 
 
-class TrainingDiverged(TreLMError):
-    """fairseq-train's loss went non-finite or exploded (divergence.py says at which update)."""
-
-
 # errno values that only a write can give (read-only file system, disk full, quota,
 # file too large); a permission error can be a read's or a write's
 _WRITE_ONLY_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -103,20 +99,23 @@ def find_trelm_error(exc):
     return None
 
 
-def _diverged(exc) -> "TrainingDiverged | None":
-    """fairseq's own stop on non-finite gradients ("gradients are Nan/Inf", "Minimum loss scale
-    reached"), as the divergence message with the update the plugin's task was computing."""
-    from . import divergence
+# translators of exceptions raised inside fairseq's CLIs that are not ours but have a clear
+# message we can give (exc -> TreLMError or None); divergence.py registers fairseq's
+# non-finite-gradient stop
+TRANSLATORS = []
 
-    if not isinstance(exc, FloatingPointError) or divergence.last_update() is None:
-        return None
-    cause = (str(exc).splitlines() or [""])[0].strip().rstrip(".") or "non-finite gradients"
-    return TrainingDiverged(divergence.message(divergence.last_update(), f"fairseq: {cause}"))
+
+def _translated(exc):
+    for translate in TRANSLATORS:
+        err = translate(exc)
+        if err is not None:
+            return err
+    return None
 
 
 def _excepthook(previous):
     def hook(exc_type, exc, tb):
-        err = find_trelm_error(exc) or _diverged(exc)
+        err = find_trelm_error(exc) or _translated(exc)
         if err is None or os.environ.get("TRELM_TRACEBACK"):
             return previous(exc_type, exc, tb)
         if err is not exc:  # fairseq wrapped it: its message says where (e.g. which checkpoint)

@@ -339,6 +339,18 @@ def remove_stale_temporaries(folder: str, log: Optional[Callable[[str], None]] =
     return removed
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a helper process (eflomal): the kernel kills it when the process that
+    started it dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG); elsewhere nothing."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def make_dirs(path: str) -> List[str]:
     """`os.makedirs(path, exist_ok=True)`; returns the folders it created (outermost
     first).  A failure (read-only, disk full) is a write error naming `path`, and the
@@ -730,12 +742,15 @@ def exclusive(folder: str, what: str):
     folder (another trelm-prepare on the data directory, another trelm-stages or sweep job
     on the same stage) stops at once with a TreLMError naming the holder, instead of both
     writing the same files.  The lock is the kernel's (flock): a killed holder releases it;
-    the (then empty) lock file stays."""
+    the (then empty) lock file stays, unless the block wrote nothing: a run that stopped early
+    leaves no folder holding only the lock (nor the folders this call made)."""
+    lock = os.path.join(folder, LOCK_NAME)
+    created = make_dirs(folder)
     try:
-        os.makedirs(folder, exist_ok=True)
-        f = open(os.path.join(folder, LOCK_NAME), "a+", encoding="utf-8")
+        f = open(lock, "a+", encoding="utf-8")
     except OSError as e:
-        raise write_error(os.path.join(folder, LOCK_NAME), e) from e
+        _remove_dirs(created)
+        raise write_error(lock, e) from e
     try:
         holder = _lock_or_holder(f)
         if holder is not None:
@@ -746,5 +761,9 @@ def exclusive(folder: str, what: str):
             yield
         finally:
             f.truncate(0)  # names no one once released: the folder's content stays run-independent
+            with contextlib.suppress(OSError):
+                if os.listdir(folder) == [LOCK_NAME]:  # nothing written: leave no trace
+                    os.unlink(lock)  # still held: a writer arriving now is refused, the next makes a new one
+                    _remove_dirs(created)
     finally:
         f.close()  # releases the lock

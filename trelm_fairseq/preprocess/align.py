@@ -42,6 +42,7 @@ Coverage = fraction of tokens (without ``</s>``) that are aligned, per direction
 import hashlib
 import math
 import os
+import shutil
 import struct
 import subprocess
 import unicodedata
@@ -206,8 +207,12 @@ _SEEDING_WORKS: Optional[bool] = None
 
 
 def _seeded_prefix(seed_file: str) -> List[str]:
+    """The command prefix that runs eflomal with `seed_file` as its /dev/urandom.  Entering the
+    user namespace clears a parent-death signal set before (fileio.die_with_parent), so setpriv
+    sets it again inside: a killed trelm-prepare / trelm-align takes eflomal with it."""
+    again = "setpriv --pdeathsig KILL " if shutil.which("setpriv") else ""
     return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-            'mount --bind "$0" /dev/urandom && exec "$@"', seed_file]
+            f'mount --bind "$0" /dev/urandom && exec {again}"$@"', seed_file]
 
 
 def seeding_available(tmpdir: str) -> bool:
@@ -269,7 +274,8 @@ def run_eflomal(src_units: Sequence[Sequence[str]], tgt_units: Sequence[Sequence
     # outer level: forward || reverse; inner level (samplers): one thread, so the
     # samplers draw their seeds in a fixed order
     env["OMP_NUM_THREADS"] = f"{max(1, min(2, threads))},1"
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          preexec_fn=fileio.die_with_parent)
     if proc.returncode != 0 or not (os.path.isfile(files["fwd"]) and os.path.isfile(files["rev"])):
         tail = "\n".join(proc.stdout.strip().splitlines()[-10:])
         raise TreLMError(f"eflomal failed (exit {proc.returncode}): {tail}")

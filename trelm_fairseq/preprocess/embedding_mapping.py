@@ -42,17 +42,17 @@ Steps (TreLM method steps 1-2, see DESIGN.md):
 """
 import os
 import random
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from fairseq.data import Dictionary
 
+from .. import fileio
 from ..checkpoint import dictionary_fingerprint, load_dictionary
 from ..errors import TreLMError
 from ..fileio import atomic_output, write_json
@@ -97,15 +97,17 @@ def count_pieces(paths: Sequence[str]) -> Counter:
 
 def train_fasttext(paths: Sequence[str], dim: int, epochs: int = 5, min_count: int = 3, threads: int = 2,
                    seed: int = 1, minn: int = 3, maxn: int = 6, lr: float = 0.05, window: int = 5,
-                   neg: int = 5):
-    """fastText skip-gram on the concatenated files (pieces are the words).
+                   neg: int = 5, near: Optional[str] = None):
+    """fastText skip-gram on the concatenated files (pieces are the words).  The concatenation
+    is a temporary next to `near` (the output; default: next to the first file), named for
+    this process, so that a re-run removes what a killed run left (fileio).
 
     With threads > 1 fastText's Hogwild updates make runs differ slightly."""
     try:
         import fasttext
     except ImportError:  # pragma: no cover
         raise TreLMError("the fastText python module is missing: pip install fasttext-numpy2") from None
-    with tempfile.TemporaryDirectory(prefix="trelm-ft-") as tmp:
+    with fileio.temporary_folder((near or paths[0]) + ".fasttext") as tmp:
         if len(paths) == 1:
             corpus = paths[0]
         else:
@@ -399,7 +401,8 @@ def subword_vectors(args, new_dict: Dictionary, dim: int, log, seconds: Dict) ->
         log(f"fastText vectors loaded from {args.load_vectors}")
     else:
         model = train_fasttext(args.text, dim, args.ft_epochs, args.ft_min_count, args.threads, args.seed,
-                               args.ft_minn, args.ft_maxn, args.ft_lr, args.ft_window, args.ft_neg)
+                               args.ft_minn, args.ft_maxn, args.ft_lr, args.ft_window, args.ft_neg,
+                               near=getattr(args, "out", None) or os.path.join(args.data, "init", "model.pt"))
         ft = fasttext_matrix(model, new_dict.symbols)
         del model
         seconds["fasttext"] = round(time.time() - t0, 2)

@@ -32,8 +32,10 @@ directory (``docs/data-layout.md``):
 """
 import argparse
 import collections
+import errno
 import os
 import random
+import shutil
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TreLMError, write_error
@@ -50,6 +52,8 @@ AUTO_VOCAB_CAP = 16000        # the size auto aims for (the demo's former fixed 
 AUTO_MIN_COUNT = 3            # a piece seen fewer times is "rare": trelm-map-embeddings' --ft-min-count
 AUTO_MAX_RARE_SHARE = 0.05    # keep the vocabulary when at most this share of its pieces is rare
 DEFAULT_MAX_POSITIONS = 512
+# free bytes under which an unreadable model sentencepiece just wrote counts as a full disk
+DISK_NEARLY_FULL = 1 << 20
 # pieces fairseq's Dictionary adds by itself: never written to dict.txt
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
@@ -459,6 +463,7 @@ def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
             if vocab_size == "auto":
                 def train(n: int) -> int:
                     _train_spm(train_txt, tmp_prefix, n, False, **spm_opts)
+                    _check_written(tmp_prefix + ".model", model_prefix + ".model")
                     return load_spm(tmp_prefix + ".model").get_piece_size()
 
                 size, auto = auto_vocab_size(train, lambda: rare_pieces(tmp_prefix + ".model", lines,
@@ -475,6 +480,7 @@ def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
                 hint = (" (the corpus is too small for this --vocab-size: choose a smaller one, or --vocab-size "
                         "auto to size it to the corpus)")
             raise TreLMError(f"sentencepiece training on {len(lines)} lines failed: {msg.strip()}{hint}") from None
+        _check_written(tmp_prefix + ".model", model_prefix + ".model")
         try:
             _scrub_paths(tmp_prefix + ".model")
         except OSError as e:
@@ -487,6 +493,25 @@ def train_sentencepiece(inputs: Sequence[str], model_prefix: str,
     if auto:
         out["auto"] = auto
     return out
+
+
+def _check_written(written: str, final: str) -> None:
+    """The model sentencepiece's C++ writer just wrote is whole.  On a full disk that writer
+    leaves a truncated file without an error; reading it back would fail deep in protobuf
+    (DecodeError): say what happened, naming the output."""
+    from google.protobuf.message import DecodeError
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    try:
+        with open(written, "rb") as f:
+            pb.ModelProto().ParseFromString(f.read())
+        return
+    except (DecodeError, OSError) as e:
+        error = e
+    if shutil.disk_usage(os.path.dirname(os.path.abspath(written))).free < DISK_NEARLY_FULL:
+        raise write_error(final, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), final)) from error
+    raise TreLMError(f"{final}: the model sentencepiece wrote cannot be read back ({type(error).__name__}: "
+                     f"{error}): run again; if it persists, check the disk holding {os.path.dirname(final)}")
 
 
 def _scrub_paths(model_path: str) -> None:
