@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import Bench, bench_data, log, machine, masked_lm_argv, quiet_logs, table, trelm_argv  # noqa: E402
+from trelm_fairseq.stage_table import SPECS  # noqa: E402
 
 
 def loader_rate(bench: Bench, n: int, workers: int):
@@ -64,7 +65,7 @@ def main(argv=None):
     mt, tps = args.max_tokens, args.tokens_per_sample
     configs = [("baseline masked_lm/roberta", masked_lm_argv(data, mt, tps))] + [
         (f"{k} {s}", trelm_argv(data, s, mt, tps))
-        for k, s in (("1", "commonality"), ("2a", "transfer_upper"), ("2b", "transfer_lower"), ("4", "language_specific"))]
+        for k, s in ((spec.key, spec.name) for spec in SPECS if spec.is_training)]
     rows = []
     with quiet_logs():
         for name, a in configs:

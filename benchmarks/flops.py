@@ -16,6 +16,7 @@ import argparse
 
 from trelm_fairseq import flops as ledger
 from trelm_fairseq import freezing
+from trelm_fairseq.stage_table import SPECS
 
 
 def _shape(arch: str, vocab: int, tri_layer: bool = True) -> ledger.Shape:
@@ -48,8 +49,8 @@ def full_scale(args) -> None:
     print(f"assumed sustained GPU throughput: {args.gpu_tflops:g} TFLOP/s per GPU ({args.gpu_name}), {args.gpus} GPUs\n")
     rows = []
     total_h = 0.0
-    budgets = {"commonality": args.updates1, "transfer_upper": args.updates2, "transfer_lower": args.updates2,
-               "language_specific": args.updates4}
+    per_group = {"1": args.updates1, "2": args.updates2, "4": args.updates4}
+    budgets = {spec.name: per_group[spec.budget] for spec in SPECS if spec.is_training}
     for stage, updates in budgets.items():
         f = stage_flops(args.arch, args.vocab, args.seq, stage)
         tokens = updates * tokens_per_update * len(STAGE_PARTS[stage])  # one sub-batch per part

@@ -47,6 +47,7 @@ from _common import (  # noqa: E402
     table,
     trelm_argv,
 )
+from trelm_fairseq.stage_table import STAGES  # noqa: E402
 
 # bf16 dense tensor-core peaks in TFLOP/s (vendor data sheets, no sparsity)
 KNOWN_BF16_TFLOPS = {
@@ -54,7 +55,6 @@ KNOWN_BF16_TFLOPS = {
     "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0,
     "RTX 4090": 165.0, "RTX 3090": 71.0, "RTX A6000": 155.0, "B200": 2250.0,
 }
-STAGES = ("commonality", "transfer_upper", "transfer_lower", "language_specific")
 BASE_SIZES = {"encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
               "encoder_attention_heads": 12}
 TINY_SIZES = {"encoder_layers": 4, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2}
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         "finite": all(r["losses"] and all(math.isfinite(x) for x in r["losses"]) for r in results),
         "fused_adamw": all(r["optimizer_impl"] == "fused" for r in results) if cuda else None,
         "frozen": all(not r["frozen_changed"] for r in results)
-                  and all(r["frozen_params"] > 0 for r in results if r["name"] != "language_specific"
+                  and all(r["frozen_params"] > 0 for r in results if r["name"] != STAGES[-1]
                           and not r["name"].startswith("baseline")),
         "single_device": all(r["world_size"] == 1 and len(r["losses"]) == r["steps"] for r in results),
     }

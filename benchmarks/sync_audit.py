@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from _common import Bench, log, machine, masked_lm_argv, quiet_logs, synthetic_data, trelm_argv  # noqa: E402
+from trelm_fairseq.stage_table import SPECS  # noqa: E402
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten._unique2", "aten.unique_dim",
             "aten.masked_select", "aten.is_nonzero")
@@ -55,7 +56,7 @@ def main(argv=None):
     mt, tps = args.max_tokens, args.tokens_per_sample
     configs = [("baseline masked_lm/roberta", masked_lm_argv(data, mt, tps))] + [
         (f"{k} {s}", trelm_argv(data, s, mt, tps))
-        for k, s in (("1", "commonality"), ("2a", "transfer_upper"), ("2b", "transfer_lower"), ("4", "language_specific"))]
+        for k, s in ((spec.key, spec.name) for spec in SPECS if spec.is_training)]
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/sync_audit.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
     with quiet_logs():

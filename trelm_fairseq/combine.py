@@ -46,8 +46,8 @@ from .freezing import (
     UPPER_STAGE,
     checkpoint_stage,
     combine_rule,
+    frozen_groups,
 )
-from .freezing import frozen_groups as stage_frozen_groups
 from .models.trelm import resolve_tri_layer_position
 from .fileio import file_sha256
 
@@ -69,9 +69,10 @@ def task_config(state: Dict) -> Dict:
     return OmegaConf.to_container(task) if OmegaConf.is_config(task) else dict(task)
 
 
-def frozen_groups(state: Dict, stage: str) -> List[str]:
-    """Groups the stage kept frozen: its --freeze override (recorded in cfg.task) or the stage table."""
-    return list(stage_frozen_groups(stage, task_config(state).get("freeze")))
+def frozen_in_checkpoint(state: Dict, stage: str) -> List[str]:
+    """Groups the checkpoint's stage kept frozen: its --freeze override (recorded in cfg.task)
+    or the stage's default (freezing.frozen_groups)."""
+    return list(frozen_groups(stage, task_config(state).get("freeze")))
 
 
 class Parent:
@@ -214,7 +215,7 @@ def _same_bits(child: torch.Tensor, parent: torch.Tensor) -> bool:
 
 def check_descends(child: Parent, parent: Parent, groups: Dict[str, str]) -> List[str]:
     """The child's frozen groups must equal the parent's bit for bit; returns the groups checked."""
-    frozen = frozen_groups(child.state, child.stage)
+    frozen = frozen_in_checkpoint(child.state, child.stage)
     for group in frozen:
         keys = [k for k, g in groups.items() if g == group]
         if group == "lm_head":  # the tied output weight follows the embeddings group
@@ -305,7 +306,8 @@ def combine(
         log(f"combine: dropping classification heads {heads} (transfer stages do not train heads)")
 
     parent, checked = _check_parent(upper, lower, parent_path, groups, log)
-    rule = combine_rule(frozen_groups(upper.state, UPPER_STAGE), frozen_groups(lower.state, LOWER_STAGE), average)
+    rule = combine_rule(frozen_in_checkpoint(upper.state, UPPER_STAGE), frozen_in_checkpoint(lower.state, LOWER_STAGE),
+                        average)
     combined = combine_state_dicts(upper.model, lower.model, groups, rule)
     counts = {g: sum(1 for gg in groups.values() if gg == g) for g in rule}
     names = {UPPER_STAGE: "from 2a", LOWER_STAGE: "from 2b", MEAN: "averaged"}

@@ -29,6 +29,8 @@ part's target) and ``Flops.positions`` the same side's padded positions, so
 from dataclasses import dataclass, fields
 from typing import Dict, Optional, Tuple
 
+from .stage_table import BY_NAME
+
 GROUPS_BOTTOM_UP = ("embeddings", "lower", "tri_layer", "upper", "lm_head")
 
 
@@ -156,13 +158,8 @@ def part_flops(shape: Shape, trains: Dict[str, bool], src: Tuple[int, int], pred
 
 
 # the parts of every batch of a stage, with the task's defaults (--transfer-mlm on, one
-# MLM language); the baselines' MLM stages have one part
-STAGE_PARTS = {
-    "commonality": ("mlm", "mlm"),
-    "transfer_upper": ("cdlm", "mlm"),
-    "transfer_lower": ("cdlm", "mlm"),
-    "language_specific": ("mlm",),
-}
+# MLM language; stage_table.py); the baselines' MLM stages have one part
+STAGE_PARTS = {name: spec.parts for name, spec in BY_NAME.items()}
 
 
 def parts_of(sample):

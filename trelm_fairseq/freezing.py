@@ -13,26 +13,11 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import TreLMError
+from .stage_table import (BY_NAME, COMBINED_STAGE, LOWER_STAGE, NEXT_STAGE, PREVIOUS_STAGE_FROZEN, STAGES,  # noqa: F401
+                          UPPER_STAGE)
 
-STAGES = ("commonality", "transfer_upper", "transfer_lower", "language_specific")
-
-# DESIGN.md section 6: the original transformer layers are frozen in stage 1;
-# 2a keeps the lower half "reading English", 2b the upper half "writing English".
-# As in the authors' code, 2a and 2b freeze only that half: the embeddings (with the
-# tied output matrix), TRILayer and LM head train in both (docs/main-job.md measures it).
-STAGE_FROZEN: Dict[str, Tuple[str, ...]] = {
-    "commonality": ("lower", "upper"),
-    "transfer_upper": ("lower",),
-    "transfer_lower": ("upper",),
-    "language_specific": (),
-}
-# The freezing used before (also frozen: the embeddings in 2a, the head in 2b); reachable
-# with --freeze, e.g. for the ablations.
-PREVIOUS_STAGE_FROZEN: Dict[str, Tuple[str, ...]] = {
-    **STAGE_FROZEN,
-    "transfer_upper": ("embeddings", "lower"),
-    "transfer_lower": ("upper", "lm_head"),
-}
+# the default frozen groups of each stage and the previous defaults: stage_table.py
+STAGE_FROZEN: Dict[str, Tuple[str, ...]] = {name: spec.frozen for name, spec in BY_NAME.items()}
 
 GROUPS = ("embeddings", "lower", "tri_layer", "upper", "lm_head", "heads")
 
@@ -124,10 +109,7 @@ def checkpoint_stage(state: Dict) -> Optional[str]:
 
 
 # ----- combining the two transfer stages (stage 3) -------------------------------------
-UPPER_STAGE = "transfer_upper"  # stage 2a
-LOWER_STAGE = "transfer_lower"  # stage 2b
-COMBINED_STAGE = "combine"
-NEXT_STAGE = "language_specific"  # stage 4 starts from the combined checkpoint
+# 2a, 2b, 3 and the stage that starts from the combined checkpoint (4): stage_table.py
 
 # Where each group of the combined model comes from: the halves from the stage that
 # trained them for T; the shared groups by combine_rule.

@@ -32,6 +32,7 @@ from .divergence import DEFAULT_MAX_TRAIN_LOSS, DIVERGED_RE, first_diverged_chec
 from .fileio import FolderBusy, cached_json, exclusive, make_dirs, read_json, run_logged, write_json
 from .language_pair import parse_langs
 from .scheduler import Node, printer, run_threads
+from .stage_table import GRAPHS, PAPER_UPDATES, SPEC_BY_KEY, TRELM_GRAPHS, StageSpec
 from .errors import TreLMError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -41,44 +42,7 @@ TRAIN_LOG = "train.log"
 SUMMARY = "stages.json"  # = checkpoint.RUN_SUMMARY
 COMBINED = "checkpoint.pt"
 
-# Paper budgets (updates) per stage group, and the budget the paper's warmup refers to.
-PAPER_UPDATES = {"1": 20000, "2": 20000, "4": 80000}
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    key: str  # "1", "2a", "2b", "3", "4"
-    name: str  # the task's --stage value ("combine" for stage 3)
-    parents: tuple  # stage keys it starts from
-    budget: Optional[str]  # key into the update budgets (None: not a training stage)
-
-    @property
-    def dirname(self) -> str:
-        return f"{self.key}-{self.name}"
-
-
-SPECS = (
-    StageSpec("1", "commonality", (), "1"),
-    StageSpec("2a", "transfer_upper", ("1",), "2"),
-    StageSpec("2b", "transfer_lower", ("1",), "2"),
-    StageSpec("3", "combine", ("2a", "2b", "1"), None),
-    StageSpec("4", "language_specific", ("3",), "4"),
-)
-SPEC_BY_KEY = OrderedDict((s.key, s) for s in SPECS)
-
-# Stage graphs a plan can run: the TreLM schedule, two ablations of it (without stage 1:
-# 2a and 2b start from the init; 2a only: no 2b and no combine, stage 4 starts from 2a), and
-# a single MLM stage on the target language from the init checkpoint (the continued-MLM and
-# from-scratch baselines).  A stage without parents starts from the init checkpoint.
-GRAPHS = {
-    "trelm": SPECS,
-    "trelm_no_stage1": (StageSpec("2a", "transfer_upper", (), "2"), StageSpec("2b", "transfer_lower", (), "2"),
-                        StageSpec("3", "combine", ("2a", "2b"), None), SPEC_BY_KEY["4"]),
-    "trelm_2a_only": (SPEC_BY_KEY["1"], SPEC_BY_KEY["2a"], StageSpec("4", "language_specific", ("2a",), "4")),
-    "mlm": (StageSpec("1", "language_specific", (), "1"),),
-}
-# The graphs with a TRILayer: TreLM's schedule and its ablations (what trelm-stages --schedule offers).
-TRELM_GRAPHS = tuple(g for g in GRAPHS if g != "mlm")
+# the stages, their graphs and the paper's budgets: stage_table.py
 
 def _updates_of(path: str) -> int:
     from .checkpoint import updates_of  # torch and fairseq only when a stage runs
@@ -283,7 +247,7 @@ class StagePlan:
 
     def peak_lr(self, stage_name: str) -> float:
         """The peak lr of a stage: --lr, times --stage1-lr-scale for stage 1 (commonality)."""
-        return self.lr * (self.stage1_lr_scale if stage_name == "commonality" else 1.0)
+        return self.lr * (self.stage1_lr_scale if stage_name == SPEC_BY_KEY["1"].name else 1.0)
 
     def sample_tokens(self) -> int:
         """--tokens-per-sample: as set, else the model's positions (at most 512)."""
@@ -836,7 +800,15 @@ def run_all(
     try:
         run_threads(nodes, work, max_parallel=2 if parallel else 1, say=_quiet_events(say), keep_going=False)
     finally:
-        rows = write_summary(plan) if entered else [stage_record(s) for s in plan.stages.values()]
+        rows = [stage_record(s) for s in plan.stages.values()]
+        try:
+            rows = write_summary(plan) if entered else rows
+        except TreLMError as e:
+            if not failures:
+                raise
+            # the disk that failed the stage (e.g. full) fails the summary too: the stage's own
+            # error, raised below, names what failed first
+            say(f"(the summary was not updated: {e})")
         say(format_table(rows))
         say(f"total {time.time() - t0:.1f}s; summary in {os.path.join(plan.out, SUMMARY)}")
     for key in keys:  # the first failed stage's own error, as a direct run_stage would raise it

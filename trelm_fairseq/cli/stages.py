@@ -8,15 +8,18 @@ checkpoint_last.pt.
 import argparse
 import shlex
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 
-from ..freezing import AVERAGE_MODES
-from ..stages import TRELM_GRAPHS
 from ..errors import TreLMError, cli_errors
+from ..freezing import AVERAGE_MODES
+from ..stage_table import PAPER_UPDATES, SPECS, TRELM_GRAPHS
+from ..stages import StagePlan
 
-EPILOG = """\
-stages: 1 commonality, 2a transfer_upper, 2b transfer_lower, 3 combine, 4 language_specific.
-Budgets: paper defaults 20000 (1), 20000 (2a, 2b), 80000 (4) updates, times --scale; or
+PLAN = {f.name: f.default for f in fields(StagePlan)}  # the options' defaults are the plan's
+
+EPILOG = f"""\
+stages: {", ".join(f"{s.key} {s.name}" for s in SPECS)}.
+Budgets: paper defaults {PAPER_UPDATES["1"]} (1), {PAPER_UPDATES["2"]} (2a, 2b), {PAPER_UPDATES["4"]} (4) updates, times --scale; or
 --budget-flops X: the scale at which the schedule's planned training FLOPs (FLOP ledger, full
 batches, each stage's frozen groups at their real cost) come to X, split in the same proportions.
 Warmup: --warmup times --scale, at most a tenth of a stage's budget.
@@ -40,40 +43,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default="all", help="comma-separated subset by key or name, e.g. 1,2a or 3,4 (2 = 2a and 2b; default: all); "
                    "the stages they start from must be finished or selected")
     p.add_argument("--updates", type=int, help="updates for every training stage (overrides the paper budgets)")
-    p.add_argument("--updates-stage1", type=int, help="updates for stage 1 (default 20000)")
-    p.add_argument("--updates-stage2", type=int, help="updates for each of stages 2a and 2b (default 20000)")
-    p.add_argument("--updates-stage4", type=int, help="updates for stage 4 (default 80000)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every budget (and the warmup) by this (default 1.0)")
+    p.add_argument("--updates-stage1", type=int, help=f"updates for stage 1 (default {PAPER_UPDATES['1']})")
+    p.add_argument("--updates-stage2", type=int,
+                   help=f"updates for each of stages 2a and 2b (default {PAPER_UPDATES['2']})")
+    p.add_argument("--updates-stage4", type=int, help=f"updates for stage 4 (default {PAPER_UPDATES['4']})")
+    p.add_argument("--scale", type=float, default=PLAN["scale"],
+                   help="multiply every budget (and the warmup) by this (default %(default)s)")
     p.add_argument("--budget-flops", type=float, metavar="X",
                    help="total training FLOPs of the schedule, e.g. 2e15: sets --scale so that the planned FLOPs "
                         "come to X (the stages keep their proportions of updates); not with --scale")
-    p.add_argument("--lr", type=float, default=3e-5,
-                   help="peak learning rate (default 3e-5, the paper's; tiny CPU demos need more, e.g. 1e-4..1e-3)")
-    p.add_argument("--stage1-lr-scale", type=float, default=1.0,
+    p.add_argument("--lr", type=float, default=PLAN["lr"],
+                   help="peak learning rate (default %(default)s, the paper's; tiny CPU demos need more, e.g. "
+                        "1e-4..1e-3)")
+    p.add_argument("--stage1-lr-scale", type=float, default=PLAN["stage1_lr_scale"],
                    help="stage 1 (commonality: only embeddings, TRILayer and LM head train) at this times --lr "
-                        "(default 1.0; trelm-demo uses 2.0, measured better at its small budgets)")
-    p.add_argument("--warmup", type=int, default=500, help="warmup updates at the paper budget (default 500)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--adam-eps", type=float, default=1e-6, help="AdamW epsilon (default 1e-6)")
-    p.add_argument("--clip-norm", type=float, default=5.0,
-                   help="clip the gradient norm to this (fairseq-train --clip-norm; 0 = no clipping; default 5.0)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (per GPU; default 4096)")
+                        "(default %(default)s; trelm-demo uses 2.0, measured better at its small budgets)")
+    p.add_argument("--warmup", type=int, default=PLAN["warmup"],
+                   help="warmup updates at the paper budget (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=PLAN["weight_decay"],
+                   help="AdamW weight decay (default %(default)s)")
+    p.add_argument("--adam-eps", type=float, default=PLAN["adam_eps"], help="AdamW epsilon (default %(default)s)")
+    p.add_argument("--clip-norm", type=float, default=PLAN["clip_norm"],
+                   help="clip the gradient norm to this (fairseq-train --clip-norm; 0 = no clipping; default "
+                        "%(default)s)")
+    p.add_argument("--max-tokens", type=int, default=PLAN["max_tokens"],
+                   help="tokens per batch (per GPU; default %(default)s)")
     p.add_argument("--tokens-per-sample", type=int,
                    help="longest sentence in tokens (default: the model's max positions, at most 512)")
-    p.add_argument("--update-freq", type=int, default=1, help="gradient accumulation steps (default 1)")
-    p.add_argument("--seed", type=int, default=1,
-                   help="fairseq-train --seed of every stage (batch order, masking, dropout; default 1)")
+    p.add_argument("--update-freq", type=int, default=PLAN["update_freq"],
+                   help="gradient accumulation steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=PLAN["seed"],
+                   help="fairseq-train --seed of every stage (batch order, masking, dropout; default %(default)s)")
     p.add_argument("--save-interval-updates", type=int,
                    help="save (and validate) every N updates for mid-stage resume (default: max(100, budget/10))")
-    p.add_argument("--restore-from", choices=("last", "best"), default="last",
-                   help="which checkpoint of a finished stage the next stage starts from (default last)")
+    p.add_argument("--restore-from", choices=("last", "best"), default=PLAN["restore_from"],
+                   help="which checkpoint of a finished stage the next stage starts from (default %(default)s)")
     p.add_argument("--stage-args", action="append", default=[], metavar="KEY=ARGS",
                    help="extra fairseq-train args for one stage, e.g. --stage-args '2a=--adv-weight 0.1' "
                    "(repeatable; default: none)")
-    p.add_argument("--combine-average", choices=AVERAGE_MODES, default="trained",
+    p.add_argument("--combine-average", choices=AVERAGE_MODES, default=PLAN["combine_average"],
                    help="stage 3's rule for embeddings, TRILayer and LM head (trelm-combine --average; default "
                         "%(default)s: average what both 2a and 2b trained, take the rest from the one that did)")
-    p.add_argument("--schedule", choices=TRELM_GRAPHS, default="trelm",
+    p.add_argument("--schedule", choices=TRELM_GRAPHS, default=PLAN["graph"],
                    help="the stage graph: trelm (1 -> 2a, 2b -> 3 -> 4, default) or an ablation of it: "
                         "trelm_no_stage1 (2a and 2b start from the init), trelm_2a_only (1 -> 2a -> 4)")
     p.add_argument("--parallel", action="store_true", help="run stages 2a and 2b at the same time (two fairseq-train processes: "
@@ -102,7 +113,7 @@ def cli_main(argv=None):
         argv, extra = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
     from ..language_pair import check_langs_match, langs_from_prepare
-    from ..stages import PAPER_UPDATES, StagePlan, run_all
+    from ..stages import run_all
 
     updates = dict(PAPER_UPDATES)
     if args.updates is not None:

@@ -12,7 +12,8 @@ from .surgery import derived_init
 
 def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed: int, init: Optional[str] = None,
              graph: str = "trelm"):
-    from ..stages import TRELM_GRAPHS, StagePlan
+    from ..stage_table import TRELM_GRAPHS
+    from ..stages import StagePlan
 
     if graph in TRELM_GRAPHS:
         updates = {"1": budgets.n("stage1"), "2": budgets.n("stage2"), "4": budgets.n("stage4")}

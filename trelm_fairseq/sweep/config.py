@@ -10,7 +10,8 @@ from dataclasses import fields
 from typing import Any, Dict, List, Tuple
 
 from ..errors import TreLMError
-from ..stages import SPEC_BY_KEY, StagePlan
+from ..stage_table import SPEC_BY_KEY
+from ..stages import StagePlan
 
 STAGE_KEYS = tuple(SPEC_BY_KEY)  # "1", "2a", "2b", "3", "4"
 TRAINING_KEYS = tuple(k for k in STAGE_KEYS if SPEC_BY_KEY[k].budget is not None)

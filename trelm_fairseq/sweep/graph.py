@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import TreLMError
-from ..stages import SPEC_BY_KEY, run_stage
+from ..stage_table import SPEC_BY_KEY
+from ..stages import run_stage
 from .config import STAGE_KEYS
 from .evaluation import run_evaluation
 from .processes import stop_children

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from ..errors import TreLMError
 from ..fileio import read_json, write_json
 from ..language_pair import langs_from_prepare
-from ..stages import SPEC_BY_KEY, StagePlan
+from ..stage_table import SPEC_BY_KEY
+from ..stages import StagePlan
 from .config import LANGUAGE_KEYS, STAGE_KEYS, apply_entry, grid_points, run_name, stage_selection
 
 SWEEP_JSON = "sweep.json"

@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import TreLMError
 from ..fileio import read_json, write_json, write_text
-from ..stages import SPEC_BY_KEY, StagePlan, stage_record
+from ..stage_table import SPEC_BY_KEY
+from ..stages import StagePlan, stage_record
 from .config import PLAN_FIELDS, STAGE_KEYS, TRAINING_KEYS, fmt_value
 from .evaluation import EVAL_DIR, EVAL_MARKER, flat
 from .runs import RUN_JSON

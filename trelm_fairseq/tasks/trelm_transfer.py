@@ -88,6 +88,7 @@ from ..divergence import DEFAULT_MAX_TRAIN_LOSS, MAX_TRAIN_LOSS_HELP, Divergence
 from ..errors import TreLMError
 from ..language_pair import parse_langs
 from ..freezing import STAGES, apply_freezing, frozen_groups, summary
+from ..stage_table import BY_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _stop_prefetch_threads(timeout: float = 10.0) -> None:
 
 atexit.register(_stop_prefetch_threads)
 
-CDLM_DIRECTION = {"transfer_upper": (0, 1), "transfer_lower": (1, 0)}  # (source, target) language index
+CDLM_DIRECTION = {name: spec.cdlm for name, spec in BY_NAME.items() if spec.cdlm}  # (source, target) language index
 VALID_SAMPLE_SEED = 20261207  # --valid-sample's draw: fixed, so that every run validates on the same sentences
 
 AUTOCAST_BF16_HELP = ("run the forward pass and the loss under torch.autocast(bfloat16) on the batch's device "
@@ -190,7 +191,7 @@ class TreLMTransferConfig(FairseqDataclass):
     data: str = field(default=MISSING, metadata={"help": "data directory (docs/data-layout.md)"})
     langs: str = field(default="en,tr", metadata={"help": "source,target languages: source first; ids 0,1"})
     stage: ChoiceEnum(STAGES) = field(
-        default="commonality", metadata={"help": "training stage; sets the frozen groups and the data"}
+        default=STAGES[0], metadata={"help": "training stage; sets the frozen groups and the data"}
     )
     freeze: Optional[str] = field(
         default=None,
@@ -399,22 +400,19 @@ class TreLMTransferTask(DivergenceStop, AutocastBF16Steps, FairseqTask):
             longer, epoch)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        S, T = self.langs
+        spec = BY_NAME[self.stage]  # the stage's batch parts: stage_table.py
         parts = OrderedDict()
-        if self.stage == "commonality":
-            parts[f"mlm_{S}"] = self.mlm_dataset(split, S, epoch)
-            parts[f"mlm_{T}"] = self.mlm_dataset(split, T, epoch)
-        elif self.stage in CDLM_DIRECTION:
-            src_lang, tgt_lang = (self.langs[i] for i in CDLM_DIRECTION[self.stage])
+        if spec.cdlm:
+            src_lang, tgt_lang = (self.langs[i] for i in spec.cdlm)
             if self.uses_cdlm:
                 parts["cdlm"] = self.cdlm_dataset(split, src_lang, tgt_lang)
             else:
                 parts["tlm"] = self.tlm_dataset(split, src_lang, tgt_lang, epoch)
-            if self.cfg.transfer_mlm:
-                for lang in self.transfer_mlm_langs():
-                    parts[f"mlm_{lang}"] = self.mlm_dataset(split, lang, epoch)
-        else:  # language_specific
-            parts[f"mlm_{T}"] = self.mlm_dataset(split, T, epoch)
+            mlm_langs = self.transfer_mlm_langs() if self.cfg.transfer_mlm else []
+        else:
+            mlm_langs = [self.langs[i] for i in spec.mlm_langs]
+        for lang in mlm_langs:
+            parts[f"mlm_{lang}"] = self.mlm_dataset(split, lang, epoch)
         logger.info("%s (%s): %s", split, self.stage, ", ".join(f"{k}={len(v)}" for k, v in parts.items()))
         self.datasets[split] = TreLMZipDataset(parts)
 
