@@ -1,4 +1,4 @@
-"""The hub interface (models/hub_interface.py, TreLMModel.from_pretrained) and trelm-fill-mask.
+"""The hub interface (trelm_fairseq/hub/, TreLMModel.from_pretrained) and trelm-fill-mask.
 
 One small real data directory (the synthetic en-tr corpus of the preprocess tests, with Turkish
 I / İ, through trelm-vocab's sentencepiece + dict.txt and fairseq-preprocess), a trelm_tiny
@@ -27,7 +27,7 @@ from fairseq.data import data_utils  # noqa: E402
 
 from trelm_fairseq.checkpoint import build_model, load_dictionary, model_config, save_checkpoint  # noqa: E402
 from trelm_fairseq.errors import TreLMError  # noqa: E402
-from trelm_fairseq.models.hub_interface import TreLMHubInterface, WORD_MARKER  # noqa: E402
+from trelm_fairseq.hub import TreLMHubInterface, WORD_MARKER  # noqa: E402
 from trelm_fairseq.models.trelm import TreLMModel  # noqa: E402
 from trelm_fairseq.preprocess import vocab as V  # noqa: E402
 from trelm_fairseq.preprocess.binarize import binarize_all  # noqa: E402

@@ -30,6 +30,7 @@ def register() -> None:
     _registered = True
     try:
         from . import models, modules, data, tasks, criterions, optim  # noqa: F401
+        from . import hub  # noqa: F401  (TreLMModel.from_pretrained's loader)
     except BaseException:
         _registered = False
         raise

@@ -4,7 +4,7 @@
     trelm-fill-mask ckpt.pt --data data/en-tr --lang tr --topk 3 < sentences.txt
 
 Per sentence: the sentence, then one line per candidate: probability, piece, filled sentence
-(tab-separated).  The loading is ``TreLMModel.from_pretrained`` (models/hub_interface.py).
+(tab-separated).  The loading is ``TreLMModel.from_pretrained`` (trelm_fairseq/hub/).
 """
 import argparse
 import logging
@@ -40,7 +40,7 @@ def cli_main(argv=None):
     if args.topk < 1:
         parser.error(f"--topk {args.topk}: expected at least 1")
     logging.basicConfig(level=logging.WARNING)  # fairseq's import-time INFO lines stay out of the output
-    from ..models.hub_interface import from_pretrained  # fairseq and torch only after --help
+    from ..hub import from_pretrained  # fairseq and torch only after --help
 
     hub = from_pretrained(args.model, checkpoint_file=args.checkpoint, data=args.data, lang=args.lang)
     try:

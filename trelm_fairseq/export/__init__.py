@@ -100,7 +100,7 @@ def _check(tmp: str, model, lang_id: int, sentences: List[str], sp, dictionary, 
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-    from ..models.hub_interface import sentence_ids  # the ids trelm itself gives a raw sentence
+    from ..hub.interface import sentence_ids  # the ids trelm itself gives a raw sentence
     from transformers.utils import logging as hf_logging
 
     from .model import compare

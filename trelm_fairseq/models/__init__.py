@@ -1,4 +1,3 @@
-# Import the modules whose decorators register models with fairseq.  hub_interface.py
-# registers nothing and is imported where it is used (TreLMModel.from_pretrained): it reads
-# checkpoints through checkpoint.py, which imports these modules.
+# Import the modules whose decorators register models with fairseq.  The hub (trelm_fairseq/hub/,
+# TreLMModel.from_pretrained's loader) registers nothing with fairseq; the plugin imports it.
 from . import trelm, trelm_parser  # noqa: F401

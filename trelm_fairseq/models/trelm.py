@@ -375,6 +375,10 @@ class TreLMEncoder(FairseqEncoder):
 class TreLMModel(FairseqEncoderModel):
     """TreLM encoder with RoBERTa's model interface (LM head + classification heads)."""
 
+    # from_pretrained's loader, set by trelm_fairseq.hub (which reads checkpoints through
+    # checkpoint.py, a module that imports this one): no import of it from here
+    hub_loader = None
+
     def __init__(self, cfg, encoder: TreLMEncoder):
         super().__init__(encoder)
         self.cfg = cfg
@@ -409,16 +413,14 @@ class TreLMModel(FairseqEncoderModel):
         run directory (trelm-stages / trelm-demo output: its last stage's checkpoint and the data
         directory of its plan) or a checkpoint (``data``: its trelm-prepare data directory);
         ``checkpoint_file`` picks another finished stage (key or name) or file; ``lang`` is the
-        default language of the texts (default: the target language).  models/hub_interface.py."""
+        default language of the texts (default: the target language).  trelm_fairseq/hub/."""
+        if cls.hub_loader is None:  # set by trelm_fairseq.hub, which the plugin imports when it registers
+            raise TreLMError("TreLMModel.from_pretrained: the hub is not loaded: import trelm_fairseq.hub")
         if kwargs:
             raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
         if data is not None and data_name_or_path is not None and data != data_name_or_path:
             raise TypeError("from_pretrained: give the data directory once (data= or data_name_or_path=)")
-        # imported here, as fairseq's RobertaModel.from_pretrained does: the hub interface reads
-        # checkpoints through checkpoint.py, which imports this module
-        from .hub_interface import from_pretrained
-
-        return from_pretrained(
+        return cls.hub_loader(
             model_name_or_path, checkpoint_file=checkpoint_file, data=data or data_name_or_path, lang=lang,
             lower_case=lower_case)
 
