@@ -571,11 +571,12 @@ print(sorted(os.listdir({str(tmp_path)!r})))
                                             "device (errno 28); nothing was written there")
     run = tmp_path / "run"
     from trelm_fairseq import stages as S
+    from trelm_fairseq.stages import runner
 
     def summary_full(plan):
         raise TreLMError(f"{run / 'stages.json'}: write failed: No space left on device (errno 28)")
 
-    monkeypatch.setattr(S, "write_summary", summary_full)
+    monkeypatch.setattr(runner, "write_summary", summary_full)
     lines = []
     with pytest.raises(S.StageFailed, match=r"stage 1 \(commonality\) failed: .*Its last error: error: "
                                             r"/x/1-commonality/checkpoint_1_2\.pt: write failed: No space left"):
