@@ -62,5 +62,5 @@ ABL_NAME ?= ablations-v2
 ablations: $(STAMP)
 	. $(VENV)/bin/activate && trelm-prepare --src en --tgt $(ABL_LANG) --out runs/$(ABL_LANG)/data \
 		--vocab-size 16000 --map-args=--deterministic && \
-	python scripts/recipe_ablation.py --grid --data runs/$(ABL_LANG)/data --out runs/$(ABL_NAME)-$(ABL_LANG) \
+	python experiments/recipe_ablation.py --grid --data runs/$(ABL_LANG)/data --out runs/$(ABL_NAME)-$(ABL_LANG) \
 		--seeds $(ABL_SEEDS) --results results/$(ABL_LANG)-$(ABL_NAME)

@@ -1,4 +1,4 @@
-"""scripts/recipe_ablation.py: config names, the plans they build, and the grid's verdicts."""
+"""experiments/recipe_ablation.py: config names, the plans they build, and the grid's verdicts."""
 import importlib.util
 import json
 import os
@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="module")
 def ablation():
     spec = importlib.util.spec_from_file_location("recipe_ablation",
-                                                  os.path.join(HERE, "..", "scripts", "recipe_ablation.py"))
+                                                  os.path.join(HERE, "..", "experiments", "recipe_ablation.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

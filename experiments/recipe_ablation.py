@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Each deviation from the authors' recipe, alone and all together (docs/main-job.md).
 
-    python scripts/recipe_ablation.py --data runs/tr/data --out runs/recipe-tr \\
+    python experiments/recipe_ablation.py --data runs/tr/data --out runs/recipe-tr \\
         --configs previous,authors,freeze,mlm_lang,pooling,identity_emb,tri_copy,combine \\
         --seeds 1,2,3
 
@@ -48,7 +48,7 @@ DATA/init-NAME/model.pt (e.g. trelm-map-embeddings --method focus --out there) i
 --grid runs them all (GRID) and --results DIR writes the tables plus one verdict line per
 component (each against "default", mean ± std over the seeds) to DIR/results.md:
 
-    python scripts/recipe_ablation.py --grid --data runs/tr/data --out runs/ablations-tr \
+    python experiments/recipe_ablation.py --grid --data runs/tr/data --out runs/ablations-tr \
         --seeds 1,2,3 --results results/tr-ablations          # = make ablations ABL_LANG=tr
 """
 import argparse
@@ -343,7 +343,7 @@ def write_results(out: str, dest: str, configs) -> None:
     results = os.path.join(out, "results.jsonl")
     with open(results, encoding="utf-8") as f:
         raw = f.read()
-    text = "# Component ablations (scripts/recipe_ablation.py)\n\n" + f"configs: {', '.join(configs)}\n\n"
+    text = "# Component ablations (experiments/recipe_ablation.py)\n\n" + f"configs: {', '.join(configs)}\n\n"
     rows = map(json.loads, raw.splitlines())
     ref = next((r.get("recipe") for r in rows if r["config"] == "default"), None)
     if ref:  # what "default" meant when these rows were measured (the main job's recipe changes)

@@ -2,7 +2,7 @@
 """Can MUSE's unsupervised criterion tell the right orthogonal map from a wrong one here?
 (docs/initialisations.md, "The adversarial (MUSE) map").
 
-    python scripts/muse_criterion.py --data runs/tr/data --vectors runs/init-cmp/tr-vectors.npz
+    python experiments/muse_criterion.py --data runs/tr/data --vectors runs/init-cmp/tr-vectors.npz
 
 On a prepared pair and the fastText vectors of `trelm-map-embeddings --save-vectors`, with the
 held-out split of trelm-map-embeddings' defaults, every map is scored by the held-out P@1
