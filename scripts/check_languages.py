@@ -29,7 +29,7 @@ from trelm_fairseq.errors import TreLMError
 from trelm_fairseq import languages
 from trelm_fairseq.preprocess import corpora
 from trelm_fairseq.preprocess import vocab as V
-from trelm_fairseq.preprocess.layout import SPLITS
+from trelm_fairseq.layout import SPLITS
 
 
 def fetch(lang: str, out: str, cache_dir: str, manpages: bool) -> Dict:

@@ -12,7 +12,7 @@ PACKAGE = os.path.join(ROOT, "trelm_fairseq")
 
 # layer of a module by its dotted name below trelm_fairseq (first match wins)
 LAYERS = (
-    (0, "shelf", r"^(errors|fileio|languages|language_pair|scheduler|warm_start)$"),
+    (0, "shelf", r"^(errors|fileio|languages|language_pair|layout|scheduler|warm_start)$"),
     (1, "plugin core", r"^(models|modules|data|tasks|criterions|optim)(\.|$)|^(freezing|checkpoint|flops|divergence|stage_table)$"),
     (2, "pipelines", r"^(preprocess|parsing|sweep|comparison|export|hub|stages)(\.|$)|^(combine|classification|probes)$"),
     (3, "commands", r"^cli(\.|$)"),

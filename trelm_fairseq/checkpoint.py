@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
+from .layout import BEST_CHECKPOINT, LAST_CHECKPOINT, RunDir, StageDir
 from . import fileio
 from .errors import TreLMError, write_error
 from .models.trelm import LEGACY_IDENTITY_FLAG, TreLMConfig, TreLMEncoder, TreLMModel, base_architecture
@@ -250,13 +251,13 @@ def intact_checkpoints(folder: str, exclude: Tuple[str, ...] = ()) -> List[Tuple
     excluded = {os.path.abspath(p) for p in exclude}
     for path in glob.glob(os.path.join(folder, "checkpoint*.pt")):
         name = os.path.basename(path)
-        if os.path.abspath(path) in excluded or name == "checkpoint_last.pt":
+        if os.path.abspath(path) in excluded or name == LAST_CHECKPOINT:
             continue
-        if not (INTERVAL_RE.match(name) or name == "checkpoint_best.pt"):
+        if not (INTERVAL_RE.match(name) or name == BEST_CHECKPOINT):
             continue
         updates = checkpoint_num_updates(path)
         if updates is not None:
-            out.append((updates, name != "checkpoint_best.pt", os.path.getmtime(path), path))
+            out.append((updates, name != BEST_CHECKPOINT, os.path.getmtime(path), path))
     out.sort(reverse=True)
     return [(u, p) for u, _, _, p in out]
 
@@ -352,7 +353,7 @@ def set_aside_diverged(folder: str, first_bad: Optional[int]) -> Tuple[List[str]
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         os.replace(path, aside)
         moved.append(path)
-    last = os.path.join(folder, "checkpoint_last.pt")
+    last = StageDir(folder).last
     if os.path.isfile(last):
         return moved, (checkpoint_num_updates(last), last)
     intact = intact_checkpoints(folder)
@@ -439,8 +440,8 @@ def check_vocabulary(state: Dict, where: str, dictionary: Dictionary, dict_path:
 
 
 # ----- a trelm-stages run directory ----------------------------------------------
-STAGE_MARKER = "stage_done.json"  # a finished stage's folder has it (stages.MARKER)
-RUN_SUMMARY = "stages.json"  # the run's plan and stage rows (stages.SUMMARY)
+STAGE_MARKER = StageDir.MARKER  # a finished stage's folder has it
+RUN_SUMMARY = RunDir.SUMMARY  # the run's plan and stage rows
 
 
 def recorded_checkpoint(run: str, recorded: str, marker: str, stage_folders) -> str:
@@ -471,14 +472,14 @@ def unreadable_message(path: str, e: Exception, resuming: bool = False) -> str:
     newest = (f"the newest intact checkpoint next to it is {intact[0][1]} ({intact[0][0]} updates)" if intact
               else "no intact checkpoint is next to it")
     if os.path.isfile(marker):  # the output of a finished trelm-stages stage
-        if os.path.basename(path) == "checkpoint_last.pt" and intact:
+        if os.path.basename(path) == LAST_CHECKPOINT and intact:
             msg += (f". It is the output of a finished trelm-stages stage and {newest}: delete {marker} and run "
                     "trelm-stages again: it copies that checkpoint over this one and trains the stage to its "
                     f"budget (or delete {folder} to redo the stage)")
         else:
             msg += (f". It is the output of a finished trelm-stages stage and {newest}: delete {folder} and run "
                     "trelm-stages again to redo the stage")
-    elif os.path.basename(path) == "checkpoint_last.pt":
+    elif os.path.basename(path) == LAST_CHECKPOINT:
         if intact and resuming:
             msg += (f". The {newest[4:]}: copy it over {path} to resume from there (run the same command again), "
                     f"or delete {path} to start the run over (trelm-stages makes this copy itself when it resumes "

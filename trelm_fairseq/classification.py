@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .layout import DataDir
 from . import fileio
 from .errors import TreLMError
 
@@ -132,7 +133,7 @@ def prepare_classification(corpus: str, data: str, out: str, src: str, tgt: str,
     is finished once its ``done.json`` (its counts) is written, and is then skipped."""
     import sentencepiece
 
-    spm_path, dict_path = os.path.join(data, "spm.model"), os.path.join(data, "dict.txt")
+    spm_path, dict_path = DataDir(data).spm_model, DataDir(data).dict_txt
     for p in (spm_path, dict_path):
         if not os.path.isfile(p):
             raise TreLMError(f"{p}: not found (run trelm-prepare first)")

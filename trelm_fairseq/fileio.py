@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from trelm_fairseq.errors import TreLMError, write_error
+from trelm_fairseq.layout import LOCK_NAME
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -649,7 +650,6 @@ def run_logged(cmd: Sequence[str], log_path: Optional[str] = None,
     return rc, "".join(lines)
 
 
-LOCK_NAME = ".trelm.lock"
 
 
 class FolderBusy(TreLMError):

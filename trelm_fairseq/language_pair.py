@@ -3,6 +3,7 @@ sweep and the probes all validate --langs here, and read the pair trelm-prepare 
 import os
 from typing import List
 
+from .layout import DataDir
 from .errors import TreLMError
 from .fileio import read_json
 
@@ -17,7 +18,7 @@ def parse_langs(spec: str) -> List[str]:
 
 def langs_from_prepare(data: str, remedy: str = "pass --langs S,T (e.g. en,tr)") -> str:
     """The "S,T" pair trelm-prepare recorded in DATA/prepare.json (validated by parse_langs)."""
-    path = os.path.join(data, "prepare.json")
+    path = DataDir(data).prepare_json
     if not os.path.isdir(data):
         raise TreLMError(f"{data}: no such data directory: expected the output folder of trelm-prepare")
     if not os.path.isfile(path):
@@ -40,10 +41,18 @@ def check_langs_match(data: str, langs: str) -> str:
     DATA/prepare.json, order included (ids 0 and 1 follow it: a swapped pair would train with
     the languages' embeddings exchanged); a data directory without the record is taken as given."""
     langs = ",".join(parse_langs(langs))
-    if not os.path.isfile(os.path.join(data, "prepare.json")):
+    if not os.path.isfile(DataDir(data).prepare_json):
         return langs
     recorded = langs_from_prepare(data)
     if langs != recorded:
         raise TreLMError(f"--langs {langs}: {os.path.join(data, 'prepare.json')} records the pair {recorded} (source "
                          f"first): pass --langs {recorded}, or leave --langs out")
     return langs
+
+
+def check_pair(src: str, tgt: str, src_option: str = "--src", tgt_option: str = "--tgt") -> None:
+    """The rule of language_pair.parse_langs for two options: two different languages
+    (checked before a preprocessing command writes anything)."""
+    if src == tgt:
+        raise TreLMError(f"{src_option} {src} and {tgt_option} {tgt}: expected two different languages "
+                         "(the source language and the target language)")

@@ -10,7 +10,7 @@ from ..errors import cli_errors
 from ..preprocess import pair_check
 from ..preprocess.align import align_data
 from ..languages import check_language
-from ..preprocess.layout import check_pair
+from ..language_pair import check_pair
 from ..preprocess.progress import Timer, log
 
 

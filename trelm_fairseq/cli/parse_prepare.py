@@ -8,6 +8,7 @@ task (the steps are in trelm_fairseq.parsing.prepare).
 import argparse
 import os
 
+from ..layout import DataDir
 from ..errors import TreLMError, cli_errors
 from ..parsing import treebank
 from ..parsing.prepare import DEFAULT_MAX_POSITIONS, SPLITS, prepare
@@ -50,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors
 def cli_main(argv=None):
     args = build_parser().parse_args(argv)
-    spm_model = args.spm or (os.path.join(args.vocab_dir, "spm.model") if args.vocab_dir else None)
-    dict_path = args.dict or (os.path.join(args.vocab_dir, "dict.txt") if args.vocab_dir else None)
+    spm_model = args.spm or (DataDir(args.vocab_dir).spm_model if args.vocab_dir else None)
+    dict_path = args.dict or (DataDir(args.vocab_dir).dict_txt if args.vocab_dir else None)
     if not spm_model or not dict_path:
         raise TreLMError("give --vocab-dir, or both --spm and --dict")
     conllu = {s: getattr(args, s) for s in SPLITS if getattr(args, s)}

@@ -9,7 +9,7 @@ from .. import fileio
 from ..errors import cli_errors
 from ..preprocess import vocab as V
 from ..languages import check_language
-from ..preprocess.layout import check_pair
+from ..language_pair import check_pair
 from ..preprocess.progress import Timer, log
 
 

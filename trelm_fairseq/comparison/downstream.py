@@ -8,6 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..layout import DataDir
 from ..fileio import cached_json_of_file
 from .budgets import MODELS, PARSING_LANGS, Budgets
 from .commands import BIN, run, say
@@ -20,7 +21,7 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
     if lang not in PARSING_LANGS:
         return None
     parse_data = os.path.join(work, "parsing", "data")
-    if not os.path.isfile(os.path.join(parse_data, "prepare.json")):
+    if not os.path.isfile(DataDir(parse_data).prepare_json):
         run([os.path.join(BIN, "trelm-parse-prepare"), "--out", parse_data, "--vocab-dir", data,
              "--lang", lang], os.path.join(work, "logs", "parse-prepare.log"), "treebank preparation")
     return parse_data

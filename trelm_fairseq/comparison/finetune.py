@@ -4,6 +4,7 @@ and keeps only its best checkpoint."""
 import os
 from typing import Dict, List
 
+from ..layout import BEST_CHECKPOINT, StageDir
 from ..fileio import cached_json, read_json
 from .budgets import Budgets
 from .commands import BIN, SINGLE_THREAD, USER_DIR, run
@@ -34,9 +35,9 @@ def parser_train_command(parse_data: str, checkpoint: str, out: str, budgets: Bu
 def finetune_parser(parse_data: str, checkpoint: str, out: str, budgets: Budgets, seed: int) -> Dict:
     """Fine-tune a trelm checkpoint for dependency parsing, evaluate on test (UAS/LAS)."""
     def train_and_test() -> Dict:
-        run(parser_train_command(parse_data, checkpoint, out, budgets, seed), os.path.join(out, "train.log"),
+        run(parser_train_command(parse_data, checkpoint, out, budgets, seed), StageDir(out).train_log,
             f"parsing fine-tune ({os.path.basename(os.path.dirname(out))}, seed {seed})", SINGLE_THREAD)
-        run([os.path.join(BIN, "trelm-parse-eval"), "--checkpoint", os.path.join(out, "checkpoint_best.pt"),
+        run([os.path.join(BIN, "trelm-parse-eval"), "--checkpoint", StageDir(out).best,
              "--data", parse_data, "--split", "test", "--output-prefix", os.path.join(out, "test"), "--quiet"],
             os.path.join(out, "eval.log"), f"parsing test evaluation ({os.path.basename(os.path.dirname(out))})",
             SINGLE_THREAD)
@@ -62,8 +63,8 @@ def finetune_classifier(setting_dir: str, checkpoint: str, out: str, budgets: Bu
         cmd = cls.finetune_command(setting_dir, checkpoint, out, arch, budgets.n("cls_updates"), train_lang_id,
                                    seed=seed, lr=budgets.finetune_lr, max_positions=max_positions, extra=shape[2:])
         what = f"{os.path.basename(os.path.dirname(out))} {os.path.basename(out)}"
-        run(cmd, os.path.join(out, "train.log"), f"classification fine-tune ({what})", SINGLE_THREAD)
-        stdout = run(cls.evaluate_command(setting_dir, os.path.join(out, "checkpoint_best.pt"), test_lang_id),
+        run(cmd, StageDir(out).train_log, f"classification fine-tune ({what})", SINGLE_THREAD)
+        stdout = run(cls.evaluate_command(setting_dir, StageDir(out).best, test_lang_id),
                      os.path.join(out, "eval.log"), f"classification test evaluation ({what})", SINGLE_THREAD)
         accuracy = cls.parse_accuracy(stdout)
         prune_checkpoints(out)
@@ -77,5 +78,5 @@ def prune_checkpoints(out: str) -> None:
     demo's model is ~230 MB with its optimizer state, and the interval / last copies only
     serve to resume a run that is already finished."""
     for name in os.listdir(out):
-        if name.startswith("checkpoint") and name.endswith(".pt") and name != "checkpoint_best.pt":
+        if name.startswith("checkpoint") and name.endswith(".pt") and name != BEST_CHECKPOINT:
             os.remove(os.path.join(out, name))

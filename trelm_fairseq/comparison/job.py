@@ -5,6 +5,7 @@ import time
 from dataclasses import asdict
 from typing import Dict, Optional
 
+from ..layout import DataDir
 from ..fileio import read_json
 from .alignment import run_probes
 from .budgets import Budgets, budgets_from_args
@@ -31,7 +32,7 @@ def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]
     if budgets.max_pairs:
         prep += ["--max-pairs", str(budgets.max_pairs)]
     run(prep, os.path.join(work, "logs", "prepare.log"), "stage 0 (trelm-prepare)")
-    record_path = os.path.join(data, "prepare.json")
+    record_path = DataDir(data).prepare_json
     if not os.path.isfile(record_path):
         return None
     record = read_json(record_path, "trelm-prepare record")
@@ -94,7 +95,7 @@ def run_job(args) -> Dict:
     t0 = time.time()
     prepare = prepare_data(args, b, data, work)
     timings["prepare"] = time.time() - t0
-    init = os.path.join(data, "init", "model.pt")
+    init = DataDir(data).init_model
 
     # 1-2b. per pre-training seed: TreLM, the baselines at equal compute, curves, probes
     per_seed = [pretrain_and_probe(data, pretrain_seed_work(work, s), lang, b, s, init, timings)

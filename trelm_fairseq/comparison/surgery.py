@@ -4,6 +4,8 @@ fairseq-train needs to load a checkpoint."""
 import os
 from typing import List, Optional
 
+from ..layout import DataDir
+
 
 def model_shape_args(checkpoint: str, prefix: str = "trelm") -> List[str]:
     """--arch <prefix>_<size> + shape flags for a downstream fairseq-train on ``checkpoint``."""
@@ -30,11 +32,11 @@ def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
 
     from ..checkpoint import build_model, checkpoint_model_config, load_checkpoint, save_checkpoint
 
-    init = os.path.join(data, "init", "model.pt")
+    init = DataDir(data).init_model
     state = load_checkpoint(init)
     cfg = checkpoint_model_config(state, init)
     cfg.tri_layer = False
-    dictionary = Dictionary.load(os.path.join(data, "dict.txt"))
+    dictionary = Dictionary.load(DataDir(data).dict_txt)
     dictionary.add_symbol("<mask>")
     torch.manual_seed(seed)
     model = build_model(cfg, dictionary)

@@ -17,6 +17,7 @@ import contextlib
 import os
 from typing import Callable, Dict, List, Optional, Union
 
+from ..layout import DataDir
 from ..errors import TreLMError, write_error
 from ..fileio import (atomic_folder, check_output_folder, output_lock, read_json, read_lines,
                       remove_stale_temporaries_of, usual_file_mode, write_failure, write_json, write_text)
@@ -29,7 +30,7 @@ CHECK_SENTENCES = 8
 
 
 def _data_record(data: str) -> Dict:
-    path = os.path.join(data, "prepare.json")
+    path = DataDir(data).prepare_json
     if not os.path.isfile(path):
         raise TreLMError(f"{path}: not found: expected a data directory prepared by trelm-prepare (its record says "
                          "which languages and whether the text was lower-cased)")
@@ -55,7 +56,7 @@ def resolve_lowercase(option: str, prepare: Dict, data: str) -> bool:
 def valid_sentences(data: str, lang: str, n: int = 4 * CHECK_SENTENCES) -> List[str]:
     """Up to n sentences of the language's valid split: the raw corpus text when trelm-prepare
     fetched it, else the normalised text it wrote; a few fixed sentences when neither is there."""
-    from ..preprocess.layout import text_path
+    from ..layout import text_path
 
     work = os.path.join(data, "work")
     for path in (os.path.join(data, "corpus", f"valid.{lang}"), os.path.join(data, "corpus", f"mono.{lang}.valid"),
@@ -180,7 +181,7 @@ def _checked_inputs(checkpoint: str, data: str, lang: Optional[str], lowercase: 
     prepare = _data_record(data)
     langs = list(prepare["langs"])
     lang = lang or prepare.get("tgt") or langs[-1]
-    dict_path, spm_path = os.path.join(data, "dict.txt"), os.path.join(data, "spm.model")
+    dict_path, spm_path = DataDir(data).dict_txt, DataDir(data).spm_model
     dictionary = load_dictionary(dict_path, hint="written by trelm-prepare")
     proto = T.read_spm(spm_path)
     T.check_matches(proto, dictionary.symbols, spm_path, dict_path)
@@ -188,10 +189,10 @@ def _checked_inputs(checkpoint: str, data: str, lang: Optional[str], lowercase: 
     cfg = checkpoint_model_config(state, checkpoint)  # a non-trelm model is an error here
     M.check_representable(cfg, checkpoint)
     check_vocabulary(state, checkpoint, dictionary, dict_path, "a checkpoint trained on this data directory",
-                     langs=langs, langs_source=os.path.join(data, "prepare.json"))
+                     langs=langs, langs_source=DataDir(data).prepare_json)
     return {"prepare": prepare, "lang": lang, "lower": resolve_lowercase(lowercase, prepare, data),
             "dictionary": dictionary, "proto": proto, "cfg": cfg, "layout": M.choose_layout(cfg, layout, checkpoint),
-            "lang_id": M.language_id(langs, lang, cfg.n_langs, checkpoint, os.path.join(data, "prepare.json")),
+            "lang_id": M.language_id(langs, lang, cfg.n_langs, checkpoint, DataDir(data).prepare_json),
             "sentences": valid_sentences(data, lang)}
 
 

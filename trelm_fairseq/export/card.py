@@ -4,6 +4,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from ..layout import RunDir
 from ..fileio import read_json
 
 
@@ -19,7 +20,7 @@ def find_stages(checkpoint: str) -> Optional[Dict]:
     trelm-stages writes RUN/stages.json and RUN/<stage>/checkpoint*.pt), if any."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
     for d in (folder, os.path.dirname(folder)):
-        path = os.path.join(d, "stages.json")
+        path = RunDir(d).summary
         if os.path.isfile(path):
             record = read_json(path, "trelm-stages summary")
             if isinstance(record, dict):

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
+from ..layout import DataDir, MODEL_FILE
 from .. import fileio
 from ..checkpoint import (
     MASK,
@@ -37,7 +38,7 @@ from .interface import PREPARED, TreLMHubInterface, load_sentencepiece
 logger = logging.getLogger(__name__)
 
 DEMO_RUN = "trelm"  # trelm-demo's TreLM run inside its work dir
-DEFAULT_CHECKPOINT = "model.pt"  # fairseq's from_pretrained default
+DEFAULT_CHECKPOINT = MODEL_FILE  # fairseq's from_pretrained default
 
 
 def find_run(path: str) -> Optional[str]:
@@ -109,7 +110,7 @@ def locate(path: str, checkpoint_file: Optional[str] = None,
         raise TreLMError(f"{path}: neither a run directory (no {RUN_SUMMARY} in it or in {DEMO_RUN}/) nor a folder "
                          f"with {name}: expected trelm-stages / trelm-demo output, or a checkpoint file with its "
                          "data directory (data=...)")
-    if data is None and os.path.isfile(os.path.join(path, "dict.txt")):
+    if data is None and os.path.isfile(DataDir(path).dict_txt):
         data = path
     return checkpoint, data, None
 
@@ -122,16 +123,16 @@ def recorded_data(state: Dict) -> Optional[str]:
     if value is None and state.get("args") is not None:
         value = getattr(state["args"], "data", None)
     value = str(value).split(os.pathsep)[0] if value else None
-    return value if value and os.path.isfile(os.path.join(value, "dict.txt")) else None
+    return value if value and os.path.isfile(DataDir(value).dict_txt) else None
 
 
 def data_lowercase(data: str) -> bool:
     """Whether trelm-prepare lower-cased this data directory's text (an uncased source model):
     prepare.json's vocab.lowercase, else the vocab step's marker."""
-    info = fileio.read_json(os.path.join(data, "prepare.json"), "prepare.json",
+    info = fileio.read_json(DataDir(data).prepare_json, DataDir.RECORD,
                             f"re-run trelm-prepare on {data}")
     value = (info.get("vocab") or {}).get("lowercase") if isinstance(info, dict) else None
-    marker = os.path.join(data, ".prepare", "vocab.json")
+    marker = DataDir(data).step_marker("vocab")
     if value is None and os.path.isfile(marker):
         record = fileio.read_json(marker, "step marker", "delete it to redo the step")
         value = (((record.get("stats") or {}).get("options") or {}).get("lowercase")
@@ -189,9 +190,9 @@ def from_pretrained(model_name_or_path: str, checkpoint_file: Optional[str] = No
                          "this model was trained on (dict.txt, spm.model, prepare.json)")
     if not os.path.isdir(data):
         raise TreLMError(f"{data}: data directory not found: pass data=DATA_DIR (--data), the {PREPARED}")
-    dict_path = os.path.join(data, "dict.txt")
+    dict_path = DataDir(data).dict_txt
     dictionary = load_dictionary(dict_path, add_mask=True, hint=f"expected a {PREPARED}")
-    spm_path = os.path.join(data, "spm.model")
+    spm_path = DataDir(data).spm_model
     sp, _ = load_sentencepiece(spm_path)
     check_spm_matches(dictionary, sp, dict_path, spm_path)
     try:

@@ -44,6 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..layout import DataDir
 from ..checkpoint import load_dictionary
 from ..errors import TreLMError
 from .. import fileio
@@ -187,7 +188,7 @@ def model_max_positions(checkpoint: Optional[str], dict_path: str) -> Tuple[int,
     DEFAULT_MAX_POSITIONS."""
     if checkpoint:
         return checkpoint_max_positions(checkpoint), f"the model of {checkpoint}"
-    init = os.path.join(os.path.dirname(os.path.abspath(dict_path)), "init", "model.pt")
+    init = DataDir(os.path.dirname(os.path.abspath(dict_path))).init_model
     if os.path.isfile(init):
         return checkpoint_max_positions(init), f"the model of {init}"
     return DEFAULT_MAX_POSITIONS, (f"default: no --checkpoint and no {init} (pass --checkpoint or --max-positions "
@@ -280,13 +281,13 @@ def prepare(out_dir: str, spm_model: str, dict_path: str, conllu: Optional[Dict[
         token_dtype = np.uint16 if len(dictionary) + 1 < 65500 else np.int32
         for s in SPLITS:
             info["splits"][s] = write_split(tmp, s, splits[s], encoder, label_ids, token_dtype, max_positions, log)
-        shutil.copyfile(dict_path, os.path.join(tmp, "dict.txt"))
-        shutil.copyfile(spm_model, os.path.join(tmp, "spm.model"))
+        shutil.copyfile(dict_path, DataDir(tmp).dict_txt)
+        shutil.copyfile(spm_model, DataDir(tmp).spm_model)
         fileio.write_text(os.path.join(tmp, "labels.txt"), "".join(f"{lab} {c}\n" for lab, c in labels))
-        if os.path.exists(os.path.join(out_dir, "prepare.json")):
-            os.unlink(os.path.join(out_dir, "prepare.json"))  # incomplete until rewritten
+        if os.path.exists(DataDir(out_dir).prepare_json):
+            os.unlink(DataDir(out_dir).prepare_json)  # incomplete until rewritten
         for name in sorted(os.listdir(tmp)):
             fileio.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-    write_text(os.path.join(out_dir, "prepare.json"), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    write_text(DataDir(out_dir).prepare_json, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     log(f"wrote {out_dir}")
     return info

@@ -50,12 +50,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from ..layout import SPLITS, tok_path
 from .. import fileio
 from ..errors import TreLMError, write_error
 from ..modules.tri_layer import NULL_ALIGNMENT
 from ..languages import lower, spaces_between_words
 from . import pair_check
-from .layout import SPLITS, tok_path
 from .progress import Timer, log
 
 Link = Tuple[int, int]

@@ -14,10 +14,10 @@ import logging
 import os
 from typing import Dict, List, Sequence
 
+from ..layout import DataDir, SPLITS, tok_path
 from .. import fileio
 from ..checkpoint import load_dictionary
 from ..errors import TreLMError
-from .layout import SPLITS, tok_path
 
 FAIRSEQ_EXTRA_FILES = ("preprocess.log",)
 
@@ -104,7 +104,7 @@ def binarize_all(data: str, src: str, tgt: str, workers: int = 2) -> Dict:
     """Binarize mono/<S>, mono/<T> and para/ under ``data``; returns sentence counts."""
     if src == tgt:
         raise TreLMError(f"source and target language are both {src}: expected two different languages")
-    dict_path = os.path.join(data, "dict.txt")
+    dict_path = DataDir(data).dict_txt
     dictionary = load_dictionary(dict_path, add_mask=False, hint="run trelm-vocab first")
     work = os.path.join(data, "work")
     for split in SPLITS:
@@ -155,7 +155,7 @@ def unk_counts(data: str, src: str, tgt: str, dictionary=None) -> Dict:
     """Fraction of <unk> tokens in the binarized training text per language."""
     import numpy as np
 
-    dictionary = dictionary or load_dictionary(os.path.join(data, "dict.txt"), add_mask=False,
+    dictionary = dictionary or load_dictionary(DataDir(data).dict_txt, add_mask=False,
                                                hint="run trelm-vocab first")
     out = {}
     for lang in (src, tgt):

@@ -56,7 +56,7 @@ from trelm_fairseq.errors import TreLMError, write_error
 from trelm_fairseq import fileio
 from trelm_fairseq import languages
 from trelm_fairseq.preprocess import pair_check
-from trelm_fairseq.preprocess.layout import SPLITS
+from trelm_fairseq.layout import SPLITS
 from trelm_fairseq.fileio import ReadStats, has_letter
 DEFAULT_MAX_CHARS = 2000
 DEFAULT_MAX_WORDS = 250

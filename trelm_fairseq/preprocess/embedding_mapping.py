@@ -52,6 +52,7 @@ import torch
 
 from fairseq.data import Dictionary
 
+from ..layout import DataDir
 from .. import fileio
 from ..checkpoint import dictionary_fingerprint, load_dictionary
 from ..errors import TreLMError
@@ -376,7 +377,7 @@ class Vocabularies:
 def load_vocabularies(args, log) -> Vocabularies:
     """Step 1: read the source model and DATA/dict.txt, match the tokens they share."""
     state, source_cfg, old_dict, source_path = load_source(args.source_model)
-    new_dict = load_dictionary(os.path.join(args.data, "dict.txt"), what="new joint dictionary")
+    new_dict = load_dictionary(DataDir(args.data).dict_txt, what="new joint dictionary")
     source_emb = state["model"]["encoder.embed_tokens.weight"].float()
     corr = token_correspondence(new_dict, old_dict, args.scheme)
     v = Vocabularies(state, source_cfg, source_path, old_dict, new_dict, source_emb, corr)
@@ -402,7 +403,7 @@ def subword_vectors(args, new_dict: Dictionary, dim: int, log, seconds: Dict) ->
     else:
         model = train_fasttext(args.text, dim, args.ft_epochs, args.ft_min_count, args.threads, args.seed,
                                args.ft_minn, args.ft_maxn, args.ft_lr, args.ft_window, args.ft_neg,
-                               near=getattr(args, "out", None) or os.path.join(args.data, "init", "model.pt"))
+                               near=getattr(args, "out", None) or DataDir(args.data).init_model)
         ft = fasttext_matrix(model, new_dict.symbols)
         del model
         seconds["fasttext"] = round(time.time() - t0, 2)
@@ -502,7 +503,7 @@ def run(args) -> Dict:
     log = _log(args.quiet)
     t_start = time.time()
     seconds: Dict[str, float] = {}
-    out = args.out or os.path.join(args.data, "init", "model.pt")
+    out = args.out or DataDir(args.data).init_model
     v = load_vocabularies(args, log)
     n_new = len(v.new_dict)
     report: Dict = {

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..layout import ModelDir
 from ..checkpoint import MASK, build_model, load_dictionary, model_config, save_checkpoint
 from ..errors import TreLMError
 from ..fileio import atomic_folder, make_dirs, write_text
@@ -122,8 +123,8 @@ def read_source(path: str) -> Source:
         raise TreLMError(f"{path}: expected a model folder or a fairseq model.pt")
     if os.path.isfile(os.path.join(path, "config.json")):
         return read_hf(path)
-    if os.path.isfile(os.path.join(path, "model.pt")):
-        return read_fairseq(os.path.join(path, "model.pt"))
+    if os.path.isfile(ModelDir(path).model_pt):
+        return read_fairseq(ModelDir(path).model_pt)
     raise TreLMError(
         f"{path}: no config.json (Hugging Face model) and no model.pt (fairseq model): "
         "expected one of them in the folder"
@@ -477,10 +478,10 @@ def source_dictionary_path(path: str) -> Optional[str]:
     with model.pt and no config.json: a fairseq or trelm model), else None (a Hugging Face
     folder has its own vocabulary files)."""
     if os.path.isfile(path) and path.endswith(".pt"):
-        return os.path.join(os.path.dirname(os.path.abspath(path)), "dict.txt")
+        return ModelDir(os.path.dirname(os.path.abspath(path))).dict_txt
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
-            and os.path.isfile(os.path.join(path, "model.pt")):
-        return os.path.join(path, "dict.txt")
+            and os.path.isfile(ModelDir(path).model_pt):
+        return ModelDir(path).dict_txt
     return None
 
 
@@ -496,7 +497,7 @@ def check_source_dictionary(path: str) -> None:
 
 def read_fairseq(path: str) -> Source:
     folder = os.path.dirname(os.path.abspath(path))
-    dict_path = os.path.join(folder, "dict.txt")
+    dict_path = ModelDir(folder).dict_txt
     if not os.path.isfile(dict_path):
         raise TreLMError(f"{dict_path}: not found: a fairseq model.pt needs the dict.txt it was trained with beside it")
     dictionary = load_dictionary(dict_path, add_mask=False, what="source dictionary",
@@ -688,7 +689,7 @@ def import_model(source_path: Optional[str], out_dir: str, n_langs: int = 2, for
     model.pt, dict.txt, tokenizer/ (the source tokenizer) and import.json (a summary)."""
     _check_n_langs(n_langs)  # before the (slow) read
     source_path = source_path or default_source_dir()
-    model_pt, dict_txt = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "dict.txt")
+    model_pt, dict_txt = ModelDir(out_dir).model_pt, ModelDir(out_dir).dict_txt
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise TreLMError(f"{out_dir}: --out exists and is not a folder")
     if not force and any(os.path.exists(p) for p in (model_pt, dict_txt)):

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from fairseq.data import Dictionary
 
+from ..layout import ModelDir
 from ..checkpoint import (
     MASK,
     build_model,
@@ -103,8 +104,8 @@ def token_correspondence(new_dict: Dictionary, old_dict: Dictionary, scheme: str
 def load_source(source_model: str) -> Tuple[Dict, object, Dictionary, str]:
     """(state, model config, old dictionary incl. <mask>, checkpoint path) of a
     source model directory (model.pt + dict.txt) or a model.pt next to its dict.txt."""
-    path = os.path.join(source_model, "model.pt") if os.path.isdir(source_model) else source_model
-    dict_path = os.path.join(os.path.dirname(os.path.abspath(path)), "dict.txt")
+    path = ModelDir(source_model).model_pt if os.path.isdir(source_model) else source_model
+    dict_path = ModelDir(os.path.dirname(os.path.abspath(path))).dict_txt
     if not os.path.isfile(path):
         raise TreLMError(f"{path}: source model checkpoint not found (expected --source-model DIR with "
                          "model.pt + dict.txt, e.g. written by trelm-import)")

@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+from ..layout import DataDir, ModelDir, SPLITS
 from .. import fileio
 from ..errors import TreLMError, write_error
 from ..fileio import cached_json, file_sha256, read_json, write_json
@@ -41,10 +42,9 @@ from . import pair_check
 from . import vocab as vocab_mod
 from ..languages import check_language
 from .corpora import default_cache_dir
-from .layout import SPLITS
 from .progress import Timer, log
 
-MARKER_DIR = ".prepare"
+MARKER_DIR = DataDir.STEP_MARKERS
 STEPS = ("corpus", "vocab", "binarize", "align", "import", "source_head", "embeddings")
 
 
@@ -169,10 +169,10 @@ def is_trelm_source(path: str) -> bool:
     """A trelm checkpoint with its dict.txt (e.g. a trelm-import output folder)?"""
     import torch
 
-    ckpt = os.path.join(path, "model.pt") if os.path.isdir(path) else path
+    ckpt = ModelDir(path).model_pt if os.path.isdir(path) else path
     if not (ckpt.endswith(".pt") and os.path.isfile(ckpt)):
         return False
-    if not os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(ckpt)), "dict.txt")):
+    if not os.path.isfile(ModelDir(os.path.dirname(os.path.abspath(ckpt))).dict_txt):
         return False
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
@@ -190,7 +190,7 @@ def is_trelm_source(path: str) -> bool:
 
 def drop_stale_init(data: str, vocab_key: str) -> None:
     """--no-init after a vocabulary change: an old init/model.pt no longer fits dict.txt."""
-    ckpt = os.path.join(data, "init", "model.pt")
+    ckpt = DataDir(data).init_model
     marker = os.path.join(data, MARKER_DIR, "embeddings.json")
     if not os.path.isfile(ckpt):
         return
@@ -281,7 +281,8 @@ def data_steps(args, steps: Steps, src: str, tgt: str, corpus_dir: str, opts: Di
     """vocab + encode, binarize, align."""
     data = steps.data
     corpus_key = _hash_files(corpus_files(corpus_dir, src, tgt), names_only=True)
-    vocab_out = ["dict.txt", "spm.model", "spm.vocab", "work/text", "work/tok"]
+    names = DataDir("")  # the step's outputs, relative to the data directory
+    vocab_out = [names.dict_txt, names.spm_model, names.spm_vocab, "work/text", "work/tok"]
     vocab_key_opts = {k: v for k, v in opts.items() if k != "lowercase_why"}
     steps.run("vocab", {"corpus": corpus_key, "options": vocab_key_opts, "max_pairs": args.max_pairs}, vocab_out,
               lambda: vocab_mod.run_vocab(corpus_dir, data, opts, threads=args.threads, max_pairs=args.max_pairs))
@@ -398,7 +399,7 @@ def run_prepare(args) -> Dict:
             drop_stale_init(data, steps.keys["vocab"])
         summary = summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, steps)
         summary["seconds"]["total_this_run"] = time.perf_counter() - t_start
-        write_json(os.path.join(data, "prepare.json"), summary)
+        write_json(DataDir(data).prepare_json, summary)
     print_summary(summary)
     return summary
 
@@ -459,7 +460,7 @@ def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, s
         e = st["embeddings"]
         out["mapping"] = {k: e.get(k) for k in ("method", "precision_at_1", "copied", "mapped", "random",
                                                  "vocab_size", "tri_layer_position", "seed_pairs", "heldout_pairs")}
-        out["init_checkpoint"] = os.path.abspath(os.path.join(data, "init", "model.pt"))
+        out["init_checkpoint"] = os.path.abspath(DataDir(data).init_model)
     if "seconds" in vocab:
         out["seconds_vocab_parts"] = {k: round(v, 2) for k, v in vocab["seconds"].items()}
     return out

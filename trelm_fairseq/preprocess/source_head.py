@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..layout import ModelDir
 from ..checkpoint import atomic_torch_save, load_dictionary, load_model
 from ..errors import TreLMError
 from ..fileio import atomic_folder, check_input_file, iter_raw_lines, write_json
@@ -184,7 +185,8 @@ def cache_key(source_dir: str, train_text: str, valid_text: str, options: Dict) 
 
     from ..fileio import file_sha256
 
-    content = {"source": {f: file_sha256(os.path.join(source_dir, f)) for f in ("model.pt", "dict.txt")},
+    folder = ModelDir(source_dir)
+    content = {"source": {os.path.basename(f): file_sha256(f) for f in (folder.model_pt, folder.dict_txt)},
                "english": {"train": file_sha256(train_text), "valid": file_sha256(valid_text)},
                "options": options, "version": 1}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()[:24]
@@ -226,8 +228,8 @@ def fit_source_head(source_dir: str, train_text: str, valid_text: str, out_dir: 
     if max_sentences < 1 or epochs < 1 or lr <= 0 or batch < 1:
         raise TreLMError(f"source head: expected positive sentences / epochs / lr / batch, got {max_sentences} / "
                          f"{epochs} / {lr} / {batch}")
-    dictionary = load_dictionary(os.path.join(source_dir, "dict.txt"), what="source dictionary")
-    model_path = os.path.join(source_dir, "model.pt")
+    dictionary = load_dictionary(ModelDir(source_dir).dict_txt, what="source dictionary")
+    model_path = ModelDir(source_dir).model_pt
     model, state = load_model(model_path, dictionary)
     model.eval()
     for p in model.parameters():
@@ -267,8 +269,8 @@ def fit_source_head(source_dir: str, train_text: str, valid_text: str, out_dir: 
                       for k, v in state["model"].items()}
     state.setdefault("trelm", {})["source_head"] = {k: figures[k] for k in ("english_mlm_bits", "best_epoch")}
     with atomic_folder(out_dir) as tmp:
-        atomic_torch_save(state, os.path.join(tmp, "model.pt"))
-        shutil.copy2(os.path.join(source_dir, "dict.txt"), os.path.join(tmp, "dict.txt"))
+        atomic_torch_save(state, ModelDir(tmp).model_pt)
+        shutil.copy2(ModelDir(source_dir).dict_txt, ModelDir(tmp).dict_txt)
         shutil.copytree(os.path.join(source_dir, TOKENIZER_SUBDIR), os.path.join(tmp, TOKENIZER_SUBDIR))
         with open(os.path.join(source_dir, IMPORT_RECORD), encoding="utf-8") as f:
             record = json.load(f)

@@ -38,10 +38,10 @@ import random
 import shutil
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..layout import DataDir, ModelDir, SPLITS, text_path, tok_path
 from ..errors import TreLMError, write_error
 from .. import fileio
 from ..languages import normalize_line
-from .layout import SPLITS, text_path, tok_path
 from .progress import Timer, log
 CJK_LANGS = {"zh", "zh-cn", "zh-tw", "zh-hans", "zh-hant", "ja", "ko"}
 DEFAULT_VOCAB_SIZE = "auto"
@@ -115,7 +115,7 @@ def inspect_source_model(path: Optional[str]) -> Dict:
         if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
             # RoBERTa-style learned positions reserve padding_idx + 1 rows
             info["max_positions"] = max(1, info["max_positions"] - 2)
-    ckpt = path if os.path.isfile(path) else os.path.join(folder, "model.pt")
+    ckpt = path if os.path.isfile(path) else ModelDir(folder).model_pt
     meta = _checkpoint_meta(ckpt) if os.path.isfile(ckpt) and ckpt.endswith(".pt") else {}
     if meta.get("max_positions"):
         info["max_positions"] = int(meta["max_positions"])
@@ -673,12 +673,12 @@ def run_vocab(corpus_dir: str, data: str, opts: Dict, threads: int = 2, max_pair
             input_sentence_size=opts["input_sentence_size"], threads=opts.get("spm_threads", 2))
     out["seconds"]["sentencepiece"] = t.seconds
     with Timer("encode", quiet) as t:
-        out["encode"] = encode_corpus(os.path.join(data, "spm.model"), work, src, tgt, opts["max_tokens"],
+        out["encode"] = encode_corpus(DataDir(data).spm_model, work, src, tgt, opts["max_tokens"],
                                       opts["long"], threads=threads)
         out["dict"] = write_fairseq_dict(
-            os.path.join(data, "spm.model"),
+            DataDir(data).spm_model,
             [tok_path(work, "mono", "train", src), tok_path(work, "mono", "train", tgt)],
-            os.path.join(data, "dict.txt"))
+            DataDir(data).dict_txt)
     out["seconds"]["encode"] = t.seconds
     if not quiet:
         e = out["encode"]

@@ -7,17 +7,18 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
+from ..layout import DataDir, LAST_CHECKPOINT, RunDir, StageDir
 from ..errors import TreLMError
 from ..fileio import read_json
 from ..language_pair import parse_langs
 from ..stage_table import GRAPHS, PAPER_UPDATES, SPEC_BY_KEY, TRELM_GRAPHS, StageSpec
 from .command import arch_args, stage_command
 
-MARKER = "stage_done.json"  # = checkpoint.STAGE_MARKER (this package does not import torch / fairseq)
+MARKER = StageDir.MARKER
 MARKER_WHAT = ("stage marker", "delete it to redo the stage")  # what read_json says when it is damaged
-TRAIN_LOG = "train.log"
-SUMMARY = "stages.json"  # = checkpoint.RUN_SUMMARY
-COMBINED = "checkpoint.pt"
+TRAIN_LOG = StageDir.TRAIN_LOG
+SUMMARY = RunDir.SUMMARY
+COMBINED = StageDir.COMBINED
 
 
 def _updates_of(path: str) -> int:
@@ -33,7 +34,7 @@ def check_checkpoint_fits(plan: "StagePlan", path: str, what: str) -> None:
 
     want = model_config(plan.arch, tri_layer=True) if plan.arch else plan.model_cfg()
     source = f"--arch {plan.arch}" if plan.arch else f"the init checkpoint {plan.init}"
-    check_fits(path, want, os.path.join(plan.data, "dict.txt"), what, source, langs=plan.langs.split(","))
+    check_fits(path, want, DataDir(plan.data).dict_txt, what, source, langs=plan.langs.split(","))
 
 
 @dataclass
@@ -71,7 +72,7 @@ class StagePlan:
     def __post_init__(self):
         self.data = os.path.abspath(self.data)
         self.out = os.path.abspath(self.out)
-        self.init = os.path.abspath(self.init or os.path.join(self.data, "init", "model.pt"))
+        self.init = os.path.abspath(self.init or DataDir(self.data).init_model)
         if self.restore_from not in ("last", "best"):
             raise TreLMError(f"restore_from={self.restore_from!r}: expected 'last' or 'best'")
         if self.scale <= 0:
@@ -207,7 +208,7 @@ class StagePlan:
         if spec.budget is None:
             raise TreLMError(f"stage {key} ({spec.name}) trains nothing: it has no FLOPs per update")
         cfg = self.model_cfg()
-        vocab = self._vocab or len(load_dictionary(os.path.join(self.data, "dict.txt"), add_mask=True))
+        vocab = self._vocab or len(load_dictionary(DataDir(self.data).dict_txt, add_mask=True))
         shape = flops.Shape.of_config(cfg, vocab, tri_layer=self.has_tri_layer)
         parts = list(flops.STAGE_PARTS[spec.name])
         argv = list(self.extra_args) + list(self.stage_args.get(key, []))
@@ -279,7 +280,7 @@ class Stage:
 
     @property
     def last_checkpoint(self) -> str:
-        return os.path.join(self.dir, COMBINED if not self.is_training else "checkpoint_last.pt")
+        return os.path.join(self.dir, COMBINED if not self.is_training else LAST_CHECKPOINT)
 
     def state(self) -> str:
         """'done', 'resume' (own checkpoint_last.pt exists) or 'start'."""
@@ -295,7 +296,7 @@ class Stage:
         if m is not None and m.get("checkpoint"):
             return self.plan.resolve(m["checkpoint"], self.marker_path)
         if self.is_training and self.plan.restore_from == "best":
-            return os.path.join(self.dir, "checkpoint_best.pt")
+            return StageDir(self.dir).best
         return self.last_checkpoint
 
     def start_checkpoint(self) -> str:

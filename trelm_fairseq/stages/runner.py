@@ -6,6 +6,7 @@ import shlex
 import time
 from typing import Callable, Dict, List, Optional
 
+from ..layout import StageDir
 from ..divergence import DEFAULT_MAX_TRAIN_LOSS, DIVERGED_RE, first_diverged_checkpoint
 from ..errors import TreLMError
 from ..fileio import FolderBusy, cached_json, exclusive, make_dirs, run_logged, write_json
@@ -243,7 +244,7 @@ def _finish(stage: Stage, state: str, seconds: float) -> Dict:
     record = {"stage": stage.key, "name": stage.name, "seconds": round(seconds, 2),
               "resumed": state == "resume", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if stage.is_training:
-        best = os.path.join(stage.dir, "checkpoint_best.pt")
+        best = StageDir(stage.dir).best
         use_best = stage.plan.restore_from == "best" and os.path.isfile(best)
         updates = _updates_of(last)
         stats = _final_stats(stage, updates)

@@ -40,6 +40,7 @@ from fairseq.data import (
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from ..layout import DataDir
 from ..checkpoint import load_dictionary, stamp_task
 from ..divergence import DEFAULT_MAX_TRAIN_LOSS, MAX_TRAIN_LOSS_HELP, DivergenceStop
 from ..errors import TreLMError
@@ -105,7 +106,7 @@ class TreLMParsingTask(DivergenceStop, AutocastBF16Steps, FairseqTask):
     @classmethod
     def setup_task(cls, cfg: TreLMParsingConfig, **kwargs):
         data = utils.split_paths(cfg.data)[0]
-        dictionary = cls.load_dictionary(os.path.join(data, "dict.txt"))
+        dictionary = cls.load_dictionary(DataDir(data).dict_txt)
         labels = load_labels(os.path.join(data, "labels.txt"))
         logger.info("dictionary: %d types, %d relation labels", len(dictionary), len(labels))
         return cls(cfg, dictionary, labels)

@@ -81,6 +81,7 @@ from fairseq.data import (
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from ..layout import DataDir
 from ..checkpoint import MASK, load_dictionary, stamp_task
 from ..data import (AlignedParallelDataset, PairLangIdsDataset, PairPositionsDataset, SubsetDataset, TreLMZipDataset,
                     keep_by_length, load_indexed)
@@ -259,7 +260,7 @@ class TreLMTransferTask(DivergenceStop, AutocastBF16Steps, FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: TreLMTransferConfig, **kwargs):
-        path = os.path.join(cfg.data, "dict.txt")
+        path = DataDir(cfg.data).dict_txt
         dictionary = load_dictionary(path, add_mask=False,
                                      hint="is --data a trelm data directory? docs/data-layout.md")
         if MASK in dictionary.indices:
