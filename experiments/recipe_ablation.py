@@ -124,6 +124,9 @@ def check_recipes(results: str, rows, configs) -> None:
     recipe changed), instead of mixing two recipes under one name."""
     for i, row in enumerate(rows, 1):
         name = row["config"]
+        if row.get("split", "test") != "valid":  # rows before the evidence protocol probed the test pairs
+            raise SystemExit(f"{results}, line {i}: probed on the {row.get('split', 'test')} pairs; today's rows "
+                             "are valid-split (valid decides, test reports): use a new --out")
         if name not in configs:
             continue
         if "recipe" not in row:
@@ -251,7 +254,7 @@ def report(results: str) -> str:
 
     out = []
     for key, title, fmt in (("target_mlm_bits", "target valid MLM (bits, lower is better)", "{:.2f}"),
-                            ("p1_lower", "bitext retrieval P@1, CSLS, lower-half output (1,000 test pairs)", "{:.3f}"),
+                            ("p1_lower", "bitext retrieval P@1, CSLS, lower-half output (1,000 valid pairs: valid decides)", "{:.3f}"),
                             ("p1_top", "bitext retrieval P@1, CSLS, top layer", "{:.3f}"),
                             ("langid", "language-ID probe on the lower half (0.5 = indistinguishable)", "{:.3f}")):
         out += [f"**{title}**", "", "| config | " + " | ".join(f"after {s}" for s in stages) + " |",
@@ -275,52 +278,66 @@ def report(results: str) -> str:
     return "\n".join(out)
 
 
-def _stats(rows, cfg, stage, key):
-    vals = [r[key] for r in rows if r["config"] == cfg and r["stage"] == stage and r.get(key) is not None]
-    if not vals:
-        return None
-    import statistics
-
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+def _by_seed(rows, cfg, stage, key) -> Dict[int, float]:
+    return {r["seed"]: r[key] for r in rows if r["config"] == cfg and r["stage"] == stage and r.get(key) is not None}
 
 
 # what the verdicts compare: (results key, stage, label, +1 when higher is better)
 VERDICT_METRICS = (("target_mlm_bits", "4", "target MLM (bits)", -1), ("p1_lower", "4", "P@1 lower", 1),
                    ("p1_top", "4", "P@1 top", 1), ("p1_lower", "3", "P@1 lower after combine", 1),
                    ("p1_top", "3", "P@1 top after combine", 1))
+ALPHA = 0.05
 
 
 def verdicts(results: str, reference: str = "default") -> str:
     """One line per grid component: the ablation's change of each final probe against the
-    reference (mean ± std over seeds), and whether the component helps.  A change counts when
-    it exceeds twice its standard error (sqrt(s1²/n1 + s2²/n2); needs 2+ seeds on both sides)."""
+    reference, paired over the seeds both ran (comparison/paired.py: the mean per-seed
+    difference and its 95% t interval), and whether the component helps.  A change counts when
+    its Holm-adjusted p over every comparison of the table is below ALPHA (needs 2+ matched
+    seeds)."""
+    from trelm_fairseq.comparison.paired import holm, paired_difference
+
     with open(results, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    out = ["**Verdicts: each component against the full recipe** (Δ = ablation minus full, mean over seeds; "
-           "* = more than 2 standard errors; 'helps' = removing or replacing it makes a probe worse)", "",
-           "| component | replaced by | n | " + " | ".join(f"Δ {m[2]}" for m in VERDICT_METRICS) + " | verdict |",
-           "|---|---|---|" + "---|" * len(VERDICT_METRICS) + "---|"]
     judged = dict(GRID)
     for row in rows:  # TreLM on another init (default+init=NAME) is judged against the map's init
         name = row["config"]
         if name.startswith(reference + "+init=") and "+" not in name[len(reference) + 1:]:
             judged[name] = ("the least-squares map's init", f"the {name.split('=', 1)[1]} init")
+    present = {r["config"] for r in rows}
+    lines, tests = [], []  # tests: (line index, metric index, paired_difference)
     for cfg, (component, replacement) in judged.items():
-        if cfg == reference:
+        if cfg == reference or cfg not in present:
             continue
-        cells, better, worse, n = [], [], [], 0
-        for key, stage, label, sign in VERDICT_METRICS:
-            a, b = _stats(rows, cfg, stage, key), _stats(rows, reference, stage, key)
-            if a is None or b is None:
-                cells.append("-")
+        cells, n = [], 0
+        for m, (key, stage, label, sign) in enumerate(VERDICT_METRICS):
+            a, b = _by_seed(rows, cfg, stage, key), _by_seed(rows, reference, stage, key)
+            seeds = sorted(set(a) & set(b))
+            n = max(n, len(seeds))
+            if len(seeds) < 2:
+                cells.append(None)
                 continue
-            n = max(n, a[2])
-            diff = a[0] - b[0]
-            significant = a[1] is not None and b[1] is not None and \
-                abs(diff) > 2 * (a[1] ** 2 / a[2] + b[1] ** 2 / b[2]) ** 0.5
-            cells.append(f"{diff:+.3f}{'*' if significant else ''}")
-            if significant:
-                (better if diff * sign > 0 else worse).append(label)
+            d = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+            cells.append(d)
+            tests.append((len(lines), m, d))
+        lines.append((component, replacement, n, cells))
+    adjusted = holm([d["p"] for _, _, d in tests])
+    significant = {(i, m): p < ALPHA for (i, m, _), p in zip(tests, adjusted)}
+    out = [f"**Verdicts: each component against the full recipe** (Δ = ablation minus full: the mean of the "
+           f"per-seed differences over the seeds both ran [its 95% t interval]; * = Holm-adjusted p < {ALPHA} over "
+           f"the {len(tests)} comparisons of this table; 'helps' = removing or replacing it makes a probe worse)", "",
+           "| component | replaced by | n | " + " | ".join(f"Δ {m[2]}" for m in VERDICT_METRICS) + " | verdict |",
+           "|---|---|---|" + "---|" * len(VERDICT_METRICS) + "---|"]
+    for i, (component, replacement, n, cells) in enumerate(lines):
+        better, worse, text = [], [], []
+        for m, d in enumerate(cells):
+            if d is None:
+                text.append("-")
+                continue
+            star = significant[(i, m)]
+            text.append(f"{d['mean']:+.3f}{'*' if star else ''} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
+            if star:
+                (better if d["mean"] * VERDICT_METRICS[m][3] > 0 else worse).append(VERDICT_METRICS[m][2])
         if not n:
             continue
         if worse and not better:
@@ -331,7 +348,7 @@ def verdicts(results: str, reference: str = "default") -> str:
             verdict = "mixed (without it: worse " + ", ".join(worse) + "; better " + ", ".join(better) + ")"
         else:
             verdict = "no measurable effect" if n > 1 else "one seed: not judged"
-        out.append(f"| {component} | {replacement} | {n} | " + " | ".join(cells) + f" | {verdict} |")
+        out.append(f"| {component} | {replacement} | {n} | " + " | ".join(text) + f" | {verdict} |")
     return "\n".join(out) + "\n"
 
 
@@ -427,8 +444,8 @@ def main(argv=None) -> int:
     def probe(name, seed, stage, ckpt, extra=None):
         if (name, seed, stage) in done:
             return
-        r = probe_checkpoint(ckpt, args.data, langs, "test", 1000, tokens_per_sample=budgets.tokens_per_sample)
-        record({"config": name, "recipe": recipe(name), "seed": seed, "stage": stage,
+        r = probe_checkpoint(ckpt, args.data, langs, "valid", 1000, tokens_per_sample=budgets.tokens_per_sample)
+        record({"config": name, "recipe": recipe(name), "seed": seed, "stage": stage, "split": r["split"],
                 "target_mlm_bits": r["target_mlm_bits"],
                 "p1_lower": r["lower"]["p1_mean_csls"], "p1_top": r["top"]["p1_mean_csls"],
                 "p1_lower_nn": (r["lower"]["s2t_nn"] + r["lower"]["t2s_nn"]) / 2,

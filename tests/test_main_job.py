@@ -3,6 +3,7 @@
 test_stages, test_parsing and test_classification.)"""
 import json
 import os
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -204,6 +205,37 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path):
     png = (tmp_path / "mlm_loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert not [n for n in os.listdir(tmp_path) if "tmp" in n]
+
+    assert "held-out test pairs" in md and "scored once" not in md  # an older report: test probes only
+
+    # today's report: every point on the valid pairs, the final models once more on test
+    report = _report()
+    for row in report["probes"]:
+        row["split"] = "valid"
+        if row["point"] == "final":
+            row["test"] = {"split": "test", "pairs": 1000, "lower": {"p1_mean_csls": row["lower"]["p1_mean_csls"] / 2,
+                                                                      "langid_acc": 0.95},
+                           "top": {"p1_mean_csls": 0.1}}
+    comparison.write_report(report, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "each of the 1000 held-out valid pairs' sentence" in md
+    assert "The final models on the 1000 test pairs (scored once; nothing above was chosen on them):" in md
+    assert "| TreLM (stages 1-2a-2b-combine-4) | 0.088 | 0.100 | 0.950 |" in md
+    assert "| from scratch (random init) | 0.002 | 0.100 | 0.950 |" in md
+    assert "Paired differences" not in md  # no per-pair hits in these rows: nothing to pair
+
+    # one pre-training seed with per-pair hits: the bootstrap over the pairs, and it says seeds are missing
+    for row in report["probes"]:
+        if row.get("test"):
+            good = 600 if row["model"] == "trelm" else 300
+            for where in ("lower", "top"):
+                row["test"][where]["hits_csls"] = [1.0] * good + [0.0] * (1000 - good)
+    comparison.write_report(report, str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert ("Paired differences on the test pairs, one pre-training seed: a paired bootstrap over the 1000 test "
+            "pairs (2000 resamples, 95% percentile interval); seeds are missing") in md
+    m = re.search(r"\| TreLM − from scratch \| P@1 lower \| \+0\.300 \| \[\+(0\.\d+), \+(0\.\d+)\] \|", md)
+    assert m and 0.2 < float(m.group(1)) < 0.3 < float(m.group(2)) < 0.4, md[-1500:]
 
     # an older report without probes: no section, the single-panel plot
     report = _report()

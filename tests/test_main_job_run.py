@@ -121,6 +121,10 @@ def test_the_main_job_runs_end_to_end(runs):
     for r in probes:
         assert 0 <= r["lower"]["p1_mean_csls"] <= 1 and 0 <= r["top"]["p1_mean_csls"] <= 1, r
         assert 0.4 <= r["lower"]["langid_acc"] <= 1 and r["target_mlm_bits"] > 0, r
+        # valid decides (every point); test reports (the final models, once)
+        assert r["split"] == "valid" and ("test" in r) == (r["point"] == "final"), r
+        if "test" in r:
+            assert r["test"]["split"] == "test" and len(r["test"]["top"]["hits_csls"]) == r["test"]["pairs"]
     assert probes[0]["target_mlm_bits"] != probes[-3]["target_mlm_bits"]  # different checkpoints probed
     md = (out / "results" / "results.md").read_text(encoding="utf-8")
     assert "No parsing: no treebank is packaged for de" in md and "No classification" in md
@@ -157,7 +161,8 @@ def test_more_pretraining_seeds_later_only_add_the_new_ones(runs, inputs):
     assert second["seed"] == 2 and second["probes"] != first["probes"]  # another pre-training run
     assert [s["updates"] for s in second["pretraining"]["trelm"]["stages"]] == [2, 2, 2, None, 2]
     assert (out / "work" / "pretrain-seed2" / "trelm" / "4-language_specific" / "stage_done.json").is_file()
-    assert len(before) == 7 + 8 and {p: p.read_bytes() for p in seed1} == before  # seed 1 not redone
+    # 7 stage markers, 8 valid-split probes and the 3 final models' test probes
+    assert len(before) == 7 + 8 + 3 and {p: p.read_bytes() for p in seed1} == before  # seed 1 not redone
     assert proc.stdout.count("finished, skipping") == 7
     md = (out / "results" / "results.md").read_text(encoding="utf-8")
     assert "Pre-training seeds [1, 2]" in md and "Mean ± std over 2 pre-training seeds." in md

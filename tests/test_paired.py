@@ -26,3 +26,42 @@ def test_holm_adjusts_in_the_inputs_order():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
     assert holm([]) == []
+
+
+def _unpaired_two_se(a, b):
+    """The rule the grids used before: |mean difference| > 2 standard errors, seeds ignored."""
+    import statistics
+
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    return abs(statistics.mean(a) - statistics.mean(b)) > 2 * se
+
+
+def test_a_clear_win_a_clear_tie_and_where_pairing_changes_the_verdict():
+    win = paired_difference([9.6, 9.7, 9.65], [9.0, 9.1, 9.05])
+    assert win["lo"] > 0 and win["p"] < 0.01
+    tie = paired_difference([9.02, 9.08, 9.06], [9.0, 9.1, 9.05])
+    assert tie["lo"] < 0 < tie["hi"] and tie["p"] > 0.5
+    # seeds that differ a lot from each other, the configuration adding the same 0.05 to each:
+    # the seeds' spread hides it from the unpaired rule, the pairing removes that spread
+    a, b = [0.35, 0.50, 0.65], [0.30, 0.45, 0.60]
+    assert not _unpaired_two_se(a, b)
+    d = paired_difference(a, b)
+    assert d["lo"] > 0 and d["mean"] == pytest.approx(0.05)
+
+
+def test_the_bootstrap_over_pairs_resamples_matched_items():
+    from trelm_fairseq.comparison.paired import bootstrap_difference
+
+    import random
+
+    rng = random.Random(0)
+    b = [float(rng.random() < 0.3) for _ in range(1000)]
+    better = [1.0 if x else float(rng.random() < 0.2) for x in b]  # everything b finds, and more
+    d = bootstrap_difference(better, b)
+    assert d["n"] == 1000 and d["lo"] > 0 and d["mean"] == pytest.approx(sum(better) / 1000 - sum(b) / 1000)
+    same = bootstrap_difference(b, b)
+    assert same["lo"] == same["hi"] == 0.0
+    noisy = bootstrap_difference([float(rng.random() < 0.3) for _ in range(1000)], b)
+    assert noisy["lo"] < 0 < noisy["hi"] or abs(noisy["mean"]) > 0.04
+    with pytest.raises(ValueError, match="two matched non-empty lists"):
+        bootstrap_difference([1.0], [1.0, 0.0])

@@ -90,7 +90,7 @@ def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path
             # without stage 1: target MLM clearly worse, retrieval clearly worse -> stage 1 helps
             + _rows("default+no_stage1", [(9.6, 0.20), (9.7, 0.21), (9.65, 0.19)])
             # identity order: retrieval better, MLM the same -> the re-ordering hurts retrieval
-            + _rows("default+identity_order", [(9.0, 0.40), (9.1, 0.41), (9.05, 0.42)])
+            + _rows("default+identity_order", [(9.0, 0.40), (9.1, 0.42), (9.05, 0.41)])
             + _rows("default+tlm", [(8.0, 0.9)])  # one seed: not judged
             # TreLM on another init: judged against the map's init; a combination is not
             + _rows("default+init=focus", [(9.0, 0.20), (9.1, 0.22), (9.05, 0.21)])
@@ -99,6 +99,7 @@ def test_verdicts_compare_each_component_with_the_full_recipe(ablation, tmp_path
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = ablation.verdicts(str(path))
     line = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ")}
+    assert "Holm-adjusted p < 0.05 over the 12 comparisons of this table" in text
     assert line["adversarial term"].endswith("no measurable effect |")
     assert "helps (without it: worse target MLM (bits), P@1 lower, P@1 top)" in line["stage 1 (commonality)"]
     assert "+0.600*" in line["stage 1 (commonality)"]
@@ -137,7 +138,8 @@ def test_init_modifier_starts_from_another_init_checkpoint(ablation, data_dir, t
 
 def test_a_rerun_refuses_rows_written_for_another_recipe(ablation, tmp_path):
     path = str(tmp_path / "results.jsonl")
-    now = {"config": "default+adv=0", "recipe": ablation.recipe("default+adv=0"), "seed": 1, "stage": "1"}
+    now = {"config": "default+adv=0", "recipe": ablation.recipe("default+adv=0"), "seed": 1, "stage": "1",
+           "split": "valid"}
     ablation.check_recipes(path, [now], ["default+adv=0"])  # same recipe: resumes
     then = dict(now, recipe=dict(now["recipe"], mlm_lang=not now["recipe"]["mlm_lang"]))
     with pytest.raises(SystemExit, match=r"results.jsonl, line 2: config 'default\+adv=0' was measured with another "
@@ -148,3 +150,6 @@ def test_a_rerun_refuses_rows_written_for_another_recipe(ablation, tmp_path):
         ablation.check_recipes(path, [legacy], ["default+adv=0"])
     ablation.check_recipes(path, [legacy, then], ["default"])  # rows of configs not run now: not checked
     assert ablation.recipe("mlm_continued") == {"mlm_continued": True}
+    # rows probed on the test pairs (before the evidence protocol) are never resumed into valid rows
+    with pytest.raises(SystemExit, match=r"line 1: probed on the test pairs; today's rows are valid-split"):
+        ablation.check_recipes(path, [{k: v for k, v in now.items() if k != "split"}], ["default+adv=0"])

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from .layout import DataDir
 from .errors import TreLMError
 
 CSLS_K = 10
@@ -66,10 +67,17 @@ def retrieval_p1(src: torch.Tensor, tgt: torch.Tensor, k: int = CSLS_K) -> Dict[
     csls = 2 * sim - r_src[:, None] - r_tgt[None, :]
     gold = torch.arange(sim.size(0))
 
-    def p1(scores):
-        return float((scores.argmax(1) == gold).float().mean())
+    def hits(scores):
+        return (scores.argmax(1) == gold).float()
 
-    return {"s2t_nn": p1(sim), "t2s_nn": p1(sim.T), "s2t_csls": p1(csls), "t2s_csls": p1(csls.T)}
+    def p1(scores):
+        return float(hits(scores).mean())
+
+    # per pair: 1 when both directions retrieve it by CSLS, 0.5 when one does (the mean is
+    # p1_mean_csls): what a paired bootstrap over the pairs resamples (comparison/paired.py)
+    both = ((hits(csls) + hits(csls.T)) / 2).tolist()
+    return {"s2t_nn": p1(sim), "t2s_nn": p1(sim.T), "s2t_csls": p1(csls), "t2s_csls": p1(csls.T),
+            "hits_csls": both}
 
 
 def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) -> float:
@@ -152,7 +160,7 @@ def module_probe(checkpoint: str, data: str, cls_dir: str, max_len: int,
     from .checkpoint import load_dictionary, load_model
     from .data import SubsetDataset, load_indexed
 
-    dict_path = os.path.join(data, "dict.txt")
+    dict_path = DataDir(data).dict_txt
     dictionary = load_dictionary(dict_path)
     model, _ = load_model(checkpoint, dictionary, dict_path=dict_path)
 
@@ -198,7 +206,7 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
     from .data import SubsetDataset, load_indexed
 
     src_lang, tgt_lang = langs
-    dict_path = os.path.join(data, "dict.txt")
+    dict_path = DataDir(data).dict_txt
     dictionary = load_dictionary(dict_path)  # + <mask>, as the checkpoints have it
     if threads:
         torch.set_num_threads(threads)

@@ -1,6 +1,8 @@
 """Probes that need no fine-tuning (trelm_fairseq.probes) for every pre-trained model: bitext
-retrieval P@1 and the language-ID probe on the held-out test pairs, and target MLM, for the
-mapped init, TreLM after every stage, and each baseline's final checkpoint.
+retrieval P@1 and the language-ID probe on the held-out valid pairs, and target MLM, for the
+mapped init, TreLM after every stage, and each baseline's final checkpoint.  The test pairs are
+scored once per final model (``row["test"]``), after every choice: valid decides, test reports
+(shared/DESIGN.md, "The evidence protocol").
 
 One --tokens-per-sample for all (the training runs'), so the checkpoints see the same
 sentences; each result is cached as json under <work>/probes, so a re-run only probes what
@@ -43,11 +45,18 @@ def run_probes(plans: Dict, init: str, data: str, lang: str, work: str, valid_sa
         t0 = time.time()
         # the sample figure only where it is a curve point: the other points have their own validations
         sample = valid_sample if p["model"] == "trelm" and p["key"] in PROBED_CURVE_POINTS else 0
-        r = cached_json_of_file(os.path.join(work, "probes", f"{p['model']}-{p['key']}.json"), p["checkpoint"],
+        r = cached_json_of_file(os.path.join(work, "probes", f"{p['model']}-{p['key']}.valid.json"), p["checkpoint"],
                                 lambda p=p, sample=sample: probe_checkpoint(
-                                    p["checkpoint"], data, ["en", lang], split="test", max_pairs=1000,
+                                    p["checkpoint"], data, ["en", lang], split="valid", max_pairs=1000,
                                     tokens_per_sample=tps, valid_sample=sample), "probe record",
                                 valid=lambda record, sample=sample: record.get("valid_sample", 0) == sample)
-        rows.append(dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "source_sha256")}))
-        say(format_row(f"{p['model']} {p['point']}", r) + f"  [{time.time() - t0:.0f}s]")
+        row = dict(p, **{k: v for k, v in r.items() if k not in ("checkpoint", "source_sha256")})
+        if p["key"] == "final":  # the report's test figure: scored once, picks nothing
+            t = cached_json_of_file(os.path.join(work, "probes", f"{p['model']}-final.test.json"), p["checkpoint"],
+                                    lambda p=p: probe_checkpoint(p["checkpoint"], data, ["en", lang], split="test",
+                                                                 max_pairs=1000, tokens_per_sample=tps,
+                                                                 target_mlm=False), "probe record")
+            row["test"] = {k: t[k] for k in ("split", "pairs", "lower", "top")}
+        rows.append(row)
+        say(format_row(f"{p['model']} {p['point']} (valid)", r) + f"  [{time.time() - t0:.0f}s]")
     return rows

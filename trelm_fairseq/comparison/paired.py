@@ -4,6 +4,8 @@ Two configurations run with the same seeds (same init, same data order) are comp
 their per-seed differences: the mean difference, its 95% interval from Student's t with n - 1
 degrees of freedom, and the two-sided p-value; `holm` adjusts a family of p-values.  A
 difference counts only when its interval excludes 0 (after Holm, when several are made).
+With one seed, `bootstrap_difference` resamples the items (e.g. the retrieval pairs) of that
+one run: it says how sure the figure is for those sentences, not across pre-training seeds.
 """
 import math
 from typing import Dict, List, Sequence
@@ -40,3 +42,19 @@ def holm(pvalues: Sequence[float]) -> List[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[k]))
         adjusted[k] = running
     return adjusted
+
+
+def bootstrap_difference(a: Sequence[float], b: Sequence[float], resamples: int = 2000,
+                         seed: int = 1) -> Dict[str, float]:
+    """mean(a) - mean(b) over matched items (a[i] and b[i]: the same sentence pair scored by
+    two models) with the 95% percentile interval of a paired bootstrap over the items."""
+    import numpy as np
+
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"bootstrap_difference needs two matched non-empty lists, got {len(a)} and {len(b)}")
+    diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.RandomState(seed)
+    means = diffs[rng.randint(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    lo, hi = np.percentile(means, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return {"n": len(diffs), "mean": float(diffs.mean()), "lo": float(lo), "hi": float(hi), "resamples": resamples}
+

@@ -155,7 +155,7 @@ def probe_summary(report: Dict) -> List[Dict]:
     out = []
     for i, first in enumerate(seed_runs[0]):
         same = [rows[i] for rows in seed_runs if i < len(rows)]
-        out.append(dict({k: first[k] for k in ("model", "point", "updates", "pairs")},
+        out.append(dict({k: first[k] for k in ("model", "point", "updates", "pairs")}, split=first.get("split", "test"),
                         **{name: mean_std([get(r) for r in same]) for name, get in PROBE_METRICS}))
     return out
 
@@ -166,10 +166,11 @@ def _probe_lines(report: Dict) -> List[str]:
     if not summary:
         return []
     n, seeds = summary[0]["pairs"], len(summary[0]["p1_top"]["runs"])
+    split = summary[0]["split"]
     rows = [f"| {MODEL_TITLES[r['model']]} | {r['point']} | {r['updates']} | "
             + " | ".join(_fmt(r[name], 3) for name, _ in PROBE_METRICS) + " |" for r in summary]
     return ["## Cross-lingual alignment, without fine-tuning", "",
-            f"Bitext retrieval P@1: each of the {n} held-out test pairs' sentence is looked up among the other "
+            f"Bitext retrieval P@1: each of the {n} held-out {split} pairs' sentence is looked up among the other "
             f"language's {n} (mean-pooled states, cosine with CSLS, mean of en→T and T→en; chance {1 / n:.3f}), "
             "at the lower half's output and at the last layer. Language ID: held-out accuracy of a logistic "
             "regression telling the two languages apart from lower-half states (0.5: indistinguishable). "
@@ -177,7 +178,70 @@ def _probe_lines(report: Dict) -> List[str]:
             + (f" Mean ± std over {seeds} pre-training seeds." if seeds > 1 else ""),
             "",
             "| model | point | updates | target MLM (bits) | P@1 lower | P@1 top | language ID |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|---|", *rows, "", *_test_probe_lines(report)]
+
+
+def _test_probe_lines(report: Dict) -> List[str]:
+    """The final models' retrieval on the test pairs: scored once, after every choice was made
+    on valid (older reports probed test only and have no such rows)."""
+    seed_runs = [r["probes"] for r in report.get("pretrain_seed_runs") or []] or [report.get("probes") or []]
+    finals = [r for r in seed_runs[0] if r.get("test")]
+    if not finals:
+        return []
+    lines = []
+    for first in finals:
+        same = [r for rows in seed_runs for r in rows if r.get("test") and r["model"] == first["model"]]
+        cells = [mean_std([r["test"][where]["p1_mean_csls"] for r in same]) for where in ("lower", "top")]
+        cells.append(mean_std([r["test"]["lower"]["langid_acc"] for r in same]))
+        lines.append(f"| {MODEL_TITLES[first['model']]} | " + " | ".join(_fmt(c, 3) for c in cells) + " |")
+    n = finals[0]["test"]["pairs"]
+    return [f"The final models on the {n} test pairs (scored once; nothing above was chosen on them):", "",
+            "| model | P@1 lower | P@1 top | language ID |", "|---|---|---|---|", *lines, "",
+            *_paired_test_lines(seed_runs)]
+
+
+def _paired_test_lines(seed_runs: List[List[Dict]]) -> List[str]:
+    """TreLM against each baseline on the test pairs, paired: over the pre-training seeds (t
+    interval, Holm over the comparisons) when 2+ ran, else a bootstrap over the pairs of the one
+    run (which says nothing about seed-to-seed spread: the report says so)."""
+    from .paired import bootstrap_difference, holm, paired_difference
+
+    def finals(rows):
+        return {r["model"]: r["test"] for r in rows if r.get("test")}
+
+    runs = [finals(rows) for rows in seed_runs]
+    if "trelm" not in runs[0]:
+        return []
+    rows, pvalues = [], []
+    for base in (m for m in MODELS if m != "trelm" and m in runs[0]):
+        for where in ("lower", "top"):
+            if len(runs) >= 2:
+                d = paired_difference([r["trelm"][where]["p1_mean_csls"] for r in runs],
+                                      [r[base][where]["p1_mean_csls"] for r in runs])
+                pvalues.append(d["p"])
+            elif "hits_csls" in runs[0]["trelm"][where] and "hits_csls" in runs[0][base][where]:
+                d = bootstrap_difference(runs[0]["trelm"][where]["hits_csls"], runs[0][base][where]["hits_csls"])
+            else:
+                continue
+            rows.append((base, where, d))
+    if not rows:
+        return []
+    adjusted = iter(holm(pvalues)) if pvalues else None
+    lines = []
+    for base, where, d in rows:
+        p = f" | {next(adjusted):.3f}" if adjusted else ""
+        lines.append(f"| TreLM − {MODEL_TITLES[base].split(' (')[0]} | P@1 {where} | {d['mean']:+.3f} | "
+                     f"[{d['lo']:+.3f}, {d['hi']:+.3f}]{p} |")
+    if pvalues:
+        how = (f"paired over {len(runs)} pre-training seeds (mean of the per-seed differences, 95% t interval; "
+               f"Holm-adjusted p over the {len(pvalues)} comparisons)")
+        head, rule = "| comparison | probe | difference | 95% interval | Holm p |", "|---|---|---|---|---|"
+    else:
+        how = (f"one pre-training seed: a paired bootstrap over the {rows[0][2]['n']} test pairs "
+               f"({rows[0][2]['resamples']} resamples, 95% percentile interval); seeds are missing, so the "
+               "interval does not include the spread between pre-training runs (trelm-demo --pretrain-seeds)")
+        head, rule = "| comparison | probe | difference | 95% interval |", "|---|---|---|---|"
+    return [f"Paired differences on the test pairs, {how}:", "", head, rule, *lines, ""]
 
 
 def _export_lines(export: Optional[Dict]) -> List[str]:
