@@ -154,21 +154,15 @@ def test_alignment_is_reproducible_with_a_seed(aligned, tmp_path):
 
 
 def permute_target_lines(data: Path, share: float, seed: int = 3):
-    """Swap `share` of the training pairs' target lines among themselves (text, pieces and the
-    binarized data stay consistent); the 0-based permuted pair indices."""
-    import random
+    """experiments/misaligned_pairs.py's permutation of `share` of the training pairs' target
+    lines, then the binarized data made again from them; the 0-based permuted pair indices."""
+    import importlib.util
 
-    rng = random.Random(seed)
-    files = [data / "work/text/para.train.tr", data / "work/tok/para.train.tr"]
-    lines = [f.read_text(encoding="utf-8").splitlines() for f in files]
-    chosen = sorted(rng.sample(range(len(lines[0])), int(round(share * len(lines[0])))))
-    order = chosen[:]
-    rng.shuffle(order)
-    for f, text in zip(files, lines):
-        new = list(text)
-        for a, b in zip(order, order[1:] + order[:1]):
-            new[a] = text[b]
-        f.write_text("\n".join(new) + "\n", encoding="utf-8")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "misaligned_pairs.py"
+    spec = importlib.util.spec_from_file_location("misaligned_pairs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    chosen = module.permute_training_pairs(str(data), share, seed)
     binarize_all(str(data), "en", "tr", workers=1)
     return chosen
 
