@@ -86,6 +86,7 @@ def test_cli_probes_checkpoints_and_writes_json(tiny, tmp_path):
     assert "P@1 csls lower" in proc.stdout and "lang-ID lower" in proc.stdout
     (r,) = json.loads(out.read_text())
     assert r["pairs"] == 12 and r["chance_p1"] == pytest.approx(1 / 12) and r["tokens_per_sample"] == 64
+    assert r["split"] == "valid"  # the default: choices are made on valid
     for where in ("lower", "top"):
         for key in ("s2t_nn", "t2s_nn", "s2t_csls", "t2s_csls", "p1_mean_csls"):
             assert 0.0 <= r[where][key] <= 1.0, (where, key)

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", help="trelm checkpoints (fairseq .pt)")
     p.add_argument("--data", required=True, help="data directory written by trelm-prepare")
     p.add_argument("--langs", default=None, help="source,target (default: from DATA/prepare.json)")
-    p.add_argument("--split", default="test", choices=("valid", "test"), help="held-out split (default test)")
+    p.add_argument("--split", default="valid", choices=("valid", "test"),
+                   help="held-out split (default valid: choose on valid; score test once, for the final model)")
     p.add_argument("--max-pairs", type=int, default=1000, help="use the first N pairs (default 1000)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--tokens-per-sample", type=int, default=None,
