@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import Bench, bench_data, log, machine, masked_lm_argv, quiet_logs, table, trelm_argv  # noqa: E402
+from trelm_fairseq.stage_table import STAGES  # noqa: E402
 
 # the ops whose FLOPs the ledger counts (forward and backward of every Linear, attention's bmm)
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
@@ -43,7 +44,7 @@ def profile(bench: Bench, steps: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", default="language_specific", help="a trelm_transfer stage, or masked_lm")
+    p.add_argument("--stage", default=STAGES[-1], help="a trelm_transfer stage, or masked_lm")
     p.add_argument("--threads", default="1,2", help="comma list of torch intra-op thread counts")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=2048)

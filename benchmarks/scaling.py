@@ -20,12 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import Bench, interleaved, log, machine, median, quiet_logs, synthetic_data, table, timing_kind, trelm_argv  # noqa: E402
+from trelm_fairseq.stage_table import STAGES  # noqa: E402
 from flops import stage_flops  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", default="language_specific")
+    p.add_argument("--stage", default=STAGES[-1])
     p.add_argument("--seqs", default="64,128,256,512")
     p.add_argument("--bsz", default="4,8", help="sentences per (sub-)batch")
     p.add_argument("--reps", type=int, default=3)

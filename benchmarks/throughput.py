@@ -48,6 +48,7 @@ from _common import (  # noqa: E402
     table,
     trelm_argv,
 )
+from trelm_fairseq.stage_table import NEXT_STAGE, SPECS, UPPER_STAGE  # noqa: E402
 
 
 def main(argv=None):
@@ -72,11 +73,9 @@ def main(argv=None):
     configs = [
         ("baseline masked_lm/roberta", masked_lm_argv(data, mt, tps)),
         ("masked_lm/trelm", masked_lm_argv(data, mt, tps, arch="trelm_minilm")),
-        ("1 commonality", trelm_argv(data, "commonality", mt, tps)),
-        ("2a transfer_upper", trelm_argv(data, "transfer_upper", mt, tps)),
-        ("2a frozen bottom", trelm_argv(data, "transfer_upper", mt, tps, extra=["--freeze", "embeddings,lower"])),
-        ("2b transfer_lower", trelm_argv(data, "transfer_lower", mt, tps)),
-        ("4 language_specific", trelm_argv(data, "language_specific", mt, tps)),
+        *((f"{s.key} {s.name}", trelm_argv(data, s.name, mt, tps)) for s in SPECS if s.is_training and s.key != "4"),
+        ("2a frozen bottom", trelm_argv(data, UPPER_STAGE, mt, tps, extra=["--freeze", "embeddings,lower"])),
+        (f"4 {NEXT_STAGE}", trelm_argv(data, NEXT_STAGE, mt, tps)),
     ]
     if args.quick:
         configs = [c for c in configs if c[0] != "masked_lm/trelm"]
@@ -128,9 +127,9 @@ def main(argv=None):
                        f"FLOP/s vs baseline ({kind})", "MFU", "pad", "trainable / all params",
                        "step peak MiB", "step tokens", "MiB / 1k tokens", "params+opt MiB"]))
     ratios = []
-    pairs = [("2a frozen bottom", "2a transfer_upper", "2a with a frozen bottom (previous default) vs the default 2a")]
-    pairs += [(k, "4 language_specific", f"{k} vs 4 language_specific (all trainable)")
-              for k in ("2a transfer_upper", "2b transfer_lower", "1 commonality")]
+    label = {s.key: f"{s.key} {s.name}" for s in SPECS}
+    pairs = [("2a frozen bottom", label["2a"], "2a with a frozen bottom (previous default) vs the default 2a")]
+    pairs += [(label[k], label["4"], f"{label[k]} vs {label['4']} (all trainable)") for k in ("2a", "2b", "1")]
     for a, b, label in pairs:
         if a in speeds and b in speeds:
             ratios.append(f"{label}: {paired_ratio(speeds, a, b, kind):.2f}x (median of paired per-rep ratios, {kind} time)")

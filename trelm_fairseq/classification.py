@@ -58,7 +58,7 @@ def read_help_tsv(path: str) -> List[Tuple[str, str]]:
 
 def data_lowercase(data: str) -> bool:
     """Whether the transfer data was lower-cased (recorded by trelm-prepare)."""
-    for name in ("prepare.json", "vocab.json"):
+    for name in (DataDir.RECORD, "vocab.json"):
         path = os.path.join(data, name)
         if os.path.isfile(path):
             meta = fileio.read_json(path, "trelm-prepare record")

@@ -25,7 +25,7 @@ def langs_from_prepare(data: str, remedy: str = "pass --langs S,T (e.g. en,tr)")
         raise TreLMError(f"--langs not given and {path}: not found, so {data} was not prepared by trelm-prepare "
                          f"(or not to the end): run trelm-prepare on it, or {remedy}")
     try:
-        info = read_json(path, "prepare.json")
+        info = read_json(path, DataDir.RECORD)
     except TreLMError:  # missing or not JSON: say what to do instead
         info = {}
     langs = info.get("langs") or info.get("languages") if isinstance(info, dict) else None

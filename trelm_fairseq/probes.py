@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .layout import DataDir
+from .stage_table import NEXT_STAGE
 from .errors import TreLMError
 
 CSLS_K = 10
@@ -111,7 +112,7 @@ def target_mlm_bits(model, data: str, langs: List[str], split: str = "valid", to
     from .criterions.trelm_loss import TreLMLoss
     from .tasks.trelm_transfer import TreLMTransferConfig, TreLMTransferTask
 
-    cfg = TreLMTransferConfig(data=data, langs=",".join(langs), stage="language_specific",
+    cfg = TreLMTransferConfig(data=data, langs=",".join(langs), stage=NEXT_STAGE,
                               tokens_per_sample=tokens_per_sample, seed=seed, valid_sample=valid_sample)
     if valid_sample_seed is not None:
         cfg.valid_sample_seed = valid_sample_seed

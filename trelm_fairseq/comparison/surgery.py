@@ -5,6 +5,7 @@ import os
 from typing import List, Optional
 
 from ..layout import DataDir
+from ..stage_table import NEXT_STAGE
 
 
 def model_shape_args(checkpoint: str, prefix: str = "trelm") -> List[str]:
@@ -45,7 +46,7 @@ def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
         model.load_state_dict(weights, strict=True)
     elif kind != "scratch":
         raise ValueError(kind)
-    save_checkpoint(out_path, model, cfg, task_cfg={"_name": "trelm_transfer", "data": data, "stage": "language_specific"},
+    save_checkpoint(out_path, model, cfg, task_cfg={"_name": "trelm_transfer", "data": data, "stage": NEXT_STAGE},
                     meta={"derived_from": init, "kind": kind})
     return out_path
 
@@ -65,7 +66,7 @@ def with_transfer_cfg(checkpoint: str, tmp_path: str, langs: str, tokens_per_sam
     if cfg is None or (cfg.get("criterion") is not None and cfg["task"].get("_name") == "trelm_transfer"):
         return checkpoint
     cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
-    cfg["task"] = {"_name": "trelm_transfer", "data": "", "langs": langs, "stage": "language_specific", "seed": 1}
+    cfg["task"] = {"_name": "trelm_transfer", "data": "", "langs": langs, "stage": NEXT_STAGE, "seed": 1}
     if tokens_per_sample:
         cfg["task"]["tokens_per_sample"] = int(tokens_per_sample)
     cfg["criterion"] = {"_name": "trelm_loss", "adv_weight": 0.0}
