@@ -38,7 +38,7 @@ import random
 import shutil
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..layout import DataDir, ModelDir, SPLITS, text_path, tok_path
+from ..layout import DICT_FILE, DataDir, ModelDir, SPLITS, text_path, tok_path
 from ..errors import TreLMError, write_error
 from .. import fileio
 from ..languages import normalize_line
@@ -138,7 +138,7 @@ def inspect_source_model(path: Optional[str]) -> Dict:
             info["uncased"] = bool(meta[key])
             info["why"] = f"{ckpt}: trelm.{key}={meta[key]}"
             return info
-    for vocab_name in ("vocab.txt", "dict.txt"):
+    for vocab_name in ("vocab.txt", DICT_FILE):  # a Hugging Face WordPiece list, or a fairseq dictionary
         vocab = os.path.join(folder, vocab_name)
         if os.path.isfile(vocab):
             symbols = [ln.split(" ")[0].split("\t")[0] for _, ln in fileio.iter_raw_lines(vocab) if ln.strip()]
