@@ -147,14 +147,16 @@ def enforce(result: PairCheck, src: str, tgt: str, mode: str, warn) -> Dict:
 # per token).  The scale of that score depends on the language pair and the corpus, so the cut
 # is calibrated in each run: DECOY_SHARE extra pairs, a seeded random source line with another
 # random target line, are aligned with the corpus, and a pair whose score is above the decoys'
-# 5th percentile (DECOY_QUANTILE: as bad as 95% of random pairings) is suspect.  Measured on the en-tr help corpus (docs/reliability.md,
-# results/misaligned-pairs/): with 0 / 10 / 20% of the training pairs permuted, 1.3 / 10.9 /
-# 20.4% of them are suspect, 96% of the permuted ones found, 1.3-1.5% of the intact ones flagged.
+# 5th percentile (DECOY_QUANTILE: as bad as 95% of random pairings) is suspect.  Measured on
+# the en-tr help corpus (docs/reliability.md, results/misaligned-pairs/): with 0 / 10 / 20% of
+# the training pairs permuted, 1.2 / 10.5 / 19.6% of them are suspect, 94-95% of the permuted
+# ones found, 1.1-1.2% of the intact ones flagged.
 DECOY_SHARE = 0.02
 MIN_DECOYS, MAX_DECOYS = 20, 1000
 DECOY_QUANTILE = 0.05
-# The share of suspect training pairs above which a run stops (mode "error"; "warn" goes on):
-# chosen from what permuted pairs do to the transfer (docs/reliability.md)
+# The share of suspect pairs above which a run stops (mode "error"; "warn" goes on): four times
+# a clean corpus's 1.2%, half the 10% at which permuted pairs cost ~0.03 retrieval P@1 over 3
+# seeds (docs/reliability.md, "Partly misaligned pairs")
 MAX_SUSPECT_SHARE = 0.05
 EXAMPLES = 5
 
