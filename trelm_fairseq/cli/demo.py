@@ -8,6 +8,7 @@ import os
 
 from ..comparison import Budgets, results_table, run_job
 from ..comparison.budgets import UPDATE_BUDGETS
+from ..comparison.surgery import FINETUNE_DEPTHS
 from ..comparison.report import timings_table
 from ..errors import TreLMError, cli_errors
 from ..fileio import make_dirs, remove_stale_temporaries
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the baselines get as much of as all TreLM stages together: updates, or training "
                         "FLOPs by the FLOP ledger (a TreLM update costs more, so the baselines train longer; "
                         "default: %(default)s)")
+    p.add_argument("--finetune-depth", choices=tuple(FINETUNE_DEPTHS), default=Budgets.finetune_depth,
+                   help="how the models fine-tune at the same depth: " + "; ".join(
+                       f"{k}: {v}" for k, v in FINETUNE_DEPTHS.items()) + " (default: %(default)s)")
     p.add_argument("--valid-sample", type=int, default=Budgets.valid_sample,
                    help="pre-training validations (the target MLM curves, time to quality) on a fixed sample of "
                         "this many valid sentences per part, the same for every model; 0: the whole split. The "

@@ -56,6 +56,9 @@ class Budgets:
     # baseline update at the demo's sizes, so the baselines get more updates) or "updates" (as
     # many updates as all TreLM stages together, which favours TreLM)
     equal_compute: str = "flops"
+    # how every model fine-tunes at the same depth (surgery.FINETUNE_DEPTHS): TreLM's TRILayer is
+    # one layer more than the baselines have
+    finetune_depth: str = "as_pretrained"
 
     def n(self, name: str) -> int:
         return max(1, int(round(getattr(self, name) * self.scale)))
@@ -73,6 +76,7 @@ def budgets_from_args(args) -> Budgets:
                 stage1_lr_scale=Budgets.stage1_lr_scale if stage1 is None else stage1,
                 vocab_size=args.vocab_size, max_pairs=args.max_pairs,
                 equal_compute=getattr(args, "equal_compute", None) or Budgets.equal_compute,
+                finetune_depth=getattr(args, "finetune_depth", None) or Budgets.finetune_depth,
                 valid_sample=Budgets.valid_sample if getattr(args, "valid_sample", None) is None else args.valid_sample,
                 downstream_jobs=getattr(args, "downstream_jobs", None) or Budgets.downstream_jobs)
     for name in UPDATE_BUDGETS:

@@ -14,6 +14,7 @@ from .budgets import MODELS, PARSING_LANGS, Budgets
 from .commands import BIN, run, say
 from .finetune import finetune_classifier, finetune_parser
 from .report import mean_std
+from .surgery import finetune_checkpoint, finetune_shape
 
 
 def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
@@ -29,30 +30,41 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
 
 def evaluate_model(model: str, checkpoint: str, data: str, parse_data: Optional[str], cls_dir: Optional[str],
                    runs_root: str, budgets: Budgets, seeds: Sequence[int]) -> Dict[str, List[float]]:
-    """One model's downstream scores, one per fine-tuning seed, per metric, and the frozen-feature
-    classification probes (one each: they have no seed); the fine-tunes go under ``runs_root``
-    (parsing/<model>/seed<s>, classification/runs/<model>/...), the probe under
+    """One model's downstream scores, one per fine-tuning seed, per metric, the frozen-feature
+    classification probes (one each: they have no seed) and the depth and FLOPs per token it
+    fine-tunes at (``budgets.finetune_depth``); the fine-tunes go under ``runs_root``
+    (parsing/<model>/seed<s>, classification/runs/<model>/...; <model>-tri-added / -tri-removed
+    when the depth changed the checkpoint, under finetune-inits/), the probe under
     classification/probes/<model>.json."""
     runs: Dict[str, List[float]] = {"uas": [], "las": [], "cls_target": [], "cls_zeroshot": []}
+    if parse_data is None and cls_dir is None:
+        return {}  # no task to fine-tune on
+    pretrained = checkpoint
+    checkpoint, tag = finetune_checkpoint(pretrained, data, os.path.join(runs_root, "finetune-inits"), model,
+                                          budgets.finetune_depth)
+    shape = finetune_shape(checkpoint, budgets.tokens_per_sample)
+    runs["finetune_layers"] = [float(shape["layers"])]
+    runs["finetune_mflop_per_token"] = [shape["mflop_per_token"]]
+    folder = f"{model}-{tag}" if tag else model
     if cls_dir is not None:
         from ..probes import module_probe
 
         probe = cached_json_of_file(
-            os.path.join(runs_root, "classification", "probes", f"{model}.json"), checkpoint,
-            lambda: module_probe(checkpoint, data, cls_dir, budgets.tokens_per_sample), "classification probe record")
+            os.path.join(runs_root, "classification", "probes", f"{model}.json"), pretrained,
+            lambda: module_probe(pretrained, data, cls_dir, budgets.tokens_per_sample), "classification probe record")
         say(f"classification probe of {model} (frozen features, top layer): target {100 * probe['target']['top']:.1f}%, "
             f"zero-shot {100 * probe['zeroshot']['top']:.1f}%")
         runs["probe_target"] = [100 * probe["target"]["top"]]
         runs["probe_zeroshot"] = [100 * probe["zeroshot"]["top"]]
     for s in seeds:
         if parse_data:
-            m = finetune_parser(parse_data, checkpoint, os.path.join(runs_root, "parsing", model, f"seed{s}"),
+            m = finetune_parser(parse_data, checkpoint, os.path.join(runs_root, "parsing", folder, f"seed{s}"),
                                 budgets, s)
             runs["uas"].append(m["uas"])
             runs["las"].append(m["las"])
         if cls_dir is None:
             continue
-        cls_runs = os.path.join(runs_root, "classification", "runs", model)
+        cls_runs = os.path.join(runs_root, "classification", "runs", folder)
         runs["cls_target"].append(finetune_classifier(
             os.path.join(cls_dir, "target"), checkpoint, os.path.join(cls_runs, f"target-seed{s}"),
             budgets, s, train_lang_id=1, test_lang_id=1))

@@ -86,6 +86,57 @@ def results_table(report: Dict) -> str:
     return "\n".join(rows)
 
 
+DOWNSTREAM_METRICS = (("uas", "UAS"), ("las", "LAS"), ("cls_target", "cls acc (target)"),
+                      ("cls_zeroshot", "cls acc (zero-shot)"))
+
+
+def depth_lines(report: Dict) -> List[str]:
+    """The depth and the fine-tuning FLOPs of every model (``--finetune-depth``)."""
+    from .surgery import FINETUNE_DEPTHS
+
+    depth = report["budgets"].get("finetune_depth", "as_pretrained")
+    rows = [(m, report["downstream"][m]) for m in MODELS
+            if "finetune_layers" in report["downstream"].get(m, {})]
+    if not rows:
+        return []
+    return [f"Fine-tuning depth (`--finetune-depth {depth}`): {FINETUNE_DEPTHS[depth]}. The encoder's training "
+            "FLOPs per fine-tuning token (forward + backward, sequences of "
+            f"{report['budgets'].get('tokens_per_sample')} tokens, the task heads not counted):", "",
+            "| model | fine-tuned layers | MFLOP per token |", "|---|---|---|",
+            *[f"| {MODEL_TITLES[m]} | {d['finetune_layers']['mean']:.0f} | {d['finetune_mflop_per_token']['mean']:.1f} |"
+              for m, d in rows], ""]
+
+
+def paired_downstream_lines(report: Dict) -> List[str]:
+    """TreLM against each baseline downstream, paired over the runs that share their seeds (the
+    k-th fine-tune of every model has the same pre-training and fine-tuning seed): mean
+    difference, 95% t interval, Holm over every comparison of the table; with one run per
+    model there is no interval, and the report says so."""
+    from .paired import holm, paired_difference
+
+    runs = {m: report["downstream"].get(m, {}) for m in MODELS}
+    rows = []
+    for base in (m for m in MODELS if m != "trelm"):
+        for key, title in DOWNSTREAM_METRICS:
+            a, b = runs["trelm"].get(key, {}).get("runs"), runs[base].get(key, {}).get("runs")
+            if a and b and len(a) == len(b):
+                rows.append((base, title, a, b))
+    if not rows:
+        return []
+    n = len(rows[0][2])
+    if n < 2:
+        return [f"Downstream, TreLM against the baselines: one fine-tune per model, so no interval (a verdict needs "
+                f"matched seeds: `trelm-demo --pretrain-seeds 3`); the table's figures are single runs.", ""]
+    diffs = [(base, title, paired_difference(a, b)) for base, title, a, b in rows]
+    adjusted = holm([d["p"] for _, _, d in diffs])
+    return [f"Downstream, TreLM − each baseline, paired over the {n} runs that share their pre-training and "
+            f"fine-tuning seeds (mean difference, 95% t interval; Holm-adjusted p over the {len(diffs)} "
+            "comparisons; test split):", "",
+            "| comparison | metric | difference | 95% interval | Holm p |", "|---|---|---|---|---|",
+            *[f"| TreLM − {MODEL_TITLES[base].split(' (')[0]} | {title} | {d['mean']:+.2f} | "
+              f"[{d['lo']:+.2f}, {d['hi']:+.2f}] | {p:.3f} |" for (base, title, d), p in zip(diffs, adjusted)], ""]
+
+
 def _ttq_line(ttq: Dict) -> str:
     if ttq.get("reached"):
         flops = (f" In training FLOPs: {ttq['trelm_gflop'] / 1e3:.1f} TFLOP = {ttq['flop_fraction']:.3f} of "
@@ -283,6 +334,8 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
            if report.get("classification_data") else
            "No classification: the corpus has no labelled paragraphs (help.<lang>.<split>.tsv)."),
         "",
+        *depth_lines(report),
+        *paired_downstream_lines(report),
         "## Time to quality",
         "",
         _ttq_line(report["time_to_quality"]),
