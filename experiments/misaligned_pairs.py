@@ -123,6 +123,11 @@ def run_seed(variants: Dict[float, Dict], work: str, seed: int, budgets: Budgets
     return rows
 
 
+def report_from_files(variants: Dict[str, Dict], rows: List[Dict]) -> str:
+    """The report from the committed variants.json (shares as keys) and rows.json."""
+    return report({float(k): v for k, v in variants.items()}, rows)
+
+
 def report(variants: Dict[float, Dict], rows: List[Dict]) -> str:
     """The markdown report: the check's findings per share, the transfer per share and the
     paired differences against the clean corpus (Holm over every comparison in the table)."""
@@ -181,8 +186,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     rows_path, variants_path = os.path.join(args.out, "rows.json"), os.path.join(args.out, "variants.json")
     if args.report_only:
-        variants = {float(k): v for k, v in fileio.read_json(variants_path, "variants").items()}
-        fileio.write_text(os.path.join(args.out, "report.md"), report(variants, fileio.read_json(rows_path, "rows")))
+        fileio.write_text(os.path.join(args.out, "report.md"), report_from_files(
+            fileio.read_json(variants_path, "variants"), fileio.read_json(rows_path, "rows")))
         return 0
     variants = {share: make_variant(args.clean, args.work, share, seed=11) for share in shares}
     fileio.write_json(variants_path, {f"{k:g}": {x: y for x, y in v.items() if x != "pair_scores"}

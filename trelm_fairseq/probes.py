@@ -8,8 +8,9 @@ places: the lower-half output (before the TRILayer, where TreLM's adversarial te
 * bitext retrieval P@1: for every S sentence the nearest T sentence by cosine (and by
   CSLS, k=10, which corrects hubness), and the other way round; chance is 1/n.
 * language-ID probe: logistic regression on the pooled lower-half states, trained on
-  one half of the pairs' sentences and tested on the other half's (disjoint sentences
-  and disjoint pairs): 1.0 = the languages are fully separable, 0.5 = indistinguishable.
+  the S side of one half of the pairs and the T side of the other, tested on the remaining
+  sides (no tested sentence is trained on; its translation is): 1.0 = the languages are
+  fully separable, 0.5 = indistinguishable.
 * module-classification probe (module_probe): a logistic regression on frozen features
   of labelled help paragraphs, trained on target-language paragraphs or (zero-shot) on
   English ones, tested on target-language paragraphs: no fine-tuning, so it reads what
@@ -84,8 +85,9 @@ def retrieval_p1(src: torch.Tensor, tgt: torch.Tensor, k: int = CSLS_K) -> Dict[
 def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) -> float:
     """Held-out accuracy of a logistic regression telling S features from T features.
     Pairs are split in two halves; it trains on the S side of one half and the T side of
-    the other, and tests on the remaining sides, so no sentence or translation of a
-    training sentence is tested."""
+    the other, and tests on the remaining sides: no tested sentence was trained on, but each
+    tested sentence's translation was (in the other language), so the probe answers "which
+    language" for sentences whose content it has seen."""
     n = src.size(0)
     if n < 4:
         raise TreLMError(f"language-ID probe: {n} pairs; expected at least 4")

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1-lr-scale", type=float, default=Budgets.stage1_lr_scale,
                    help="TreLM's stage 1 (only embeddings, TRILayer and LM head train) at this times --lr "
                         "(default %(default)s)")
+    for model in ("scratch", "mlm_continued"):
+        p.add_argument(f"--{model.replace('_', '-')}-lr", type=float, default=getattr(Budgets, f"{model}_lr"),
+                       help=f"the {model} baseline's pre-training lr (default: "
+                            f"{getattr(Budgets, f'{model}_lr') or '--lr'}; the search: docs/studies/baseline-lr.md)")
     p.add_argument("--finetune-lr", type=float, default=Budgets.finetune_lr,
                    help=f"parsing and classification fine-tuning learning rate (default {Budgets.finetune_lr})")
     p.add_argument("--max-tokens", type=int, default=Budgets.max_tokens, help="tokens per pre-training batch (default: %(default)s)")

@@ -37,6 +37,10 @@ class Budgets:
     # bits lower and retrieval higher; the final model equal or better
     stage1_lr_scale: float = 2.0
     finetune_lr: float = 5e-4
+    # the baselines' own pre-training lr (None: --lr): the evidence protocol gives them the lr
+    # search TreLM's recipe got (experiments/baseline_lr.py, docs/studies/baseline-lr.md)
+    scratch_lr: Optional[float] = None
+    mlm_continued_lr: Optional[float] = None
     # auto: sized to the language's corpus by trelm-prepare (up to 16000; fewer pieces where the
     # corpus cannot support them, e.g. vi, hi, km); an integer is used exactly
     vocab_size: Union[int, str] = "auto"
@@ -63,6 +67,11 @@ class Budgets:
     def n(self, name: str) -> int:
         return max(1, int(round(getattr(self, name) * self.scale)))
 
+    def lr_of(self, model: str) -> float:
+        """The pre-training peak lr of a compared model."""
+        own = getattr(self, f"{model}_lr", None)
+        return self.lr if own is None else own
+
     @property
     def pretrain_total(self) -> int:
         """Updates of all TreLM training stages together: the equal-compute budget."""
@@ -77,6 +86,8 @@ def budgets_from_args(args) -> Budgets:
                 vocab_size=args.vocab_size, max_pairs=args.max_pairs,
                 equal_compute=getattr(args, "equal_compute", None) or Budgets.equal_compute,
                 finetune_depth=getattr(args, "finetune_depth", None) or Budgets.finetune_depth,
+                scratch_lr=getattr(args, "scratch_lr", Budgets.scratch_lr),
+                mlm_continued_lr=getattr(args, "mlm_continued_lr", Budgets.mlm_continued_lr),
                 valid_sample=Budgets.valid_sample if getattr(args, "valid_sample", None) is None else args.valid_sample,
                 downstream_jobs=getattr(args, "downstream_jobs", None) or Budgets.downstream_jobs)
     for name in UPDATE_BUDGETS:

@@ -11,7 +11,7 @@ from .surgery import derived_init
 
 
 def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed: int, init: Optional[str] = None,
-             graph: str = "trelm"):
+             graph: str = "trelm", lr: Optional[float] = None):
     from ..stage_table import TRELM_GRAPHS
     from ..stages import StagePlan
 
@@ -21,7 +21,7 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
         updates = {"1": budgets.pretrain_total}
     return StagePlan(
         data=data, out=os.path.join(work, name), langs=f"en,{lang}", init=init, updates=updates,
-        lr=budgets.lr, stage1_lr_scale=budgets.stage1_lr_scale, max_tokens=budgets.max_tokens,
+        lr=budgets.lr if lr is None else lr, stage1_lr_scale=budgets.stage1_lr_scale, max_tokens=budgets.max_tokens,
         tokens_per_sample=budgets.tokens_per_sample,
         save_interval_updates=budgets.n("validate_every"), seed=seed, graph=graph,
         extra_args=["--validate-interval-updates", str(budgets.n("validate_every")), "--num-workers", "0",
@@ -33,10 +33,10 @@ def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) ->
     """The plans of every pre-trained model (the baselines' init checkpoints are derived here)."""
     return {
         "trelm": plan_for("trelm", data, work, lang, budgets, seed),
-        "scratch": plan_for("scratch", data, work, lang, budgets, seed, graph="mlm",
+        "scratch": plan_for("scratch", data, work, lang, budgets, seed, graph="mlm", lr=budgets.lr_of("scratch"),
                             init=derived_init(data, os.path.join(work, "scratch", "init.pt"), "scratch", seed)),
         "mlm_continued": plan_for("mlm_continued", data, work, lang, budgets, seed, graph="mlm",
-                                  init=derived_init(data, os.path.join(work, "mlm_continued", "init.pt"), "no_tri",
+                                  lr=budgets.lr_of("mlm_continued"), init=derived_init(data, os.path.join(work, "mlm_continued", "init.pt"), "no_tri",
                                                     seed)),
     }
 

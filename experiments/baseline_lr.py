@@ -1,0 +1,179 @@
+"""The baselines' lr search (the evidence protocol's "same tuning effort"): TreLM's recipe was
+picked over many measured configurations, lr included, while continued MLM and from scratch ran
+at TreLM's lr.  Here each baseline pre-trains at every lr of a grid, at the demo budget (the
+FLOP-matched update count the main job gives it, --updates), for every seed, from the same
+data directory and the same derived init checkpoints the main job uses, and is probed on the
+valid split: target MLM (bits per masked token, the pre-training objective) and bitext
+retrieval P@1 (CSLS, lower half and top).
+
+The rule, fixed before the runs: per baseline, the lr with the lowest mean valid target MLM
+becomes its default if its paired difference against the current lr (--reference) excludes 0
+after Holm over every comparison of the search; otherwise the current lr stays.  Test is not
+read.
+
+    python experiments/baseline_lr.py --data runs/tr/data --work runs/baseline-lr \
+        --lrs 1e-3,2e-3 --seeds 1,2,3 --updates 158 --out results/baseline-lr \
+        --reference-job runs/tr/results/results.json   # lr 5e-4: the main job's own baselines
+
+Rows go to OUT/rows.json as they come (a re-run skips what is there); OUT/report.md is written
+at the end; --report-only rewrites it from rows.json.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List
+
+from trelm_fairseq import fileio
+from trelm_fairseq.comparison.budgets import MODEL_TITLES, Budgets
+from trelm_fairseq.comparison.paired import holm, paired_difference
+
+MODELS = {"mlm_continued": "no_tri", "scratch": "scratch"}  # baseline: its derived init's kind
+METRICS = ("target_mlm_bits", "p1_lower", "p1_top")
+
+
+def say(msg: str) -> None:
+    print(f"[baseline-lr {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_one(data: str, work: str, lang: str, model: str, lr: float, seed: int, updates: int) -> Dict:
+    """Pre-train one baseline at ``lr`` for ``updates`` updates, probe it on valid, free its disk."""
+    from trelm_fairseq.comparison.pretraining import plan_for
+    from trelm_fairseq.comparison.surgery import derived_init
+    from trelm_fairseq.probes import probe_checkpoint
+    from trelm_fairseq.stages import run_all
+
+    root = os.path.join(work, f"{model}-lr{lr:g}-seed{seed}")
+    init = derived_init(data, os.path.join(root, "init.pt"), MODELS[model], seed)
+    plan = plan_for(model, data, root, lang, Budgets(), seed, init=init, graph="mlm", lr=lr)
+    plan.updates["1"] = updates
+    t0 = time.time()
+    run_all(plan, log=lambda m: None, echo=False)
+    seconds = time.time() - t0
+    probe = probe_checkpoint(plan.stages["1"].output_checkpoint(), data, ["en", lang], "valid",
+                             tokens_per_sample=Budgets.tokens_per_sample)
+    shutil.rmtree(root)  # ~0.7 GB of checkpoints per run; the row is what is kept
+    return {"model": model, "lr": lr, "seed": seed, "updates": updates, "split": "valid",
+            "target_mlm_bits": probe["target_mlm_bits"], "p1_lower": probe["lower"]["p1_mean_csls"],
+            "p1_top": probe["top"]["p1_mean_csls"], "pretrain_seconds": round(seconds, 1)}
+
+
+def reference_rows(job_results: str) -> List[Dict]:
+    """The rows of the main job's baselines (a trelm-demo results.json, every pre-training
+    seed): they ran at the job's lr from the same data, derived inits and seeds, and the job
+    probed their final checkpoints on the valid split with the same probe."""
+    report = fileio.read_json(job_results, "main job report")
+    runs = report.get("pretrain_seed_runs") or [{"seed": 1, "probes": report["probes"],
+                                                 "baseline_updates": report.get("baseline_updates")}]
+    lr = report["budgets"]["lr"]
+    rows = []
+    for run in runs:
+        for probe in run["probes"]:
+            if probe["model"] in MODELS and probe["point"] == "final":
+                if probe.get("split") != "valid":
+                    raise SystemExit(f"{job_results}: seed {run['seed']} probed {probe['model']} on "
+                                     f"{probe.get('split')}, not valid")
+                rows.append({"model": probe["model"], "lr": lr, "seed": run["seed"],
+                             "updates": (run.get("baseline_updates") or {}).get(probe["model"]), "split": "valid",
+                             "target_mlm_bits": probe["target_mlm_bits"], "p1_lower": probe["lower"]["p1_mean_csls"],
+                             "p1_top": probe["top"]["p1_mean_csls"], "source": job_results})
+    return rows
+
+
+def _by_seed(rows: List[Dict], model: str, lr: float, metric: str) -> Dict[int, float]:
+    return {r["seed"]: r[metric] for r in rows if r["model"] == model and r["lr"] == lr}
+
+
+def report(rows: List[Dict], reference: float) -> str:
+    lrs = sorted({r["lr"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    md = ["# The baselines' lr search", "",
+          "Generated by `experiments/baseline_lr.py` from `rows.json` (this folder); the rule is in the script's "
+          "docstring and docs/studies/baseline-lr.md. en→tr, demo budget "
+          f"({rows[0]['updates']} updates, the FLOP-matched count), seeds {seeds}, valid split.", "",
+          "| baseline | lr | target MLM bits (valid) | P@1 lower | P@1 top | seeds |", "|---|---|---|---|---|---|"]
+    for model in MODELS:
+        for lr in lrs:
+            vals = {m: _by_seed(rows, model, lr, m) for m in METRICS}
+            if not vals["target_mlm_bits"]:
+                continue
+            cells = []
+            for m in METRICS:
+                v = list(vals[m].values())
+                mean = sum(v) / len(v)
+                sd = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+                cells.append(f"{mean:.3f} ± {sd:.3f}")
+            md.append(f"| {MODEL_TITLES[model].split(' (')[0]} | {lr:g} | " + " | ".join(cells) + f" | {len(vals[m])} |")
+    comparisons = []
+    for model in MODELS:
+        ref = _by_seed(rows, model, reference, "target_mlm_bits")
+        for lr in lrs:
+            if lr == reference:
+                continue
+            other = _by_seed(rows, model, lr, "target_mlm_bits")
+            common = sorted(set(ref) & set(other))
+            if len(common) >= 2:
+                comparisons.append((model, lr, paired_difference([other[s] for s in common], [ref[s] for s in common])))
+    md += ["", f"Paired against lr {reference:g} (target MLM bits, valid; lr − reference, 95% t interval, Holm over "
+           f"the {len(comparisons)} comparisons):", "",
+           "| baseline | lr | difference (bits) | 95% interval | Holm p |", "|---|---|---|---|---|"]
+    adjusted = holm([d["p"] for *_, d in comparisons]) if comparisons else []
+    for (model, lr, d), p in zip(comparisons, adjusted):
+        md.append(f"| {MODEL_TITLES[model].split(' (')[0]} | {lr:g} | {d['mean']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
+                  f"{p:.3f} |")
+    verdicts = []
+    for model in MODELS:
+        better = [(d["mean"], lr) for (m, lr, d), p in zip(comparisons, adjusted) if m == model and d["hi"] < 0 and p < 0.05]
+        verdicts.append(f"{MODEL_TITLES[model].split(' (')[0]}: " +
+                        (f"lr {min(better)[1]:g}" if better else f"keeps lr {reference:g}"))
+    md += ["", "By the rule: " + "; ".join(verdicts) + ".", ""]
+    return "\n".join(md)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="a data directory written by trelm-prepare (the main job's)")
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--lang", default="tr")
+    p.add_argument("--lrs", default="1e-3,2e-3")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--updates", type=int, default=158, help="each baseline's updates (the main job's FLOP match)")
+    p.add_argument("--reference", type=float, default=Budgets.lr, help="the current lr (default %(default)s)")
+    p.add_argument("--reference-job", default=None,
+                   help="a trelm-demo results.json whose baselines ran at --reference on the same data and seeds: "
+                        "their valid probes are the reference rows (instead of running that lr here)")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    rows_path = os.path.join(args.out, "rows.json")
+    rows = fileio.read_json(rows_path, "rows") if os.path.isfile(rows_path) else []
+    if not args.report_only:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for lr in [float(x) for x in args.lrs.split(",")]:
+                for model in MODELS:
+                    if any((r["model"], r["lr"], r["seed"]) == (model, lr, seed) for r in rows):
+                        continue
+                    say(f"{model} lr {lr:g} seed {seed}")
+                    rows.append(run_one(os.path.abspath(args.data), os.path.abspath(args.work), args.lang, model, lr,
+                                        seed, args.updates))
+                    say(json.dumps(rows[-1]))
+                    fileio.write_json(rows_path, rows)
+    if args.reference_job:
+        ref = reference_rows(args.reference_job)
+        wrong = [r for r in ref if r["updates"] != args.updates]
+        if wrong:
+            raise SystemExit(f"{args.reference_job}: its baselines trained {sorted({r['updates'] for r in wrong})} "
+                             f"updates, these runs {args.updates}: not a paired comparison")
+        fileio.write_json(os.path.join(args.out, "reference_rows.json"), ref)
+    if os.path.isfile(os.path.join(args.out, "reference_rows.json")):
+        rows = rows + fileio.read_json(os.path.join(args.out, "reference_rows.json"), "reference rows")
+    fileio.write_text(os.path.join(args.out, "report.md"), report(rows, args.reference))
+    say(f"report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
