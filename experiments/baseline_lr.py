@@ -124,7 +124,7 @@ def report(rows: List[Dict], reference: float) -> str:
         md.append(f"| {MODEL_TITLES[model].split(' (')[0]} | {lr:g} | {d['mean']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
                   f"{p:.3f} |")
     verdicts = []
-    for model in MODELS:
+    for model in (m for m in MODELS if any(r["model"] == m for r in rows)):
         better = [(d["mean"], lr) for (m, lr, d), p in zip(comparisons, adjusted) if m == model and d["hi"] < 0 and p < 0.05]
         verdicts.append(f"{MODEL_TITLES[model].split(' (')[0]}: " +
                         (f"lr {min(better)[1]:g}" if better else f"keeps lr {reference:g}"))
@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--lang", default="tr")
     p.add_argument("--lrs", default="1e-3,2e-3")
+    p.add_argument("--models", default=",".join(MODELS), help="the baselines searched (default: %(default)s)")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--updates", type=int, default=158, help="each baseline's updates (the main job's FLOP match)")
     p.add_argument("--reference", type=float, default=Budgets.lr, help="the current lr (default %(default)s)")
@@ -153,7 +154,9 @@ def main(argv=None) -> int:
     if not args.report_only:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for lr in [float(x) for x in args.lrs.split(",")]:
-                for model in MODELS:
+                for model in args.models.split(","):
+                    if model not in MODELS:
+                        raise SystemExit(f"--models: {model!r} is not one of {list(MODELS)}")
                     if any((r["model"], r["lr"], r["seed"]) == (model, lr, seed) for r in rows):
                         continue
                     say(f"{model} lr {lr:g} seed {seed}")
