@@ -40,7 +40,8 @@ from trelm_fairseq.comparison.paired import holm, paired_difference
 
 WAYS = {"with_tri_layer": ("mlm_continued", "scratch"), "without_tri_layer": ("trelm", "mapped_init")}
 TAGS = {"with_tri_layer": "tri-added", "without_tri_layer": "tri-removed"}
-# metric: (the fine-tune's folder under the seed's work dir, its best-checkpoint metric, test key)
+# metric: (the fine-tune's folder under the seed's work dir, its best-checkpoint metric, the metric's
+# name in the test record and in fairseq's valid lines)
 METRICS = {"uas": ("parsing/{folder}/seed{s}", "las", "uas"), "las": ("parsing/{folder}/seed{s}", "las", "las"),
            "cls_target": ("classification/runs/{folder}/target-seed{s}", "accuracy", "accuracy"),
            "cls_zeroshot": ("classification/runs/{folder}/zeroshot-seed{s}", "accuracy", "accuracy")}
@@ -62,15 +63,18 @@ def run_demo(work: str, depth: str, lang: str, seeds: int, extra: List[str]) -> 
             raise SystemExit(f"trelm-demo --finetune-depth {depth} failed; see {log}")
 
 
-def best_valid(train_log: str, metric: str) -> Optional[float]:
-    """fairseq's best_<metric> in a fine-tune's log: the valid figure of the checkpoint it kept."""
-    found = None
+def best_valid(train_log: str, select: str, metric: str) -> Optional[float]:
+    """``metric`` on valid at the validation whose ``select`` figure was the best (the last of
+    equals, as fairseq overwrites checkpoint_best.pt on a tie): the checkpoint the run kept."""
+    best = None
     with open(train_log, encoding="utf-8", errors="replace") as f:
         for line in f:
-            m = re.search(rf"\| best_{metric} ([0-9.]+)", line)
-            if m:
-                found = float(m.group(1))
-    return found
+            if "valid on 'valid' subset" not in line:
+                continue
+            fields = dict(re.findall(r"\| (\w+) ([-0-9.]+)", line))
+            if select in fields and metric in fields and (best is None or float(fields[select]) >= best[0]):
+                best = (float(fields[select]), float(fields[metric]))
+    return None if best is None else best[1]
 
 
 def test_value(folder: str, key: str) -> Optional[float]:
@@ -97,7 +101,7 @@ def collect(work: str, seeds: int) -> List[Dict]:
                     if test is None:
                         continue
                     rows.append({"pretrain_seed": p, "finetune_seed": p, "model": model, "variant": variant,
-                                 "metric": metric, "valid": best_valid(os.path.join(folder, "train.log"), valid_metric),
+                                 "metric": metric, "valid": best_valid(os.path.join(folder, "train.log"), valid_metric, test_key),
                                  "test": test})
     return rows
 
@@ -171,6 +175,44 @@ def report(rows: List[Dict]) -> str:
     return "\n".join(md)
 
 
+def run_parsing_only(work: str, lang: str, seeds: int, baseline_updates: int, jobs: int) -> None:
+    """The study on parsing alone, without from scratch (what a 2-core session affords: 18
+    fine-tunes instead of 72): TreLM and continued MLM pre-trained per seed in the main job's
+    layout (a finished trelm-demo run's models are re-used), continued MLM at
+    ``baseline_updates`` for every seed (the FLOP match of seed 1, so that the seeds differ in
+    nothing else), then TreLM, the mapped init and continued MLM fine-tuned for parsing both as
+    pre-trained and at the other depth, two at a time, single-threaded (the job's settings)."""
+    from trelm_fairseq.comparison.budgets import Budgets
+    from trelm_fairseq.comparison.downstream import _in_parallel, prepare_parsing_data
+    from trelm_fairseq.comparison.finetune import finetune_parser
+    from trelm_fairseq.comparison.pretraining import final_checkpoints, model_plans, pretrain
+    from trelm_fairseq.comparison.surgery import finetune_checkpoint
+    from trelm_fairseq.layout import DataDir
+
+    data = os.path.join(work, "data")
+    budgets = Budgets()
+    init = DataDir(data).init_model
+    parse_data = prepare_parsing_data(data, work, lang)
+    todo = []
+    for p in range(1, seeds + 1):
+        root = pretrain_seed_work(work, p)
+        plans = model_plans(data, root, lang, budgets, p)
+        plans["mlm_continued"].updates["1"] = baseline_updates
+        say(f"seed {p}: pre-training TreLM and continued MLM ({baseline_updates} updates) under {root}")
+        pretrain({m: plans[m] for m in ("trelm", "mlm_continued")}, {})
+        checkpoints = final_checkpoints(plans, init)
+        for model in ("trelm", "mapped_init", "mlm_continued"):
+            for depth in ("as_pretrained", "with_tri_layer", "without_tri_layer"):
+                ckpt, tag = finetune_checkpoint(checkpoints[model], data, os.path.join(root, "finetune-inits"),
+                                                model, depth)
+                if depth != "as_pretrained" and not tag:
+                    continue  # this way leaves the model as it is: its as-pretrained run
+                folder = os.path.join(root, "parsing", f"{model}-{tag}" if tag else model, f"seed{p}")
+                todo.append(lambda c=ckpt, f=folder, p=p: finetune_parser(parse_data, c, f, budgets, p))
+    say(f"{len(todo)} parsing fine-tunes, {jobs} at a time")
+    _in_parallel(todo, jobs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="the jobs' work directory (data, models, fine-tunes)")
@@ -178,10 +220,16 @@ def main(argv=None) -> int:
     p.add_argument("--lang", default="tr")
     p.add_argument("--pretrain-seeds", type=int, default=3)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--parsing-only", action="store_true",
+                   help="parsing fine-tunes of TreLM, the mapped init and continued MLM only (run_parsing_only)")
+    p.add_argument("--baseline-updates", type=int, default=161,
+                   help="--parsing-only: continued MLM's updates for every seed (default: %(default)s, the demo's FLOP match)")
     p.add_argument("demo_args", nargs="*", help="more trelm-demo options (after --)")
     args = p.parse_args(argv)
     work, out = os.path.abspath(args.work), os.path.abspath(args.out)
-    if not args.report_only:
+    if args.parsing_only and not args.report_only:
+        run_parsing_only(work, args.lang, args.pretrain_seeds, args.baseline_updates, 2)
+    elif not args.report_only:
         for depth in WAYS:
             run_demo(work, depth, args.lang, args.pretrain_seeds, args.demo_args)
             os.makedirs(os.path.join(out, depth), exist_ok=True)
