@@ -12,8 +12,8 @@ after Holm over every comparison of the search; otherwise the current lr stays. 
 read.
 
     python experiments/baseline_lr.py --data runs/tr/data --work runs/baseline-lr \
-        --lrs 1e-3,2e-3 --seeds 1,2,3 --updates 158 --out results/baseline-lr \
-        --reference-job runs/tr/results/results.json   # lr 5e-4: the main job's own baselines
+        --lrs 1e-3,2e-3 --seeds 1,2,3 --updates 161 --out results/baseline-lr \
+        --reference-work runs/tr   # lr 5e-4: the main job's own baselines, probed
 
 Rows go to OUT/rows.json as they come (a re-run skips what is there); OUT/report.md is written
 at the end; --report-only rewrites it from rows.json.
@@ -42,7 +42,6 @@ def run_one(data: str, work: str, lang: str, model: str, lr: float, seed: int, u
     """Pre-train one baseline at ``lr`` for ``updates`` updates, probe it on valid, free its disk."""
     from trelm_fairseq.comparison.pretraining import plan_for
     from trelm_fairseq.comparison.surgery import derived_init
-    from trelm_fairseq.probes import probe_checkpoint
     from trelm_fairseq.stages import run_all
 
     root = os.path.join(work, f"{model}-lr{lr:g}-seed{seed}")
@@ -52,34 +51,30 @@ def run_one(data: str, work: str, lang: str, model: str, lr: float, seed: int, u
     t0 = time.time()
     run_all(plan, log=lambda m: None, echo=False)
     seconds = time.time() - t0
-    probe = probe_checkpoint(plan.stages["1"].output_checkpoint(), data, ["en", lang], "valid",
-                             tokens_per_sample=Budgets.tokens_per_sample)
+    row = probe_row(plan.stages["1"].output_checkpoint(), data, lang, model, lr, seed,
+                    pretrain_seconds=round(seconds, 1))
     shutil.rmtree(root)  # ~0.7 GB of checkpoints per run; the row is what is kept
-    return {"model": model, "lr": lr, "seed": seed, "updates": updates, "split": "valid",
-            "target_mlm_bits": probe["target_mlm_bits"], "p1_lower": probe["lower"]["p1_mean_csls"],
-            "p1_top": probe["top"]["p1_mean_csls"], "pretrain_seconds": round(seconds, 1)}
+    return row
 
 
-def reference_rows(job_results: str) -> List[Dict]:
-    """The rows of the main job's baselines (a trelm-demo results.json, every pre-training
-    seed): they ran at the job's lr from the same data, derived inits and seeds, and the job
-    probed their final checkpoints on the valid split with the same probe."""
-    report = fileio.read_json(job_results, "main job report")
-    runs = report.get("pretrain_seed_runs") or [{"seed": 1, "probes": report["probes"],
-                                                 "baseline_updates": report.get("baseline_updates")}]
-    lr = report["budgets"]["lr"]
-    rows = []
-    for run in runs:
-        for probe in run["probes"]:
-            if probe["model"] in MODELS and probe["point"] == "final":
-                if probe.get("split") != "valid":
-                    raise SystemExit(f"{job_results}: seed {run['seed']} probed {probe['model']} on "
-                                     f"{probe.get('split')}, not valid")
-                rows.append({"model": probe["model"], "lr": lr, "seed": run["seed"],
-                             "updates": (run.get("baseline_updates") or {}).get(probe["model"]), "split": "valid",
-                             "target_mlm_bits": probe["target_mlm_bits"], "p1_lower": probe["lower"]["p1_mean_csls"],
-                             "p1_top": probe["top"]["p1_mean_csls"], "source": job_results})
-    return rows
+def probe_row(checkpoint: str, data: str, lang: str, model: str, lr: float, seed: int, **extra) -> Dict:
+    """A row of ``model``'s pre-trained ``checkpoint``: its valid probes (the job's probe settings)."""
+    from trelm_fairseq.checkpoint import updates_of
+    from trelm_fairseq.probes import probe_checkpoint
+
+    probe = probe_checkpoint(checkpoint, data, ["en", lang], "valid", tokens_per_sample=Budgets.tokens_per_sample)
+    return dict({"model": model, "lr": lr, "seed": seed, "updates": updates_of(checkpoint), "split": "valid",
+                 "target_mlm_bits": probe["target_mlm_bits"], "p1_lower": probe["lower"]["p1_mean_csls"],
+                 "p1_top": probe["top"]["p1_mean_csls"]}, **extra)
+
+
+def job_checkpoint(job_work: str, data: str, lang: str, model: str, seed: int) -> str:
+    """A baseline's final checkpoint in a trelm-demo work directory (its layout per pre-training seed)."""
+    from trelm_fairseq.comparison.job import pretrain_seed_work
+    from trelm_fairseq.comparison.pretraining import plan_for
+
+    plan = plan_for(model, data, pretrain_seed_work(job_work, seed), lang, Budgets(), seed, graph="mlm")
+    return plan.stages["1"].output_checkpoint()
 
 
 def _by_seed(rows: List[Dict], model: str, lr: float, metric: str) -> Dict[int, float]:
@@ -141,11 +136,11 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="1e-3,2e-3")
     p.add_argument("--models", default=",".join(MODELS), help="the baselines searched (default: %(default)s)")
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--updates", type=int, default=158, help="each baseline's updates (the main job's FLOP match)")
+    p.add_argument("--updates", type=int, default=161, help="each baseline's updates (the main job's FLOP match)")
     p.add_argument("--reference", type=float, default=Budgets.lr, help="the current lr (default %(default)s)")
-    p.add_argument("--reference-job", default=None,
-                   help="a trelm-demo results.json whose baselines ran at --reference on the same data and seeds: "
-                        "their valid probes are the reference rows (instead of running that lr here)")
+    p.add_argument("--reference-work", default=None,
+                   help="a trelm-demo work directory on the same data whose baselines ran at --reference for these "
+                        "seeds and --updates: their final checkpoints are probed here instead of re-trained")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -153,6 +148,16 @@ def main(argv=None) -> int:
     rows = fileio.read_json(rows_path, "rows") if os.path.isfile(rows_path) else []
     if not args.report_only:
         for seed in [int(s) for s in args.seeds.split(",")]:
+            for model in (args.models.split(",") if args.reference_work else []):
+                if any((r["model"], r["lr"], r["seed"]) == (model, args.reference, seed) for r in rows):
+                    continue
+                ckpt = job_checkpoint(os.path.abspath(args.reference_work), os.path.abspath(args.data), args.lang, model, seed)
+                say(f"{model} lr {args.reference:g} seed {seed}: the job's {ckpt}")
+                rows.append(probe_row(ckpt, os.path.abspath(args.data), args.lang, model, args.reference, seed,
+                                      source=ckpt))
+                if rows[-1]["updates"] != args.updates:
+                    raise SystemExit(f"{ckpt}: {rows[-1]['updates']} updates, not --updates {args.updates}")
+                fileio.write_json(rows_path, rows)
             for lr in [float(x) for x in args.lrs.split(",")]:
                 for model in args.models.split(","):
                     if model not in MODELS:
@@ -164,15 +169,6 @@ def main(argv=None) -> int:
                                         seed, args.updates))
                     say(json.dumps(rows[-1]))
                     fileio.write_json(rows_path, rows)
-    if args.reference_job:
-        ref = reference_rows(args.reference_job)
-        wrong = [r for r in ref if r["updates"] != args.updates]
-        if wrong:
-            raise SystemExit(f"{args.reference_job}: its baselines trained {sorted({r['updates'] for r in wrong})} "
-                             f"updates, these runs {args.updates}: not a paired comparison")
-        fileio.write_json(os.path.join(args.out, "reference_rows.json"), ref)
-    if os.path.isfile(os.path.join(args.out, "reference_rows.json")):
-        rows = rows + fileio.read_json(os.path.join(args.out, "reference_rows.json"), "reference rows")
     fileio.write_text(os.path.join(args.out, "report.md"), report(rows, args.reference))
     say(f"report: {os.path.join(args.out, 'report.md')}")
     return 0
