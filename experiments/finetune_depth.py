@@ -175,12 +175,12 @@ def report(rows: List[Dict]) -> str:
     return "\n".join(md)
 
 
-def run_parsing_only(work: str, lang: str, seeds: int, baseline_updates: int, jobs: int) -> None:
-    """The study on parsing alone, without from scratch (what a 2-core session affords: 18
-    fine-tunes instead of 72): TreLM and continued MLM pre-trained per seed in the main job's
-    layout (a finished trelm-demo run's models are re-used), continued MLM at
-    ``baseline_updates`` for every seed (the FLOP match of seed 1, so that the seeds differ in
-    nothing else), then TreLM, the mapped init and continued MLM fine-tuned for parsing both as
+def run_parsing_only(work: str, lang: str, seeds: int, baseline_updates: int, jobs: int,
+                     models=("trelm", "mapped_init", "mlm_continued")) -> None:
+    """The study on parsing alone (what a 2-core session affords: 24 fine-tunes instead of 72):
+    ``models`` pre-trained per seed in the main job's layout (a finished trelm-demo run's models
+    are re-used), the baselines at ``baseline_updates`` for every seed (the FLOP match of seed 1,
+    so that the seeds differ in nothing else), then each fine-tuned for parsing both as
     pre-trained and at the other depth, two at a time, single-threaded (the job's settings)."""
     from trelm_fairseq.comparison.budgets import Budgets
     from trelm_fairseq.comparison.downstream import _in_parallel, prepare_parsing_data
@@ -197,11 +197,13 @@ def run_parsing_only(work: str, lang: str, seeds: int, baseline_updates: int, jo
     for p in range(1, seeds + 1):
         root = pretrain_seed_work(work, p)
         plans = model_plans(data, root, lang, budgets, p)
-        plans["mlm_continued"].updates["1"] = baseline_updates
-        say(f"seed {p}: pre-training TreLM and continued MLM ({baseline_updates} updates) under {root}")
-        pretrain({m: plans[m] for m in ("trelm", "mlm_continued")}, {})
+        for name in ("scratch", "mlm_continued"):
+            plans[name].updates["1"] = baseline_updates
+        pretrained = [m for m in plans if m in models]
+        say(f"seed {p}: pre-training {', '.join(pretrained)} (baselines {baseline_updates} updates) under {root}")
+        pretrain({m: plans[m] for m in pretrained}, {})
         checkpoints = final_checkpoints(plans, init)
-        for model in ("trelm", "mapped_init", "mlm_continued"):
+        for model in models:
             for depth in ("as_pretrained", "with_tri_layer", "without_tri_layer"):
                 ckpt, tag = finetune_checkpoint(checkpoints[model], data, os.path.join(root, "finetune-inits"),
                                                 model, depth)
@@ -222,13 +224,15 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--parsing-only", action="store_true",
                    help="parsing fine-tunes of TreLM, the mapped init and continued MLM only (run_parsing_only)")
+    p.add_argument("--models", default="trelm,mapped_init,mlm_continued",
+                   help="--parsing-only: the models (default: %(default)s; scratch can be added later)")
     p.add_argument("--baseline-updates", type=int, default=161,
                    help="--parsing-only: continued MLM's updates for every seed (default: %(default)s, the demo's FLOP match)")
     p.add_argument("demo_args", nargs="*", help="more trelm-demo options (after --)")
     args = p.parse_args(argv)
     work, out = os.path.abspath(args.work), os.path.abspath(args.out)
     if args.parsing_only and not args.report_only:
-        run_parsing_only(work, args.lang, args.pretrain_seeds, args.baseline_updates, 2)
+        run_parsing_only(work, args.lang, args.pretrain_seeds, args.baseline_updates, 2, args.models.split(","))
     elif not args.report_only:
         for depth in WAYS:
             run_demo(work, depth, args.lang, args.pretrain_seeds, args.demo_args)
