@@ -2,6 +2,8 @@
 # make test : set up .venv (first run only) and run the whole test suite
 # make study : the study budget (8x the demo's pre-training updates, one seed; ~2 h on 2 cores)
 # make ablations : the component grid, 3 pre-training seeds at the demo budget (ABL_LANG=tr; ~3.5 h on 2 cores)
+# make figures : check every figure README.md and docs/ link to a committed row under results/
+#                (FIGURES_ARGS=--write regenerates the generated tables)
 # make check-languages : every advertised language's default vocabulary on its full corpus
 #                        (network to Debian, CPU-heavy; e.g. CHECK_ARGS="--langs vi hi")
 SHELL := /bin/bash
@@ -11,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE ?= $(HOME)/.cache/trelm_fairseq
 
-.PHONY: demo test eval study ablations setup clean-venv check-languages
+.PHONY: demo test eval study ablations setup clean-venv check-languages figures
 
 setup: $(STAMP)
 
@@ -29,6 +31,9 @@ $(STAMP): requirements.txt setup.py
 
 test: $(STAMP)
 	. $(VENV)/bin/activate && ./scripts/run_tests.sh
+
+figures: $(STAMP)
+	. $(VENV)/bin/activate && python scripts/figures.py $(FIGURES_ARGS)
 
 check-languages: $(STAMP)
 	. $(VENV)/bin/activate && python scripts/check_languages.py $(CHECK_ARGS)

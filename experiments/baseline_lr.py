@@ -81,7 +81,7 @@ def _by_seed(rows: List[Dict], model: str, lr: float, metric: str) -> Dict[int, 
     return {r["seed"]: r[metric] for r in rows if r["model"] == model and r["lr"] == lr}
 
 
-def report(rows: List[Dict], reference: float) -> str:
+def report(rows: List[Dict], reference: float = Budgets.lr) -> str:
     lrs = sorted({r["lr"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
     md = ["# The baselines' lr search", "",

@@ -19,7 +19,7 @@ Two ways a document ties a figure to its row, both checked here:
   there.
 
 And the experiments' reports that are generated from committed rows (REPORTS) are regenerated
-and compared.
+and compared, and every relative link of the documents must name a file that exists.
 
     python scripts/figures.py           # check README.md and docs/ (exit 1 on any mismatch)
     python scripts/figures.py --write   # rewrite the generated blocks and reports
@@ -36,6 +36,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+\.jsonl?)\s+\"([^\"]+)\"\)")
 BLOCK = re.compile(r"(<!-- figures: (.+?) -->\n)(.*?)(<!-- /figures -->)", re.S)
+RELATIVE_LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 NUMBER = re.compile(r"[-−+]?\d[\d,]*(?:\.\d+)?")
 AGGREGATES: Dict[str, Callable[[List[float]], float]] = {
     "mean": statistics.fmean, "std": lambda v: statistics.stdev(v) if len(v) > 1 else 0.0,
@@ -239,6 +240,8 @@ REPORTS: Dict[str, Callable[[], str]] = {
         "results/misaligned-pairs/rows.json"),
     "results/finetune-depth/report.md": _experiment_report(
         "finetune_depth.py", "report", "results/finetune-depth/rows.json"),
+    "results/baseline-lr/report.md": _experiment_report(
+        "baseline_lr.py", "report", "results/baseline-lr/rows.json"),
 }
 
 
@@ -263,6 +266,15 @@ def check_document(doc: str, write: bool = False) -> Tuple[List[str], int]:
         checked += 1
         if problem:
             problems.append(f"{rel}:{line}: {problem}")
+
+    figure_spans = [m.span() for m in LINK.finditer(text)]  # checked above, with their rows
+    for m in RELATIVE_LINK.finditer(text):
+        if any(a <= m.start() < b for a, b in figure_spans):
+            continue
+        target = m.group(1).split("#")[0]
+        if target and not re.match(r"[a-z]+:", target) and \
+                not os.path.exists(os.path.normpath(os.path.join(os.path.dirname(doc), target))):
+            problems.append(f"{rel}:{text.count(chr(10), 0, m.start()) + 1}: link to {target}: no such file")
 
     def regenerate(m) -> str:
         nonlocal checked

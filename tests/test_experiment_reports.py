@@ -1,0 +1,74 @@
+"""The experiments' decision rules on synthetic rows: the fine-tuning-depth study's valid figure
+and its pick, and the baselines' lr search's pick (paired, Holm, otherwise the current lr)."""
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_valid_figure_is_the_metric_at_the_kept_checkpoints_validation(tmp_path):
+    depth = _load("finetune_depth")
+    log = tmp_path / "train.log"
+    log.write_text(
+        "epoch 001 | valid on 'valid' subset | loss 3.1 | uas 40.0 | las 20.0 | best_las 20\n"
+        "epoch 001 | loss 2.9 | uas 41.0 | las 21.0\n"  # a training line: not a validation
+        "epoch 001 | valid on 'valid' subset | loss 2.9 | uas 47.5 | las 25.0 | best_las 25\n"
+        "epoch 001 | valid on 'valid' subset | loss 2.8 | uas 46.0 | las 25.0 | best_las 25\n")
+    # LAS ties at 25.0: fairseq overwrites checkpoint_best.pt on a tie, so the last one is kept
+    assert depth.best_valid(str(log), "las", "uas") == 46.0
+    assert depth.best_valid(str(log), "las", "las") == 25.0
+    assert depth.best_valid(str(log), "accuracy", "accuracy") is None
+
+
+def _depth_rows(cost_added, cost_removed):
+    rows = []
+    for seed, noise in ((1, 0.0), (2, 0.3), (3, -0.2)):
+        for model, base in (("trelm", 30.0), ("mapped_init", 31.0), ("mlm_continued", 31.5)):
+            for variant, delta in (("as_pretrained", 0.0), ("tri-added", cost_added), ("tri-removed", cost_removed)):
+                changed = (variant == "tri-added") == (model == "mlm_continued")
+                if variant != "as_pretrained" and not changed:
+                    continue
+                rows.append({"pretrain_seed": seed, "finetune_seed": seed, "model": model, "variant": variant,
+                             "metric": "las", "valid": base + delta + noise, "test": base + delta + noise - 1})
+    return rows
+
+
+def test_the_depth_study_picks_the_way_that_costs_the_changed_models_less():
+    depth = _load("finetune_depth")
+    md = depth.report(_depth_rows(cost_added=-0.5, cost_removed=-3.0))
+    assert "By the rule, the default is **with_tri_layer**." in md
+    assert "| with_tri_layer | MLM continued | las | -0.50 |" in md
+    md = depth.report(_depth_rows(cost_added=-4.0, cost_removed=-1.0))
+    assert "By the rule, the default is **without_tri_layer**." in md
+    # the test table pairs TreLM with each baseline under each way
+    assert "| with_tri_layer | TreLM − MLM continued | las | 29.03 | 26.53 |" in md
+
+
+def test_the_lr_search_keeps_the_current_lr_unless_a_paired_gain_survives_holm():
+    search = _load("baseline_lr")
+
+    def rows(gain_1e3, noise):
+        out = []
+        for seed in (1, 2, 3):
+            for lr, gain in ((5e-4, 0.0), (1e-3, gain_1e3), (2e-3, gain_1e3 / 2)):
+                out.append({"model": "mlm_continued", "lr": lr, "seed": seed, "updates": 161, "split": "valid",
+                            "target_mlm_bits": 9.0 - gain + noise[seed - 1], "p1_lower": 0.2, "p1_top": 0.2})
+        return out
+
+    clear = search.report(rows(0.30, [0.0, 0.1, -0.1]), 5e-4)
+    assert "By the rule: MLM continued: lr 0.001." in clear and "Holm over the 2 comparisons" in clear
+    assert "from scratch" not in clear.split("By the rule")[1]  # only the baselines searched get a verdict
+    # a gain smaller than its seed-to-seed wobble: the interval includes 0, the lr stays
+    tie = search.report([dict(r, target_mlm_bits=r["target_mlm_bits"] + (0.2 if r["seed"] == 2 and r["lr"] != 5e-4
+                                                                          else 0.0))
+                         for r in rows(0.05, [0.0, 0.0, 0.0])], 5e-4)
+    assert "By the rule: MLM continued: keeps lr 0.0005." in tie
