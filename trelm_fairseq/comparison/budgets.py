@@ -38,7 +38,9 @@ class Budgets:
     stage1_lr_scale: float = 2.0
     finetune_lr: float = 5e-4
     # the baselines' own pre-training lr (None: --lr): the evidence protocol gives them the lr
-    # search TreLM's recipe got (experiments/baseline_lr.py, docs/studies/baseline-lr.md)
+    # search TreLM's recipe got. Searched at the demo budget (experiments/baseline_lr.py, en->tr,
+    # 3 seeds, valid target MLM; docs/studies/baseline-lr.md): 5e-4 is best for both (continued
+    # MLM 2.5e-4 +0.31 bits, 1e-3 +0.19; from scratch 1e-3 +0.22), so both follow --lr
     scratch_lr: Optional[float] = None
     mlm_continued_lr: Optional[float] = None
     # auto: sized to the language's corpus by trelm-prepare (up to 16000; fewer pieces where the
