@@ -123,3 +123,26 @@ def test_report_gives_depth_flops_and_paired_downstream_verdicts():
     # one run per model: no interval, and the report says why
     one = paired_downstream_lines(_report({"trelm": [30.0], "mlm_continued": [29.0]}))
     assert len(one) == 2 and "no interval" in one[0] and "--pretrain-seeds 3" in one[0]
+
+
+def test_the_job_fine_tunes_each_model_at_the_budgets_depth_in_its_own_folders(tmp_path, monkeypatch):
+    """evaluate_model: the changed checkpoint goes to the fine-tunes, under <model>-tri-removed
+    folders (so a run at another depth never re-uses them), the probe reads the pre-trained one,
+    and the record carries the depth and FLOPs."""
+    from trelm_fairseq.comparison import downstream
+    from trelm_fairseq.comparison.budgets import Budgets
+
+    data, path, _, _ = _data_dir(tmp_path, tri_layer=True)
+    seen = []
+    monkeypatch.setattr(downstream, "finetune_parser",
+                        lambda parse_data, ckpt, out, budgets, seed: (seen.append((ckpt, out)), {"uas": 50.0, "las": 30.0})[1])
+    runs = downstream.evaluate_model("trelm", path, data, str(tmp_path / "parse"), None, str(tmp_path / "runs"),
+                                     Budgets(finetune_depth="without_tri_layer"), [1, 2])
+    assert [out for _, out in seen] == [str(tmp_path / "runs" / "parsing" / "trelm-tri-removed" / f"seed{s}")
+                                        for s in (1, 2)]
+    assert {ckpt for ckpt, _ in seen} == {str(tmp_path / "runs" / "finetune-inits" / "trelm-tri-removed.pt")}
+    assert runs["finetune_layers"] == [4.0] and runs["las"] == [30.0, 30.0]
+    seen.clear()
+    runs = downstream.evaluate_model("trelm", path, data, str(tmp_path / "parse"), None, str(tmp_path / "runs"),
+                                     Budgets(finetune_depth="as_pretrained"), [1])
+    assert seen == [(path, str(tmp_path / "runs" / "parsing" / "trelm" / "seed1"))] and runs["finetune_layers"] == [5.0]
