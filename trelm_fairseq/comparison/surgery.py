@@ -26,27 +26,24 @@ def model_shape_args(checkpoint: str, prefix: str = "trelm") -> List[str]:
 def derived_init(data: str, out_path: str, kind: str, seed: int) -> str:
     """Init checkpoints of the baselines, derived from the TreLM init checkpoint:
     ``scratch`` (same shape, no TRILayer, every weight random) and ``no_tri`` (the
-    mapped init with its TRILayer removed)."""
+    mapped init with its TRILayer removed, as --finetune-depth removes it)."""
     if os.path.isfile(out_path):
         return out_path
     import torch
-    from fairseq.data import Dictionary
 
-    from ..checkpoint import build_model, checkpoint_model_config, load_checkpoint, save_checkpoint
+    from ..checkpoint import build_model, checkpoint_model_config, load_checkpoint, load_dictionary, save_checkpoint
 
     init = DataDir(data).init_model
     state = load_checkpoint(init)
+    if kind == "no_tri":
+        _write_at_depth(state, init, data, out_path, add=False, tag=kind)
+        return out_path
+    if kind != "scratch":
+        raise ValueError(kind)
     cfg = checkpoint_model_config(state, init)
     cfg.tri_layer = False
-    dictionary = Dictionary.load(DataDir(data).dict_txt)
-    dictionary.add_symbol("<mask>")
     torch.manual_seed(seed)
-    model = build_model(cfg, dictionary)
-    if kind == "no_tri":
-        weights = {k: v for k, v in state["model"].items() if not k.startswith("encoder.tri_layer.")}
-        model.load_state_dict(weights, strict=True)
-    elif kind != "scratch":
-        raise ValueError(kind)
+    model = build_model(cfg, load_dictionary(DataDir(data).dict_txt))
     save_checkpoint(out_path, model, cfg, task_cfg={"_name": "trelm_transfer", "data": data, "stage": NEXT_STAGE},
                     meta={"derived_from": init, "kind": kind})
     return out_path
@@ -69,11 +66,13 @@ def finetune_checkpoint(checkpoint: str, data: str, out_dir: str, name: str, dep
     language pair are the source checkpoint's."""
     if depth not in FINETUNE_DEPTHS:
         raise ValueError(f"finetune depth {depth!r}: expected one of {list(FINETUNE_DEPTHS)}")
-    from ..checkpoint import checkpoint_model_config, load_checkpoint
+    if depth == "as_pretrained":
+        return checkpoint, ""
+    from ..checkpoint import checkpoint_model_config, peek
 
-    state = load_checkpoint(checkpoint)
+    state = peek(checkpoint)  # memory-mapped: only the config is read unless a copy is written
     has_tri = bool(checkpoint_model_config(state, checkpoint).tri_layer)
-    if depth == "as_pretrained" or has_tri == (depth == "with_tri_layer"):
+    if has_tri == (depth == "with_tri_layer"):
         return checkpoint, ""
     tag = "tri-added" if depth == "with_tri_layer" else "tri-removed"
     out_path = os.path.join(out_dir, f"{name}-{tag}.pt")
@@ -83,14 +82,12 @@ def finetune_checkpoint(checkpoint: str, data: str, out_dir: str, name: str, dep
 
 
 def _write_at_depth(state: Dict, checkpoint: str, data: str, out_path: str, add: bool, tag: str) -> None:
-    from fairseq.data import Dictionary
-
-    from ..checkpoint import build_model, checkpoint_model_config, recorded_stamp, save_checkpoint
+    """``checkpoint`` (its ``state``) with a TRILayer added (a copy of layers[k]) or removed, as a
+    fresh checkpoint at ``out_path`` that keeps its stamp; ``tag`` is recorded as its kind."""
+    from ..checkpoint import build_model, checkpoint_model_config, load_dictionary, recorded_stamp, save_checkpoint
 
     cfg = checkpoint_model_config(state, checkpoint)
-    dictionary = Dictionary.load(DataDir(data).dict_txt)
-    dictionary.add_symbol("<mask>")
-    model = build_model(cfg, dictionary)
+    model = build_model(cfg, load_dictionary(DataDir(data).dict_txt))
     model.load_state_dict(state["model"], strict=True)
     if add:  # at the cfg's position k, a copy of layers[k] (TreLM's init does the same)
         model.encoder.insert_tri_layer(copy_from="upper")
@@ -112,10 +109,10 @@ def finetune_shape(checkpoint: str, tokens_per_sample: int) -> Dict:
     """The depth a checkpoint fine-tunes at (its encoder's layers, the TRILayer counted) and the
     encoder's training FLOPs per token (forward + backward, everything trains, sequences of
     ``tokens_per_sample``; the task heads are not counted: they are the same for every model)."""
-    from ..checkpoint import checkpoint_model_config, load_checkpoint
+    from ..checkpoint import checkpoint_model_config, peek
     from ..flops import Shape, part_flops
 
-    state = load_checkpoint(checkpoint)
+    state = peek(checkpoint)
     cfg = checkpoint_model_config(state, checkpoint)
     vocab = int(state["model"]["encoder.embed_tokens.weight"].shape[0])
     shape = Shape.of_config(cfg, vocab)
