@@ -28,7 +28,7 @@ from typing import Dict, List
 
 from trelm_fairseq import fileio
 from trelm_fairseq.comparison.budgets import MODEL_TITLES, Budgets
-from trelm_fairseq.comparison.paired import holm, paired_difference
+from trelm_fairseq.comparison.paired import holm, paired_over_seeds
 
 MODELS = {"mlm_continued": "no_tri", "scratch": "scratch"}  # baseline: its derived init's kind
 METRICS = ("target_mlm_bits", "p1_lower", "p1_top")
@@ -107,10 +107,9 @@ def report(rows: List[Dict], reference: float = Budgets.lr) -> str:
         for lr in lrs:
             if lr == reference:
                 continue
-            other = _by_seed(rows, model, lr, "target_mlm_bits")
-            common = sorted(set(ref) & set(other))
-            if len(common) >= 2:
-                comparisons.append((model, lr, paired_difference([other[s] for s in common], [ref[s] for s in common])))
+            d = paired_over_seeds(_by_seed(rows, model, lr, "target_mlm_bits"), ref)
+            if d:
+                comparisons.append((model, lr, d))
     md += ["", f"Paired against lr {reference:g} (target MLM bits, valid; lr − reference, 95% t interval, Holm over "
            f"the {len(comparisons)} comparisons):", "",
            "| baseline | lr | difference (bits) | 95% interval | Holm p |", "|---|---|---|---|---|"]

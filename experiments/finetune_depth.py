@@ -36,7 +36,7 @@ from trelm_fairseq import fileio
 from trelm_fairseq.comparison.budgets import MODEL_TITLES, MODELS
 from trelm_fairseq.comparison.commands import BIN
 from trelm_fairseq.comparison.job import pretrain_seed_work
-from trelm_fairseq.comparison.paired import holm, paired_difference
+from trelm_fairseq.comparison.paired import holm, paired_over_seeds
 
 WAYS = {"with_tri_layer": ("mlm_continued", "scratch"), "without_tri_layer": ("trelm", "mapped_init")}
 TAGS = {"with_tri_layer": "tri-added", "without_tri_layer": "tri-removed"}
@@ -92,7 +92,7 @@ def collect(work: str, seeds: int) -> List[Dict]:
     for p in range(1, seeds + 1):
         root = pretrain_seed_work(work, p)
         for model in MODELS:
-            for variant, suffix in (("as_pretrained", ""), ("tri-added", "-tri-added"), ("tri-removed", "-tri-removed")):
+            for variant, suffix in [("as_pretrained", "")] + [(tag, "-" + tag) for tag in TAGS.values()]:
                 for metric, (pattern, valid_metric, test_key) in METRICS.items():
                     folder = os.path.join(root, pattern.format(folder=model + suffix, s=p))
                     if not os.path.isfile(os.path.join(folder, "train.log")):
@@ -111,23 +111,19 @@ def _values(rows: List[Dict], model: str, variant: str, metric: str, split: str)
             if (r["model"], r["variant"], r["metric"]) == (model, variant, metric) and r[split] is not None}
 
 
-def _paired(a: Dict[int, float], b: Dict[int, float]) -> Optional[Dict]:
-    seeds = sorted(set(a) & set(b))
-    return paired_difference([a[s] for s in seeds], [b[s] for s in seeds]) if len(seeds) >= 2 else None
-
-
 def costs(rows: List[Dict]) -> Dict[str, List]:
     """Per way, (model, metric, paired valid difference changed - as pre-trained)."""
     out = {}
     for way, models in WAYS.items():
-        out[way] = [(m, metric, _paired(_values(rows, m, TAGS[way], metric, "valid"),
+        out[way] = [(m, metric, paired_over_seeds(_values(rows, m, TAGS[way], metric, "valid"),
                                         _values(rows, m, "as_pretrained", metric, "valid")))
                     for m in models for metric in METRICS]
     return out
 
 
 def variant_of(model: str, way: str) -> str:
-    return TAGS[way] if model in WAYS[way] else "as_pretrained"
+    """The variant ``model`` fine-tunes as under ``way`` (as_pretrained: every model as it is)."""
+    return TAGS[way] if model in WAYS.get(way, ()) else "as_pretrained"
 
 
 def report(rows: List[Dict]) -> str:
@@ -161,10 +157,9 @@ def report(rows: List[Dict]) -> str:
     for way in ("as_pretrained",) + tuple(WAYS):
         for base in (m for m in MODELS if m != "trelm"):
             for metric in METRICS:
-                vt = "as_pretrained" if way == "as_pretrained" else variant_of("trelm", way)
-                vb = "as_pretrained" if way == "as_pretrained" else variant_of(base, way)
-                a, b = _values(rows, "trelm", vt, metric, "test"), _values(rows, base, vb, metric, "test")
-                d = _paired(a, b)
+                a = _values(rows, "trelm", variant_of("trelm", way), metric, "test")
+                b = _values(rows, base, variant_of(base, way), metric, "test")
+                d = paired_over_seeds(a, b)
                 if d:
                     lines.append((way, base, metric, sum(a.values()) / len(a), sum(b.values()) / len(b), d))
     for (way, base, metric, ma, mb, d), p in zip(lines, holm([x[-1]["p"] for x in lines]) if lines else []):

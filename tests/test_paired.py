@@ -65,3 +65,11 @@ def test_the_bootstrap_over_pairs_resamples_matched_items():
     assert noisy["lo"] < 0 < noisy["hi"] or abs(noisy["mean"]) > 0.04
     with pytest.raises(ValueError, match="two matched non-empty lists"):
         bootstrap_difference([1.0], [1.0, 0.0])
+
+
+def test_paired_over_seeds_pairs_the_shared_seeds_only():
+    from trelm_fairseq.comparison.paired import paired_over_seeds
+
+    d = paired_over_seeds({1: 10.0, 2: 12.0, 3: 11.0, 4: 99.0}, {1: 9.0, 2: 10.0, 3: 11.0})
+    assert d["n"] == 3 and d["mean"] == pytest.approx(1.0)  # seed 4 has no partner: left out
+    assert paired_over_seeds({1: 1.0, 2: 2.0}, {2: 1.0, 3: 0.0}) is None  # one shared seed: no interval

@@ -8,7 +8,7 @@ With one seed, `bootstrap_difference` resamples the items (e.g. the retrieval pa
 one run: it says how sure the figure is for those sentences, not across pre-training seeds.
 """
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 CONFIDENCE = 0.95
 
@@ -30,6 +30,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Dict[str, float
         t = mean / (sd / math.sqrt(n))
         p = float(2 * stats.t.sf(abs(t), n - 1))
     return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "t": t, "p": p}
+
+
+def paired_over_seeds(a: Mapping[int, float], b: Mapping[int, float]) -> Optional[Dict[str, float]]:
+    """paired_difference of two {seed: value} records over the seeds both have; None when fewer
+    than 2 are shared (no interval)."""
+    seeds = sorted(set(a) & set(b))
+    return paired_difference([a[s] for s in seeds], [b[s] for s in seeds]) if len(seeds) >= 2 else None
 
 
 def holm(pvalues: Sequence[float]) -> List[float]:
