@@ -19,7 +19,10 @@ Steps (TreLM method steps 1-2, see DESIGN.md):
    or, instead of a map, ``focus`` (focus.py): each new token is a sparsemax-weighted
    combination of the shared tokens' source rows, by fastText similarity; or ``wechsel``
    (wechsel.py): the supervised map, then each new token is a softmax-weighted mix of the
-   source rows nearest to its mapped vector (k = 10, temperature 0.1).
+   source rows nearest to its mapped vector (k = 10, temperature 0.1); or ``alignment``
+   (alignment_init.py): the link-weighted mean of the source rows each new token is
+   word-aligned to in the parallel pairs (trans-tokenization), the supervised map's row for
+   tokens without links.
    Quality: precision@1 (CSLS and plain nearest neighbour) for a held-out
    fraction of the shared tokens, which is kept out of the seed and refinement
    dictionaries; retrieval runs over the whole old vocabulary (minus special and
@@ -37,7 +40,8 @@ Steps (TreLM method steps 1-2, see DESIGN.md):
    average norm of the centred source rows, so mapped rows share the source
    matrix's mean and average norm (their direction is what the map learns).
 5. ``init_checkpoint.build_init_model`` + atomic save, with the figures in the
-   checkpoint's ``trelm`` meta.  ``--no-mapping``: new tokens are N(0, source std)
+   checkpoint's ``trelm`` meta.  The LM head's output bias: zero, or with ``--output-bias
+   unigram`` the target pieces' log-frequencies (``init_checkpoint.unigram_output_bias``).  ``--no-mapping``: new tokens are N(0, source std)
    instead (ablation baseline).
 """
 import os
@@ -57,7 +61,7 @@ from .. import fileio
 from ..checkpoint import dictionary_fingerprint, load_dictionary
 from ..errors import TreLMError
 from ..fileio import atomic_output, write_json
-from . import focus, muse, wechsel
+from . import alignment_init, focus, muse, wechsel
 from .init_checkpoint import (
     assemble_embeddings,
     build_init_model,
@@ -66,6 +70,7 @@ from .init_checkpoint import (
     random_embeddings,
     save_init_checkpoint,
     token_correspondence,
+    unigram_output_bias,
 )
 
 PROG = "trelm-map-embeddings"
@@ -324,9 +329,27 @@ def run_wechsel(problem: MappingProblem, args, log, source_emb: torch.Tensor) ->
     return {"W": W, "info": info}
 
 
+def run_alignment(problem: MappingProblem, args, log, v: "Vocabularies", ft: torch.Tensor) -> Dict:
+    """The alignment means (alignment_init.py) over the supervised map (the fallback for tokens
+    without links): fit the map, align the pairs, then the held-out shared tokens' figures."""
+    t0 = time.time()
+    W = run_supervised(problem, args, log)["W"]
+    src, tgt = alignment_init.read_pairs(*args.align_text)
+    links, info = alignment_init.link_counts(src, tgt, v.source_path, v.old_dict, v.new_dict, args.seed,
+                                             args.threads, log)
+    rows, has = alignment_init.alignment_rows(links, v.source_emb, args.alignment_temperature, args.alignment_top_k,
+                                              args.alignment_min_links)
+    info.update(alignment_init.evaluate(problem, rows, has, problem.map_all(ft, W), args.csls_k, args.max_rank))
+    info.update(temperature=args.alignment_temperature, top_k=args.alignment_top_k, min_links=args.alignment_min_links)
+    log(f"alignment: P@1 csls {_fmt(info['csls'])} nn {_fmt(info['nn'])} on {info['n']} held-out shared tokens "
+        f"({info['heldout_with_links']} of them with links; {info['links']} links in {info['pairs']} pairs, "
+        f"{time.time() - t0:.2f}s)")
+    return {"W": W, "info": info, "rows": rows, "has": has}
+
+
 # --evaluate-both: the method measured beside the chosen one
 OTHER_METHOD = {"supervised": "adversarial", "adversarial": "supervised", "focus": "supervised",
-                "wechsel": "supervised"}
+                "wechsel": "supervised", "alignment": "supervised"}
 
 
 def _check_args(args) -> None:
@@ -334,7 +357,21 @@ def _check_args(args) -> None:
         args.threads = 1  # fastText's Hogwild threads are the only run-to-run difference
     if not args.no_mapping and not args.text and not args.load_vectors:
         raise TreLMError("--text: the tokenized training text is required (or --load-vectors, or --no-mapping)")
-    for name in ("focus_temperature", "wechsel_temperature"):
+    if args.method == "alignment" and not args.no_mapping:
+        if not args.align_text:
+            raise TreLMError("--method alignment: --align-text SRC_TEXT TGT_PIECES is required (the parallel "
+                             "training pairs; a prepared DATA has work/text/para.train.<S> work/tok/para.train.<T>)")
+        alignment_init.check_align_text(args.align_text)
+    if args.output_bias == "unigram":
+        if not args.target_text:
+            raise TreLMError("--output-bias unigram: --target-text FILE is required (the tokenized target-language "
+                             "training text, e.g. DATA/work/tok/mono.<T>.train)")
+        if not os.path.isfile(args.target_text):
+            raise TreLMError(f"--target-text {args.target_text}: file not found")
+    if args.alignment_min_links < 1 or args.alignment_top_k < 0:
+        raise TreLMError(f"--alignment-min-links {args.alignment_min_links} / --alignment-top-k "
+                         f"{args.alignment_top_k}: expected >= 1 / >= 0")
+    for name in ("focus_temperature", "wechsel_temperature", "alignment_temperature"):
         if not getattr(args, name) > 0:  # also NaN
             raise TreLMError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive number")
     if not 0 <= args.heldout < 1:
@@ -413,14 +450,17 @@ def subword_vectors(args, new_dict: Dictionary, dim: int, log, seconds: Dict) ->
     return torch.from_numpy(ft), counts
 
 
-def run_methods(problem: MappingProblem, args, log, seconds: Dict, source_emb: torch.Tensor) -> Dict[str, Dict]:
+def run_methods(problem: MappingProblem, args, log, seconds: Dict, v: "Vocabularies", ft: torch.Tensor
+                ) -> Dict[str, Dict]:
     """Step 3: the chosen method (and with --evaluate-both another one): {method: {W, info}}."""
     methods = [args.method] + ([OTHER_METHOD[args.method]] if args.evaluate_both else [])
     results = {}
     for m in methods:
         t1 = time.time()
         if m in ("focus", "wechsel"):
-            results[m] = (run_focus if m == "focus" else run_wechsel)(problem, args, log, source_emb)
+            results[m] = (run_focus if m == "focus" else run_wechsel)(problem, args, log, v.source_emb)
+        elif m == "alignment":
+            results[m] = run_alignment(problem, args, log, v, ft)
         else:
             results[m] = (run_supervised if m == "supervised" else run_adversarial)(problem, args, log)
         seconds[m] = round(time.time() - t1, 2)
@@ -439,7 +479,7 @@ def map_new_tokens(args, v: Vocabularies, ft: torch.Tensor, counts: Counter, fil
         f"{len(problem.shared)} shared ({len(problem.seed_pairs)} seed, {len(problem.test_pairs)} held out)")
     report.update({"shared_with_vectors": len(problem.shared), "seed_pairs": len(problem.seed_pairs),
                    "heldout_pairs": len(problem.test_pairs)})
-    results = run_methods(problem, args, log, seconds, v.source_emb)
+    results = run_methods(problem, args, log, seconds, v, ft)
     report["precision_at_1"] = {m: {k: r["info"][k] for k in ("csls", "nn", "n")} for m, r in results.items()}
     report["mapping"] = {m: {k: x for k, x in r["info"].items() if k not in ("csls", "nn", "n")}
                          for m, r in results.items()}
@@ -463,6 +503,13 @@ def map_new_tokens(args, v: Vocabularies, ft: torch.Tensor, counts: Counter, fil
     else:
         mapped = problem.map_all(ft, results[args.method]["W"])
         fill[usable] = mapped[usable]
+    if args.method == "alignment":
+        aligned = results["alignment"]["has"] & (v.corr < 0)
+        fill[aligned] = results["alignment"]["rows"][aligned]
+        report["alignment"] = {"aligned": int(aligned.sum()), "map_fallback": int((usable & (v.corr < 0) & ~aligned).sum())}
+        log(f"alignment: {report['alignment']['aligned']} new tokens from their links, "
+            f"{report['alignment']['map_fallback']} without enough links keep the supervised map's row")
+        usable = usable | aligned
     report["scale"] = {"source_mean_norm": round(problem.src_mean.norm().item(), 6),
                        "source_centered_norm": round(problem.src_scale, 6)}
     return int(((v.corr < 0) & ~usable).sum())
@@ -473,8 +520,12 @@ def write_init_checkpoint(args, v: Vocabularies, fill: torch.Tensor, out: str, r
     """Step 5: assemble the embedding matrix, build the initialised model, save it with the report."""
     t0 = time.time()
     embeddings = assemble_embeddings(v.source_emb, v.corr, fill)
+    bias = None
+    if args.output_bias == "unigram":
+        bias = unigram_output_bias(v.new_dict, count_pieces([args.target_text]))
+    report["output_bias"] = args.output_bias
     model, cfg = build_init_model(v.state, v.source_cfg, v.new_dict, embeddings, args.tri_layer_position,
-                                  args.target_lang_std, args.seed, v.source_path, args.tri_layer_copy)
+                                  args.target_lang_std, args.seed, v.source_path, args.tri_layer_copy, bias)
     report["tri_layer_position"] = model.encoder.tri_layer_position
     report["tri_layer_copy"] = args.tri_layer_copy
     report["seconds"] = seconds

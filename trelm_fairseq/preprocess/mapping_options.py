@@ -3,9 +3,9 @@ trelm-prepare, which runs the step with the user's --map-args; `main(argv)` pars
 import argparse
 from typing import Dict, List, Optional
 
-from . import muse, wechsel
+from . import alignment_init, muse, wechsel
 from .embedding_mapping import PROG, run
-from .init_checkpoint import SCHEMES
+from .init_checkpoint import OUTPUT_BIASES, SCHEMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenized training text of both languages (space-separated pieces, one sentence a "
                         "line); required unless --no-mapping")
     p.add_argument("--out", metavar="PATH", default=None, help="output checkpoint (default DATA/init/model.pt)")
-    p.add_argument("--method", choices=("supervised", "adversarial", "focus", "wechsel"), default="supervised",
+    p.add_argument("--method", choices=("supervised", "adversarial", "focus", "wechsel", "alignment"),
+                   default="supervised",
                    help="how new tokens are initialised: a linear map from fastText space into the source "
                         "embeddings, supervised by the shared tokens or MUSE-adversarial; or focus (FOCUS-style: a "
                         "sparsemax-weighted combination of shared tokens' source rows by fastText similarity); or "
                         "wechsel (WECHSEL: a softmax-weighted mix of the source rows nearest to the token's "
-                        "vector under the supervised map)")
+                        "vector under the supervised map); or alignment (trans-tokenization: the link-weighted "
+                        "mean of the source rows each new token is word-aligned to in --align-text, the "
+                        "supervised map for tokens without links)")
+    p.add_argument("--output-bias", choices=OUTPUT_BIASES, default="zero",
+                   help="the LM head's output bias: zero, or unigram (every piece's log-frequency in "
+                        "--target-text: the init's target MLM starts near a unigram model's instead of worse "
+                        "than uniform)")
+    p.add_argument("--target-text", metavar="FILE", default=None,
+                   help="tokenized target-language training text (pieces), for --output-bias unigram")
     p.add_argument("--evaluate-both", action="store_true",
                    help="also run and evaluate another method (adversarial <-> supervised; focus, wechsel: "
                         "supervised)")
@@ -86,6 +95,19 @@ def _add_mapping_options(g) -> None:
     g.add_argument("--wechsel-temperature", type=float, default=wechsel.TEMPERATURE,
                    help="--method wechsel: cosine similarities are divided by this before the softmax over the "
                         "k nearest (WECHSEL: 0.1; lower: the nearest row dominates)")
+    g.add_argument("--align-text", nargs="+", metavar="FILE", default=None,
+                   help="--method alignment: SRC_TEXT TGT_PIECES [SRC_PIECES], the parallel training pairs, one "
+                        "pair a line: English as text (tokenised here by the source model's tokenizer), the "
+                        "target side as pieces and optionally the English side as pieces (links the English-only "
+                        "pieces of the joint vocabulary too); a prepared DATA has work/text/para.train.<S> "
+                        "work/tok/para.train.<T> work/tok/para.train.<S>")
+    g.add_argument("--alignment-temperature", type=float, default=alignment_init.TEMPERATURE,
+                   help="--method alignment: link counts are raised to 1/T before averaging (1: the plain "
+                        "count-weighted mean; lower: the most linked source token dominates)")
+    g.add_argument("--alignment-top-k", type=int, default=alignment_init.TOP_K,
+                   help="--method alignment: average only each token's k most linked source tokens (0: all)")
+    g.add_argument("--alignment-min-links", type=int, default=alignment_init.MIN_LINKS,
+                   help="--method alignment: tokens with fewer links keep the supervised map's row")
     g.add_argument("--heldout", type=float, default=0.15,
                    help="fraction of shared tokens held out of all dictionaries to measure precision@1")
     g.add_argument("--csls-k", type=int, default=10,
