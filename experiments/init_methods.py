@@ -117,9 +117,9 @@ def run_arm(arm: str, data: str, work: str, lang: str, seeds: int, baseline_upda
             cls = fileio.cached_json_of_file(os.path.join(root, "classification", "probes", f"{model}.json"), ckpt,
                                              lambda: module_probe(ckpt, data, cls_dir, budgets.tokens_per_sample),
                                              "classification probe record")
-            values = {"target_mlm_bits": valid["target_mlm_bits"], "p1_lower": valid["lower"]["csls"],
-                      "p1_top": valid["top"]["csls"], "langid": valid["langid"],
-                      "test_p1_lower": test["lower"]["csls"], "test_p1_top": test["top"]["csls"],
+            values = {"target_mlm_bits": valid["target_mlm_bits"], "p1_lower": valid["lower"]["p1_mean_csls"],
+                      "p1_top": valid["top"]["p1_mean_csls"], "langid": valid["lower"]["langid_acc"],
+                      "test_p1_lower": test["lower"]["p1_mean_csls"], "test_p1_top": test["top"]["p1_mean_csls"],
                       "probe_zeroshot": 100 * cls["zeroshot"]["top"], "probe_target": 100 * cls["target"]["top"]}
             rows += [{"arm": arm, "seed": p, "model": model, "metric": k, "value": v} for k, v in values.items()]
             # the main job's default depth: TreLM fine-tunes without its TRILayer
