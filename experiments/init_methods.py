@@ -80,6 +80,73 @@ def arm_data(work: str, base_data: str, lang: str) -> str:
     return data
 
 
+# The init table: each variant written by trelm-map-embeddings from the same fastText vectors
+# (trained once, one thread) and probed untrained.  name -> (options, whether to pass the English
+# side's pieces to --align-text too)
+INIT_VARIANTS = {
+    "map": ([], None),
+    "map+unigram": (["--output-bias", "unigram"], None),
+    "alignment (target side)": (["--method", "alignment"], False),
+    "alignment": (["--method", "alignment"], True),
+    "alignment+unigram": (ALIGNMENT_ARGS, True),
+}
+
+
+def init_table(base_data: str, work: str, lang: str) -> List[Dict]:
+    """One row per INIT_VARIANTS entry: the command's held-out P@1 and counts, and the probes
+    of the untrained checkpoint on valid (target MLM, retrieval, language ID)."""
+    from trelm_fairseq.layout import DataDir, text_path, tok_path
+    from trelm_fairseq.preprocess.mapping_options import main as map_main
+    from trelm_fairseq.probes import probe_checkpoint
+
+    w = DataDir(base_data).work
+    source = os.path.join(base_data, "source-head" if os.path.isdir(os.path.join(base_data, "source-head")) else "source")
+    vectors = os.path.join(work, "init-table", "fasttext.npz")
+    common = ["--source-model", source, "--data", base_data, "--seed", "1", "--quiet",
+              "--text", tok_path(w, "mono", "train", "en"), tok_path(w, "mono", "train", lang),
+              "--target-text", tok_path(w, "mono", "train", lang)]
+    rows = []
+    for name, (options, english) in INIT_VARIANTS.items():
+        folder = os.path.join(work, "init-table", name.replace(" ", "_").replace("(", "").replace(")", ""))
+        out = os.path.join(folder, "model.pt")
+        argv = common + ["--out", out, *options]
+        argv += ["--load-vectors", vectors] if os.path.isfile(vectors) else ["--deterministic", "--save-vectors", vectors]
+        if english is not None:
+            argv += ["--align-text", text_path(w, "para", "train", "en"), tok_path(w, "para", "train", lang)]
+            argv += [tok_path(w, "para", "train", "en")] if english else []
+        say(f"init table: {name}")
+        report = fileio.cached_json(os.path.join(folder, "report.json"), lambda: map_main(argv), None, "init report")
+        r = fileio.cached_json_of_file(os.path.join(folder, "probe.valid.json"), out,
+                                       lambda: probe_checkpoint(out, base_data, ["en", lang], split="valid",
+                                                                max_pairs=1000, tokens_per_sample=128), "probe record")
+        method = report["method"]
+        p1 = report["precision_at_1"][method]
+        rows.append({"variant": name, "heldout_p1_csls": p1["csls"], "heldout_p1_nn": p1["nn"], "heldout_n": p1["n"],
+                     "heldout_p1_csls_with_links": report["mapping"][method].get("csls_with_links"),
+                     "heldout_with_links": report["mapping"][method].get("heldout_with_links"),
+                     "aligned": (report.get("alignment") or {}).get("aligned"),
+                     "map_fallback": (report.get("alignment") or {}).get("map_fallback"),
+                     "output_bias": report["output_bias"], "target_mlm_bits": r["target_mlm_bits"],
+                     "p1_lower": r["lower"]["p1_mean_csls"], "p1_top": r["top"]["p1_mean_csls"],
+                     "langid": r["lower"]["langid_acc"]})
+    return rows
+
+
+def init_table_lines(rows: List[Dict]) -> List[str]:
+    def f(x, digits=3):
+        return "–" if x is None else f"{x:.{digits}f}"
+
+    md = ["| init | held-out P@1 CSLS / NN (n) | with links: P@1 CSLS (n) | new rows aligned / map | target MLM bits | "
+          "P@1 lower | P@1 top | lang-ID |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        linked = "–" if r["heldout_with_links"] is None else \
+            f"{f(r['heldout_p1_csls_with_links'])} ({r['heldout_with_links']})"
+        counts = "–" if r["aligned"] is None else f"{r['aligned']} / {r['map_fallback']}"
+        md.append(f"| {r['variant']} | {f(r['heldout_p1_csls'])} / {f(r['heldout_p1_nn'])} ({r['heldout_n']}) | {linked} "
+                  f"| {counts} | {f(r['target_mlm_bits'], 2)} | {f(r['p1_lower'])} | {f(r['p1_top'])} | {f(r['langid'])} |")
+    return md
+
+
 def run_arm(arm: str, data: str, work: str, lang: str, seeds: int, baseline_updates: int, cls_dir: str) -> List[Dict]:
     """Pre-train, probe and fine-tune one arm; its rows."""
     from trelm_fairseq.comparison.budgets import Budgets
@@ -122,13 +189,15 @@ def run_arm(arm: str, data: str, work: str, lang: str, seeds: int, baseline_upda
                       "test_p1_lower": test["lower"]["p1_mean_csls"], "test_p1_top": test["top"]["p1_mean_csls"],
                       "probe_zeroshot": 100 * cls["zeroshot"]["top"], "probe_target": 100 * cls["target"]["top"]}
             rows += [{"arm": arm, "seed": p, "model": model, "metric": k, "value": v} for k, v in values.items()]
+            if parse_data is None:
+                continue
             # the main job's default depth: TreLM fine-tunes without its TRILayer
             ft_ckpt, tag = finetune_checkpoint(ckpt, data, os.path.join(root, "finetune-inits"), model,
                                                "without_tri_layer")
             folder = os.path.join(root, "parsing", f"{model}-{tag}" if tag else model, f"seed{p}")
             todo.append((arm, p, model, folder,
                          lambda c=ft_ckpt, f=folder, p=p: finetune_parser(parse_data, c, f, budgets, p)))
-    say(f"{arm}: {len(todo)} parsing fine-tunes, 2 at a time")
+    say(f"{arm}: {len(todo)} parsing fine-tunes, 2 at a time" if todo else f"{arm}: no treebank for {lang}")
     results = _in_parallel([t[-1] for t in todo], 2)
     for (arm_, p, model, folder, _), m in zip(todo, results):
         las_valid = best_valid(StageDir(folder).train_log, "las", "las")
@@ -155,11 +224,33 @@ def verdict(rows: List[Dict]) -> str:
                    else " By the rule the map stays the default.")
 
 
-def report(rows: List[Dict], init_info: Optional[Dict]) -> str:
+def classification_dir(base: str, lang: str) -> str:
+    """base/classification, the main job's labelled help paragraphs (written here if missing)."""
+    from trelm_fairseq import classification as cls
+    from trelm_fairseq.comparison.budgets import Budgets
+
+    cls_dir = os.path.join(base, "classification")
+    if not os.path.isdir(os.path.join(cls_dir, "target")):
+        corpus = os.path.join(base, "data", "corpus")
+        cls.prepare_classification(corpus, os.path.join(base, "data"), cls_dir, "en", lang,
+                                   max_train=Budgets.max_cls_train, log=say)
+    return cls_dir
+
+
+def report(rows: List[Dict], init_info: Optional[Dict], lang: str, init_rows: Optional[List[Dict]] = None) -> str:
     seeds = sorted({r["seed"] for r in rows})
-    md = ["# The alignment init against the least-squares map, trained", "",
-          "Generated by `experiments/init_methods.py` from `rows.json` (this folder); the rule is in the script's "
-          f"docstring and docs/initialisations.md. en→tr, demo budget, pre-training seeds {seeds}.", ""]
+    md = ["# The alignment init against the least-squares map", "",
+          "Generated by `experiments/init_methods.py` from `rows.json` and `init-rows.json` (this folder); the rule "
+          f"is in the script's docstring and docs/initialisations.md. en→{lang}.", ""]
+    if init_rows:
+        md += ["## The inits, untrained", "",
+               "Every variant from the same fastText vectors (one thread, seed 1); held-out P@1: the shared tokens "
+               "kept out of the map's seed pairs, retrieved among the source rows (\"with links\": those of them "
+               "the alignment covers); the probes on the valid split (1,000 pairs, sentences cut to 128 tokens).", ""]
+        md += init_table_lines(init_rows) + [""]
+    if not rows:
+        return "\n".join(md)
+    md += [f"## Trained: demo budget, pre-training seeds {seeds}", ""]
     if init_info:
         a = init_info.get("alignment", {})
         md += [f"Alignment init: {a.get('aligned')} new tokens from their links, {a.get('map_fallback')} keep the "
@@ -188,7 +279,8 @@ def report(rows: List[Dict], init_info: Optional[Dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-work", required=True,
-                   help="a main-job work directory (trelm-demo --work) whose data and models are the map arm")
+                   help="a main-job work directory (trelm-demo --work, or one with only data/ from trelm-prepare) "
+                        "whose data and models are the map arm (models missing there are trained)")
     p.add_argument("--work", required=True, help="this study's work directory (the alignment arm's models)")
     p.add_argument("--out", required=True, help="where rows.json and report.md go")
     p.add_argument("--lang", default="tr")
@@ -196,14 +288,17 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-updates", type=int, default=161,
                    help="continued MLM's updates for every seed (default: %(default)s, the demo's FLOP match)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--init-only", action="store_true", help="the init table only (no training)")
     args = p.parse_args(argv)
     base, work, out = (os.path.abspath(x) for x in (args.base_work, args.work, args.out))
     rows_path = os.path.join(out, "rows.json")
     info_path = os.path.join(work, "alignment", "init.json")
+    init_rows_path = os.path.join(out, "init-rows.json")
     if not args.report_only:
-        cls_dir = os.path.join(base, "classification")
-        if not os.path.isdir(os.path.join(cls_dir, "target")):
-            raise SystemExit(f"{cls_dir}: no classification data (run trelm-demo with --work {base} first)")
+        os.makedirs(out, exist_ok=True)
+        fileio.write_json(init_rows_path, init_table(os.path.join(base, "data"), work, args.lang))
+    if not args.report_only and not args.init_only:
+        cls_dir = classification_dir(base, args.lang)
         rows = run_arm("map", os.path.join(base, "data"), base, args.lang, args.pretrain_seeds, args.baseline_updates,
                        cls_dir)
         data = arm_data(work, os.path.join(base, "data"), args.lang)
@@ -213,10 +308,11 @@ def main(argv=None) -> int:
         fileio.write_json(rows_path, rows)
         if os.path.isfile(info_path):
             fileio.write_json(os.path.join(out, "alignment-init.json"), json.load(open(info_path)))
-    with open(rows_path) as f:
-        rows = json.load(f)
+    rows = json.load(open(rows_path)) if os.path.isfile(rows_path) else []
+    init_rows = json.load(open(init_rows_path)) if os.path.isfile(init_rows_path) else None
     info = os.path.join(out, "alignment-init.json")
-    fileio.write_text(os.path.join(out, "report.md"), report(rows, json.load(open(info)) if os.path.isfile(info) else None))
+    fileio.write_text(os.path.join(out, "report.md"), report(rows, json.load(open(info)) if os.path.isfile(info) else None,
+                                                                    args.lang, init_rows))
     say(f"{len(rows)} rows; report in {os.path.join(out, 'report.md')}")
     return 0
 

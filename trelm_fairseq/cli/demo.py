@@ -12,6 +12,7 @@ from ..comparison.surgery import FINETUNE_DEPTHS
 from ..comparison.report import timings_table
 from ..errors import TreLMError, cli_errors
 from ..fileio import make_dirs, remove_stale_temporaries
+from ..preprocess.init_checkpoint import MAPPING_METHODS, OUTPUT_BIASES
 from ..preprocess.vocab import vocab_size_arg
 
 
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downstream-jobs", type=int, default=Budgets.downstream_jobs,
                    help="models fine-tuned and tested at a time; every fine-tuning and test run is single-threaded, "
                         "so the figures do not depend on this (default: %(default)s, one per core of a 2-core machine)")
+    p.add_argument("--mapping", choices=MAPPING_METHODS + ("none",),
+                   default=None, help="the init of the new embedding rows (trelm-prepare --mapping; default: "
+                                      "trelm-prepare's)")
+    p.add_argument("--output-bias", choices=OUTPUT_BIASES, default=None,
+                   help="the init's LM-head output bias (trelm-prepare --output-bias; default: trelm-prepare's)")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-reproducible data and init checkpoint: trelm-prepare trains the fastText vectors of "
                         "the embedding mapping with one thread (slower); the training and fine-tuning runs are "

@@ -5,6 +5,7 @@ import sys
 
 from ..errors import cli_errors
 from ..preprocess import pair_check
+from ..preprocess.init_checkpoint import MAPPING_METHODS, OUTPUT_BIASES
 from ..preprocess.prepare import run_prepare
 from .align import add_align_args
 from .vocab import add_vocab_args
@@ -54,11 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source-head-epochs", type=int, default=6,
                    help="epochs over those sentences' masked tokens (default: %(default)s)")
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
-    g.add_argument("--mapping", choices=("supervised", "adversarial", "focus", "wechsel", "none"),
+    g.add_argument("--mapping", choices=MAPPING_METHODS + ("none",),
                    default="supervised",
                    help="how new tokens are initialised (trelm-map-embeddings --method; focus: FOCUS-style sparse "
                         "combinations of shared tokens; wechsel: WECHSEL mixes of the nearest source rows under "
-                        "the supervised map; none: random rows; default: %(default)s)")
+                        "the supervised map; alignment: the mean of the source rows each new piece is word-aligned "
+                        "to in the parallel training pairs; none: random rows; default: %(default)s)")
+    g.add_argument("--output-bias", choices=OUTPUT_BIASES, default="zero",
+                   help="the LM head's output bias (trelm-map-embeddings --output-bias; unigram: the target "
+                        "pieces' log-frequencies in the target training text; default: %(default)s)")
     g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,
                    help="also run and report the other mapping method (the adversarial one takes minutes "
                         "on CPU)")

@@ -29,6 +29,9 @@ def prepare_data(args, budgets: Budgets, data: str, work: str) -> Optional[Dict]
         prep += ["--corpus-dir", os.path.abspath(args.corpus_dir)]
     if getattr(args, "deterministic", False):
         prep += ["--map-args=--deterministic"]
+    for option in ("mapping", "output_bias"):
+        if getattr(args, option, None):
+            prep += [f"--{option.replace('_', '-')}", getattr(args, option)]
     if budgets.max_pairs:
         prep += ["--max-pairs", str(budgets.max_pairs)]
     run(prep, os.path.join(work, "logs", "prepare.log"), "stage 0 (trelm-prepare)")

@@ -214,6 +214,8 @@ def save_init_checkpoint(path: str, model, cfg, meta: Dict) -> None:
 
 # --------------------------------------------------------------------------- output bias
 OUTPUT_BIASES = ("zero", "unigram")
+# trelm-map-embeddings --method (trelm-prepare --mapping adds "none": random rows)
+MAPPING_METHODS = ("supervised", "adversarial", "focus", "wechsel", "alignment")
 
 
 def unigram_output_bias(new_dict: Dictionary, counts: Dict[str, int]) -> Tensor:

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 
 from . import alignment_init, muse, wechsel
 from .embedding_mapping import PROG, run
-from .init_checkpoint import OUTPUT_BIASES, SCHEMES
+from .init_checkpoint import MAPPING_METHODS, OUTPUT_BIASES, SCHEMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenized training text of both languages (space-separated pieces, one sentence a "
                         "line); required unless --no-mapping")
     p.add_argument("--out", metavar="PATH", default=None, help="output checkpoint (default DATA/init/model.pt)")
-    p.add_argument("--method", choices=("supervised", "adversarial", "focus", "wechsel", "alignment"),
-                   default="supervised",
+    p.add_argument("--method", choices=MAPPING_METHODS, default="supervised",
                    help="how new tokens are initialised: a linear map from fastText space into the source "
                         "embeddings, supervised by the shared tokens or MUSE-adversarial; or focus (FOCUS-style: a "
                         "sparsemax-weighted combination of shared tokens' source rows by fastText similarity); or "

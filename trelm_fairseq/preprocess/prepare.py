@@ -362,6 +362,13 @@ def embeddings_step(args, steps: Steps, src: str, tgt: str, source_ckpt_dir: str
         map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"),
                      os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", args.mapping]
         map_argv += ["--evaluate-both"] if args.evaluate_both else []
+        if args.mapping == "alignment":
+            from .alignment_init import default_align_text
+
+            map_argv += ["--align-text", *default_align_text(data, src, tgt)]
+    if getattr(args, "output_bias", "zero") != "zero":
+        map_argv += ["--output-bias", args.output_bias, "--target-text",
+                     os.path.join(data, "work", "tok", f"mono.{tgt}.train")]
     map_argv += shlex.split(args.map_args)
 
     def run_mapping() -> Dict:
