@@ -237,6 +237,11 @@ def classification_dir(base: str, lang: str) -> str:
     return cls_dir
 
 
+def report_from_files(study: Dict, init_rows: List[Dict], rows: List[Dict]) -> str:
+    """report.md from the committed files (scripts/figures.py regenerates it)."""
+    return report(rows, study.get("alignment_init"), study.get("lang", "tr"), init_rows)
+
+
 def report(rows: List[Dict], init_info: Optional[Dict], lang: str, init_rows: Optional[List[Dict]] = None) -> str:
     seeds = sorted({r["seed"] for r in rows})
     md = ["# The alignment init against the least-squares map", "",
@@ -251,8 +256,8 @@ def report(rows: List[Dict], init_info: Optional[Dict], lang: str, init_rows: Op
     if not rows:
         return "\n".join(md)
     md += [f"## Trained: demo budget, pre-training seeds {seeds}", ""]
-    if init_info:
-        a = init_info.get("alignment", {})
+    if init_info and init_info.get("alignment"):
+        a = init_info["alignment"]
         md += [f"Alignment init: {a.get('aligned')} new tokens from their links, {a.get('map_fallback')} keep the "
                f"map's row; output bias {init_info.get('output_bias')}.", ""]
     md += ["## The rule (valid decides)", "", verdict(rows), "",
@@ -304,15 +309,15 @@ def main(argv=None) -> int:
         data = arm_data(work, os.path.join(base, "data"), args.lang)
         rows += run_arm("alignment", data, os.path.join(work, "alignment"), args.lang, args.pretrain_seeds,
                         args.baseline_updates, cls_dir)
-        os.makedirs(out, exist_ok=True)
         fileio.write_json(rows_path, rows)
-        if os.path.isfile(info_path):
-            fileio.write_json(os.path.join(out, "alignment-init.json"), json.load(open(info_path)))
-    rows = json.load(open(rows_path)) if os.path.isfile(rows_path) else []
-    init_rows = json.load(open(init_rows_path)) if os.path.isfile(init_rows_path) else None
-    info = os.path.join(out, "alignment-init.json")
-    fileio.write_text(os.path.join(out, "report.md"), report(rows, json.load(open(info)) if os.path.isfile(info) else None,
-                                                                    args.lang, init_rows))
+    study_path = os.path.join(out, "study.json")
+    if not args.report_only or not os.path.isfile(study_path):
+        info = json.load(open(info_path)) if os.path.isfile(info_path) else {}
+        fileio.write_json(study_path, {"lang": args.lang, "alignment_init": {
+            k: info.get(k) for k in ("alignment", "output_bias", "precision_at_1", "copied", "mapped", "random")}})
+    load = lambda path, empty: json.load(open(path)) if os.path.isfile(path) else empty  # noqa: E731
+    fileio.write_text(os.path.join(out, "report.md"),
+                      report_from_files(load(study_path, {}), load(init_rows_path, []), load(rows_path, [])))
     say(f"{len(rows)} rows; report in {os.path.join(out, 'report.md')}")
     return 0
 
