@@ -237,9 +237,9 @@ def classification_dir(base: str, lang: str) -> str:
     return cls_dir
 
 
-def report_from_files(study: Dict, init_rows: List[Dict], rows: List[Dict]) -> str:
-    """report.md from the committed files (scripts/figures.py regenerates it)."""
-    return report(rows, study.get("alignment_init"), study.get("lang", "tr"), init_rows)
+def report_from_files(study: Dict, init_rows: List[Dict], rows: Optional[List[Dict]] = None) -> str:
+    """report.md from the committed files (scripts/figures.py regenerates it; no rows: untrained only)."""
+    return report(rows or [], study.get("alignment_init"), study.get("lang", "tr"), init_rows)
 
 
 def report(rows: List[Dict], init_info: Optional[Dict], lang: str, init_rows: Optional[List[Dict]] = None) -> str:
@@ -314,7 +314,8 @@ def main(argv=None) -> int:
     if not args.report_only or not os.path.isfile(study_path):
         info = json.load(open(info_path)) if os.path.isfile(info_path) else {}
         fileio.write_json(study_path, {"lang": args.lang, "alignment_init": {
-            k: info.get(k) for k in ("alignment", "output_bias", "precision_at_1", "copied", "mapped", "random")}})
+            k: info.get(k) for k in ("alignment", "output_bias", "precision_at_1", "copied", "mapped", "random")}
+            if info else None})
     load = lambda path, empty: json.load(open(path)) if os.path.isfile(path) else empty  # noqa: E731
     fileio.write_text(os.path.join(out, "report.md"),
                       report_from_files(load(study_path, {}), load(init_rows_path, []), load(rows_path, [])))

@@ -242,6 +242,12 @@ REPORTS: Dict[str, Callable[[], str]] = {
         "finetune_depth.py", "report", "results/finetune-depth/rows.json"),
     "results/baseline-lr/report.md": _experiment_report(
         "baseline_lr.py", "report", "results/baseline-lr/rows.json"),
+    "results/init-methods-tr/report.md": _experiment_report(
+        "init_methods.py", "report_from_files", "results/init-methods-tr/study.json",
+        "results/init-methods-tr/init-rows.json", "results/init-methods-tr/rows.json"),
+    "results/init-methods-de/report.md": _experiment_report(
+        "init_methods.py", "report_from_files", "results/init-methods-de/study.json",
+        "results/init-methods-de/init-rows.json"),  # untrained only: no rows.json yet
 }
 
 

@@ -69,6 +69,25 @@ def test_full_run_writes_the_data_layout(env):
     assert model.encoder.embed_tokens.weight.shape[0] == len(d)
 
 
+def test_the_default_init_is_the_alignment_where_the_source_has_a_tokenizer(env, tmp_path):
+    # env's source model has no tokenizer files: the default (auto) fell back to the map
+    first = json.loads((env["data"] / "prepare.json").read_text())["mapping"]
+    assert first["method"] == "supervised" and first["alignment"] is None and first["output_bias"] == "unigram"
+    source = tmp_path / "source"
+    source.mkdir()
+    for f in ("model.pt", "dict.txt"):
+        (source / f).write_bytes((env["source"] / f).read_bytes())
+    words = [line.split()[0] for line in (env["source"] / "dict.txt").read_text(encoding="utf-8").splitlines()]
+    (source / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n",
+                                      encoding="utf-8")
+    argv = [str(a) for a in env["base"]]
+    argv[argv.index("--out") + 1], argv[argv.index("--source-model") + 1] = str(tmp_path / "data"), str(source)
+    run(argv)
+    m = json.loads((tmp_path / "data" / "prepare.json").read_text())["mapping"]
+    assert m["method"] == "alignment" and m["output_bias"] == "unigram"
+    assert m["alignment"]["aligned"] > 0 and m["alignment"]["aligned"] + m["alignment"]["map_fallback"] <= m["mapped"]
+
+
 def test_rerun_skips_finished_steps_and_force_redoes_them(env):
     data = env["data"]
     before = markers(data)

@@ -55,13 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source-head-epochs", type=int, default=6,
                    help="epochs over those sentences' masked tokens (default: %(default)s)")
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
-    g.add_argument("--mapping", choices=MAPPING_METHODS + ("none",),
-                   default="supervised",
+    g.add_argument("--mapping", choices=("auto",) + MAPPING_METHODS + ("none",),
+                   default="auto",
                    help="how new tokens are initialised (trelm-map-embeddings --method; focus: FOCUS-style sparse "
                         "combinations of shared tokens; wechsel: WECHSEL mixes of the nearest source rows under "
                         "the supervised map; alignment: the mean of the source rows each new piece is word-aligned "
-                        "to in the parallel training pairs; none: random rows; default: %(default)s)")
-    g.add_argument("--output-bias", choices=OUTPUT_BIASES, default="zero",
+                        "to in the parallel training pairs, the supervised map for pieces without links; none: random "
+                        "rows; auto (default): alignment, measured best in docs/initialisations.md, or supervised when the "
+                        "source model has no tokenizer files)")
+    g.add_argument("--output-bias", choices=OUTPUT_BIASES, default="unigram",
                    help="the LM head's output bias (trelm-map-embeddings --output-bias; unigram: the target "
                         "pieces' log-frequencies in the target training text; default: %(default)s)")
     g.add_argument("--evaluate-both", action=argparse.BooleanOptionalAction, default=False,

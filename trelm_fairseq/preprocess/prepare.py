@@ -356,13 +356,21 @@ def embeddings_step(args, steps: Steps, src: str, tgt: str, source_ckpt_dir: str
     data = steps.data
     map_argv = ["--source-model", source_ckpt_dir, "--data", data, "--seed", str(args.seed),
                 "--threads", str(args.threads)]
-    if args.mapping == "none":
+    method = args.mapping
+    if method == "auto":  # the alignment init needs the source model's tokenizer
+        from .source_tokenizer import has_tokenizer
+
+        method = "alignment" if has_tokenizer(source_ckpt_dir) else "supervised"
+        if method == "supervised":
+            log(f"embeddings: {source_ckpt_dir} has no tokenizer files, which the alignment init needs: "
+                "using the least-squares map (--mapping supervised)")
+    if method == "none":
         map_argv.append("--no-mapping")
     else:
         map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"),
-                     os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", args.mapping]
+                     os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", method]
         map_argv += ["--evaluate-both"] if args.evaluate_both else []
-        if args.mapping == "alignment":
+        if method == "alignment":
             from .alignment_init import default_align_text
 
             map_argv += ["--align-text", *default_align_text(data, src, tgt)]
@@ -466,7 +474,8 @@ def summarize(data, src, tgt, corpus_dir, source_model, source_ckpt_dir, opts, s
     if "embeddings" in st:
         e = st["embeddings"]
         out["mapping"] = {k: e.get(k) for k in ("method", "precision_at_1", "copied", "mapped", "random",
-                                                 "vocab_size", "tri_layer_position", "seed_pairs", "heldout_pairs")}
+                                                 "vocab_size", "tri_layer_position", "seed_pairs", "heldout_pairs",
+                                                 "alignment", "output_bias")}
         out["init_checkpoint"] = os.path.abspath(DataDir(data).init_model)
     if "seconds" in vocab:
         out["seconds_vocab_parts"] = {k: round(v, 2) for k, v in vocab["seconds"].items()}

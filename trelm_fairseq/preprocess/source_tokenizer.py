@@ -229,6 +229,14 @@ class SourceTokenizer:
         return [" ".join(toks) for toks in self.tokenize_batch([ln.rstrip("\r\n") for ln in lines])]
 
 
+def has_tokenizer(path: str) -> bool:
+    """Whether ``load_tokenizer(path)`` finds tokenizer files (without loading them)."""
+    folder = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else path
+    sub = os.path.join(folder, TOKENIZER_SUBDIR)
+    return os.path.isfile(os.path.join(sub, DESCRIPTOR)) or any(
+        os.path.isdir(d) and detect_kind(d) is not None for d in (folder, sub))
+
+
 def load_tokenizer(path: str) -> SourceTokenizer:
     """A source model folder (or its model.pt), or a ``trelm-import`` output folder (uses its tokenizer/)."""
     if os.path.isfile(path):
