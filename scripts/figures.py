@@ -247,7 +247,7 @@ REPORTS: Dict[str, Callable[[], str]] = {
         "results/init-methods-tr/init-rows.json", "results/init-methods-tr/rows.json"),
     "results/init-methods-de/report.md": _experiment_report(
         "init_methods.py", "report_from_files", "results/init-methods-de/study.json",
-        "results/init-methods-de/init-rows.json"),  # untrained only: no rows.json yet
+        "results/init-methods-de/init-rows.json", "results/init-methods-de/rows.json"),
 }
 
 
