@@ -12,7 +12,7 @@ from ..comparison.surgery import FINETUNE_DEPTHS
 from ..comparison.report import timings_table
 from ..errors import TreLMError, cli_errors
 from ..fileio import make_dirs, remove_stale_temporaries
-from ..preprocess.init_checkpoint import MAPPING_METHODS, OUTPUT_BIASES
+from ..preprocess.init_checkpoint import OUTPUT_BIASES, PREPARE_MAPPINGS
 from ..preprocess.vocab import vocab_size_arg
 
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downstream-jobs", type=int, default=Budgets.downstream_jobs,
                    help="models fine-tuned and tested at a time; every fine-tuning and test run is single-threaded, "
                         "so the figures do not depend on this (default: %(default)s, one per core of a 2-core machine)")
-    p.add_argument("--mapping", choices=("auto",) + MAPPING_METHODS + ("none",),
+    p.add_argument("--mapping", choices=PREPARE_MAPPINGS,
                    default=None, help="the init of the new embedding rows (trelm-prepare --mapping; default: "
                                       "trelm-prepare's)")
     p.add_argument("--output-bias", choices=OUTPUT_BIASES, default=None,

@@ -5,7 +5,7 @@ import sys
 
 from ..errors import cli_errors
 from ..preprocess import pair_check
-from ..preprocess.init_checkpoint import MAPPING_METHODS, OUTPUT_BIASES
+from ..preprocess.init_checkpoint import OUTPUT_BIASES, PREPARE_MAPPINGS
 from ..preprocess.prepare import run_prepare
 from .align import add_align_args
 from .vocab import add_vocab_args
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source-head-epochs", type=int, default=6,
                    help="epochs over those sentences' masked tokens (default: %(default)s)")
     g = p.add_argument_group("embedding initialisation (trelm-map-embeddings)")
-    g.add_argument("--mapping", choices=("auto",) + MAPPING_METHODS + ("none",),
+    g.add_argument("--mapping", choices=PREPARE_MAPPINGS,
                    default="auto",
                    help="how new tokens are initialised (trelm-map-embeddings --method; focus: FOCUS-style sparse "
                         "combinations of shared tokens; wechsel: WECHSEL mixes of the nearest source rows under "

@@ -153,15 +153,15 @@ def evaluate(problem, rows: torch.Tensor, has: torch.Tensor, fallback: torch.Ten
     its alignment mean (the map's vector where it has too few links), retrieved among the
     problem's source rows; also the share of held-out tokens the alignment covered."""
     x_ids = problem.x_ids
-    predicted = torch.where(has[x_ids].view(-1, 1), rows[x_ids], fallback[x_ids])
-    info = problem.precision(muse.normalize(predicted, mean=problem.src_mean), csls_k, max_rank)
+    predicted = muse.normalize(torch.where(has[x_ids].view(-1, 1), rows[x_ids], fallback[x_ids]),
+                               mean=problem.src_mean)
+    info = problem.precision(predicted, csls_k, max_rank)
     test_tokens = x_ids[problem.test_pairs[:, 0]] if len(problem.test_pairs) else x_ids[:0]
     linked = has[test_tokens]
     info["heldout_with_links"] = int(linked.sum())
     if linked.any():  # the same retrieval over the held-out tokens that have links only
-        pairs = problem.test_pairs[linked]
-        normed = muse.normalize(predicted, mean=problem.src_mean).to(problem.Y.device)
-        info["csls_with_links"] = muse.precision_at_1(normed, problem.Y, pairs, "csls", csls_k)
+        info["csls_with_links"] = muse.precision_at_1(predicted.to(problem.Y.device), problem.Y,
+                                                      problem.test_pairs[linked], "csls", csls_k)
     return info
 
 

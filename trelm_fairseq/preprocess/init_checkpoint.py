@@ -214,8 +214,10 @@ def save_init_checkpoint(path: str, model, cfg, meta: Dict) -> None:
 
 # --------------------------------------------------------------------------- output bias
 OUTPUT_BIASES = ("zero", "unigram")
-# trelm-map-embeddings --method (trelm-prepare --mapping adds "none": random rows)
+# trelm-map-embeddings --method; trelm-prepare --mapping (and trelm-demo's) adds auto (alignment
+# where the source model has tokenizer files, else supervised) and none (random rows)
 MAPPING_METHODS = ("supervised", "adversarial", "focus", "wechsel", "alignment")
+PREPARE_MAPPINGS = ("auto",) + MAPPING_METHODS + ("none",)
 
 
 def unigram_output_bias(new_dict: Dictionary, counts: Dict[str, int]) -> Tensor:

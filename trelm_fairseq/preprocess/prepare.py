@@ -364,19 +364,18 @@ def embeddings_step(args, steps: Steps, src: str, tgt: str, source_ckpt_dir: str
         if method == "supervised":
             log(f"embeddings: {source_ckpt_dir} has no tokenizer files, which the alignment init needs: "
                 "using the least-squares map (--mapping supervised)")
+    target_text = os.path.join(data, "work", "tok", f"mono.{tgt}.train")
     if method == "none":
         map_argv.append("--no-mapping")
     else:
-        map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"),
-                     os.path.join(data, "work", "tok", f"mono.{tgt}.train"), "--method", method]
+        map_argv += ["--text", os.path.join(data, "work", "tok", f"mono.{src}.train"), target_text, "--method", method]
         map_argv += ["--evaluate-both"] if args.evaluate_both else []
         if method == "alignment":
             from .alignment_init import default_align_text
 
             map_argv += ["--align-text", *default_align_text(data, src, tgt)]
     if getattr(args, "output_bias", "zero") != "zero":
-        map_argv += ["--output-bias", args.output_bias, "--target-text",
-                     os.path.join(data, "work", "tok", f"mono.{tgt}.train")]
+        map_argv += ["--output-bias", args.output_bias, "--target-text", target_text]
     map_argv += shlex.split(args.map_args)
 
     def run_mapping() -> Dict:

@@ -229,24 +229,28 @@ class SourceTokenizer:
         return [" ".join(toks) for toks in self.tokenize_batch([ln.rstrip("\r\n") for ln in lines])]
 
 
+def tokenizer_folder(path: str) -> str:
+    """The folder ``load_tokenizer(path)`` reads: a model.pt's folder, and there a ``trelm-import``
+    output's tokenizer/ when it has one."""
+    if os.path.isfile(path):
+        path = os.path.dirname(os.path.abspath(path))
+    sub = os.path.join(path, TOKENIZER_SUBDIR)
+    return sub if os.path.isfile(os.path.join(sub, DESCRIPTOR)) else path
+
+
 def has_tokenizer(path: str) -> bool:
     """Whether ``load_tokenizer(path)`` finds tokenizer files (without loading them)."""
-    folder = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else path
-    sub = os.path.join(folder, TOKENIZER_SUBDIR)
-    return os.path.isfile(os.path.join(sub, DESCRIPTOR)) or any(
-        os.path.isdir(d) and detect_kind(d) is not None for d in (folder, sub))
+    folder = tokenizer_folder(path)
+    return os.path.isdir(folder) and (os.path.isfile(os.path.join(folder, DESCRIPTOR))
+                                      or detect_kind(folder) is not None)
 
 
 def load_tokenizer(path: str) -> SourceTokenizer:
     """A source model folder (or its model.pt), or a ``trelm-import`` output folder (uses its tokenizer/)."""
-    if os.path.isfile(path):
-        path = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(path):
-        raise TreLMError(f"{path}: tokenizer folder not found")
-    sub = os.path.join(path, TOKENIZER_SUBDIR)
-    if os.path.isfile(os.path.join(sub, DESCRIPTOR)):
-        path = sub
-    return SourceTokenizer(path)
+    folder = tokenizer_folder(path)
+    if not os.path.isdir(folder):
+        raise TreLMError(f"{folder}: tokenizer folder not found")
+    return SourceTokenizer(folder)
 
 
 def _stream(log):
