@@ -32,29 +32,70 @@ from .errors import TreLMError
 CSLS_K = 10
 
 
-@torch.no_grad()
-def pooled_features(model, dataset, bos: int, pad: int, lang_id: int, batch_size: int = 32,
-                    max_len: int = 512) -> Dict[str, torch.Tensor]:
-    """{"lower": (n, d), "top": (n, d)} mean-pooled states of every sentence of ``dataset``
-    (a fairseq indexed dataset of token ids), ``<s>`` prepended as in training and cut to
-    ``max_len`` tokens.  Sentences are batched by length (little padding), rows come
-    back in dataset order."""
-    model.eval()
+def _length_batches(dataset, bos: int, pad: int, batch_size: int, max_len: int):
+    """(row indices, padded tokens) batches of ``dataset``'s sentences, ``<s>`` prepended as in
+    training, cut to ``max_len`` tokens, grouped by length (little padding)."""
     rows = [torch.cat([torch.tensor([bos]), dataset[i].long()])[:max_len] for i in range(len(dataset))]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    lower, top = [None] * len(rows), [None] * len(rows)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
         tokens = torch.full((len(ids), len(rows[ids[-1]])), pad, dtype=torch.long)
         for j, i in enumerate(ids):
             tokens[j, : len(rows[i])] = rows[i]
+        yield ids, tokens
+
+
+def _mean_pool(states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, C) mean of (B, T, C) ``states`` over the positions where ``keep`` (B, T, 1) is 1."""
+    return (states * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+@torch.no_grad()
+def pooled_features(model, dataset, bos: int, pad: int, lang_id: int, batch_size: int = 32,
+                    max_len: int = 512) -> Dict[str, torch.Tensor]:
+    """{"lower": (n, d), "top": (n, d)} mean-pooled states of every sentence of ``dataset``
+    (a fairseq indexed dataset of token ids), ``<s>`` prepended as in training and cut to
+    ``max_len`` tokens; rows in dataset order."""
+    model.eval()
+    lower, top = [None] * len(dataset), [None] * len(dataset)
+    for ids, tokens in _length_batches(dataset, bos, pad, batch_size, max_len):
         keep = tokens.ne(pad).unsqueeze(-1).float()
         x, extra = model.encoder.extract_features(tokens, lang_ids=lang_id)
-        low = (extra["lower_out"].transpose(0, 1) * keep).sum(1) / keep.sum(1)
-        high = (x * keep).sum(1) / keep.sum(1)
+        low, high = _mean_pool(extra["lower_out"].transpose(0, 1), keep), _mean_pool(x, keep)
         for j, i in enumerate(ids):
             lower[i], top[i] = low[j], high[j]
     return {"lower": torch.stack(lower).float(), "top": torch.stack(top).float()}
+
+
+def layer_names(model) -> List[str]:
+    """Names of the states ``extract_features(..., return_all_hiddens=True)`` returns, in order:
+    "emb", the lower half's layers 1..k, "tri" (the TRILayer, when the model has one), k+1..L."""
+    k, n = model.encoder.tri_layer_position, len(model.encoder.layers)
+    tri = ["tri"] if model.encoder.tri_layer is not None else []
+    return ["emb"] + [str(i) for i in range(1, k + 1)] + tri + [str(i) for i in range(k + 1, n + 1)]
+
+
+# the two mean poolings of the per-layer features: every token (as pooled_features), and the
+# sentence's own pieces only (<s> and </s> left out)
+POOLINGS = ("all", "content")
+
+
+@torch.no_grad()
+def layer_features(model, dataset, bos: int, eos: int, pad: int, lang_id: int, batch_size: int = 32,
+                   max_len: int = 512) -> Dict[str, torch.Tensor]:
+    """{pooling: (layers, n, d)} mean-pooled states of every layer (layer_names' order) for every
+    sentence of ``dataset``, under both POOLINGS; rows in dataset order."""
+    model.eval()
+    out = {p: [None] * len(dataset) for p in POOLINGS}
+    for ids, tokens in _length_batches(dataset, bos, pad, batch_size, max_len):
+        keeps = {"all": tokens.ne(pad), "content": tokens.ne(pad) & tokens.ne(bos) & tokens.ne(eos)}
+        _, extra = model.encoder.extract_features(tokens, lang_ids=lang_id, return_all_hiddens=True)
+        states = torch.stack([s.transpose(0, 1) for s in extra["inner_states"]])  # (L, B, T, C)
+        for p, keep in keeps.items():
+            pooled = (states * keep[None, :, :, None]).sum(2) / keep.sum(1).clamp(min=1)[None, :, None]
+            for j, i in enumerate(ids):
+                out[p][i] = pooled[:, j]
+    return {p: torch.stack(rows, dim=1).float() for p, rows in out.items()}
 
 
 def retrieval_p1(src: torch.Tensor, tgt: torch.Tensor, k: int = CSLS_K) -> Dict[str, float]:
