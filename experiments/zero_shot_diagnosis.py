@@ -233,8 +233,9 @@ def rule(rows: List[Dict], top: str) -> Dict:
     return {"difference": d, "met": bool(d and d["lo"] > 0)}
 
 
-def report_from_files(lang: str, record: Dict) -> str:
-    rows, layers = record["rows"], record["layers"]
+def report_from_files(record: Dict) -> str:
+    """report.md from rows.json's record (scripts/figures.py regenerates it from the committed file)."""
+    lang, rows, layers = record["lang"], record["rows"], record["layers"]
     top = top_layer(layers)
     k = lambda model, norm, metric="zeroshot", layer=top, pooling="all", split="valid": dict(  # noqa: E731
         model=model, norm=norm, metric=metric, layer=layer, pooling=pooling, split=split)
@@ -322,7 +323,7 @@ def main(argv=None) -> int:
         fileio.write_text(rows_path, json.dumps({"lang": args.lang, "layers": layers})[:-1] + ', "rows": [\n'
                           + ",\n".join(json.dumps(r, sort_keys=True) for r in rows) + "\n]}\n")
     record = json.load(open(rows_path))
-    fileio.write_text(os.path.join(out, "report.md"), report_from_files(record["lang"], record))
+    fileio.write_text(os.path.join(out, "report.md"), report_from_files(record))
     say(f"report in {os.path.join(out, 'report.md')}")
     return 0
 

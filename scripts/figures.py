@@ -248,6 +248,9 @@ REPORTS: Dict[str, Callable[[], str]] = {
     "results/init-methods-de/report.md": _experiment_report(
         "init_methods.py", "report_from_files", "results/init-methods-de/study.json",
         "results/init-methods-de/init-rows.json", "results/init-methods-de/rows.json"),
+    **{f"results/zero-shot-diagnosis-{lang}/report.md": _experiment_report(
+        "zero_shot_diagnosis.py", "report_from_files", f"results/zero-shot-diagnosis-{lang}/rows.json")
+       for lang in ("tr", "de")},
 }
 
 

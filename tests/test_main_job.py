@@ -490,3 +490,54 @@ def test_downstream_runs_models_in_parallel_in_order_and_single_threaded(tmp_pat
     with pytest.raises(ZeroDivisionError):
         finetune.finetune_parser(str(tmp_path), str(tmp_path / "x.pt"), str(tmp_path / "p"), Budgets(), 1)
     assert seen == [SINGLE_THREAD]
+
+
+def test_the_combined_checkpoint_gets_the_zero_shot_measures_only(tmp_path, monkeypatch):
+    """TreLM's combined checkpoint (stage 3) is a downstream entry of its own: the classification
+    probes and the zero-shot fine-tune, no parsing and no target-language fine-tune; the report
+    sets it beside the final model, paired over the runs that share their seeds."""
+    from trelm_fairseq.comparison import downstream, pretraining
+    from trelm_fairseq.comparison.budgets import COMBINED
+    from trelm_fairseq.comparison.job import pretrain_seed_work
+
+    def plan(**stages):
+        return SimpleNamespace(stages={k: SimpleNamespace(output_checkpoint=lambda v=v: v) for k, v in stages.items()})
+
+    plans = {"trelm": plan(**{"3": "comb.pt", "4": "final.pt"}), "scratch": plan(**{"1": "s.pt"}),
+             "mlm_continued": plan(**{"1": "m.pt"})}
+    finals = pretraining.final_checkpoints(plans, "init.pt")
+    assert finals[COMBINED] == "comb.pt" and finals["trelm"] == "final.pt"
+    del plans["trelm"].stages["3"]  # a graph without stage 3 (an ablation): no combined entry
+    assert COMBINED not in pretraining.final_checkpoints(plans, "init.pt")
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    from trelm_fairseq import classification as cls
+    for lang in ("en", "tr"):
+        for split in cls.SPLITS:
+            (corpus / os.path.basename(cls.help_tsv(str(corpus), lang, split))).write_text("shared\tx\n")
+    monkeypatch.setattr(cls, "prepare_classification", lambda *a, **k: {"target": {}})
+    monkeypatch.setattr(downstream, "prepare_parsing_data", lambda *a: "parse-data")
+    calls = {}
+
+    def fake(model, checkpoint, data, parse_data, cls_dir, runs_root, budgets, seeds, cls_settings=("target", "zeroshot")):
+        calls.setdefault(model, []).append((checkpoint, parse_data, tuple(cls_settings)))
+        return {"cls_zeroshot": [40.0 + seeds[0] + (3.0 if model == COMBINED else 0.0)]}
+
+    monkeypatch.setattr(downstream, "evaluate_model", fake)
+    seeds = [(pretrain_seed_work(str(tmp_path / "w"), p), dict(finals, trelm=f"final{p}.pt", **{COMBINED: f"comb{p}.pt"}),
+              [p]) for p in (1, 2, 3)]
+    _, scores = downstream.evaluate_downstream(seeds, str(tmp_path / "data"), str(corpus), str(tmp_path / "w"), "tr",
+                                               Budgets())
+    assert calls[COMBINED] == [(f"comb{p}.pt", None, ("zeroshot",)) for p in (1, 2, 3)]
+    assert calls["trelm"] == [(f"final{p}.pt", "parse-data", ("target", "zeroshot")) for p in (1, 2, 3)]
+    assert scores[COMBINED]["cls_zeroshot"]["runs"] == [44.0, 45.0, 46.0]
+
+    report = _report()
+    report["downstream"] = scores
+    md = "\n".join(comparison.report.combined_lines(report))
+    assert "## What stage 4 keeps" in md and "| cls acc (zero-shot) | 45.00 | 42.00 | +3.00 [+3.00, +3.00] | 3 |" in md
+    report["downstream"] = {"trelm": {"cls_zeroshot": comparison.mean_std([40.0])},
+                            COMBINED: {"cls_zeroshot": comparison.mean_std([43.0])}}
+    assert "| cls acc (zero-shot) | 43.00 | 40.00 | – | 1 |" in "\n".join(comparison.report.combined_lines(report))
+    assert comparison.report.combined_lines(_report()) == []  # an older report: no such section

@@ -156,3 +156,67 @@ def test_module_probe_reads_the_labels_from_frozen_features(tiny, tmp_path):
         _write_cls_setting(tmp_path / "noise" / setting, d, paragraphs, [label_names[k] for k in shuffled])
     acc = probes.module_probe(tiny["init"], tiny["data"], str(tmp_path / "noise"), max_len=64)
     assert acc["target"]["top"] < 0.8, acc  # tested on its own training rows, noise labels cannot be fit well
+
+
+def test_layer_features_match_the_two_pooled_places_and_drop_the_specials(tiny):
+    """Every layer's mean-pooled states: the lower half's output and the last layer equal
+    pooled_features' two places (every token pooled); content pooling leaves <s> and </s> out."""
+    from trelm_fairseq.checkpoint import load_dictionary, load_model
+    from trelm_fairseq.data import load_indexed
+
+    d = load_dictionary(tiny["dict"])
+    model, _ = load_model(tiny["init"], d)
+    ds = load_indexed(os.path.join(tiny["data"], "para", "valid.en-tr.tr"), d)
+    names = probes.layer_names(model)
+    k = model.encoder.tri_layer_position
+    assert names[0] == "emb" and names[k] == str(k) and names[k + 1] == "tri" and names[-1] == str(len(model.encoder.layers))
+    feats = probes.layer_features(model, ds, d.bos(), d.eos(), d.pad(), lang_id=1, batch_size=5, max_len=64)
+    assert set(feats) == set(probes.POOLINGS)
+    assert feats["all"].shape == (len(names), len(ds), model.encoder.embed_tokens.embedding_dim)
+    two = probes.pooled_features(model, ds, d.bos(), d.pad(), lang_id=1, batch_size=7, max_len=64)
+    torch.testing.assert_close(feats["all"][k], two["lower"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats["all"][-1], two["top"], atol=1e-5, rtol=1e-5)
+    # sentence 0's content pooling by hand: the last layer's states without positions 0 and -1
+    row = torch.cat([torch.tensor([d.bos()]), ds[0].long()])[None]
+    x, _ = model.encoder.extract_features(row, lang_ids=1)
+    assert int(row[0, -1]) == d.eos()
+    torch.testing.assert_close(feats["content"][-1, 0], x[0, 1:-1].mean(0), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(feats["content"][-1, 0], feats["all"][-1, 0])
+
+
+def test_per_language_centring_removes_an_offset_a_linear_probe_cannot_cross():
+    """English features and target features that differ by a constant offset (plus a rescaling):
+    a probe trained on English fails on the target raw, and succeeds once each language's mean
+    (from other, unlabelled sentences of it) is removed; whitening also undoes the scale."""
+    import numpy as np
+
+    from trelm_fairseq import language_centering as lc
+
+    rng = np.random.RandomState(0)
+    centres = rng.randn(3, 16) * 2.0
+
+    def draw(n):
+        y = rng.randint(0, 3, n)
+        return centres[y] + rng.randn(n, 16), y
+
+    # the offset moves every class onto the next one's place: what a raw probe reads as the label
+    offset, scale = centres[1] - centres[0] + rng.randn(16), np.linspace(0.7, 1.4, 16)
+    x_en, y_en = draw(300)
+    x_tr, y_tr = draw(300)
+    x_tr = x_tr * scale + offset
+    unlabelled_en, unlabelled_tr = draw(400)[0], draw(400)[0] * scale + offset
+    raw = probes.linear_probe_accuracy(x_en, y_en, x_tr, y_tr)
+    assert raw < 0.7
+    for norm in ("centred", "whitened"):
+        s, t = lc.stats_for(norm, unlabelled_en), lc.stats_for(norm, unlabelled_tr)
+        acc = probes.linear_probe_accuracy(lc.normalise(x_en, s), y_en, lc.normalise(x_tr, t), y_tr)
+        assert acc > 0.9, (norm, acc)
+    assert lc.stats_for("raw", unlabelled_en) is None and np.array_equal(lc.normalise(x_en, None), x_en)
+    white = lc.normalise(unlabelled_tr, lc.stats_for("whitened", unlabelled_tr))
+    assert np.allclose(white.mean(0), 0.0, atol=1e-8) and np.allclose(np.cov(white.T), np.eye(16), atol=0.25)
+    with pytest.raises(TreLMError, match="normalisation 'zca': expected one of raw, centred, whitened"):
+        lc.stats_for("zca", unlabelled_en)
+    with pytest.raises(TreLMError, match=r"tr valid text: \(1, 16\) array; expected \(n >= 2, d\)"):
+        lc.language_stats(unlabelled_tr[:1], what="tr valid text")
+    with pytest.raises(TreLMError, match="width 8 but language statistics of width 16"):
+        lc.normalise(x_en[:, :8], lc.stats_for("centred", unlabelled_en))

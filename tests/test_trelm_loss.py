@@ -238,3 +238,51 @@ def test_criterion_with_small_chunks_gives_the_same_loss_and_gradients(paths):
         out[chunk] = (log["loss"], model.encoder.embed_tokens.weight.grad.clone())
     assert out[7][0] == pytest.approx(out[0][0], rel=1e-6)
     assert torch.allclose(out[7][1], out[0][1], atol=1e-6, rtol=1e-4)
+
+
+def test_anchor_pulls_the_trained_parameters_toward_a_checkpoint(paths, tmp_path):
+    """--anchor-weight W --anchor-checkpoint C: in training, W times the summed squared distance of
+    the trained parameters from C's is added (gradient 2W(p - p_C) on top of the LM's); frozen
+    parameters and evaluation are untouched; a checkpoint of another shape is refused by name."""
+    from trelm_fairseq.checkpoint import checkpoint_model_config, load_checkpoint, save_checkpoint
+    from trelm_fairseq.errors import TreLMError
+
+    task = make_task(paths["data"], "language_specific")
+    model = load_init_model(paths, task)
+    batch = batches(task, bsz=8)[0]
+    with torch.no_grad():  # the model has moved away from the init (the anchor) by a known step
+        for name, p in model.named_parameters():
+            p.add_(0.01 * torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape).sin())
+    apply_freezing(model, ["lower"])
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and len(trained) < len(list(model.parameters()))
+    anchor = {n: v.float() for n, v in load_checkpoint(paths["init"])["model"].items()}
+    want = sum(float((p.detach() - anchor[n]).pow(2).sum()) for n, p in model.named_parameters() if n in trained)
+
+    plain, pulled = _criterion(task, adv_weight=0.0), _criterion(task, adv_weight=0.0, anchor_weight=0.5,
+                                                                  anchor_checkpoint=paths["init"])
+    model.train()
+    torch.manual_seed(0)  # the same dropout draws for both
+    plain_loss, _, plain_log = plain(model, batch)
+    g_plain = _param_grads(model, plain_loss)
+    torch.manual_seed(0)
+    loss, _, log = pulled(model, batch)
+    assert log["anchor_dist"] == pytest.approx(want, rel=1e-4)
+    assert log["loss"] == pytest.approx(plain_log["loss"], rel=1e-5)  # the logged LM loss is unchanged
+    g_pulled = _param_grads(model, loss)
+    for name, p in model.named_parameters():
+        if name in trained:
+            expect = g_plain.get(name, 0.0) + 2 * 0.5 * (p.detach() - anchor[name])  # (the null slot: no LM gradient)
+            torch.testing.assert_close(g_pulled[name], expect, atol=1e-4, rtol=1e-4)
+    model.eval()
+    assert "anchor_dist" not in pulled(model, batch)[2]  # validation: the LM loss only
+
+    state = load_checkpoint(paths["init"])
+    bad = {k: v for k, v in state["model"].items() if "lm_head" not in k}
+    path = str(tmp_path / "other.pt")
+    torch.save(dict(state, model=bad), path)
+    model.train()
+    with pytest.raises(TreLMError, match=r"other\.pt: parameter encoder\.lm_head\.\S+ is missing"):
+        _criterion(task, adv_weight=0.0, anchor_weight=0.1, anchor_checkpoint=path)(model, batch)
+    with pytest.raises(TreLMError, match="--anchor-weight needs --anchor-checkpoint"):
+        _criterion(task, adv_weight=0.0, anchor_weight=0.1)

@@ -194,12 +194,13 @@ MODULE_PROBE_TRAIN = 1000
 
 
 def module_probe(checkpoint: str, data: str, cls_dir: str, max_len: int,
-                 max_train: int = MODULE_PROBE_TRAIN) -> Dict[str, Dict[str, float]]:
+                 max_train: int = MODULE_PROBE_TRAIN, split: str = "test") -> Dict[str, Dict[str, float]]:
     """Frozen-feature linear probes of the module classification (trelm_fairseq.classification's
     two settings under ``cls_dir``): a logistic regression on the mean-pooled states of
     ``max_train`` training paragraphs (a seeded draw) (target: target-language paragraphs; zeroshot:
     English ones, encoded with the English language id), accuracy on the target-language
-    test paragraphs; at the lower half's output and at the last layer.
+    ``split`` paragraphs (test: the reports; valid: a choice); at the lower half's output and at
+    the last layer.
     {"target": {"lower": acc, "top": acc}, "zeroshot": {...}}."""
     from .checkpoint import load_dictionary, load_model
     from .data import SubsetDataset, load_indexed
@@ -208,7 +209,7 @@ def module_probe(checkpoint: str, data: str, cls_dir: str, max_len: int,
     dictionary = load_dictionary(dict_path)
     model, _ = load_model(checkpoint, dictionary, dict_path=dict_path)
 
-    def split(setting: str, name: str, lang_id: int, limit: Optional[int] = None):
+    def paragraphs(setting: str, name: str, lang_id: int, limit: Optional[int] = None):
         folder = os.path.join(cls_dir, setting)
         text = load_indexed(os.path.join(folder, "input0", name), dictionary, f"{setting} {name} paragraphs")
         labels = load_indexed(os.path.join(folder, "label", name), None, f"{setting} {name} labels")
@@ -219,10 +220,10 @@ def module_probe(checkpoint: str, data: str, cls_dir: str, max_len: int,
                                 lang_id, max_len=max_len)
         return feats, np.array([int(labels[int(i)][0]) for i in rows])
 
-    test, y_test = split("target", "test", 1)
+    test, y_test = paragraphs("target", split, 1)
     out = {}
     for setting, lang_id in (("target", 1), ("zeroshot", 0)):
-        train, y_train = split(setting, "train", lang_id, max_train)
+        train, y_train = paragraphs(setting, "train", lang_id, max_train)
         out[setting] = {where: linear_probe_accuracy(train[where].numpy(), y_train, test[where].numpy(), y_test)
                         for where in ("lower", "top")}
     return out

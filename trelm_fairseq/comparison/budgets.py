@@ -8,7 +8,12 @@ MODEL_TITLES = {
     "scratch": "from scratch (random init)",
     "mapped_init": "source + mapped embeddings, no transfer",
     "mlm_continued": "MLM continued (no TRILayer, no adversarial)",
+    "trelm_combined": "TreLM's combined checkpoint (after stage 3, before stage 4)",
 }
+# TreLM's combined checkpoint is measured beside its final one where the alignment shows (the
+# classification probes and the zero-shot fine-tune): what stage 4 keeps of what 2a/2b built
+COMBINED = "trelm_combined"
+COMBINED_SETTINGS = ("zeroshot",)
 PARSING_LANGS = ("tr",)  # languages with a packaged treebank
 # the update counts a command line may set one by one (before --scale); validate_every is the
 # pre-training runs' validation (and interval checkpoint) period: a curve point per that many updates

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..layout import DataDir
 from ..fileio import cached_json_of_file
-from .budgets import MODELS, PARSING_LANGS, Budgets
+from .budgets import COMBINED, COMBINED_SETTINGS, MODELS, PARSING_LANGS, Budgets
 from .commands import BIN, run, say
 from .finetune import finetune_classifier, finetune_parser
 from .report import mean_std
@@ -29,13 +29,15 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
 
 
 def evaluate_model(model: str, checkpoint: str, data: str, parse_data: Optional[str], cls_dir: Optional[str],
-                   runs_root: str, budgets: Budgets, seeds: Sequence[int]) -> Dict[str, List[float]]:
+                   runs_root: str, budgets: Budgets, seeds: Sequence[int],
+                   cls_settings: Sequence[str] = ("target", "zeroshot")) -> Dict[str, List[float]]:
     """One model's downstream scores, one per fine-tuning seed, per metric, the frozen-feature
     classification probes (one each: they have no seed) and the depth and FLOPs per token it
     fine-tunes at (``budgets.finetune_depth``); the fine-tunes go under ``runs_root``
     (parsing/<model>/seed<s>, classification/runs/<model>/...; <model>-tri-added / -tri-removed
     when the depth changed the checkpoint, under finetune-inits/), the probe under
-    classification/probes/<model>.json."""
+    classification/probes/<model>.json; ``cls_settings``: the classification fine-tunes run
+    (target, zeroshot)."""
     runs: Dict[str, List[float]] = {"uas": [], "las": [], "cls_target": [], "cls_zeroshot": []}
     if parse_data is None and cls_dir is None:
         return {}  # no task to fine-tune on
@@ -65,12 +67,10 @@ def evaluate_model(model: str, checkpoint: str, data: str, parse_data: Optional[
         if cls_dir is None:
             continue
         cls_runs = os.path.join(runs_root, "classification", "runs", folder)
-        runs["cls_target"].append(finetune_classifier(
-            os.path.join(cls_dir, "target"), checkpoint, os.path.join(cls_runs, f"target-seed{s}"),
-            budgets, s, train_lang_id=1, test_lang_id=1))
-        runs["cls_zeroshot"].append(finetune_classifier(
-            os.path.join(cls_dir, "zeroshot"), checkpoint, os.path.join(cls_runs, f"zeroshot-seed{s}"),
-            budgets, s, train_lang_id=0, test_lang_id=1))
+        for setting in cls_settings:  # target: trained on the target language; zeroshot: on English
+            runs[f"cls_{setting}"].append(finetune_classifier(
+                os.path.join(cls_dir, setting), checkpoint, os.path.join(cls_runs, f"{setting}-seed{s}"),
+                budgets, s, train_lang_id=0 if setting == "zeroshot" else 1, test_lang_id=1))
     return {k: v for k, v in runs.items() if v}
 
 
@@ -94,14 +94,18 @@ def evaluate_downstream(checkpoints: List[Tuple[str, Dict[str, str], Sequence[in
         cls_counts = cls.prepare_classification(corpus, data, cls_dir, "en", lang, max_train=budgets.max_cls_train,
                                                 log=say)
     parse_data = prepare_parsing_data(data, work, lang)
-    todo = [(m, models[m], runs_root, seeds) for runs_root, models, seeds in checkpoints for m in MODELS]
-    scores = _in_parallel([lambda m=m, c=c, r=r, s=s: evaluate_model(m, c, data, parse_data, cls_dir, r, budgets, s)
-                           for m, c, r, s in todo], budgets.downstream_jobs)
-    runs: Dict[str, Dict[str, List[float]]] = {m: {} for m in MODELS}
+    # TreLM's combined checkpoint: the classification probes and the zero-shot fine-tune only
+    compared = MODELS + ((COMBINED,) if all(COMBINED in models for _, models, _ in checkpoints) else ())
+    todo = [(m, models[m], runs_root, seeds) for runs_root, models, seeds in checkpoints for m in compared]
+    scores = _in_parallel([lambda m=m, c=c, r=r, s=s: evaluate_model(
+        m, c, data, None if m == COMBINED else parse_data, cls_dir, r,
+        budgets, s, COMBINED_SETTINGS if m == COMBINED else ("target", "zeroshot")) for m, c, r, s in todo],
+        budgets.downstream_jobs)
+    runs: Dict[str, Dict[str, List[float]]] = {m: {} for m in compared}
     for (m, _, _, _), model_scores in zip(todo, scores):  # in the fixed order, whatever finished first
         for k, v in model_scores.items():
             runs[m].setdefault(k, []).extend(v)
-    return cls_counts, {m: {k: mean_std(v) for k, v in r.items()} for m, r in runs.items()}
+    return cls_counts, {m: {k: mean_std(v) for k, v in r.items()} for m, r in runs.items() if r or m in MODELS}
 
 
 def _in_parallel(jobs: List[Callable[[], Dict]], n: int) -> List[Dict]:

@@ -5,7 +5,7 @@ import os
 import time
 from typing import Dict, Optional
 
-from .budgets import MODEL_TITLES, Budgets
+from .budgets import COMBINED, MODEL_TITLES, Budgets
 from .commands import say
 from .surgery import derived_init
 
@@ -90,10 +90,14 @@ def pretrain(plans: Dict, timings: Dict[str, float]) -> Dict[str, Dict]:
 
 
 def final_checkpoints(plans: Dict, init: str) -> Dict[str, str]:
-    """The checkpoint each compared model is fine-tuned from (mapped_init: the init itself)."""
-    return {
+    """The checkpoint each compared model is fine-tuned from (mapped_init: the init itself), and
+    TreLM's combined checkpoint (COMBINED) where its graph has a stage 3."""
+    out = {
         "trelm": plans["trelm"].stages["4"].output_checkpoint(),
         "scratch": plans["scratch"].stages["1"].output_checkpoint(),
         "mapped_init": init,
         "mlm_continued": plans["mlm_continued"].stages["1"].output_checkpoint(),
     }
+    if "3" in plans["trelm"].stages:
+        out[COMBINED] = plans["trelm"].stages["3"].output_checkpoint()
+    return out

@@ -6,7 +6,7 @@ import statistics
 from typing import Dict, List, Optional
 
 from ..fileio import atomic_output, write_json, write_text
-from .budgets import MODEL_TITLES, MODELS
+from .budgets import COMBINED, MODEL_TITLES, MODELS
 
 
 def mean_std(values: List[float]) -> Dict:
@@ -135,6 +135,37 @@ def paired_downstream_lines(report: Dict) -> List[str]:
             "| comparison | metric | difference | 95% interval | Holm p |", "|---|---|---|---|---|",
             *[f"| TreLM − {MODEL_TITLES[base].split(' (')[0]} | {title} | {d['mean']:+.2f} | "
               f"[{d['lo']:+.2f}, {d['hi']:+.2f}] | {p:.3f} |" for (base, title, d), p in zip(diffs, adjusted)], ""]
+
+
+COMBINED_METRICS = (("probe_zeroshot", "cls probe (zero-shot)"), ("probe_target", "cls probe (target)"),
+                    ("cls_zeroshot", "cls acc (zero-shot)"))
+
+
+def combined_lines(report: Dict) -> List[str]:
+    """TreLM's combined checkpoint (before stage 4) beside its final one, where the alignment
+    should show: the classification probes and the zero-shot fine-tune; paired over the runs that
+    share their seeds when there are 2+ (95% t interval), else the single runs side by side."""
+    from .paired import paired_difference
+
+    combined, final = report["downstream"].get(COMBINED) or {}, report["downstream"].get("trelm") or {}
+    rows = [(title, combined[k]["runs"], final[k]["runs"]) for k, title in COMBINED_METRICS
+            if k in combined and k in final and len(combined[k]["runs"]) == len(final[k]["runs"])]
+    if not rows:
+        return []
+    lines = []
+    for title, a, b in rows:
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        diff = "–"
+        if len(a) >= 2:
+            d = paired_difference(a, b)
+            diff = f"{d['mean']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+        lines.append(f"| {title} | {mean(a):.2f} | {mean(b):.2f} | {diff} | {len(a)} |")
+    return ["## What stage 4 keeps", "",
+            "TreLM's combined checkpoint (after stage 3, before stage 4) against its final one on the test "
+            "paragraphs: the frozen-feature probes (one per pre-training seed) and the zero-shot fine-tune (English "
+            "training, every fine-tuning seed), fine-tuned at the same depth; the difference paired over the runs "
+            "that share their seeds (95% t interval; '–': one run, no interval).", "",
+            "| metric | combined | final | combined − final | runs |", "|---|---|---|---|---|", *lines, ""]
 
 
 def _ttq_line(ttq: Dict) -> str:
@@ -336,6 +367,7 @@ def results_markdown(report: Dict, plot: Optional[str]) -> str:
         "",
         *depth_lines(report),
         *paired_downstream_lines(report),
+        *combined_lines(report),
         "## Time to quality",
         "",
         _ttq_line(report["time_to_quality"]),

@@ -12,7 +12,7 @@ gather index is CdLM, the part named ``tlm`` is TLM (masked concatenated pairs,
               MLM alike (``--lm-pooling pooled``, the authors'; MLM tokens
               weighted by mlm_weight).  Pooled measured worse at our budgets,
               alone and inside the authors' recipe (docs/main-job.md).
-    backward on lm_loss + disc_ce
+    backward on lm_loss + disc_ce (+ anchor)
 
 ``disc_ce`` is the cross-entropy of a language discriminator on the lower-half
 states (before the TRILayer), mean-pooled per sentence or per token
@@ -25,6 +25,11 @@ indistinguishable).  The discriminator lives in this criterion, so fairseq's
 trainer optimises and checkpoints it (``state["criterion"]``).  A batch with a
 single language (e.g. stage language_specific) has no adversarial signal: the
 term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.
+
+``anchor`` (``--anchor-weight W --anchor-checkpoint C``, training only): W times the summed
+squared distance of every trained parameter from its value in checkpoint C (an L2 pull toward a
+starting point, e.g. stage 4 toward the combined checkpoint, so that it keeps what 2a/2b built);
+logged as anchor_dist (the distance's square, summed).  W = 0 (the default) has no term.
 
 Logged: loss (= lm_loss, the validation metric), cdlm_loss / tlm_loss / mlm_loss (per
 predicted token) with perplexities, adv_loss (disc_ce), disc_acc -- losses in
@@ -40,6 +45,7 @@ the counted side's positions that are padding).
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +83,14 @@ class TreLMLossConfig(FairseqDataclass):
     disc_input_dim: int = field(
         default=0, metadata={"help": "model hidden size (0: taken from the task's model)"}
     )
+    anchor_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of an L2 pull of every trained parameter toward its value in "
+                          "--anchor-checkpoint (summed squared distance; training only); 0: none"},
+    )
+    anchor_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "the checkpoint --anchor-weight pulls toward (e.g. stage 4's start)"}
+    )
     lm_loss_chunk: int = field(
         default=8192,
         metadata={"help": "predicted tokens per chunk of the LM head's vocabulary projection + cross-entropy: "
@@ -88,8 +102,21 @@ class TreLMLossConfig(FairseqDataclass):
 @register_criterion("trelm_loss", dataclass=TreLMLossConfig)
 class TreLMLoss(FairseqCriterion):
     def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
-                 disc_dropout=0.1, disc_input_dim=0, lm_pooling="sum-of-means", lm_loss_chunk=8192):
+                 disc_dropout=0.1, disc_input_dim=0, lm_pooling="sum-of-means", lm_loss_chunk=8192,
+                 anchor_weight=0.0, anchor_checkpoint=None):
         super().__init__(task)
+        self.anchor_weight = float(anchor_weight)
+        self.anchor: Optional[Dict[str, torch.Tensor]] = None
+        if self.anchor_weight < 0:
+            raise TreLMError(f"--anchor-weight {anchor_weight}: expected a weight >= 0")
+        if self.anchor_weight > 0:
+            if not anchor_checkpoint:
+                raise TreLMError("--anchor-weight needs --anchor-checkpoint (the checkpoint to pull toward)")
+            from ..checkpoint import load_checkpoint
+
+            # a plain dict, not buffers: the anchor is an input of the run, not state to checkpoint
+            self.anchor = {k: v.float() for k, v in load_checkpoint(anchor_checkpoint)["model"].items()}
+            self.anchor_checkpoint = anchor_checkpoint
         self.mlm_weight = mlm_weight
         self.lm_loss_chunk = int(lm_loss_chunk)
         self.lm_pooling = str(lm_pooling)
@@ -178,6 +205,10 @@ class TreLMLoss(FairseqCriterion):
         total = lm_loss
         if feats:
             total = total + self._adversarial(torch.cat(feats), torch.cat(labels), log)
+        if self.anchor is not None and model.training:
+            dist = self._anchor_distance(net)
+            log["anchor_dist"] = dist.detach()
+            total = total + self.anchor_weight * dist
         log["loss"] = lm_loss.detach()
         log["sample_size"] = 1
         return total, 1, log
@@ -189,6 +220,23 @@ class TreLMLoss(FairseqCriterion):
             ids = torch.full((net_input["src_tokens"].size(0),), int(default), dtype=torch.long,
                              device=net_input["src_tokens"].device)
         return ids
+
+    def _anchor_distance(self, net) -> torch.Tensor:
+        """Summed squared distance of the trained parameters from the anchor checkpoint's."""
+        dist = None
+        for name, p in net.named_parameters():
+            if not p.requires_grad:
+                continue
+            ref = self.anchor.get(name)
+            if ref is None or ref.shape != p.shape:
+                got = "missing" if ref is None else f"of shape {tuple(ref.shape)}"
+                raise TreLMError(f"--anchor-checkpoint {self.anchor_checkpoint}: parameter {name} is {got}; expected "
+                                 f"{tuple(p.shape)} (a checkpoint of the same model)")
+            if ref.device != p.device:
+                ref = self.anchor[name] = ref.to(p.device)
+            d = (p.float() - ref).pow(2).sum()
+            dist = d if dist is None else dist + d
+        return dist if dist is not None else torch.zeros(())
 
     def _adversarial(self, feats, labels, log):
         # the trainer casts the criterion to fp16/bf16 with the model: match its dtype
@@ -222,6 +270,8 @@ class TreLMLoss(FairseqCriterion):
             metrics.log_scalar_sum("gflop", total("flops") / 1e9, round=3)
         if total("positions") > 0:
             metrics.log_scalar("pad", 1.0 - total("ntokens") / total("positions"), total("positions"), round=3)
+        if any("anchor_dist" in log for log in logging_outputs):
+            metrics.log_scalar("anchor_dist", total("anchor_dist") / len(logging_outputs), 1, round=4)
         n = total("adv_n")
         if n > 0:
             metrics.log_scalar("adv_loss", total("adv_loss") / n / math.log(2), n, round=3)
