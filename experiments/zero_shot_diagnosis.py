@@ -8,8 +8,11 @@ matched pre-training seeds at the demo budget): the init itself, TreLM's combine
 old default) beside them.  For every state of every model (the embeddings, each layer, the
 TRILayer) and two mean poolings (every token; the sentence's pieces without <s> and </s>):
 
-* retrieval P@1 (CSLS, both directions) and the language-ID probe on the 1,000 valid pairs,
-  raw and with each language's mean removed (means from mono/{S,T}/valid);
+* retrieval P@1 (CSLS, both directions) and the language-ID probes on the 1,000 valid pairs
+  (probes.language_id_accuracy, the one every report uses, and language_id_unseen_content,
+  whose tested sentences' translations were not trained on either; added after the en->tr
+  records were measured, from the same checkpoints), raw and with each language's mean removed
+  (means from mono/{S,T}/valid);
 * the zero-shot classification probe: a logistic regression on 1,000 English training
   paragraphs, accuracy on the target-language valid paragraphs (decides) and test paragraphs
   (reported), five ways: raw; centred or whitened per language with statistics from generic
@@ -56,14 +59,17 @@ def seeded_rows(n: int, limit: int) -> np.ndarray:
     return np.arange(n) if limit >= n else np.sort(np.random.RandomState(1).permutation(n)[:limit])
 
 
-def checkpoint_rows(checkpoint: str, data: str, cls_dir: str, langs: List[str], max_len: int) -> Dict:
-    """Every measure of one checkpoint, per layer and pooling: {"layers": [...], "rows": [...]}."""
+def checkpoint_rows(checkpoint: str, data: str, cls_dir: str, langs: List[str], max_len: int,
+                    unseen_langid_only: bool = False) -> Dict:
+    """Every measure of one checkpoint, per layer and pooling: {"layers": [...], "rows": [...]};
+    ``unseen_langid_only``: the language-ID probe on unseen content only (added to records
+    measured before it existed)."""
     from trelm_fairseq import language_centering as lc
     from trelm_fairseq.checkpoint import load_dictionary, load_model
     from trelm_fairseq.data import SubsetDataset, load_indexed
     from trelm_fairseq.layout import DataDir
-    from trelm_fairseq.probes import (MODULE_PROBE_TRAIN, POOLINGS, language_id_accuracy, layer_features,
-                                      layer_names, linear_probe_accuracy, retrieval_p1)
+    from trelm_fairseq.probes import (MODULE_PROBE_TRAIN, POOLINGS, language_id_accuracy, language_id_unseen_content,
+                                      layer_features, layer_names, linear_probe_accuracy, retrieval_p1)
 
     dict_path = DataDir(data).dict_txt
     dictionary = load_dictionary(dict_path)
@@ -81,6 +87,19 @@ def checkpoint_rows(checkpoint: str, data: str, cls_dir: str, langs: List[str], 
     mono = [feats(os.path.join(data, "mono", lang, "valid"), i, f"{lang} valid text", MONO_SENTENCES)[0]
             for i, lang in enumerate(langs)]
 
+    out = []
+    if unseen_langid_only:
+        for pooling in POOLINGS:
+            for li, layer in enumerate(names):
+                x = {k: f[pooling][li].numpy() for k, f in
+                     (("para_s", para[0]), ("para_t", para[1]), ("mono_s", mono[0]), ("mono_t", mono[1]))}
+                for norm in ("raw", "centred"):
+                    s, t = (lc.normalise(x[f"para_{k}"], lc.stats_for(norm, x[f"mono_{k}"], f"mono_{k} layer {layer}"))
+                            for k in ("s", "t"))
+                    out.append({"layer": layer, "pooling": pooling, "metric": "langid_unseen", "norm": norm,
+                                "split": "valid", "value": language_id_unseen_content(torch_of(s), torch_of(t))})
+        return {"layers": names, "rows": out}
+
     def labelled(setting: str, split: str, lang_id: int, limit: Optional[int] = None):
         folder = os.path.join(cls_dir, setting)
         x, rows = feats(os.path.join(folder, "input0", split), lang_id, f"{setting} {split} paragraphs", limit)
@@ -90,7 +109,6 @@ def checkpoint_rows(checkpoint: str, data: str, cls_dir: str, langs: List[str], 
     en_train, y_en = labelled("zeroshot", "train", 0, MODULE_PROBE_TRAIN)
     tgt_train, y_tgt = labelled("target", "train", 1, MODULE_PROBE_TRAIN)
     tests = {split: labelled("target", split, 1) for split in ("valid", "test")}
-    out = []
     for pooling in POOLINGS:
         for li, layer in enumerate(names):
             def row(metric, norm, split, value):
@@ -106,6 +124,7 @@ def checkpoint_rows(checkpoint: str, data: str, cls_dir: str, langs: List[str], 
                 r = retrieval_p1(torch_of(s), torch_of(t))
                 row("retrieval", norm, "valid", (r["s2t_csls"] + r["t2s_csls"]) / 2)
                 row("langid", norm, "valid", language_id_accuracy(torch_of(s), torch_of(t)))
+                row("langid_unseen", norm, "valid", language_id_unseen_content(torch_of(s), torch_of(t)))
             for norm in ZERO_SHOT_NORMS:
                 kind, _, source = norm.partition("-")
                 if kind == "raw":
@@ -187,8 +206,9 @@ MODEL_ORDER = ("map_init", "init", "trelm_combined", "trelm", "mlm_continued")
 def per_layer_table(rows: List[Dict], layers: List[str], pooling: str) -> List[str]:
     """Means over seeds, valid split: retrieval and language-ID (raw / centred), zero-shot probe
     (raw / centred / whitened, generic statistics) and the target probe, per model and layer."""
-    md = ["| model | layer | retrieval P@1 raw / centred | lang-ID raw / centred | zero-shot raw | centred "
-          "(generic / domain) | whitened (generic / domain) | target probe |", "|---|---|---|---|---|---|---|---|"]
+    md = ["| model | layer | retrieval P@1 raw / centred | lang-ID raw / centred | lang-ID, unseen content, raw / "
+          "centred | zero-shot raw | centred (generic / domain) | whitened (generic / domain) | target probe |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for model in MODEL_ORDER:
         for layer in layers:
             k = dict(model=model, layer=layer, pooling=pooling, split="valid")
@@ -196,8 +216,10 @@ def per_layer_table(rows: List[Dict], layers: List[str], pooling: str) -> List[s
                 continue
             ret = [mean_of(rows, metric="retrieval", norm=n, **k) for n in ("raw", "centred")]
             lid = [mean_of(rows, metric="langid", norm=n, **k) for n in ("raw", "centred")]
+            unseen = [mean_of(rows, metric="langid_unseen", norm=n, **k) for n in ("raw", "centred")]
             zs = {n: mean_of(rows, metric="zeroshot", norm=n, **k) for n in ZERO_SHOT_NORMS}
             md.append(f"| {model} | {layer} | {fmt(ret[0])} / {fmt(ret[1])} | {fmt(lid[0])} / {fmt(lid[1])} "
+                      f"| {fmt(unseen[0])} / {fmt(unseen[1])} "
                       f"| {fmt(zs['raw'], 1)} | {fmt(zs['centred-generic'], 1)} / {fmt(zs['centred-domain'], 1)} "
                       f"| {fmt(zs['whitened-generic'], 1)} / {fmt(zs['whitened-domain'], 1)} "
                       f"| {fmt(mean_of(rows, metric='target', norm='raw', **k), 1)} |")
@@ -272,10 +294,12 @@ def report_from_files(record: Dict) -> str:
     for model in ("trelm", "mlm_continued", "trelm_combined"):
         comparisons.append((f"{model}: retrieval centred − raw (top)", k(model, "centred", "retrieval"),
                             k(model, "raw", "retrieval")))
-        comparisons.append((f"{model}: language-ID centred − raw (top)", k(model, "centred", "langid"),
-                            k(model, "raw", "langid")))
-    comparisons.append(("retrieval raw: trelm − mlm_continued (top)", k("trelm", "raw", "retrieval"),
-                        k("mlm_continued", "raw", "retrieval")))
+        comparisons.append((f"{model}: language-ID (unseen content) centred − raw (top)",
+                            k(model, "centred", "langid_unseen"), k(model, "raw", "langid_unseen")))
+    lower = layers[layers.index("tri") - 1] if "tri" in layers else top
+    for layer in dict.fromkeys((lower, top)):
+        comparisons.append((f"retrieval raw: trelm − mlm_continued (layer {layer})",
+                            k("trelm", "raw", "retrieval", layer=layer), k("mlm_continued", "raw", "retrieval", layer=layer)))
     md += ["## Layers, pooling, retrieval and language-ID", ""] + paired_rows(rows, comparisons) + [""]
     md += ["## Test paragraphs (reported, never decided on)", "",
            "| model | zero-shot raw | centred (generic) | centred (domain) | target probe |", "|---|---|---|---|---|"]
@@ -314,6 +338,12 @@ def main(argv=None) -> int:
             rec = fileio.cached_json_of_file(cache, m["checkpoint"],
                                              lambda: checkpoint_rows(m["checkpoint"], m["data"], cls_dir, langs,
                                                                      args.max_len), "diagnosis record")
+            if not any(r["metric"] == "langid_unseen" for r in rec["rows"]):
+                extra = fileio.cached_json_of_file(
+                    cache[:-len(".json")] + ".langid-unseen.json", m["checkpoint"],
+                    lambda: checkpoint_rows(m["checkpoint"], m["data"], cls_dir, langs, args.max_len,
+                                            unseen_langid_only=True), "diagnosis record")
+                rec = dict(rec, rows=rec["rows"] + extra["rows"])
             layers = layers or rec["layers"]
             if rec["layers"] != layers:
                 raise SystemExit(f"{m['checkpoint']}: layers {rec['layers']}, expected {layers}")

@@ -59,6 +59,23 @@ def test_language_id_probe_separable_vs_indistinguishable():
         probes.language_id_accuracy(a[:3], same[:3])
 
 
+def test_language_id_probe_on_unseen_content_is_not_fooled_by_translations():
+    """Translations that share their content and differ by nothing else: the paired-halves probe
+    learns content (each tested sentence's translation was trained on with the other label) and
+    falls below chance; the probe on unseen content stays at chance.  With a language offset
+    both read it."""
+    g = torch.Generator().manual_seed(2)
+    content = torch.randn(300, 64, generator=g) * 3.0  # wide features, as the models' (384): room to memorise
+    src = content + 0.3 * torch.randn(300, 64, generator=g)
+    tgt = content + 0.3 * torch.randn(300, 64, generator=g)
+    assert probes.language_id_accuracy(src, tgt) < 0.35
+    assert 0.4 < probes.language_id_unseen_content(src, tgt) < 0.6
+    offset = torch.full((64,), 2.5)  # 20 along its direction, where the content's std is 3
+    assert probes.language_id_unseen_content(src, tgt + offset) > 0.95
+    with pytest.raises(TreLMError, match="at least 4"):
+        probes.language_id_unseen_content(src[:3], tgt[:3])
+
+
 def test_target_mlm_of_an_untrained_head_is_the_uniform_entropy(tiny):
     """A model whose logits are ~0 predicts uniformly: log2(V) bits per masked token;
     and the figure does not depend on how the valid set is batched."""
