@@ -112,6 +112,9 @@ def verdict(rows: List[Dict]) -> Dict:
     best, why = "default", []
     best_gain = None
     for variant in VARIANTS[1:]:
+        if not any(r["variant"] == variant for r in rows):
+            why.append(f"{variant}: not run")
+            continue
         d = {m: paired_over_seeds(_values(rows, variant, m), _values(rows, "default", m))
              for m in ("target_mlm_bits", "probe_zeroshot", "p1_lower")}
         if any(v is None for v in d.values()):
@@ -139,7 +142,7 @@ def report(rows: List[Dict], lang: str) -> str:
           f"matched pre-training seeds). Valid split for everything (nothing here is scored on test). anchor: "
           f"--anchor-weight {ANCHOR_WEIGHT} toward the combined checkpoint.", "",
           "| variant | " + " | ".join(t for _, t, _ in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for variant in VARIANTS:
+    for variant in (v for v in VARIANTS if any(r["variant"] == v for r in rows)):
         means = []
         for m, _, digits in METRICS:
             v = list(_values(rows, variant, m).values())

@@ -72,3 +72,41 @@ def test_the_lr_search_keeps_the_current_lr_unless_a_paired_gain_survives_holm()
                                                                           else 0.0))
                          for r in rows(0.05, [0.0, 0.0, 0.0])], 5e-4)
     assert "By the rule: MLM continued: keeps lr 0.0005." in tie
+
+
+def _seeded(values, **key):
+    return [dict(key, seed=s, value=v) for s, v in zip((1, 2, 3), values)]
+
+
+def test_the_stage4_rule_needs_target_mlm_within_a_tenth_and_a_paired_gain():
+    s4 = _load("stage4_variants")
+
+    def rows(variant, mlm, zeroshot, p1):
+        return (_seeded(mlm, variant=variant, metric="target_mlm_bits")
+                + _seeded(zeroshot, variant=variant, metric="probe_zeroshot")
+                + _seeded(p1, variant=variant, metric="p1_lower"))
+
+    base = rows("default", [9.0, 9.1, 9.2], [40.0, 41.0, 42.0], [0.80, 0.81, 0.82])
+    # anchor: +2 points zero-shot on every seed, MLM within 0.1: chosen; frozen_lower: a larger gain,
+    # but 0.2 bits worse: not eligible
+    anchor = rows("anchor", [9.05, 9.15, 9.25], [42.0, 43.1, 43.9], [0.80, 0.81, 0.82])
+    frozen = rows("frozen_lower", [9.2, 9.3, 9.4], [45.0, 46.0, 47.0], [0.85, 0.86, 0.87])
+    v = s4.verdict(base + anchor + frozen)
+    assert v["chosen"] == "anchor", v
+    assert "frozen_lower: not eligible (target MLM +0.200 bits)" in v["why"] and "half_lr: not run" in v["why"]
+    # a gain on zero-shot bought with a retrieval loss: not chosen
+    worse = rows("anchor", [9.0, 9.1, 9.2], [42.0, 43.1, 43.9], [0.70, 0.72, 0.71])
+    v = s4.verdict(base + worse)
+    assert v["chosen"] == "default" and "anchor: eligible, worse on p1_lower" in v["why"]
+    assert "| anchor | zero-shot probe (%) | +2.0 |" in s4.report(base + anchor, "tr")
+
+
+def test_the_zero_shot_rule_is_centred_against_raw_for_trelm_at_the_top_layer():
+    zs = _load("zero_shot_diagnosis")
+    key = dict(model="trelm", layer="6", pooling="all", metric="zeroshot", split="valid")
+    raw = _seeded([40.0, 41.0, 42.0], norm="raw", **key)
+    assert zs.rule(raw + _seeded([42.0, 43.2, 43.9], norm="centred-generic", **key), "6")["met"]
+    assert not zs.rule(raw + _seeded([42.0, 40.0, 43.0], norm="centred-generic", **key), "6")["met"]
+    # another layer's gain does not count
+    other = _seeded([50.0, 51.0, 52.0], norm="centred-generic", **dict(key, layer="5"))
+    assert not zs.rule(raw + other, "6")["met"]
