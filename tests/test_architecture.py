@@ -14,7 +14,7 @@ PACKAGE = os.path.join(ROOT, "trelm_fairseq")
 LAYERS = (
     (0, "shelf", r"^(errors|fileio|languages|language_pair|layout|scheduler|warm_start)$"),
     (1, "plugin core", r"^(models|modules|data|tasks|criterions|optim)(\.|$)|^(freezing|checkpoint|flops|divergence|stage_table)$"),
-    (2, "pipelines", r"^(preprocess|parsing|sweep|comparison|export|hub|stages)(\.|$)|^(combine|classification|probes)$"),
+    (2, "pipelines", r"^(preprocess|parsing|sweep|comparison|export|hub|stages)(\.|$)|^(combine|classification|probes|language_centering)$"),
     (3, "commands", r"^cli(\.|$)"),
 )
 

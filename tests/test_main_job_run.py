@@ -54,9 +54,7 @@ def comparable(out: Path):
     return strip(json.loads(text))
 
 
-# progress lines ("[trelm-demo ...") the toy job prints: 0 < kill point <= this (it printed 60
-# when this was written; a draw past the end fails the test with a message saying so)
-KILL_RANGE = 58
+PROGRESS = "[trelm-demo"  # the job's progress lines: the kill points are drawn among them
 
 
 JOB_ENV = dict(os.environ, OMP_NUM_THREADS="1")  # beside the other test worker: no OpenMP spinning
@@ -75,17 +73,18 @@ def runs(inputs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed_run(inputs, tmp_path_factory):
-    """The same job SIGKILLed as a process group at a randomly drawn progress line, then run
-    again with the same command."""
+def killed_run(inputs, runs, tmp_path_factory):
+    """The same job SIGKILLed as a process group at a randomly drawn progress line (any but the
+    last of those the uninterrupted run printed), then run again with the same command."""
     killed = tmp_path_factory.mktemp("job_killed")
-    kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, KILL_RANGE))
-    rc, steps, seen = kill_group_at_event(job_argv(inputs, killed), lambda line: line.startswith("[trelm-demo"),
+    lines = sum(line.startswith(PROGRESS) for line in runs["stdout"].splitlines())
+    kill_at = int(os.environ.get("TRELM_KILL_AT") or random.randint(1, lines - 1))
+    rc, steps, seen = kill_group_at_event(job_argv(inputs, killed), lambda line: line.startswith(PROGRESS),
                                           kill_at, env=JOB_ENV)
     where = f"TRELM_KILL_AT={kill_at}, killed after {steps[-1]!r}" if steps else f"TRELM_KILL_AT={kill_at}"
     assert rc == -signal.SIGKILL, \
         f"{where}: the job ended (exit {rc}) before the drawn kill point; " \
-        f"lower KILL_RANGE to the job's number of progress lines\n" + seen[-3000:]
+        f"(the uninterrupted run printed {lines} progress lines)\n" + seen[-3000:]
     again = subprocess.run(job_argv(inputs, killed), capture_output=True, text=True, timeout=1200, env=JOB_ENV)
     return {"killed": killed, "where": where, "again": again}
 
