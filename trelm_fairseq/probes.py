@@ -123,18 +123,22 @@ def retrieval_p1(src: torch.Tensor, tgt: torch.Tensor, k: int = CSLS_K) -> Dict[
             "hits_csls": both}
 
 
+def _pair_halves(src: torch.Tensor, tgt: torch.Tensor, seed: int):
+    """(S features, T features, one half of the pair indices, the other half): a seeded split."""
+    n = src.size(0)
+    if n < 4:
+        raise TreLMError(f"language-ID probe: {n} pairs; expected at least 4")
+    order = np.random.RandomState(seed).permutation(n)
+    return src.numpy(), tgt.numpy(), order[: n // 2], order[n // 2:]
+
+
 def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) -> float:
     """Held-out accuracy of a logistic regression telling S features from T features.
     Pairs are split in two halves; it trains on the S side of one half and the T side of
     the other, and tests on the remaining sides: no tested sentence was trained on, but each
     tested sentence's translation was (in the other language), so the probe answers "which
     language" for sentences whose content it has seen."""
-    n = src.size(0)
-    if n < 4:
-        raise TreLMError(f"language-ID probe: {n} pairs; expected at least 4")
-    order = np.random.RandomState(seed).permutation(n)
-    half_a, half_b = order[: n // 2], order[n // 2:]
-    s, t = src.numpy(), tgt.numpy()
+    s, t, half_a, half_b = _pair_halves(src, tgt, seed)
     x_train = np.concatenate([s[half_a], t[half_b]])
     y_train = np.r_[np.zeros(len(half_a)), np.ones(len(half_b))]
     x_test = np.concatenate([s[half_b], t[half_a]])
@@ -148,12 +152,7 @@ def language_id_unseen_content(src: torch.Tensor, tgt: torch.Tensor, seed: int =
     tested sentence nor its translation was trained on.  (language_id_accuracy tests sentences
     whose translations it trained on with the other label, so content can act as a cue against
     the language: with the per-language offset removed it falls below 0.5; docs/zero-shot.md.)"""
-    n = src.size(0)
-    if n < 4:
-        raise TreLMError(f"language-ID probe: {n} pairs; expected at least 4")
-    order = np.random.RandomState(seed).permutation(n)
-    half_a, half_b = order[: n // 2], order[n // 2:]
-    s, t = src.numpy(), tgt.numpy()
+    s, t, half_a, half_b = _pair_halves(src, tgt, seed)
 
     def sides(rows):
         return np.concatenate([s[rows], t[rows]]), np.r_[np.zeros(len(rows)), np.ones(len(rows))]
