@@ -12,7 +12,8 @@ TRILayer) and two mean poolings (every token; the sentence's pieces without <s> 
   (probes.language_id_accuracy, the one every report uses, and language_id_unseen_content,
   whose tested sentences' translations were not trained on either; added after the en->tr
   records were measured, from the same checkpoints), raw and with each language's mean removed
-  (means from mono/{S,T}/valid);
+  (means from mono/{S,T}/valid, which trelm-prepare makes from the valid pairs' own sentences,
+  deduplicated: for these two probes the centring is transductive);
 * the zero-shot classification probe: a logistic regression on 1,000 English training
   paragraphs, accuracy on the target-language valid paragraphs (decides) and test paragraphs
   (reported), five ways: raw; centred or whitened per language with statistics from generic
