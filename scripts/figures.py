@@ -250,7 +250,7 @@ REPORTS: Dict[str, Callable[[], str]] = {
         "results/init-methods-de/init-rows.json", "results/init-methods-de/rows.json"),
     **{f"results/zero-shot-diagnosis-{lang}/report.md": _experiment_report(
         "zero_shot_diagnosis.py", "report_from_files", f"results/zero-shot-diagnosis-{lang}/rows.json")
-       for lang in ("tr",)},
+       for lang in ("tr", "de")},
 }
 
 
