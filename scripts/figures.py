@@ -251,6 +251,8 @@ REPORTS: Dict[str, Callable[[], str]] = {
     **{f"results/zero-shot-diagnosis-{lang}/report.md": _experiment_report(
         "zero_shot_diagnosis.py", "report_from_files", f"results/zero-shot-diagnosis-{lang}/rows.json")
        for lang in ("tr", "de")},
+    "results/stage4-variants-tr/report.md": _experiment_report(
+        "stage4_variants.py", "report_from_files", "results/stage4-variants-tr/rows.json"),
 }
 
 
