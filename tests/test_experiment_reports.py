@@ -110,3 +110,14 @@ def test_the_zero_shot_rule_is_centred_against_raw_for_trelm_at_the_top_layer():
     # another layer's gain does not count
     other = _seeded([50.0, 51.0, 52.0], norm="centred-generic", **dict(key, layer="5"))
     assert not zs.rule(raw + other, "6")["met"]
+
+
+def test_the_zero_shot_finetune_report_pairs_trelm_with_continued_mlm_and_its_combined_checkpoint():
+    zf = _load("zero_shot_finetune")
+    rows = []
+    for model, base in (("trelm", 44.0), ("trelm_combined", 43.0), ("mlm_continued", 40.0)):
+        rows += _seeded([base, base + 1.0, base + 2.1], model=model, metric="cls_zeroshot")
+    md = zf.report({"lang": "tr", "rows": rows})
+    assert "| trelm | 45.0 | – |" in md  # no probe rows: a dash, not a zero
+    assert "| trelm − mlm_continued | cls_zeroshot | +4.0 | [+4.0, +4.0] |" in md
+    assert "| trelm_combined − trelm | cls_zeroshot | -1.0 |" in md and "Holm over the 2 comparisons" in md
