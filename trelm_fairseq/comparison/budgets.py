@@ -14,6 +14,7 @@ MODEL_TITLES = {
 # classification probes and the zero-shot fine-tune): what stage 4 keeps of what 2a/2b built
 COMBINED = "trelm_combined"
 COMBINED_SETTINGS = ("zeroshot",)
+CLS_SETTINGS = ("target", "zeroshot")  # every other model's classification fine-tunes
 PARSING_LANGS = ("tr",)  # languages with a packaged treebank
 # the update counts a command line may set one by one (before --scale); validate_every is the
 # pre-training runs' validation (and interval checkpoint) period: a curve point per that many updates

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..layout import DataDir
 from ..fileio import cached_json_of_file
-from .budgets import COMBINED, COMBINED_SETTINGS, MODELS, PARSING_LANGS, Budgets
+from .budgets import CLS_SETTINGS, COMBINED, COMBINED_SETTINGS, MODELS, PARSING_LANGS, Budgets
 from .commands import BIN, run, say
 from .finetune import finetune_classifier, finetune_parser
 from .report import mean_std
@@ -30,7 +30,7 @@ def prepare_parsing_data(data: str, work: str, lang: str) -> Optional[str]:
 
 def evaluate_model(model: str, checkpoint: str, data: str, parse_data: Optional[str], cls_dir: Optional[str],
                    runs_root: str, budgets: Budgets, seeds: Sequence[int],
-                   cls_settings: Sequence[str] = ("target", "zeroshot")) -> Dict[str, List[float]]:
+                   cls_settings: Sequence[str] = CLS_SETTINGS) -> Dict[str, List[float]]:
     """One model's downstream scores, one per fine-tuning seed, per metric, the frozen-feature
     classification probes (one each: they have no seed) and the depth and FLOPs per token it
     fine-tunes at (``budgets.finetune_depth``); the fine-tunes go under ``runs_root``
@@ -99,7 +99,7 @@ def evaluate_downstream(checkpoints: List[Tuple[str, Dict[str, str], Sequence[in
     todo = [(m, models[m], runs_root, seeds) for runs_root, models, seeds in checkpoints for m in compared]
     scores = _in_parallel([lambda m=m, c=c, r=r, s=s: evaluate_model(
         m, c, data, None if m == COMBINED else parse_data, cls_dir, r,
-        budgets, s, COMBINED_SETTINGS if m == COMBINED else ("target", "zeroshot")) for m, c, r, s in todo],
+        budgets, s, COMBINED_SETTINGS if m == COMBINED else CLS_SETTINGS) for m, c, r, s in todo],
         budgets.downstream_jobs)
     runs: Dict[str, Dict[str, List[float]]] = {m: {} for m in compared}
     for (m, _, _, _), model_scores in zip(todo, scores):  # in the fixed order, whatever finished first
