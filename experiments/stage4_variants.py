@@ -51,25 +51,17 @@ def variant_plan(variant: str, data: str, arm: str, lang: str, seed: int):
     """The TreLM plan of one variant and seed: stages 1-3 linked from the seed's own run."""
     from trelm_fairseq.comparison.budgets import Budgets
     from trelm_fairseq.comparison.job import pretrain_seed_work
-    from trelm_fairseq.comparison.pretraining import plan_for
+    from trelm_fairseq.comparison.pretraining import branch_plan, plan_for
 
     budgets = Budgets()
     own = plan_for("trelm", data, pretrain_seed_work(arm, seed), lang, budgets, seed)
     if variant == "default":
         return own
-    plan = plan_for("trelm", data, os.path.join(arm, "stage4", variant, f"seed{seed}"), lang, budgets, seed)
-    for key in LINKED_STAGES:
-        src, dst = own.stages[key].dir, plan.stages[key].dir
-        if not own.stages[key].done():
-            raise SystemExit(f"{src}: stage {key} not finished (run experiments/init_methods.py first)")
-        if not os.path.islink(dst):
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.symlink(src, dst)
     combined = own.stages["3"].output_checkpoint()
-    plan.stage_args["4"] = {"frozen_lower": ["--freeze", "lower"],
-                            "half_lr": ["--lr", str(budgets.lr / 2)],
-                            "anchor": ["--anchor-weight", str(ANCHOR_WEIGHT), "--anchor-checkpoint", combined]}[variant]
-    return plan
+    args = {"frozen_lower": ["--freeze", "lower"],
+            "half_lr": ["--lr", str(budgets.lr / 2)],
+            "anchor": ["--anchor-weight", str(ANCHOR_WEIGHT), "--anchor-checkpoint", combined]}[variant]
+    return branch_plan(own, os.path.join(arm, "stage4", variant, f"seed{seed}", "trelm"), LINKED_STAGES, {"4": args})
 
 
 def measure(checkpoint: str, data: str, cls_dir: str, lang: str, tps: int) -> Dict[str, float]:

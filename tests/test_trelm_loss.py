@@ -286,3 +286,91 @@ def test_anchor_pulls_the_trained_parameters_toward_a_checkpoint(paths, tmp_path
         _criterion(task, adv_weight=0.0, anchor_weight=0.1, anchor_checkpoint=path)(model, batch)
     with pytest.raises(TreLMError, match="--anchor-weight needs --anchor-checkpoint"):
         _criterion(task, adv_weight=0.0, anchor_weight=0.1)
+
+
+def test_moment_term_is_the_squared_distance_of_the_language_means(paths):
+    """--moment-weight W adds W * |mean_S - mean_T|^2 of the pooled lower-half features (no
+    discriminator needed); its gradient pulls the two means together; one language: zero."""
+    from trelm_fairseq.errors import TreLMError
+    from trelm_fairseq.modules.language_discriminator import pool_states
+
+    task = make_task(paths["data"], "transfer_upper")
+    model = load_init_model(paths, task)
+    model.eval()  # deterministic forwards
+    batch = batches(task, bsz=8)[0]
+    plain, matched = _criterion(task, adv_weight=0.0), _criterion(task, adv_weight=0.0, moment_weight=2.0)
+    assert matched.discriminator is None
+    # the reference: the two languages' mean-pooled lower-half states, computed here
+    feats, labels = [], []
+    for name, part in batch.items():
+        _, extra = model(**part["net_input"], features_only=True)
+        ids = part["net_input"].get("lang_ids")
+        f, y = pool_states(extra["lower_out"].transpose(0, 1), extra["lower_padding_mask"], ids, "mean", n_langs=2)
+        feats.append(f)
+        labels.append(y)
+    f, y = torch.cat(feats), torch.cat(labels)
+    assert set(y.tolist()) == {0, 1}
+    want = float((f[y == 0].mean(0) - f[y == 1].mean(0)).pow(2).sum())
+    assert want > 0
+    loss, _, log = matched(model, batch)
+    plain_loss, _, plain_log = plain(model, batch)
+    assert log["moment_dist"] == pytest.approx(want, rel=1e-4)
+    assert loss.item() == pytest.approx(plain_loss.item() + 2.0 * want, rel=1e-5)
+    assert log["loss"] == pytest.approx(plain_log["loss"], rel=1e-6)  # the logged LM loss is unchanged
+    # a small step against the term's own gradient lowers the distance
+    term = loss - plain_loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [g if g is not None else torch.zeros_like(p)
+             for p, g in zip(params, torch.autograd.grad(term, params, allow_unused=True))]
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(1e-3 * g / norm)
+    assert matched(model, batch)[2]["moment_dist"] < want
+    with metrics.aggregate() as agg:
+        TreLMLoss.reduce_metrics([log])
+        assert agg.get_smoothed_values()["moment_dist"] == pytest.approx(want, abs=1e-3)
+    # a batch with one language: nothing to match
+    one = make_task(paths["data"], "language_specific")
+    assert _criterion(one, adv_weight=0.0, moment_weight=2.0)(model, batches(one, bsz=8)[0])[2]["moment_dist"] == 0
+    with pytest.raises(TreLMError, match="--moment-weight -1"):
+        _criterion(task, moment_weight=-1.0)
+
+
+def test_extra_discriminator_steps_train_only_the_discriminator(paths):
+    """--disc-steps K: in training, K - 1 SGD steps of the discriminator on the batch's detached
+    features before the main forward (the encoder untouched), so it starts the step stronger;
+    evaluation takes none; errors name the option."""
+    from trelm_fairseq.errors import TreLMError
+
+    task = make_task(paths["data"], "transfer_upper")
+    model = load_init_model(paths, task)
+    model.train()  # the steps are taken in training only; the same seed gives both calls the same dropout
+    batch = batches(task, bsz=8)[0]
+    one, several = _criterion(task, adv_weight=0.01), _criterion(task, adv_weight=0.01, disc_steps=6,
+                                                                 disc_step_lr=0.5)
+    assert torch.equal(one.discriminator.net[0].weight, several.discriminator.net[0].weight)  # same seed
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    disc_before = {n: p.detach().clone() for n, p in several.discriminator.state_dict().items()}
+    torch.manual_seed(0)
+    _, _, log_one = one(model, batch)
+    torch.manual_seed(0)
+    _, _, log_several = several(model, batch)
+    moved = [n for n, p in several.discriminator.state_dict().items() if not torch.equal(p, disc_before[n])]
+    assert moved  # the extra steps changed the discriminator ...
+    for n, p in model.state_dict().items():
+        assert torch.equal(p, before[n]), n  # ... and nothing of the encoder
+    # the main forward already sees the stronger discriminator
+    assert log_several["adv_loss"] / log_several["adv_n"] < log_one["adv_loss"] / log_one["adv_n"]
+    model.eval()
+    frozen = {n: p.detach().clone() for n, p in several.discriminator.state_dict().items()}
+    several(model, batch)
+    assert all(torch.equal(p, frozen[n]) for n, p in several.discriminator.state_dict().items())
+    with pytest.raises(TreLMError, match="--disc-steps 0"):
+        _criterion(task, disc_steps=0)
+    with pytest.raises(TreLMError, match="--disc-steps 3 needs the discriminator"):
+        _criterion(task, adv_weight=0.0, disc_steps=3)
+    half = _criterion(task, adv_weight=0.01, disc_steps=2).to(torch.float16)
+    model.train()
+    with pytest.raises(TreLMError, match="needs fp32 training"):
+        half(model, batch)

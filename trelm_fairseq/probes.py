@@ -291,6 +291,7 @@ def probe_checkpoint(checkpoint: str, data: str, langs: List[str], split: str = 
         out[where] = retrieval_p1(feats[0][where], feats[1][where])
         out[where]["p1_mean_csls"] = (out[where]["s2t_csls"] + out[where]["t2s_csls"]) / 2
     out["lower"]["langid_acc"] = language_id_accuracy(feats[0]["lower"], feats[1]["lower"])
+    out["lower"]["langid_unseen_acc"] = language_id_unseen_content(feats[0]["lower"], feats[1]["lower"])
     if target_mlm:
         out["target_mlm_bits"] = target_mlm_bits(model, data, langs, "valid", tps)
         if valid_sample:

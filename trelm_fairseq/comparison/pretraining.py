@@ -29,6 +29,26 @@ def plan_for(name: str, data: str, work: str, lang: str, budgets: Budgets, seed:
     )
 
 
+def branch_plan(own, out: str, linked, stage_args: Dict):
+    """A copy of the finished TreLM plan ``own`` under ``out`` whose stages ``linked`` are
+    symbolic links to ``own``'s (the same checkpoints, data order and seeds) and whose later
+    stages re-run with ``stage_args`` ({stage key: extra argv}): one change at a time in a study
+    that re-runs part of a pipeline."""
+    import dataclasses
+
+    from ..errors import TreLMError
+
+    plan = dataclasses.replace(own, out=out, stage_args={**own.stage_args, **stage_args})
+    for key in linked:
+        src, dst = own.stages[key].dir, plan.stages[key].dir
+        if not own.stages[key].done():
+            raise TreLMError(f"{src}: stage {key} not finished (expected the run this study branches from)")
+        if not os.path.islink(dst):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.symlink(src, dst)
+    return plan
+
+
 def model_plans(data: str, work: str, lang: str, budgets: Budgets, seed: int) -> Dict:
     """The plans of every pre-trained model (the baselines' init checkpoints are derived here)."""
     return {

@@ -24,7 +24,16 @@ discriminator gets the ordinary gradient of disc_ce, the encoder gets
 indistinguishable).  The discriminator lives in this criterion, so fairseq's
 trainer optimises and checkpoints it (``state["criterion"]``).  A batch with a
 single language (e.g. stage language_specific) has no adversarial signal: the
-term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.
+term is then zero.  ``--adv-weight 0`` removes the discriminator altogether.  ``--disc-steps K`` gives the
+discriminator K - 1 extra updates per training update (plain SGD at ``--disc-step-lr`` on the
+batch's detached features, before the main step), so that the encoder plays against a stronger
+one; in fp32 only (fairseq's fp16/bf16 optimizers would overwrite the extra steps with their
+fp32 copies).
+
+``moment`` (``--moment-weight W``): W times the squared distance between the two languages'
+mean lower-half features in the batch (pooled as ``--adv-pooling``: a linear-kernel MMD).  It
+pulls the languages' means together directly: the language-ID probe reads mostly a mean
+difference (docs/zero-shot.md).  Zero in a batch with one language; logged as moment_dist.
 
 ``anchor`` (``--anchor-weight W --anchor-checkpoint C``, training only): W times the summed
 squared distance of every trained parameter from its value in checkpoint C (an L2 pull toward a
@@ -80,6 +89,17 @@ class TreLMLossConfig(FairseqDataclass):
     )
     disc_hidden_dim: int = field(default=0, metadata={"help": "discriminator hidden size (0: model dim)"})
     disc_dropout: float = field(default=0.1, metadata={"help": "discriminator dropout"})
+    disc_steps: int = field(
+        default=1,
+        metadata={"help": "discriminator updates per training update: the K - 1 extra ones are SGD steps at "
+                          "--disc-step-lr on the batch's detached features, taken before the main step (fp32 only)"},
+    )
+    disc_step_lr: float = field(default=0.05, metadata={"help": "learning rate of the extra discriminator steps"})
+    moment_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the moment-matching term: squared distance between the two languages' mean "
+                          "lower-half features in the batch (pooled as --adv-pooling); 0: none"},
+    )
     disc_input_dim: int = field(
         default=0, metadata={"help": "model hidden size (0: taken from the task's model)"}
     )
@@ -103,8 +123,16 @@ class TreLMLossConfig(FairseqDataclass):
 class TreLMLoss(FairseqCriterion):
     def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
                  disc_dropout=0.1, disc_input_dim=0, lm_pooling="sum-of-means", lm_loss_chunk=8192,
-                 anchor_weight=0.0, anchor_checkpoint=None):
+                 anchor_weight=0.0, anchor_checkpoint=None, disc_steps=1, disc_step_lr=0.05, moment_weight=0.0):
         super().__init__(task)
+        self.disc_steps, self.disc_step_lr, self.moment_weight = int(disc_steps), float(disc_step_lr), float(moment_weight)
+        if self.disc_steps < 1:
+            raise TreLMError(f"--disc-steps {disc_steps}: expected at least 1 discriminator update per update")
+        if self.disc_steps > 1 and adv_weight <= 0:
+            raise TreLMError(f"--disc-steps {disc_steps} needs the discriminator: --adv-weight is {adv_weight}, "
+                             "expected > 0")
+        if self.moment_weight < 0:
+            raise TreLMError(f"--moment-weight {moment_weight}: expected a weight >= 0")
         self.anchor_weight = float(anchor_weight)
         self.anchor: Optional[Dict[str, torch.Tensor]] = None
         if self.anchor_weight < 0:
@@ -174,10 +202,10 @@ class TreLMLoss(FairseqCriterion):
             cost = ledger.batch_part_flops(shape, trains, batch, n_predicted, training=model.training)
             log["flops"] += cost.total
             log["positions"] += cost.positions
-            if self.discriminator is not None:
+            if self.discriminator is not None or self.moment_weight > 0:
                 lang_ids = self._lang_ids(net_input, model)
                 f, y = pool_states(extra["lower_out"].transpose(0, 1), extra["lower_padding_mask"], lang_ids,
-                                   self.adv_pooling, n_langs=self.discriminator.n_langs)
+                                   self.adv_pooling, n_langs=self._n_langs())
                 feats.append(f)
                 labels.append(y)
 
@@ -204,7 +232,15 @@ class TreLMLoss(FairseqCriterion):
             raise TreLMError("trelm_loss: empty batch (no CdLM, TLM or MLM part)")
         total = lm_loss
         if feats:
-            total = total + self._adversarial(torch.cat(feats), torch.cat(labels), log)
+            feats, labels = torch.cat(feats), torch.cat(labels)
+            if self.discriminator is not None:
+                if self.disc_steps > 1 and model.training:
+                    self._extra_discriminator_steps(feats.detach(), labels)
+                total = total + self._adversarial(feats, labels, log)
+            if self.moment_weight > 0:
+                dist = self._moment_distance(feats, labels)
+                log["moment_dist"] = dist.detach()
+                total = total + self.moment_weight * dist
         if self.anchor is not None and model.training:
             dist = self._anchor_distance(net)
             log["anchor_dist"] = dist.detach()
@@ -220,6 +256,38 @@ class TreLMLoss(FairseqCriterion):
             ids = torch.full((net_input["src_tokens"].size(0),), int(default), dtype=torch.long,
                              device=net_input["src_tokens"].device)
         return ids
+
+    def _n_langs(self) -> int:
+        return self.discriminator.n_langs if self.discriminator is not None else len(getattr(self.task, "langs", (0, 1)))
+
+    def _moment_distance(self, feats, labels) -> torch.Tensor:
+        """Squared distance between the first two languages' mean features; 0 unless both are present."""
+        w = F.one_hot(labels, self._n_langs())[:, :2].to(feats.dtype)  # (N, 2)
+        counts = w.sum(0)
+        means = (w.t() @ feats) / counts.clamp(min=1.0).unsqueeze(1)
+        both = (counts > 0).all()  # a factor, not an "if": no host sync
+        return (means[0] - means[1]).float().pow(2).sum() * both
+
+    def _extra_discriminator_steps(self, feats, labels) -> None:
+        """disc_steps - 1 plain SGD steps of the discriminator on detached features (the main
+        optimizer's step on it follows, from this batch's backward). Under several workers the
+        gradients are averaged, so that every replica takes the same steps."""
+        params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        if any(p.dtype != torch.float32 for p in params):
+            raise TreLMError(f"--disc-steps {self.disc_steps} needs fp32 training: the discriminator is "
+                             f"{params[0].dtype} (fairseq's fp16/bf16 optimizers would overwrite the extra steps)")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        two_langs = labels.ne(labels[0]).any()
+        x = feats.to(params[0].dtype)
+        for _ in range(self.disc_steps - 1):
+            ce = F.cross_entropy(self.discriminator.net(x), labels) * two_langs
+            grads = torch.autograd.grad(ce, params)
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    if distributed:
+                        torch.distributed.all_reduce(g)
+                        g /= torch.distributed.get_world_size()
+                    p.sub_(self.disc_step_lr * g)
 
     def _anchor_distance(self, net) -> torch.Tensor:
         """Summed squared distance of the trained parameters from the anchor checkpoint's."""
@@ -270,6 +338,8 @@ class TreLMLoss(FairseqCriterion):
             metrics.log_scalar_sum("gflop", total("flops") / 1e9, round=3)
         if total("positions") > 0:
             metrics.log_scalar("pad", 1.0 - total("ntokens") / total("positions"), total("positions"), round=3)
+        if any("moment_dist" in log for log in logging_outputs):
+            metrics.log_scalar("moment_dist", total("moment_dist") / len(logging_outputs), 1, round=4)
         if any("anchor_dist" in log for log in logging_outputs):
             metrics.log_scalar("anchor_dist", total("anchor_dist") / len(logging_outputs), 1, round=4)
         n = total("adv_n")
