@@ -384,13 +384,17 @@ def _sweep_env(tmp):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, tmp_path_factory):
-    """The summary of a 2-point sweep (fake trainer) that nobody interrupted."""
+    """The summary of a 2-point sweep (fake trainer) that nobody interrupted: run in this
+    process (the kill test's subject is the CLI process; the reference needs no interpreter
+    start and fairseq import of its own)."""
     tmp = tmp_path_factory.mktemp("sweep_ref")
     out = tmp / "out"
     cfg = write_config(tmp / "g.json", fake_config(tiny, out))
-    done = subprocess.run(SWEEP + [cfg, "--executor", "local", "--max-parallel", "2"], env=_sweep_env(tmp),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _sweep_env(tmp).items():
+            if os.environ.get(key) != value:
+                mp.setenv(key, value)
+        cli_main([cfg, "--executor", "local", "--max-parallel", "2"])
     return _comparable(out / "summary.json", out)
 
 
