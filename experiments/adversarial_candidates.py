@@ -11,6 +11,8 @@ starts 2b from the same stage-1 checkpoint, discriminator included, and sees the
                        own runs, re-probed here)
     moment             --moment-weight 1: the squared distance of the two languages' mean
                        lower-half features in the batch, minimised (no reversal involved)
+    moment_0.3, _0.1   --moment-weight 0.3 / 0.1 (added after moment's first seed cost 0.27 bits of
+                       target MLM; the same rule)
     disc_steps         --disc-steps 5: four extra discriminator steps per update (lambda 0.01)
     disc_steps_strong  --disc-steps 5 --adv-weight 0.1
 
@@ -49,6 +51,8 @@ SEEDS = (1, 2, 3)
 CANDIDATES = {
     "default": [],
     "moment": ["--moment-weight", "1"],
+    "moment_0.3": ["--moment-weight", "0.3"],
+    "moment_0.1": ["--moment-weight", "0.1"],
     "disc_steps": ["--disc-steps", "5"],
     "disc_steps_strong": ["--disc-steps", "5", "--adv-weight", "0.1"],
 }

@@ -101,6 +101,41 @@ def test_the_stage4_rule_needs_target_mlm_within_a_tenth_and_a_paired_gain():
     assert "| anchor | zero-shot probe (%) | +2.0 |" in s4.report(base + anchor, "tr")
 
 
+def test_the_adversarial_rule_needs_the_held_out_probe_to_move_at_no_mlm_cost_and_a_paired_gain():
+    adv = _load("adversarial_candidates")
+
+    def rows(candidate, langid, mlm, zeroshot, p1, where="final"):
+        return [dict(r, checkpoint=where) for r in
+                _seeded(langid, candidate=candidate, metric="langid_unseen")
+                + _seeded(mlm, candidate=candidate, metric="target_mlm_bits")
+                + _seeded(zeroshot, candidate=candidate, metric="probe_zeroshot")
+                + _seeded(p1, candidate=candidate, metric="p1_lower")]
+
+    base = rows("default", [0.97, 0.96, 0.98], [9.0, 9.1, 9.2], [40.0, 41.0, 42.0], [0.80, 0.81, 0.82])
+    # moment: the probe falls on every seed, MLM within 0.1, +2 points zero-shot: chosen
+    moment = rows("moment", [0.90, 0.88, 0.91], [9.05, 9.15, 9.25], [42.0, 43.1, 43.9], [0.80, 0.81, 0.82])
+    # disc_steps: a larger zero-shot gain, but the probe does not move: not chosen
+    steps = rows("disc_steps", [0.97, 0.95, 0.99], [9.0, 9.1, 9.2], [46.0, 47.0, 48.0], [0.80, 0.81, 0.82])
+    # disc_steps_strong: moves the probe, costs 0.2 bits
+    strong = rows("disc_steps_strong", [0.70, 0.72, 0.69], [9.2, 9.3, 9.4], [44.0, 45.0, 46.0], [0.8, 0.8, 0.8])
+    v = adv.verdict(base + moment + steps + strong)
+    assert v["chosen"] == "moment" and v["moved"] == ["moment", "disc_steps_strong"], v
+    assert "disc_steps: does not move the probe" in v["why"]
+    assert "disc_steps_strong: moves the probe but costs target MLM (+0.200 bits)" in v["why"]
+    # the probe moves only at the combined checkpoint (stage 4 undoes it): not counted
+    combined_only = rows("moment", [0.90, 0.88, 0.91], [9.0, 9.1, 9.2], [42.0, 43.1, 43.9], [0.8, 0.81, 0.82],
+                         where="combined") + rows("moment", [0.97, 0.96, 0.98], [9.0, 9.1, 9.2],
+                                                  [42.0, 43.1, 43.9], [0.80, 0.81, 0.82])
+    v = adv.verdict(base + combined_only)
+    assert v["chosen"] == "default" and v["moved"] == [] and "moment: does not move the probe" in v["why"]
+    # moved, no cost, but no gain past its interval: today's default stays
+    flat = rows("moment", [0.90, 0.88, 0.91], [9.0, 9.1, 9.2], [41.0, 40.0, 43.0], [0.80, 0.81, 0.82])
+    v = adv.verdict(base + flat)
+    assert v["chosen"] == "default" and "moment: moves the probe, no zero-shot or retrieval gain" in v["why"]
+    md = adv.report({"lang": "tr", "rows": base + moment})
+    assert "| moment | final | language ID, unseen content | -0.073 |" in md and "Chosen: **moment**" in md
+
+
 def test_the_zero_shot_rule_is_centred_against_raw_for_trelm_at_the_top_layer():
     zs = _load("zero_shot_diagnosis")
     key = dict(model="trelm", layer="6", pooling="all", metric="zeroshot", split="valid")
