@@ -37,8 +37,6 @@ zero-shot gain.  Holm over the report's comparisons is shown beside.
     python experiments/adversarial_candidates.py --lang tr --base-work runs/finetune-depth \\
         --work runs/init-methods --out results/adversarial-candidates-tr
 """
-import argparse
-import json
 import os
 import sys
 import time
@@ -197,28 +195,16 @@ def report(record: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lang", default="tr")
-    p.add_argument("--base-work", required=True, help="the map arm's work dir (its classification/)")
-    p.add_argument("--work", required=True, help="init_methods.py's --work (its alignment/ arm)")
-    p.add_argument("--out", required=True, help="where rows.json and report.md go")
+    from trelm_fairseq.comparison import study_cli
+
+    p = study_cli.parser(__doc__)
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset of %(default)s")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    candidates = [c for c in args.candidates.split(",") if c]
-    unknown = sorted(set(candidates) - set(CANDIDATES))
-    if unknown:
-        p.error(f"--candidates: unknown {', '.join(unknown)}; expected some of {', '.join(CANDIDATES)}")
-    out = os.path.abspath(args.out)
-    rows_path = os.path.join(out, "rows.json")
-    if not args.report_only:
-        os.makedirs(out, exist_ok=True)
-        run(args.lang, os.path.abspath(args.base_work), os.path.abspath(args.work), candidates,
-            lambda rows: fileio.write_json(rows_path, {"lang": args.lang, "rows": rows}))
-    with open(rows_path) as fh:
-        record = json.load(fh)
-    fileio.write_text(os.path.join(out, "report.md"), report(record))
-    say(f"report in {os.path.join(out, 'report.md')}")
+    candidates = study_cli.subset(p, "--candidates", args.candidates, CANDIDATES)
+    path = study_cli.rows_then_report(
+        args, lambda save: run(args.lang, os.path.abspath(args.base_work), os.path.abspath(args.work), candidates,
+                               save), report)
+    say(f"report in {path}")
     return 0
 
 

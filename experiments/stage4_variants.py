@@ -24,8 +24,6 @@ with several, the largest zero-shot gain.  Holm over the report's comparisons is
     python experiments/stage4_variants.py --lang tr --base-work runs/finetune-depth \\
         --work runs/init-methods --out results/stage4-variants-tr
 """
-import argparse
-import json
 import os
 import sys
 import time
@@ -159,27 +157,16 @@ def report_from_files(record: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lang", default="tr")
-    p.add_argument("--base-work", required=True, help="the map arm's work dir (its classification/)")
-    p.add_argument("--work", required=True, help="init_methods.py's --work (its alignment/ arm)")
-    p.add_argument("--out", required=True, help="where rows.json and report.md go")
+    from trelm_fairseq.comparison import study_cli
+
+    p = study_cli.parser(__doc__)
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        p.error(f"--variants: unknown {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
-    out = os.path.abspath(args.out)
-    rows_path = os.path.join(out, "rows.json")
-    if not args.report_only:
-        rows = run(args.lang, os.path.abspath(args.base_work), os.path.abspath(args.work), variants)
-        os.makedirs(out, exist_ok=True)
-        fileio.write_json(rows_path, {"lang": args.lang, "rows": rows})
-    record = json.load(open(rows_path))
-    fileio.write_text(os.path.join(out, "report.md"), report_from_files(record))
-    say(f"report in {os.path.join(out, 'report.md')}")
+    variants = study_cli.subset(p, "--variants", args.variants, VARIANTS)
+    path = study_cli.rows_then_report(
+        args, lambda save: run(args.lang, os.path.abspath(args.base_work), os.path.abspath(args.work), variants),
+        report_from_files)
+    say(f"report in {path}")
     return 0
 
 

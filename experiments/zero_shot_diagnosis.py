@@ -32,7 +32,6 @@ seeds, with Holm over each table's family.
     python experiments/zero_shot_diagnosis.py --lang tr --base-work runs/finetune-depth \\
         --work runs/init-methods --out results/zero-shot-diagnosis-tr
 """
-import argparse
 import json
 import os
 import sys
@@ -317,13 +316,10 @@ def report_from_files(record: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lang", default="tr")
-    p.add_argument("--base-work", required=True, help="the map arm's work dir (its data/ and classification/)")
-    p.add_argument("--work", required=True, help="init_methods.py's --work (its alignment/ arm)")
-    p.add_argument("--out", required=True, help="where rows.json and report.md go")
+    from trelm_fairseq.comparison import study_cli
+
+    p = study_cli.parser(__doc__, base_help="the map arm's work dir (its data/ and classification/)")
     p.add_argument("--max-len", type=int, default=128, help="tokens per sentence (the demo's --tokens-per-sample)")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     base, work, out = (os.path.abspath(x) for x in (args.base_work, args.work, args.out))
     rows_path = os.path.join(out, "rows.json")

@@ -10,13 +10,10 @@ interval that excludes 0.  Test accuracy, as the main job reports it (no choice 
     python experiments/zero_shot_finetune.py --lang tr --base-work runs/finetune-depth \\
         --work runs/init-methods --out results/zero-shot-finetune-tr
 """
-import argparse
-import json
 import os
 import sys
 from typing import Dict, List
 
-from trelm_fairseq import fileio
 from trelm_fairseq.comparison.paired import holm, paired_over_seeds
 
 SEEDS = (1, 2, 3)
@@ -69,21 +66,12 @@ def report(record: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lang", default="tr")
-    p.add_argument("--base-work", required=True, help="the map arm's work dir (its classification/)")
-    p.add_argument("--work", required=True, help="init_methods.py's --work (its alignment/ arm)")
-    p.add_argument("--out", required=True, help="where rows.json and report.md go")
-    p.add_argument("--report-only", action="store_true")
-    args = p.parse_args(argv)
-    out = os.path.abspath(args.out)
-    rows_path = os.path.join(out, "rows.json")
-    if not args.report_only:
-        rows = run(args.lang, os.path.abspath(args.base_work), os.path.abspath(args.work))
-        os.makedirs(out, exist_ok=True)
-        fileio.write_json(rows_path, {"lang": args.lang, "rows": rows})
-    fileio.write_text(os.path.join(out, "report.md"), report(json.load(open(rows_path))))
-    print(f"report in {os.path.join(out, 'report.md')}")
+    from trelm_fairseq.comparison import study_cli
+
+    args = study_cli.parser(__doc__).parse_args(argv)
+    path = study_cli.rows_then_report(
+        args, lambda save: run(args.lang, os.path.abspath(args.base_work), os.path.abspath(args.work)), report)
+    print(f"report in {path}")
     return 0
 
 

@@ -156,3 +156,29 @@ def test_the_zero_shot_finetune_report_pairs_trelm_with_continued_mlm_and_its_co
     assert "| trelm | 45.0 | – |" in md  # no probe rows: a dash, not a zero
     assert "| trelm − mlm_continued | cls_zeroshot | +4.0 | [+4.0, +4.0] |" in md
     assert "| trelm_combined − trelm | cls_zeroshot | -1.0 |" in md and "Holm over the 2 comparisons" in md
+
+
+def test_the_studies_command_line_saves_rows_as_they_arrive_and_reports_from_them(tmp_path):
+    from trelm_fairseq.comparison import study_cli
+    from trelm_fairseq.errors import TreLMError
+
+    p = study_cli.parser("A study.\n\nMore.")
+    p.add_argument("--variants", default="a,b")
+    argv = ["--base-work", "b", "--work", "w", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        study_cli.subset(p, "--variants", "a,zzz", ("a", "b"))
+    assert study_cli.subset(p, "--variants", "b,a", ("a", "b")) == ["b", "a"]
+    with pytest.raises(TreLMError, match=r"out/rows\.json: no rows yet"):
+        study_cli.rows_then_report(p.parse_args(argv + ["--report-only"]), None, None)
+
+    def produce(save):
+        save([{"x": 1}])
+        raise KeyboardInterrupt  # cut short after the first rows
+
+    with pytest.raises(KeyboardInterrupt):
+        study_cli.rows_then_report(p.parse_args(argv), produce, None)
+    report = lambda record: f"{record['lang']}: {len(record['rows'])} rows\n"  # noqa: E731
+    path = study_cli.rows_then_report(p.parse_args(argv + ["--report-only"]), None, report)
+    assert open(path).read() == "tr: 1 rows\n"
+    study_cli.rows_then_report(p.parse_args(argv + ["--lang", "de"]), lambda save: [{"x": 1}, {"x": 2}], report)
+    assert open(path).read() == "de: 2 rows\n"
