@@ -43,7 +43,7 @@ import time
 from typing import Dict, List
 
 from trelm_fairseq import fileio
-from trelm_fairseq.comparison.paired import holm, paired_over_seeds
+from trelm_fairseq.comparison.paired import holm, judge_against_default, paired_over_seeds
 
 SEEDS = (1, 2, 3)
 CANDIDATES = {
@@ -143,18 +143,16 @@ def verdict(rows: List[Dict]) -> Dict:
                        f"[{d['langid_unseen']['lo']:+.3f}, {d['langid_unseen']['hi']:+.3f}])")
             continue
         moved.append(candidate)
-        if d["target_mlm_bits"]["mean"] > 0.1:
+        j = judge_against_default(d)
+        if not j["eligible"]:
             why.append(f"{candidate}: moves the probe but costs target MLM ({d['target_mlm_bits']['mean']:+.3f} bits)")
-            continue
-        better = [m for m in ("probe_zeroshot", "p1_lower") if d[m]["lo"] > 0]
-        worse = [m for m in ("probe_zeroshot", "p1_lower") if d[m]["hi"] < 0]
-        if better and not worse:
-            why.append(f"{candidate}: moves the probe, better on {', '.join(better)}")
+        elif j["wins"]:
+            why.append(f"{candidate}: moves the probe, better on {', '.join(j['better'])}")
             if best_gain is None or d["probe_zeroshot"]["mean"] > best_gain:
                 best, best_gain = candidate, d["probe_zeroshot"]["mean"]
         else:
-            why.append(f"{candidate}: moves the probe, " +
-                       (f"worse on {', '.join(worse)}" if worse else "no zero-shot or retrieval gain past its interval"))
+            why.append(f"{candidate}: moves the probe, " + (f"worse on {', '.join(j['worse'])}" if j["worse"]
+                                                             else "no zero-shot or retrieval gain past its interval"))
     return {"chosen": best, "moved": moved, "why": "; ".join(why)}
 
 

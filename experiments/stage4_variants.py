@@ -30,7 +30,7 @@ import time
 from typing import Dict, List, Optional
 
 from trelm_fairseq import fileio
-from trelm_fairseq.comparison.paired import holm, paired_over_seeds
+from trelm_fairseq.comparison.paired import holm, judge_against_default, paired_over_seeds
 
 SEEDS = (1, 2, 3)
 ANCHOR_WEIGHT = 0.01
@@ -110,17 +110,16 @@ def verdict(rows: List[Dict]) -> Dict:
         if any(v is None for v in d.values()):
             why.append(f"{variant}: not enough matched seeds")
             continue
-        if d["target_mlm_bits"]["mean"] > 0.1:
+        j = judge_against_default(d)
+        if not j["eligible"]:
             why.append(f"{variant}: not eligible (target MLM {d['target_mlm_bits']['mean']:+.3f} bits)")
-            continue
-        better = [m for m in ("probe_zeroshot", "p1_lower") if d[m]["lo"] > 0]
-        worse = [m for m in ("probe_zeroshot", "p1_lower") if d[m]["hi"] < 0]
-        if better and not worse:
-            why.append(f"{variant}: better on {', '.join(better)}")
+        elif j["wins"]:
+            why.append(f"{variant}: better on {', '.join(j['better'])}")
             if best_gain is None or d["probe_zeroshot"]["mean"] > best_gain:
                 best, best_gain = variant, d["probe_zeroshot"]["mean"]
         else:
-            why.append(f"{variant}: eligible, " + (f"worse on {', '.join(worse)}" if worse else "no interval excludes 0"))
+            why.append(f"{variant}: eligible, " + (f"worse on {', '.join(j['worse'])}" if j["worse"]
+                                                   else "no interval excludes 0"))
     return {"chosen": best, "why": "; ".join(why)}
 
 

@@ -65,3 +65,19 @@ def bootstrap_difference(a: Sequence[float], b: Sequence[float], resamples: int 
     lo, hi = np.percentile(means, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
     return {"n": len(diffs), "mean": float(diffs.mean()), "lo": float(lo), "hi": float(hi), "resamples": resamples}
 
+
+
+# issue 34's criterion for a change to the recipe: the most zero-shot and retrieval at a final
+# target MLM within this many bits of today's default
+MLM_TOLERANCE_BITS = 0.1
+GAIN_METRICS = ("probe_zeroshot", "p1_lower")
+
+
+def judge_against_default(d: Mapping[str, Dict[str, float]]) -> Dict:
+    """``d``: paired differences (candidate − default) of target_mlm_bits and GAIN_METRICS.
+    {"eligible": target MLM within MLM_TOLERANCE_BITS, "better" / "worse": the gain metrics whose
+    95% interval lies above / below 0, "wins": eligible, some better and none worse}."""
+    eligible = d["target_mlm_bits"]["mean"] <= MLM_TOLERANCE_BITS
+    better = [m for m in GAIN_METRICS if d[m]["lo"] > 0]
+    worse = [m for m in GAIN_METRICS if d[m]["hi"] < 0]
+    return {"eligible": eligible, "better": better, "worse": worse, "wins": eligible and bool(better) and not worse}
