@@ -253,6 +253,8 @@ REPORTS: Dict[str, Callable[[], str]] = {
        for lang in ("tr", "de")},
     "results/stage4-variants-tr/report.md": _experiment_report(
         "stage4_variants.py", "report_from_files", "results/stage4-variants-tr/rows.json"),
+    "results/adversarial-candidates-tr/report.md": _experiment_report(
+        "adversarial_candidates.py", "report", "results/adversarial-candidates-tr/rows.json"),
     "results/zero-shot-finetune-tr/report.md": _experiment_report(
         "zero_shot_finetune.py", "report", "results/zero-shot-finetune-tr/rows.json"),
 }
