@@ -330,6 +330,15 @@ def test_moment_term_is_the_squared_distance_of_the_language_means(paths):
     with metrics.aggregate() as agg:
         TreLMLoss.reduce_metrics([log])
         assert agg.get_smoothed_values()["moment_dist"] == pytest.approx(want, abs=1e-3)
+    # relative: over the mean within-language variance (summed over the features), so that scaling
+    # every feature leaves it unchanged
+    var = (f[y == 0].var(0, unbiased=False).sum() + f[y == 1].var(0, unbiased=False).sum()) / 2
+    relative = _criterion(task, adv_weight=0.0, moment_weight=1.0, moment_relative=True)
+    rel = relative._moment_distance(f.detach(), y).item()
+    assert rel == pytest.approx(want / float(var), rel=1e-3)
+    assert relative(model, batch)[2]["moment_dist"] > 0  # the forward logs it
+    assert relative._moment_distance(3.0 * f, y).item() == pytest.approx(rel, rel=1e-3)
+    assert matched._moment_distance(3.0 * f, y).item() == pytest.approx(9 * want, rel=1e-3)
     # a batch with one language: nothing to match
     one = make_task(paths["data"], "language_specific")
     assert _criterion(one, adv_weight=0.0, moment_weight=2.0)(model, batches(one, bsz=8)[0])[2]["moment_dist"] == 0

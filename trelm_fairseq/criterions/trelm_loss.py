@@ -33,7 +33,10 @@ fp32 copies).
 ``moment`` (``--moment-weight W``): W times the squared distance between the two languages'
 mean lower-half features in the batch (pooled as ``--adv-pooling``: a linear-kernel MMD).  It
 pulls the languages' means together directly: the language-ID probe reads mostly a mean
-difference (docs/zero-shot.md).  Zero in a batch with one language; logged as moment_dist.
+difference (docs/zero-shot.md).  ``--moment-relative`` divides it by the languages' mean
+within-language variance (summed over the features), so that shrinking every feature cannot
+lower it: the plain distance was measured to fall mostly that way (docs/zero-shot.md).  Zero in
+a batch with one language; logged as moment_dist.
 
 ``anchor`` (``--anchor-weight W --anchor-checkpoint C``, training only): W times the summed
 squared distance of every trained parameter from its value in checkpoint C (an L2 pull toward a
@@ -100,6 +103,10 @@ class TreLMLossConfig(FairseqDataclass):
         metadata={"help": "weight of the moment-matching term: squared distance between the two languages' mean "
                           "lower-half features in the batch (pooled as --adv-pooling); 0: none"},
     )
+    moment_relative: bool = field(
+        default=False,
+        metadata={"help": "divide the moment term by the mean within-language variance of the features (scale-free)"},
+    )
     disc_input_dim: int = field(
         default=0, metadata={"help": "model hidden size (0: taken from the task's model)"}
     )
@@ -123,7 +130,8 @@ class TreLMLossConfig(FairseqDataclass):
 class TreLMLoss(FairseqCriterion):
     def __init__(self, task, mlm_weight=1.0, adv_weight=0.01, adv_pooling="mean", disc_hidden_dim=0,
                  disc_dropout=0.1, disc_input_dim=0, lm_pooling="sum-of-means", lm_loss_chunk=8192,
-                 anchor_weight=0.0, anchor_checkpoint=None, disc_steps=1, disc_step_lr=0.05, moment_weight=0.0):
+                 anchor_weight=0.0, anchor_checkpoint=None, disc_steps=1, disc_step_lr=0.05, moment_weight=0.0,
+                 moment_relative=False):
         super().__init__(task)
         self.disc_steps, self.disc_step_lr, self.moment_weight = int(disc_steps), float(disc_step_lr), float(moment_weight)
         if self.disc_steps < 1:
@@ -131,6 +139,7 @@ class TreLMLoss(FairseqCriterion):
         if self.disc_steps > 1 and adv_weight <= 0:
             raise TreLMError(f"--disc-steps {disc_steps} needs the discriminator: --adv-weight is {adv_weight}, "
                              "expected > 0")
+        self.moment_relative = bool(moment_relative)
         if self.moment_weight < 0:
             raise TreLMError(f"--moment-weight {moment_weight}: expected a weight >= 0")
         self.anchor_weight = float(anchor_weight)
@@ -261,12 +270,19 @@ class TreLMLoss(FairseqCriterion):
         return self.discriminator.n_langs if self.discriminator is not None else len(getattr(self.task, "langs", (0, 1)))
 
     def _moment_distance(self, feats, labels) -> torch.Tensor:
-        """Squared distance between the first two languages' mean features; 0 unless both are present."""
+        """Squared distance between the first two languages' mean features (relative: over their
+        mean within-language variance); 0 unless both are present."""
         w = F.one_hot(labels, self._n_langs())[:, :2].to(feats.dtype)  # (N, 2)
         counts = w.sum(0)
-        means = (w.t() @ feats) / counts.clamp(min=1.0).unsqueeze(1)
+        x = feats.float()
+        means = (w.t().float() @ x) / counts.clamp(min=1.0).unsqueeze(1)
         both = (counts > 0).all()  # a factor, not an "if": no host sync
-        return (means[0] - means[1]).float().pow(2).sum() * both
+        dist = (means[0] - means[1]).pow(2).sum()
+        if self.moment_relative:
+            # each language's variance around its own mean, summed over the features
+            var = (w.t().float() @ x.pow(2)) / counts.clamp(min=1.0).unsqueeze(1) - means.pow(2)
+            dist = dist / var.sum(1).mean().clamp(min=1e-6)
+        return dist * both
 
     def _extra_discriminator_steps(self, feats, labels) -> None:
         """disc_steps - 1 plain SGD steps of the discriminator on detached features (the main
