@@ -65,6 +65,10 @@ METRICS = (("langid_unseen", "language ID, unseen content", 3), ("p1_lower", "P@
            ("p1_top", "P@1 top", 3), ("probe_zeroshot", "zero-shot probe (%)", 1),
            ("probe_target", "target probe (%)", 1), ("target_mlm_bits", "target MLM (bits)", 3))
 TRAINING = (("disc_acc", "2b disc_acc", 3), ("adv_loss", "2b adv_loss (bits)", 3))
+# the lower half's language offset on the first SCALE_PAIRS valid pairs (probes.language_offset)
+SCALE = (("mean_dist2", "mean distance²", 3), ("within_var", "within-language variance", 2),
+         ("relative", "distance² / variance", 4))
+SCALE_PAIRS = 300
 LINKED_STAGES = ("1", "2a")
 
 
@@ -95,6 +99,25 @@ def measure(checkpoint: str, data: str, cls_dir: str, lang: str, tps: int) -> Di
             "probe_zeroshot": 100 * cls["zeroshot"]["top"], "probe_target": 100 * cls["target"]["top"]}
 
 
+def feature_scale(checkpoint: str, data: str, lang: str, tps: int) -> Dict[str, float]:
+    import numpy as np
+
+    from trelm_fairseq.checkpoint import load_dictionary, load_model
+    from trelm_fairseq.data import SubsetDataset, load_indexed
+    from trelm_fairseq.layout import DataDir
+    from trelm_fairseq.probes import language_offset, pooled_features
+
+    dict_path = DataDir(data).dict_txt
+    dictionary = load_dictionary(dict_path)
+    model, _ = load_model(checkpoint, dictionary, dict_path=dict_path)
+    feats = []
+    for i, side in enumerate(("en", lang)):
+        ds = load_indexed(os.path.join(data, "para", f"valid.en-{lang}.{side}"), dictionary, f"valid {side} sentences")
+        feats.append(pooled_features(model, SubsetDataset(ds, np.arange(min(SCALE_PAIRS, len(ds)))), dictionary.bos(),
+                                     dictionary.pad(), i, max_len=tps)["lower"])
+    return language_offset(*feats)
+
+
 def run(lang: str, base: str, work: str, candidates: List[str], save=lambda rows: None) -> List[Dict]:
     """Every candidate's rows; ``save`` gets the rows so far after each candidate and seed."""
     from trelm_fairseq.comparison.pretraining import pretrain
@@ -112,8 +135,11 @@ def run(lang: str, base: str, work: str, candidates: List[str], save=lambda rows
                 record = fileio.cached_json_of_file(
                     os.path.join(arm, "adversarial", "probes", f"{candidate}-{where}-seed{p}.json"), ckpt,
                     lambda: measure(ckpt, data, cls_dir, lang, plan.sample_tokens()), "adversarial probe record")
-                rows += [{"candidate": candidate, "seed": p, "checkpoint": where, "metric": k, "value": record[k]}
-                         for k, _, _ in METRICS]
+                scale = fileio.cached_json_of_file(
+                    os.path.join(arm, "adversarial", "probes", f"{candidate}-{where}-seed{p}.scale.json"), ckpt,
+                    lambda: feature_scale(ckpt, data, lang, plan.sample_tokens()), "feature-scale record")
+                rows += [{"candidate": candidate, "seed": p, "checkpoint": where, "metric": k, "value": rec[k]}
+                         for rec, metrics in ((record, METRICS), (scale, SCALE)) for k, _, _ in metrics]
             train = plan.stages["2b"].marker().get("train", {})
             rows += [{"candidate": candidate, "seed": p, "checkpoint": "2b", "metric": k, "value": float(train[k])}
                      for k, _, _ in TRAINING if k in train]
@@ -178,6 +204,12 @@ def report(record: Dict) -> str:
         md += [f"| {c} | " + " | ".join(f(list(_values(rows, c, where, m).values()), d) for m, _, d in METRICS) + " |"
                for c in run_]
         md.append("")
+    md += [f"## The lower half's language offset (first {SCALE_PAIRS} valid pairs; means over the seeds)", "",
+           "| candidate | " + " | ".join(f"{t}, {w}" for w in CHECKPOINTS for _, t, _ in SCALE) + " |",
+           "|---" * (2 * len(SCALE) + 1) + "|"]
+    md += [f"| {c} | " + " | ".join(f(list(_values(rows, c, w, m).values()), d) for w in CHECKPOINTS
+                                    for m, _, d in SCALE) + " |" for c in run_]
+    md.append("")
     md += ["## Stage 2b's training log (the last epoch's mean)", "",
            "| candidate | " + " | ".join(t for _, t, _ in TRAINING) + " |", "|---" * (len(TRAINING) + 1) + "|"]
     md += [f"| {c} | " + " | ".join(f(list(_values(rows, c, "2b", m).values()), d) for m, _, d in TRAINING) + " |"

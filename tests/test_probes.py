@@ -237,3 +237,18 @@ def test_per_language_centring_removes_an_offset_a_linear_probe_cannot_cross():
         lc.language_stats(unlabelled_tr[:1], what="tr valid text")
     with pytest.raises(TreLMError, match="width 8 but language statistics of width 16"):
         lc.normalise(x_en[:, :8], lc.stats_for("centred", unlabelled_en))
+
+
+def test_language_offset_is_the_mean_distance_against_the_spread():
+    from trelm_fairseq.probes import language_offset
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 8, generator=g)
+    b = torch.randn(500, 8, generator=g) * 2 + torch.tensor([3.0] + [0.0] * 7)
+    r = language_offset(a, b)
+    assert r["mean_dist2"] == pytest.approx(9.0, rel=0.1)
+    assert r["within_var"] == pytest.approx((8 * 1 + 8 * 4) / 2, rel=0.1)
+    assert r["relative"] == pytest.approx(r["mean_dist2"] / r["within_var"])
+    small = language_offset(0.1 * a, 0.1 * b)  # shrinking everything: both fall, the ratio stays
+    assert small["mean_dist2"] == pytest.approx(r["mean_dist2"] / 100, rel=1e-4)
+    assert small["relative"] == pytest.approx(r["relative"], rel=1e-4)

@@ -146,6 +146,16 @@ def language_id_accuracy(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) ->
     return linear_probe_accuracy(x_train, y_train, x_test, y_test)
 
 
+def language_offset(src: torch.Tensor, tgt: torch.Tensor) -> Dict[str, float]:
+    """How far apart two languages' features sit, against their spread: the squared distance of
+    the means, the mean within-language variance (each language around its own mean, summed
+    over the features) and their ratio.  A term that only shrinks every feature lowers the first
+    two, not the ratio."""
+    dist = float((src.mean(0) - tgt.mean(0)).pow(2).sum())
+    spread = float((src.var(0, unbiased=False).sum() + tgt.var(0, unbiased=False).sum()) / 2)
+    return {"mean_dist2": dist, "within_var": spread, "relative": dist / spread if spread > 0 else float("nan")}
+
+
 def language_id_unseen_content(src: torch.Tensor, tgt: torch.Tensor, seed: int = 1) -> float:
     """Held-out accuracy of a logistic regression telling S features from T features, trained
     on both sides of half of the pairs and tested on both sides of the other half: neither a
