@@ -16,7 +16,7 @@ starts 2b from the same stage-1 checkpoint, discriminator included, and sees the
     moment_rel_3, _10  --moment-weight 3 / 10 --moment-relative: the distance over the mean
                        within-language variance (added after the plain term was found to shrink
                        the features: on seed 1's combined checkpoint the valid mean distance fell
-                       from 2.25 to 0.20 and the within-language variance from 17 to 3.4)
+                       from 2.25 to 0.20 and the within-language variance from 16.8 to 3.3)
     disc_steps         --disc-steps 5: four extra discriminator steps per update (lambda 0.01)
     disc_steps_strong  --disc-steps 5 --adv-weight 0.1
 
