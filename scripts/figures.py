@@ -255,8 +255,8 @@ REPORTS: Dict[str, Callable[[], str]] = {
         "stage4_variants.py", "report_from_files", "results/stage4-variants-tr/rows.json"),
     "results/adversarial-candidates-tr/report.md": _experiment_report(
         "adversarial_candidates.py", "report", "results/adversarial-candidates-tr/rows.json"),
-    "results/zero-shot-finetune-tr/report.md": _experiment_report(
-        "zero_shot_finetune.py", "report", "results/zero-shot-finetune-tr/rows.json"),
+    **{f"results/zero-shot-finetune-{lang}/report.md": _experiment_report(
+        "zero_shot_finetune.py", "report", f"results/zero-shot-finetune-{lang}/rows.json") for lang in ("tr", "de")},
 }
 
 
