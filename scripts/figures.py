@@ -253,8 +253,9 @@ REPORTS: Dict[str, Callable[[], str]] = {
        for lang in ("tr", "de")},
     "results/stage4-variants-tr/report.md": _experiment_report(
         "stage4_variants.py", "report_from_files", "results/stage4-variants-tr/rows.json"),
-    "results/adversarial-candidates-tr/report.md": _experiment_report(
-        "adversarial_candidates.py", "report", "results/adversarial-candidates-tr/rows.json"),
+    **{f"results/adversarial-candidates-{lang}/report.md": _experiment_report(
+        "adversarial_candidates.py", "report", f"results/adversarial-candidates-{lang}/rows.json")
+       for lang in ("tr", "de")},
     **{f"results/zero-shot-finetune-{lang}/report.md": _experiment_report(
         "zero_shot_finetune.py", "report", f"results/zero-shot-finetune-{lang}/rows.json") for lang in ("tr", "de")},
 }
