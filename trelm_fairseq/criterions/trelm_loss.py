@@ -272,15 +272,15 @@ class TreLMLoss(FairseqCriterion):
     def _moment_distance(self, feats, labels) -> torch.Tensor:
         """Squared distance between the first two languages' mean features (relative: over their
         mean within-language variance); 0 unless both are present."""
-        w = F.one_hot(labels, self._n_langs())[:, :2].to(feats.dtype)  # (N, 2)
-        counts = w.sum(0)
+        w = F.one_hot(labels, self._n_langs())[:, :2].t().float()  # (2, N): language -> its rows
+        counts = w.sum(1, keepdim=True)
         x = feats.float()
-        means = (w.t().float() @ x) / counts.clamp(min=1.0).unsqueeze(1)
+        means = w @ x / counts.clamp(min=1.0)
         both = (counts > 0).all()  # a factor, not an "if": no host sync
         dist = (means[0] - means[1]).pow(2).sum()
         if self.moment_relative:
             # each language's variance around its own mean, summed over the features
-            var = (w.t().float() @ x.pow(2)) / counts.clamp(min=1.0).unsqueeze(1) - means.pow(2)
+            var = w @ x.pow(2) / counts.clamp(min=1.0) - means.pow(2)
             dist = dist / var.sum(1).mean().clamp(min=1e-6)
         return dist * both
 
